@@ -1,0 +1,3 @@
+from ownllm.cli import main
+
+raise SystemExit(main())

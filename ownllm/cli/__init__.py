@@ -1,0 +1,52 @@
+"""The `ownllm` command: a thin dispatcher that imports one command module on demand.
+
+Each command lives in `ownllm/cli/<name>.py` with `add_arguments(parser)` and
+`run(args) -> int`; `ownllm --help` imports none of them, so it answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ownllm import __version__
+
+# name -> (module, one-line help). Later commands register here.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("ownllm.cli.serve", "Start the OpenAI-compatible server."),
+    "config": ("ownllm.cli.config", "Show the effective configuration or the settings table."),
+}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    lines = "\n".join(f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items())
+    parser = argparse.ArgumentParser(
+        prog="ownllm",
+        description="Own your LLM: serve, fine-tune and govern open models on your own hardware.",
+        epilog=f"commands:\n{lines}\n\nRun `ownllm COMMAND --help` for a command's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"ownllm {__version__}")
+    parser.add_argument("command", nargs="?", choices=list(COMMANDS), metavar="COMMAND")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        parser = _top_parser()
+        args = parser.parse_args(argv[:1] if argv else [])
+        if args.command is None:
+            parser.print_help()
+            return 0
+    name, rest = argv[0], argv[1:]
+    module_name, help_ = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"ownllm {name}", description=help_)
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,253 @@
+"""Configuration: one frozen dataclass per concern, built once.
+
+Precedence, lowest first: field defaults < `ownllm.toml` (or `--config FILE`)
+< `OWNLLM_*` environment variables < command-line flags. Each field carries
+its help text, its environment variable and its allowed values in metadata,
+so validation messages and the README table come from one place
+(`ownllm config --table` prints it).
+
+A bad value raises `ConfigError` naming the field, the value and what is
+allowed; `ownllm serve` prints that one line and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A setting has a value ownllm cannot use."""
+
+
+def setting(
+    default: Any,
+    help: str,
+    *,
+    env: str | None = None,
+    choices: tuple[Any, ...] | None = None,
+    min: float | None = None,
+    max: float | None = None,
+) -> Any:
+    meta = {"help": help, "env": env, "choices": choices, "min": min, "max": max}
+    return field(default=default, metadata=meta)
+
+
+def default_home() -> str:
+    return os.environ.get("OWNLLM_HOME") or str(Path.home() / ".ownllm")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = setting("127.0.0.1", "Address to listen on.", env="OWNLLM_HOST")
+    port: int = setting(8000, "TCP port to listen on.", env="OWNLLM_PORT", min=1, max=65535)
+    log_level: str = setting(
+        "info", "Log level.", choices=("debug", "info", "warning", "error", "critical")
+    )
+    run_worker: bool = setting(
+        True, "Run one fine-tuning worker inside `ownllm serve`.", env="OWNLLM_SERVER_RUN_WORKER"
+    )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    model: str = setting(
+        "smollm2-135m-instruct",
+        "Base model: a catalog id, a Hugging Face model directory, or a .gguf file.",
+        env="OWNLLM_MODEL",
+    )
+    name: str = setting(
+        "", "Model id served to clients (default: the catalog id or the file name)."
+    )
+    dtype: str = setting(
+        "auto",
+        "Compute dtype: auto (bfloat16 where the CPU/GPU has native bf16, else float32).",
+        env="OWNLLM_DTYPE",
+        choices=("auto", "float32", "bfloat16", "float16"),
+    )
+    device: str = setting("auto", "Device: auto, cpu or cuda.", choices=("auto", "cpu", "cuda"))
+    max_model_len: int = setting(
+        0, "Context length limit in tokens (0: the model's own).", min=0, max=1_048_576
+    )
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    data_dir: str = setting(
+        "",
+        "Data directory: database, files, adapters, model cache (default ~/.ownllm).",
+        env="OWNLLM_HOME",
+    )
+    database_url: str = setting(
+        "",
+        "SQLAlchemy URL (default: SQLite under the data dir); "
+        "postgresql+psycopg://user:pass@host/db for PostgreSQL.",
+        env="OWNLLM_DATABASE_URL",
+    )
+
+    @property
+    def home(self) -> Path:
+        return Path(self.data_dir or default_home()).expanduser()
+
+    @property
+    def url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'ownllm.db'}"
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    max_num_seqs: int = setting(64, "Most sequences decoded together in one step.", min=1, max=4096)
+    max_num_batched_tokens: int = setting(
+        1024, "Token budget of one engine step (prefill is chunked to fit).", min=16, max=1 << 20
+    )
+    block_size: int = setting(16, "KV-cache block size in tokens.", choices=(8, 16, 32, 64))
+    kv_cache_tokens: int = setting(
+        0, "KV-cache capacity in tokens (0: sized from free memory).", min=0, max=1 << 26
+    )
+    max_loras: int = setting(
+        16, "Adapters resident at once; others load on demand (LRU).", min=1, max=4096
+    )
+    max_lora_rank: int = setting(64, "Largest LoRA rank the engine accepts.", min=1, max=1024)
+    max_queue: int = setting(
+        512, "Requests waiting beyond this are refused with 503.", min=1, max=1 << 20
+    )
+    threads: int = setting(0, "torch CPU threads (0: all cores).", min=0, max=1024)
+    enable_prefix_caching: bool = setting(True, "Reuse cached KV blocks of shared prompt prefixes.")
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+
+_SECTION_TYPES = {
+    "server": ServerConfig,
+    "model": ModelConfig,
+    "store": StoreConfig,
+    "engine": EngineConfig,
+}
+
+
+_TYPES = {"int": int, "bool": bool, "str": str, "float": float}
+
+
+def env_name(section: str, f: dataclasses.Field) -> str:
+    return f.metadata.get("env") or f"OWNLLM_{section.upper()}_{f.name.upper()}"
+
+
+def _coerce(section: str, f: dataclasses.Field, value: Any, source: str) -> Any:
+    name = f"{section}.{f.name}"
+    kind = _TYPES.get(str(f.type), str)
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                out = value
+            elif str(value).strip().lower() in ("1", "true", "yes", "on"):
+                out = True
+            elif str(value).strip().lower() in ("0", "false", "no", "off"):
+                out = False
+            else:
+                raise ValueError
+        elif kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            out = int(value)
+        elif kind is float:
+            out = float(value)
+        else:
+            if not isinstance(value, (str, int, float)):
+                raise ValueError
+            out = str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} = {value!r} (from {source}): expected {kind.__name__}") from None
+    meta = f.metadata
+    if meta.get("choices") is not None and out not in meta["choices"]:
+        allowed = ", ".join(str(c) for c in meta["choices"])
+        raise ConfigError(f"{name} = {value!r} (from {source}): must be one of {allowed}")
+    lo, hi = meta.get("min"), meta.get("max")
+    if (lo is not None and out < lo) or (hi is not None and out > hi):
+        raise ConfigError(f"{name} = {value!r} (from {source}): must be between {lo} and {hi}")
+    return out
+
+
+def load_config(
+    config_file: str | os.PathLike | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Config:
+    """Build the Config: defaults < file < env < overrides (`{"server": {"port": 9000}}`).
+
+    Without `config_file`, `./ownllm.toml` is read when it exists.
+    """
+    env = os.environ if env is None else env
+    file_values: dict[str, Any] = {}
+    path = Path(config_file) if config_file else Path("ownllm.toml")
+    if config_file and not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    if path.is_file():
+        try:
+            file_values = tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from None
+        unknown = set(file_values) - set(_SECTION_TYPES)
+        if unknown:
+            raise ConfigError(
+                f"config file {str(path)!r}: unknown section [{sorted(unknown)[0]}]; "
+                f"known: {', '.join(_SECTION_TYPES)}"
+            )
+    overrides = overrides or {}
+    sections = {}
+    for section, cls in _SECTION_TYPES.items():
+        from_file = file_values.get(section, {})
+        if not isinstance(from_file, dict):
+            raise ConfigError(f"config file {str(path)!r}: [{section}] must be a table")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for key in from_file:
+            if key not in fields:
+                raise ConfigError(
+                    f"config file {str(path)!r}: unknown setting {section}.{key}; "
+                    f"known: {', '.join(fields)}"
+                )
+        values = {}
+        for name, f in fields.items():
+            value, source = f.default, None
+            if name in from_file:
+                value, source = from_file[name], str(path)
+            ev = env_name(section, f)
+            if ev in env and env[ev] != "":
+                value, source = env[ev], ev
+            given = overrides.get(section, {}).get(name)
+            if given is not None:
+                value, source = given, f"--{name.replace('_', '-')}"
+            values[name] = value if source is None else _coerce(section, f, value, source)
+        sections[section] = cls(**values)
+    return Config(**sections)
+
+
+def settings_table() -> str:
+    """The Markdown table of every setting (used by the README and `ownllm config`)."""
+    rows = ["| setting | env var | default | meaning |", "|---|---|---|---|"]
+    for section, cls in _SECTION_TYPES.items():
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default != "" else "(empty)"
+            allowed = f.metadata.get("choices")
+            help_text = f.metadata["help"]
+            if allowed:
+                help_text += " One of: " + ", ".join(str(c) for c in allowed) + "."
+            rows.append(
+                f"| `{section}.{f.name}` | `{env_name(section, f)}` | `{default}` | {help_text} |"
+            )
+    return "\n".join(rows)

@@ -1,0 +1,112 @@
+"""One error hierarchy for the whole project, mapped once to the OpenAI error body.
+
+Every layer raises these; `ownllm.api.errors` turns them into
+`{"error": {"message", "type", "param", "code"}}` with `status_code`.
+"""
+
+from __future__ import annotations
+
+
+class OwnLLMError(Exception):
+    """Base error. Subclasses fix the HTTP status and OpenAI error type."""
+
+    status_code: int = 500
+    type: str = "server_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.retry_after = retry_after
+
+    def to_body(self) -> dict:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class InvalidRequestError(OwnLLMError):
+    status_code = 400
+    type = "invalid_request_error"
+
+
+class ContextLengthExceededError(InvalidRequestError):
+    code = "context_length_exceeded"
+
+
+class ContentPolicyError(InvalidRequestError):
+    code = "content_policy_violation"
+
+
+class AuthenticationError(OwnLLMError):
+    status_code = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class PermissionDeniedError(OwnLLMError):
+    status_code = 403
+    type = "permission_error"
+    code = "insufficient_permissions"
+
+
+class NotFoundError(OwnLLMError):
+    status_code = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFoundError(NotFoundError):
+    code = "model_not_found"
+
+
+class ConflictError(OwnLLMError):
+    status_code = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
+class PayloadTooLargeError(OwnLLMError):
+    status_code = 413
+    type = "invalid_request_error"
+    code = "file_too_large"
+
+
+class RateLimitError(OwnLLMError):
+    status_code = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class InsufficientQuotaError(RateLimitError):
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+
+
+class OverloadedError(OwnLLMError):
+    """The engine queue is full: retry later (503 with Retry-After)."""
+
+    status_code = 503
+    type = "server_error"
+    code = "server_overloaded"
+
+
+class ServerError(OwnLLMError):
+    status_code = 500
+    type = "server_error"
+    code = "internal_error"

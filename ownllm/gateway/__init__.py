@@ -1,0 +1,1 @@
+"""Gateway: auth & tenants, limits, guardrails, capture, usage & cost, routing."""

@@ -1,0 +1,204 @@
+"""The one SQLAlchemy schema (SQLite by default, PostgreSQL by URL).
+
+Every user-owned row carries `tenant_id`; queries filter on it in the
+gateway, so isolation is one WHERE clause away from every read. Ids are the
+OpenAI-style strings users see (`file-…`, `ftjob-…`, `chatcmpl-…`).
+Timestamps are Unix seconds (int) like the OpenAI API, except where a float
+is needed for latency.
+
+Migrations live in `ownllm/store/migrations/versions/`; a test checks the
+migrations produce exactly this schema.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the tenant's name
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    capture_default: Mapped[bool] = mapped_column(Boolean, default=False)
+    monthly_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    rpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_concurrent: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # key-…
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    prefix: Mapped[str] = mapped_column(String(24), index=True)  # shown in listings
+    key_hash: Mapped[str] = mapped_column(String(128), unique=True)
+    scopes: Mapped[list[Any]] = mapped_column(JSON)
+    rpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_concurrent: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    monthly_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    last_used_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    revoked_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class File(Base):
+    __tablename__ = "files"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # file-…
+    tenant_id: Mapped[str] = mapped_column(String(64), index=True)
+    filename: Mapped[str] = mapped_column(String(512))
+    purpose: Mapped[str] = mapped_column(String(40))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)  # relative to the data dir
+    status: Mapped[str] = mapped_column(String(20), default="processed")
+    created_at: Mapped[int] = mapped_column(BigInteger, index=True)
+
+
+class FineTuningJob(Base):
+    __tablename__ = "fine_tuning_jobs"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # ftjob-…
+    tenant_id: Mapped[str] = mapped_column(String(64), index=True)
+    model: Mapped[str] = mapped_column(String(512))
+    base_model: Mapped[str] = mapped_column(String(256))
+    parent_adapter_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    training_file: Mapped[str] = mapped_column(String(40))
+    validation_file: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON)
+    lora: Mapped[dict[str, Any]] = mapped_column(JSON)
+    suffix: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    seed: Mapped[int] = mapped_column(BigInteger)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
+    status: Mapped[str] = mapped_column(String(24), index=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    fine_tuned_model: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    trained_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    result_files: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    created_at: Mapped[int] = mapped_column(BigInteger, index=True)
+    started_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    estimated_finish: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    worker_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    heartbeat_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class JobEvent(Base):
+    __tablename__ = "job_events"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # ftevent-…
+    job_id: Mapped[str] = mapped_column(ForeignKey("fine_tuning_jobs.id"), index=True)
+    seq: Mapped[int] = mapped_column(BigInteger)  # order within the job
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    level: Mapped[str] = mapped_column(String(10))
+    type: Mapped[str] = mapped_column(String(10))  # message | metrics
+    message: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class JobCheckpoint(Base):
+    __tablename__ = "job_checkpoints"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # ftckpt-…
+    job_id: Mapped[str] = mapped_column(ForeignKey("fine_tuning_jobs.id"), index=True)
+    step: Mapped[int] = mapped_column(Integer)
+    model_name: Mapped[str] = mapped_column(String(512))
+    adapter_id: Mapped[str] = mapped_column(String(64))
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class Adapter(Base):
+    __tablename__ = "adapters"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # adapter-…
+    name: Mapped[str] = mapped_column(String(512), unique=True)  # the model id clients use
+    tenant_id: Mapped[str] = mapped_column(String(64), index=True)
+    base_model: Mapped[str] = mapped_column(String(256))
+    base_sha256: Mapped[str] = mapped_column(String(64))
+    parents: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    source: Mapped[str] = mapped_column(String(16))  # trained | imported | composed | checkpoint
+    datasets: Mapped[list[Any]] = mapped_column(JSON, default=list)  # [{file_id, sha256}]
+    hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    rank: Mapped[int] = mapped_column(Integer)
+    target_modules: Mapped[list[Any]] = mapped_column(JSON)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))  # content hash of the adapter files
+    path: Mapped[str] = mapped_column(Text)  # relative to the data dir
+    is_public: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[int] = mapped_column(BigInteger, index=True)
+
+
+class UsageRecord(Base):
+    __tablename__ = "usage"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[float] = mapped_column(Float, index=True)
+    tenant_id: Mapped[str] = mapped_column(String(64), index=True)
+    key_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    endpoint: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(512))
+    adapter_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cached_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    ttft_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    status: Mapped[str] = mapped_column(String(24))  # ok | error | cancelled | disconnected
+    http_status: Mapped[int] = mapped_column(Integer, default=200)
+    error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class StoredCompletion(Base):
+    __tablename__ = "stored_completions"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # chatcmpl-…
+    tenant_id: Mapped[str] = mapped_column(String(64), index=True)
+    key_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    model: Mapped[str] = mapped_column(String(512), index=True)
+    created_at: Mapped[int] = mapped_column(BigInteger, index=True)
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)  # messages + params, redacted
+    response: Mapped[dict[str, Any]] = mapped_column(JSON)  # the completion, redacted
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
+    rating: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    correction: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class GuardEvent(Base):
+    __tablename__ = "guard_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[float] = mapped_column(Float, index=True)
+    tenant_id: Mapped[str] = mapped_column(String(64), index=True)
+    request_id: Mapped[str] = mapped_column(String(64))
+    stage: Mapped[str] = mapped_column(String(8))  # input | output
+    action: Mapped[str] = mapped_column(String(8))  # block | redact | flag
+    rule_ids: Mapped[list[Any]] = mapped_column(JSON)
+    counts: Mapped[dict[str, Any]] = mapped_column(JSON)  # {rule_id: n}; never the text
+
+
+Index("ix_usage_tenant_created", UsageRecord.tenant_id, UsageRecord.created_at)

@@ -1,0 +1,98 @@
+import json
+import os
+
+import pytest
+
+from ownllm.models import cache
+from ownllm.models.cache import prepare_model
+from ownllm.models.catalog import ModelLoadError, resolve_model
+from ownllm.models.tokenizer import Tokenizer
+
+
+def test_hf_dir_is_used_in_place(tiny_model_dir):
+    source = resolve_model(str(tiny_model_dir), name="tiny")
+    prepared = prepare_model(source, tiny_model_dir.parent)
+    assert prepared.id == "tiny" and prepared.path == tiny_model_dir.resolve()
+    assert len(prepared.weights_sha256) == 64
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: None, "not found"),
+        (lambda p: p.mkdir(), "has no config.json"),
+        (lambda p: p.write_text("x"), "is not a .gguf file"),
+    ],
+)
+def test_bad_model_paths_are_one_line(tmp_path, make, message):
+    path = tmp_path / "model.bin"
+    make(path)
+    with pytest.raises(ModelLoadError, match=message) as info:
+        resolve_model(str(path))
+    assert "\n" not in str(info.value)
+
+
+def test_corrupt_gguf_is_a_clear_error(tmp_path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + os.urandom(64))
+    with pytest.raises(ModelLoadError, match="cannot read GGUF file"):
+        prepare_model(resolve_model(str(bad)), tmp_path / "home")
+    assert not (tmp_path / "home" / "models" / "broken").exists()
+    assert not list((tmp_path / "home" / "models").glob(".tmp-*"))
+
+
+def _fake_dequantise(tiny_model_dir):
+    def write(_gguf, out_dir):
+        for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+            (out_dir / name).write_bytes((tiny_model_dir / name).read_bytes())
+
+    return write
+
+
+def test_crash_mid_write_leaves_no_cache(tmp_path, monkeypatch, tiny_model_dir):
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"weights")
+
+    def crash(_gguf, out_dir):
+        (out_dir / "model.safetensors").write_bytes(b"half a file")
+        raise KeyboardInterrupt  # a kill mid-write
+
+    monkeypatch.setattr(cache, "_dequantise_gguf", crash)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_model(resolve_model(str(gguf)), tmp_path)
+    assert [p.name for p in (tmp_path / "models").iterdir()] == []
+
+    monkeypatch.setattr(cache, "_dequantise_gguf", _fake_dequantise(tiny_model_dir))
+    first = prepare_model(resolve_model(str(gguf)), tmp_path)
+    assert not first.from_cache
+    second = prepare_model(resolve_model(str(gguf)), tmp_path)
+    assert second.from_cache and second.path == first.path
+    manifest = json.loads((first.path / "MANIFEST.json").read_text())
+    assert manifest["files"]["model.safetensors"]["sha256"] == first.weights_sha256
+
+
+def test_truncated_cache_is_rebuilt(tmp_path, monkeypatch, tiny_model_dir):
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"weights")
+    monkeypatch.setattr(cache, "_dequantise_gguf", _fake_dequantise(tiny_model_dir))
+    first = prepare_model(resolve_model(str(gguf)), tmp_path)
+    weights = first.path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # disk full / partial copy
+    again = prepare_model(resolve_model(str(gguf)), tmp_path)
+    assert not again.from_cache
+    assert weights.stat().st_size == (tiny_model_dir / "model.safetensors").stat().st_size
+
+
+@pytest.mark.slow
+def test_shipped_default_model_dequantises_once_then_loads_from_cache(tmp_path):
+    source = resolve_model("smollm2-135m-instruct")
+    first = prepare_model(source, tmp_path)
+    second = prepare_model(source, tmp_path)
+    assert not first.from_cache and second.from_cache
+    assert second.seconds * 3 < first.seconds
+    config = json.loads((first.path / "config.json").read_text())
+    assert config["model_type"] == "llama" and "quantization_config" not in config
+    tokenizer = Tokenizer.from_dir(first.path)
+    assert tokenizer.token_to_id("<|im_end|>") in tokenizer.eos_token_ids
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}])
+    assert prompt.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")

@@ -1,0 +1,61 @@
+import time
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect, select
+
+from ownllm.store.db import Database, DatabaseError
+from ownllm.store.schema import Base, File, Tenant
+
+
+def test_migrations_create_exactly_the_schema(db_url):
+    db = Database.open(db_url)
+    with db.engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []
+        tables = set(inspect(connection).get_table_names())
+    assert {"tenants", "api_keys", "files", "fine_tuning_jobs", "adapters", "usage"} <= tables
+    db.close()
+
+
+def test_open_twice_is_idempotent_and_keeps_rows(db_url):
+    db = Database.open(db_url)
+    with db.session() as s:
+        s.add(Tenant(id="acme", created_at=int(time.time())))
+    db.close()
+    db = Database.open(db_url)
+    with db.session() as s:
+        assert s.scalars(select(Tenant.id)).all() == ["acme"]
+    db.close()
+
+
+def test_failed_transaction_rolls_back(db_url):
+    db = Database.open(db_url)
+    with pytest.raises(RuntimeError), db.session() as s:
+        s.add(
+            File(
+                id="file-1",
+                tenant_id="acme",
+                filename="a.jsonl",
+                purpose="fine-tune",
+                bytes=1,
+                sha256="0" * 64,
+                path="files/file-1",
+                created_at=0,
+            )
+        )
+        s.flush()
+        raise RuntimeError("boom")
+    with db.session() as s:
+        assert s.get(File, "file-1") is None
+    assert db.ping()
+    db.close()
+
+
+def test_unreachable_database_is_one_clear_line():
+    with pytest.raises(DatabaseError) as info:
+        Database.open("postgresql+psycopg://user:secret@127.0.0.1:1/none")
+    message = str(info.value)
+    assert "cannot open database" in message and "secret" not in message
+    assert "\n" not in message

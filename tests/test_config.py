@@ -1,0 +1,85 @@
+import pytest
+
+from ownllm.config import ConfigError, load_config, settings_table
+
+
+def test_defaults(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = load_config(env={})
+    assert config.server.host == "127.0.0.1"
+    assert config.server.port == 8000
+    assert config.model.model == "smollm2-135m-instruct"
+    assert config.store.url.startswith("sqlite:///")
+
+
+def test_precedence_file_env_flags(tmp_path):
+    path = tmp_path / "ownllm.toml"
+    path.write_text('[server]\nport = 9001\nhost = "0.0.0.0"\n[model]\ndtype = "float32"\n')
+    config = load_config(path, env={})
+    assert (config.server.port, config.server.host, config.model.dtype) == (
+        9001,
+        "0.0.0.0",
+        "float32",
+    )
+    config = load_config(path, env={"OWNLLM_PORT": "9002"})
+    assert config.server.port == 9002 and config.server.host == "0.0.0.0"
+    config = load_config(path, env={"OWNLLM_PORT": "9002"}, overrides={"server": {"port": 9003}})
+    assert config.server.port == 9003
+
+
+def test_env_names_for_data_dir_and_database(tmp_path):
+    config = load_config(
+        env={"OWNLLM_HOME": str(tmp_path), "OWNLLM_DATABASE_URL": "postgresql+psycopg://u@h/db"}
+    )
+    assert config.store.home == tmp_path
+    assert config.store.url == "postgresql+psycopg://u@h/db"
+
+
+@pytest.mark.parametrize(
+    "overrides, env, message",
+    [
+        (
+            {"server": {"port": 70000}},
+            {},
+            "server.port = 70000 (from --port): must be between 1 and 65535",
+        ),
+        (
+            {"model": {"dtype": "int3"}},
+            {},
+            "model.dtype = 'int3' (from --dtype): must be one of auto",
+        ),
+        ({}, {"OWNLLM_PORT": "eighty"}, "server.port = 'eighty' (from OWNLLM_PORT): expected int"),
+        ({}, {"OWNLLM_ENGINE_MAX_NUM_SEQS": "0"}, "engine.max_num_seqs = '0'"),
+    ],
+)
+def test_bad_values_name_field_value_and_allowed(overrides, env, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(env=env, overrides=overrides)
+    assert str(info.value).startswith(message)
+
+
+def test_bad_file(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[server]\nprot = 1\n")
+    with pytest.raises(ConfigError, match="unknown setting server.prot"):
+        load_config(path, env={})
+    path.write_text("[server\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(path, env={})
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.toml", env={})
+
+
+def test_config_is_frozen():
+    config = load_config(env={})
+    with pytest.raises(AttributeError):
+        config.server.port = 1  # type: ignore[misc]
+
+
+def test_readme_lists_every_setting():
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert settings_table() in readme, (
+        "README's configuration table is stale: run `ownllm config --table`"
+    )
