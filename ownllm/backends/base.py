@@ -13,108 +13,28 @@ prompt the trainer saw.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from ownllm.engine.messages import (
+    AdapterWeight,
+    Delta,
+    GenerateRequest,
+    ModelInfo,
+    SamplingParams,
+    TokenConstraint,
+    TokenLogprob,
+)
 
-@dataclass(frozen=True)
-class SamplingParams:
-    """Per-request sampling settings (OpenAI names where OpenAI has one)."""
-
-    max_tokens: int = 16
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0  # 0 disables top-k
-    min_p: float = 0.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    repetition_penalty: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    stop_token_ids: tuple[int, ...] = ()
-    ignore_eos: bool = False
-    logprobs: int | None = None  # None: no logprobs; k >= 0: chosen token + top-k alternatives
-    n: int = 1
-
-
-@dataclass(frozen=True)
-class AdapterWeight:
-    """One LoRA adapter applied to a request, scaled by `weight`."""
-
-    adapter_id: str
-    weight: float = 1.0
-
-
-class TokenConstraint(Protocol):
-    """Constrained decoding (JSON schema, grammar) as the engine sees it.
-
-    The engine calls `fill_bitmask` before sampling each token of the request
-    (int32 bitmask, shape [batch, ceil(vocab / 32)], bit set = allowed),
-    then `accept_token` with the sampled token. `fork` gives an independent
-    copy for each of n > 1 choices.
-    """
-
-    def fill_bitmask(self, bitmask: Any, row: int) -> None: ...
-
-    def accept_token(self, token_id: int) -> bool: ...
-
-    def is_terminated(self) -> bool: ...
-
-    def fork(self) -> TokenConstraint: ...
-
-
-@dataclass
-class GenerateRequest:
-    """One generation request. `cache_scope` isolates prefix-cache reuse
-    (the tenant id): a cached prefix is only reused within the same scope."""
-
-    request_id: str
-    prompt_token_ids: list[int]
-    sampling: SamplingParams = field(default_factory=SamplingParams)
-    adapters: tuple[AdapterWeight, ...] = ()  # empty: the base model
-    cache_scope: str = ""
-    constraint: TokenConstraint | None = None
-    priority: int = 0
-
-
-@dataclass(frozen=True)
-class TokenLogprob:
-    token_id: int
-    token: str  # decoded text of this token alone (may be a partial UTF-8 piece)
-    logprob: float
-    bytes: tuple[int, ...] = ()
-    top: tuple[tuple[int, str, float], ...] = ()  # (token_id, token, logprob) alternatives
-
-
-@dataclass
-class Delta:
-    """What a backend yields while generating: new text for one choice.
-
-    `text` is always whole UTF-8 characters and never contains (a prefix of)
-    a stop string that may still complete. The last delta of a choice has
-    `finish_reason` set: "stop", "length", "content_filter" or "abort".
-    """
-
-    index: int
-    text: str
-    token_ids: list[int] = field(default_factory=list)
-    logprobs: list[TokenLogprob] | None = None
-    finish_reason: str | None = None
-    num_prompt_tokens: int = 0
-    num_cached_tokens: int = 0
-    num_output_tokens: int = 0  # cumulative for this choice
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """The base model a backend serves."""
-
-    id: str
-    max_model_len: int
-    vocab_size: int
-    dtype: str
-    architecture: str = "LlamaForCausalLM"
-    weights_sha256: str = ""
+__all__ = [
+    "AdapterWeight",
+    "Backend",
+    "Delta",
+    "GenerateRequest",
+    "ModelInfo",
+    "SamplingParams",
+    "TokenConstraint",
+    "TokenLogprob",
+]
 
 
 @runtime_checkable

@@ -1,6 +1,6 @@
 """JSON-constrained decoding (OpenAI `response_format`) with llguidance.
 
-`JsonConstraint` implements `ownllm.backends.base.TokenConstraint`: before each token the
+`JsonConstraint` implements `ownllm.engine.messages.TokenConstraint`: before each token the
 engine asks it for the allowed tokens (`fill_bitmask`), after sampling it reports the token
 (`accept_token`). Allowed tokens are exactly those that keep the text a prefix of a JSON
 document valid under the schema, so a choice that ends by the constraint (`is_terminated()`

@@ -32,7 +32,7 @@ import json
 import re
 from typing import Any
 
-from ownllm.backends.base import TokenLogprob
+from ownllm.engine.messages import TokenLogprob
 
 # Tokens of context decoded before the first new token, so its leading space/merge is right.
 PREFIX_CONTEXT_TOKENS = 5

@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from ownllm.backends.base import SamplingParams
+from ownllm.engine.messages import SamplingParams
 
 GREEDY_EPS = 1e-5  # temperatures below this are greedy
 MAX_LOGPROBS = 20  # OpenAI's top_logprobs limit

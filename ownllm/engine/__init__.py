@@ -1,0 +1,14 @@
+"""The embedded inference engine (torch), one module per stage:
+
+- `sequence`: a Sequence, one choice of a request (tokens, progress, block table)
+- `block_manager`: KV-cache blocks, prefix caching scoped by tenant and adapters
+- `adapter_slots`: which adapter set sits in which resident LoRA slot (LRU)
+- `scheduler`: the per-step plan {sequence: num_tokens} under a token budget
+- `weights`, `model`, `attention`, `lora`: the Llama-family forward with multi-LoRA
+- `model_runner`: plan -> tensors, owns the KV cache, runs the model
+- `sampler`, `detokenizer`, `constraints`, `outputs`: tokens -> deltas
+- `llm_engine`: `LLMEngine.step()` = schedule -> run -> postprocess
+
+The scheduler, block manager and adapter slots import no torch; importing
+this package imports nothing (import the module you need).
+"""

@@ -1,0 +1,359 @@
+"""The engine: requests in, token deltas out; `step()` = schedule → run → postprocess.
+
+Thread model: `add_request`, `abort_request`, `load_adapter` and
+`unload_adapter` may be called from any thread (the event loop); they
+validate at once (raising the typed errors) and leave a command in an inbox.
+`step()` runs on one engine thread: it applies the inbox, then schedules,
+runs the model and samples. Everything the scheduler touches is only ever
+touched by that thread.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ownllm.config import EngineConfig
+from ownllm.engine.adapter_slots import AdapterSlots
+from ownllm.engine.block_manager import BlockManager
+from ownllm.engine.detokenizer import TokenTexts
+from ownllm.engine.lora import LoraAdapter, LoraStacks
+from ownllm.engine.messages import Delta, GenerateRequest
+from ownllm.engine.model import Model
+from ownllm.engine.model_runner import ModelRunner
+from ownllm.engine.outputs import RequestState
+from ownllm.engine.scheduler import Scheduler
+from ownllm.engine.sequence import Sequence
+from ownllm.engine.weights import ModelArgs, load_tensors, read_config, resolve_dtype
+from ownllm.errors import (
+    ContextLengthExceededError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    OverloadedError,
+)
+
+MAX_STACKED_ADAPTERS = 4
+CPU_KV_CACHE_BYTES = 2 << 30  # default KV cache on CPU when kv_cache_tokens is 0
+
+
+@dataclass
+class RequestOutput:
+    request_id: str
+    delta: Delta | None = None
+    error: Exception | None = None
+
+
+class LLMEngine:
+    def __init__(
+        self,
+        model_dir: str | Path,
+        config: EngineConfig,
+        *,
+        dtype: str = "auto",
+        device: str = "cpu",
+        max_model_len: int = 0,
+        adapter_resolver: Callable[[str], str | None] | None = None,
+        tokenizer=None,
+    ) -> None:
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.config = config
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.args: ModelArgs = read_config(Path(model_dir))
+        self.dtype = resolve_dtype(dtype, device)
+        self.model = Model(self.args, load_tensors(Path(model_dir)), self.dtype, self.device)
+        if tokenizer is None:
+            from ownllm.models.tokenizer import Tokenizer
+
+            tokenizer = Tokenizer.from_dir(model_dir)
+        self.tokenizer = tokenizer
+        self.max_model_len = max_model_len or self.args.max_position_embeddings
+        num_blocks = self._num_kv_blocks()
+        self.block_manager = BlockManager(
+            num_blocks, config.block_size, config.enable_prefix_caching
+        )
+        self.adapter_slots = AdapterSlots(config.max_loras)
+        self.scheduler = Scheduler(
+            self.block_manager,
+            self.adapter_slots,
+            max_num_seqs=config.max_num_seqs,
+            max_num_batched_tokens=config.max_num_batched_tokens,
+        )
+        self.lora = LoraStacks(self.args, config.max_loras, self.dtype, self.device)
+        self.runner = ModelRunner(self.model, num_blocks, config.block_size, self.lora)
+        self.adapter_resolver = adapter_resolver
+        self._adapter_paths: dict[str, str] = {}
+        self._host_adapters: OrderedDict[str, LoraAdapter] = OrderedDict()
+        self._adapter_lock = threading.Lock()
+        self._inbox: deque[tuple] = deque()
+        self._requests: dict[str, RequestState] = {}
+        # requests submitted (event-loop thread) and taken from the inbox (engine thread)
+        self._num_submitted = self._num_taken = 0
+        self._token_texts = _token_texts(tokenizer)
+        self.num_generated_tokens = 0
+        self.busy_seconds = 0.0
+
+    # -- any thread -----------------------------------------------------------
+    def add_request(self, request: GenerateRequest) -> None:
+        """Validate `request` and queue it; raises the typed errors before any work."""
+        sp = request.sampling
+        prompt_len = len(request.prompt_token_ids)
+        if prompt_len == 0:
+            raise InvalidRequestError("the prompt is empty", param="prompt")
+        if sp.max_tokens < 1 or sp.n < 1:
+            raise InvalidRequestError("max_tokens and n must be at least 1", param="max_tokens")
+        if prompt_len + sp.max_tokens > self.max_model_len:
+            raise ContextLengthExceededError(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, "
+                f"you requested {prompt_len + sp.max_tokens} tokens ({prompt_len} in the prompt, "
+                f"{sp.max_tokens} for the completion). Please reduce the length of the prompt "
+                f"or of max_tokens.",
+                param="messages",
+            )
+        if (
+            max(request.prompt_token_ids) >= self.args.vocab_size
+            or min(request.prompt_token_ids) < 0
+        ):
+            raise InvalidRequestError("the prompt has token ids outside the vocabulary")
+        if len(request.adapters) > MAX_STACKED_ADAPTERS:
+            raise InvalidRequestError(
+                f"at most {MAX_STACKED_ADAPTERS} adapters can be stacked on one request"
+            )
+        for aw in request.adapters:
+            self._host_adapter(aw.adapter_id)
+        if request.request_id in self._requests:
+            raise InvalidRequestError(f"request id {request.request_id!r} is already running")
+        if self._num_waiting() >= self.config.max_queue:
+            raise OverloadedError(
+                f"the engine queue is full ({self.config.max_queue} requests waiting); "
+                f"retry shortly",
+                retry_after=1.0,
+            )
+        self._num_submitted += 1
+        self._inbox.append(("add", request))
+
+    def abort_request(self, request_id: str) -> None:
+        self._inbox.append(("abort", request_id))
+
+    def load_adapter(self, adapter_id: str, path: str) -> None:
+        """Register (or replace) adapter `adapter_id`, read from PEFT directory `path`."""
+        adapter = LoraAdapter.from_dir(adapter_id, path, self.args, self.config.max_lora_rank)
+        with self._adapter_lock:
+            self._adapter_paths[adapter_id] = str(path)
+            self._remember(adapter)
+        self._inbox.append(("evict", adapter_id))
+
+    def unload_adapter(self, adapter_id: str) -> None:
+        with self._adapter_lock:
+            known = self._adapter_paths.pop(adapter_id, None) is not None
+            known |= self._host_adapters.pop(adapter_id, None) is not None
+        if not known:
+            raise ModelNotFoundError(f"adapter {adapter_id!r} is not loaded", param="model")
+        self._inbox.append(("evict", adapter_id))
+
+    def _num_waiting(self) -> int:
+        return len(self.scheduler.waiting) + self._num_submitted - self._num_taken
+
+    def has_work(self) -> bool:
+        return bool(self._inbox) or self.scheduler.has_work
+
+    def stats(self) -> dict[str, float]:
+        return {
+            "running": len(self.scheduler.running),
+            "waiting": self._num_waiting(),
+            "kv_blocks_used": self.block_manager.num_used_blocks,
+            "kv_blocks_total": self.block_manager.num_blocks,
+            "resident_adapters": len(self.adapter_slots.key_to_slot),
+            "tokens_generated": self.num_generated_tokens,
+            "busy_seconds": self.busy_seconds,
+        }
+
+    # -- engine thread --------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        """One engine step: apply the inbox, schedule, run the model, sample, emit deltas."""
+        start = time.perf_counter()
+        outputs: list[RequestOutput] = []
+        with torch.inference_mode():
+            self._apply_inbox(outputs)
+            sched = self.scheduler.schedule()
+            self._load_slots(sched, outputs)
+            if sched.plan:
+                logits, sampling = self.runner.run(sched.plan)
+                self.scheduler.on_step_done(sched)
+                outputs += self._postprocess(logits, sampling)
+        self.busy_seconds += time.perf_counter() - start
+        return outputs
+
+    def _state_of(self, seq: Sequence) -> RequestState:
+        return self._requests[seq.request_id]
+
+    def _apply_inbox(self, outputs: list[RequestOutput]) -> None:
+        while self._inbox:
+            kind, arg = self._inbox.popleft()
+            if kind == "add":
+                self._num_taken += 1
+                self._add(arg)
+            elif kind == "abort":
+                state = self._requests.pop(arg, None)
+                if state is not None:
+                    for seq in state.unfinished():
+                        self.scheduler.finish(seq, "abort")
+                        outputs.append(RequestOutput(arg, state.final_delta(seq, "abort")))
+            elif kind == "evict":
+                for key in self.adapter_slots.keys_with(arg):
+                    self.adapter_slots.discard(key)
+
+    def _add(self, request: GenerateRequest) -> None:
+        if request.request_id in self._requests:
+            return  # add_request refused it already, unless two threads raced on one id
+        key = tuple((a.adapter_id, float(a.weight)) for a in request.adapters)
+        cache_key = repr((request.cache_scope, key)).encode()
+        n = request.sampling.n
+        seq = Sequence(
+            request.request_id,
+            request.prompt_token_ids,
+            adapter_key=key,
+            cache_key=cache_key,
+            max_tokens=request.sampling.max_tokens,
+            priority=request.priority,
+            num_forks=n - 1,
+        )
+        self._requests[request.request_id] = RequestState(
+            request, seq, self.tokenizer, self._token_texts, self.device
+        )
+        self.scheduler.add(seq)
+
+    def _load_slots(self, sched, outputs: list[RequestOutput]) -> None:
+        for key, slot in sched.new_slots:
+            try:
+                parts = [(self._host_adapter(a), w) for a, w in key]
+                self.lora.load_slot(slot, parts)
+            except Exception as e:  # the adapter vanished or broke since it was validated
+                for seq in [s for s in sched.plan if s.adapter_key == key]:
+                    del sched.plan[seq]
+                    state = self._requests.pop(seq.request_id, None)
+                    if state is not None:
+                        for s in state.unfinished():
+                            self.scheduler.finish(s, "abort")
+                        outputs.append(RequestOutput(seq.request_id, error=e))
+                self.adapter_slots.discard(key)
+
+    def _postprocess(self, logits: torch.Tensor, sampling: list[Sequence]) -> list[RequestOutput]:
+        rows = list(range(len(sampling)))
+        for row, seq in enumerate(list(sampling)):
+            if seq.num_forks and seq.num_output_tokens == 0:
+                for child in self._fork(seq):
+                    sampling.append(child)
+                    rows.append(row)
+        if len(rows) != logits.shape[0]:
+            logits = logits.index_select(0, torch.tensor(rows, device=logits.device))
+        states = [self._state_of(seq) for seq in sampling]
+        sampled = RequestState.sample(logits, sampling, states, self.device)
+        outputs = []
+        for seq, state, (token_id, logprob) in zip(sampling, states, sampled):
+            self.num_generated_tokens += 1
+            seq.token_ids.append(token_id)
+            delta = state.on_token(seq, token_id, logprob)
+            if delta.finish_reason is not None:
+                self.scheduler.finish(seq, delta.finish_reason)
+                if not state.unfinished():
+                    del self._requests[seq.request_id]
+            outputs.append(RequestOutput(seq.request_id, delta))
+        return outputs
+
+    def _fork(self, parent: Sequence) -> list[Sequence]:
+        """The other n - 1 choices of `parent`'s request, sharing its prompt blocks."""
+        state = self._state_of(parent)
+        children = []
+        copies = []
+        for _ in range(parent.num_forks):
+            child = Sequence(
+                parent.request_id,
+                parent.token_ids,
+                index=len(state.seqs),
+                adapter_key=parent.adapter_key,
+                cache_key=parent.cache_key,
+                max_tokens=parent.max_tokens,
+                priority=parent.priority,
+            )
+            state.add_choice(child)
+            try:
+                copies += self.block_manager.fork(parent, child)
+            except MemoryError:
+                self.scheduler.add(child)  # recomputed later, mostly from the prefix cache
+                continue
+            if child.adapter_key:
+                child.lora_slot, _ = self.adapter_slots.acquire(child.adapter_key)
+            self.scheduler.add_running(child)
+            children.append(child)
+        parent.num_forks = 0
+        self.runner.copy_blocks(copies)
+        return children
+
+    # -- adapters -------------------------------------------------------------
+    def _host_adapter(self, adapter_id: str) -> LoraAdapter:
+        """The host copy of `adapter_id`, read from disk (registered or resolved) if needed."""
+        with self._adapter_lock:
+            adapter = self._host_adapters.get(adapter_id)
+            if adapter is not None:
+                self._host_adapters.move_to_end(adapter_id)
+                return adapter
+            path = self._adapter_paths.get(adapter_id)
+        if path is None and self.adapter_resolver is not None:
+            path = self.adapter_resolver(adapter_id)
+        if path is None or not Path(path).is_dir():
+            raise ModelNotFoundError(
+                f"The model or adapter {adapter_id!r} does not exist", param="model"
+            )
+        adapter = LoraAdapter.from_dir(adapter_id, path, self.args, self.config.max_lora_rank)
+        with self._adapter_lock:
+            self._adapter_paths[adapter_id] = str(path)
+            self._remember(adapter)
+        return adapter
+
+    def _remember(self, adapter: LoraAdapter) -> None:
+        self._host_adapters[adapter.adapter_id] = adapter
+        self._host_adapters.move_to_end(adapter.adapter_id)
+        while len(self._host_adapters) > max(8, 2 * self.config.max_loras):
+            self._host_adapters.popitem(last=False)
+
+    def _num_kv_blocks(self) -> int:
+        cfg, args = self.config, self.args
+        bytes_per_token = (
+            args.num_layers * 2 * args.num_kv_heads * args.head_dim * self.dtype.itemsize
+        )
+        tokens = cfg.kv_cache_tokens
+        if not tokens:
+            if self.device.type == "cuda":
+                free, _ = torch.cuda.mem_get_info(self.device)
+                budget = int(free * 0.8)
+            else:
+                budget = min(CPU_KV_CACHE_BYTES, _available_memory() // 4)
+            tokens = min(budget // bytes_per_token, cfg.max_num_seqs * self.max_model_len)
+        tokens = max(tokens, cfg.block_size)
+        return -(-tokens // cfg.block_size)
+
+
+def _token_texts(tokenizer) -> TokenTexts | None:
+    try:
+        return TokenTexts(tokenizer)
+    except Exception:  # a tokenizer without a tokenizers.Tokenizer inside: no token texts
+        return None
+
+
+def _available_memory() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 << 30

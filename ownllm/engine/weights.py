@@ -1,0 +1,133 @@
+"""Read a Hugging Face model directory: config.json into `ModelArgs`, *.safetensors into tensors.
+
+Llama-family only (Llama, Mistral, Qwen2 with qkv bias, Qwen3 with q/k norms,
+SmolLM): the architectures whose decoder layer is RMSNorm → attention with
+rotary embeddings → RMSNorm → SwiGLU MLP. Both config styles are read: the
+older `rope_theta` + `rope_scaling` and transformers 5's `rope_parameters`.
+
+Left out: GGUF (ownllm.models dequantises it to a directory first), models
+with MoE layers, biased MLPs.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ownllm.models.catalog import ModelLoadError
+
+SUPPORTED_ARCHITECTURES = (
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
+)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class WeightsError(ModelLoadError):
+    """The model directory cannot be served by the embedded engine."""
+
+
+@dataclass(frozen=True)
+class ModelArgs:
+    architecture: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    rope_scaling: dict[str, Any] | None
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    sliding_window: int | None = None
+
+    @classmethod
+    def from_hf_config(cls, config: dict[str, Any]) -> ModelArgs:
+        arch = (config.get("architectures") or ["LlamaForCausalLM"])[0]
+        if arch not in SUPPORTED_ARCHITECTURES:
+            raise WeightsError(
+                f"architecture {arch} is not supported by the embedded engine "
+                f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+            )
+        if config.get("hidden_act", "silu") != "silu" or config.get("mlp_bias"):
+            raise WeightsError("only SwiGLU MLPs without bias are supported")
+        rope = dict(config.get("rope_parameters") or config.get("rope_scaling") or {})
+        theta = rope.pop("rope_theta", None) or config.get("rope_theta", 10000.0)
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        heads = config["num_attention_heads"]
+        window = config.get("sliding_window") if config.get("use_sliding_window", True) else None
+        return cls(
+            architecture=arch,
+            vocab_size=config["vocab_size"],
+            hidden_size=config["hidden_size"],
+            intermediate_size=config["intermediate_size"],
+            num_layers=config["num_hidden_layers"],
+            num_heads=heads,
+            num_kv_heads=config.get("num_key_value_heads") or heads,
+            head_dim=config.get("head_dim") or config["hidden_size"] // heads,
+            rms_norm_eps=config.get("rms_norm_eps", 1e-6),
+            rope_theta=float(theta),
+            rope_scaling=rope if rope_type != "default" else None,
+            max_position_embeddings=config.get("max_position_embeddings", 2048),
+            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+            sliding_window=window if arch == "MistralForCausalLM" else None,
+        )
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """'auto' is bfloat16 where the CPU/GPU computes it natively, else float32."""
+    if dtype != "auto":
+        if dtype not in _DTYPES:
+            raise WeightsError(f"dtype {dtype!r}: use auto, float32, bfloat16 or float16")
+        return _DTYPES[dtype]
+    if str(device).startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+
+
+def cpu_has_native_bf16() -> bool:
+    if platform.system() != "Linux":
+        return False
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+
+
+def read_config(model_dir: Path) -> ModelArgs:
+    path = Path(model_dir) / "config.json"
+    try:
+        return ModelArgs.from_hf_config(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError) as e:
+        if isinstance(e, WeightsError):
+            raise
+        raise WeightsError(f"cannot read {path}: {e}") from None
+
+
+def load_tensors(model_dir: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the directory's *.safetensors files, keys without the `model.` prefix."""
+    from safetensors import safe_open
+
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        raise WeightsError(f"{model_dir} has no *.safetensors files")
+    tensors: dict[str, torch.Tensor] = {}
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 (safe_open is not a dict)
+                name = key.removeprefix("model.")
+                tensors[name] = f.get_tensor(key)
+    return tensors
