@@ -1,16 +1,39 @@
-"""Who is calling: the resolved API key, its tenant and scopes.
+"""Who is calling: the resolved API key, its tenant, scopes and limits.
 
-`get_principal` is the FastAPI dependency every route takes. In open
-development mode (loopback, no key exists) every request is the `default`
-tenant with all scopes; otherwise the key is checked by `ownllm.gateway.auth`.
+`ownllm.gateway.auth.get_principal` is the FastAPI dependency every route
+takes. In open development mode (loopback, no key exists) every request is
+the `default` tenant with all scopes; otherwise the key is checked there.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import ipaddress
+from dataclasses import dataclass, field
 
 ALL_SCOPES = frozenset({"inference", "files", "fine-tuning", "adapters", "usage"})
 DEFAULT_TENANT = "default"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-key or per-tenant limits; None means unlimited."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    max_concurrent: int | None = None
+    monthly_tokens: int | None = None
+
+    @property
+    def is_unlimited(self) -> bool:
+        return (
+            self.rpm is None
+            and self.tpm is None
+            and self.max_concurrent is None
+            and self.monthly_tokens is None
+        )
+
+
+NO_LIMITS = Limits()
 
 
 @dataclass(frozen=True)
@@ -19,6 +42,8 @@ class Principal:
     key_id: str | None = None
     scopes: frozenset[str] = ALL_SCOPES
     is_admin: bool = False
+    key_limits: Limits = field(default=NO_LIMITS)
+    tenant_limits: Limits = field(default=NO_LIMITS)
 
     def can_see(self, owner_tenant_id: str, is_public: bool = False) -> bool:
         """A tenant sees its own objects and public ones; the admin sees all."""
@@ -26,3 +51,13 @@ class Principal:
 
 
 OPEN_DEV_PRINCIPAL = Principal(tenant_id=DEFAULT_TENANT, is_admin=True)
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (open development mode needs one)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,176 @@
+"""`ownllm cost`: self-hosted cost vs paid APIs for the traffic in the ledger, and
+`--scenario` to project a year ("users=1000000,requests_per_user=10,input_tokens=400,
+output_tokens=200"). Prices come from the dated table named in the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ownllm.cli.common import add_config_arguments
+
+    add_config_arguments(parser)
+    parser.add_argument(
+        "--since", help="window start: 30d, 24h, a date (default: the first request in the ledger)"
+    )
+    parser.add_argument("--until", help="window end (default now)")
+    parser.add_argument("--hardware", help="hardware preset of the price table (cpu-small, h100)")
+    parser.add_argument("--price-per-hour", type=float, help="your price of one box per hour")
+    parser.add_argument("--replicas", type=int, help="boxes you pay for")
+    parser.add_argument("--price-table", metavar="TOML", help="your price table")
+    parser.add_argument(
+        "--scenario",
+        help="project a year: users=N,requests_per_user=N (per day),input_tokens=N,"
+        "output_tokens=N[,peak=2]",
+    )
+    parser.add_argument(
+        "--throughput",
+        type=float,
+        metavar="TOKENS_PER_S",
+        help="tokens/s one box serves (default: measured from the ledger and engine busy "
+        "time; or take it from bench/RESULTS.md for your hardware)",
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def money(value: float | None) -> str:
+    if value is None:
+        return "-"
+    sign = "-" if value < 0 else ""
+    value = abs(value)
+    if value and value < 0.01:
+        return f"{sign}${value:.6f}"
+    return f"{sign}${value:,.2f}"
+
+
+def tokens(value: float) -> str:
+    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= size:
+            return f"{value / size:,.1f}{unit}"
+    return f"{value:,.0f}"
+
+
+def format_account(acc, table, since_text: str) -> str:
+    t, hw = acc.traffic, acc.hardware
+    lines = [
+        f"Traffic since {since_text}: {t.requests:,} requests, {tokens(t.prompt_tokens)} input + "
+        f"{tokens(t.completion_tokens)} output tokens over {t.window_s / 3600:,.1f} h.",
+        f"Hardware: {hw.replicas} × {hw.name} at {money(hw.price_per_hour)}/h "
+        f"({hw.source or 'no source'}{', ' + hw.as_of if hw.as_of else ''}) → "
+        f"{money(acc.hardware_cost)} for the window.",
+    ]
+    if acc.utilisation is not None:
+        lines.append(
+            f"Engine busy {t.busy_s / 3600:,.2f} h → utilisation {acc.utilisation:.1%}; "
+            f"measured throughput {t.throughput_tps:,.0f} tokens/s per box."
+        )
+    else:
+        lines.append("Engine busy time: none recorded yet (serve traffic with `ownllm serve`).")
+    lines.append(
+        f"Self-hosted: {money(acc.cost_per_million)} per 1M tokens at the observed "
+        f"utilisation; {money(acc.cost_per_million_at_full)} per 1M if fully busy."
+    )
+    lines += ["", f"{'API':<24}{'same traffic':>14}{'savings':>14}  break-even per box"]
+    for c in acc.comparisons:
+        reach = "" if c.is_reachable else " (beyond one box's capacity: the API stays cheaper)"
+        lines.append(
+            f"{c.api.name:<24}{money(c.api_cost):>14}{money(c.savings):>14}  "
+            f"{tokens(c.break_even_tokens_per_month)} tokens/month{reach}"
+        )
+    lines.append(f"\nAPI list prices from {table.path} (as of {table.as_of}; check the sources).")
+    return "\n".join(lines)
+
+
+def format_projection(p, table) -> str:
+    s, hw = p.scenario, p.hardware
+    lines = [
+        f"Scenario: {s.users:,} users × {s.requests_per_user:g} requests/day × "
+        f"({s.input_tokens} in + {s.output_tokens} out) tokens = "
+        f"{tokens(s.requests_per_day)} requests, "
+        f"{tokens(s.input_tokens_per_day + s.output_tokens_per_day)} tokens per day.",
+        f"Throughput: {p.throughput_tps:,.0f} tokens/s per box ({p.throughput_source}).",
+        f"Hardware needed: {p.boxes:,} × {hw.name} at {money(hw.price_per_hour)}/h, sized for "
+        f"peak = {s.peak:g} × average (average utilisation {p.utilisation:.0%}).",
+        f"Self-hosted: {money(p.self_per_day)}/day, {money(p.self_per_year)}/year, "
+        f"{money(p.self_cost_per_million)} per 1M tokens.",
+        "",
+        f"{'API':<24}{'per day':>14}{'per year':>16}{'self-hosted saves/year':>24}",
+    ]
+    for a in p.apis:
+        lines.append(
+            f"{a.api.name:<24}{money(a.per_day):>14}{money(a.per_year):>16}"
+            f"{money(a.savings_per_year):>24}"
+        )
+    lines.append(f"\nAPI list prices from {table.path} (as of {table.as_of}; check the sources).")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from ownllm.cli.common import ConfigError, config_from_args, fail
+    from ownllm.errors import OwnLLMError
+    from ownllm.gateway import cost
+    from ownllm.gateway.usage import parse_since
+
+    overrides = {
+        "hardware": args.hardware,
+        "hardware_price_per_hour": args.price_per_hour,
+        "replicas": args.replicas,
+        "price_table": args.price_table,
+    }
+    try:
+        config = config_from_args(args, {"cost": overrides})
+        table = cost.load_price_table(config.cost.price_table or None)
+        hardware = cost.hardware_from_config(config.cost, table)
+        scenario = cost.parse_scenario(args.scenario) if args.scenario else None
+        since, until = parse_since(args.since), parse_since(args.until)
+    except (ConfigError, cost.CostError) as e:
+        return fail(str(e))
+    except OwnLLMError as e:
+        return fail(e.message)
+    traffic = None
+    if scenario is None or args.throughput is None:
+        from ownllm.store.db import Database, DatabaseError
+
+        try:
+            db = Database.open(config.store.url)
+        except DatabaseError as e:
+            return fail(str(e))
+        try:
+            traffic = cost.observed_traffic(db, since, until)
+        finally:
+            db.close()
+    if scenario is None:
+        acc = cost.account(traffic, hardware, table)
+        if args.json:
+            print(json.dumps(asdict(acc), default=str, indent=2))
+        else:
+            print(format_account(acc, table, args.since or "the first request"))
+        return 0
+    if args.throughput is not None:
+        tps, source = args.throughput, "given with --throughput"
+    elif traffic.throughput_tps:
+        tps = traffic.throughput_tps
+        source = (
+            f"measured: {tokens(traffic.total_tokens)} tokens in "
+            f"{traffic.busy_s:,.0f} engine-busy seconds since {args.since or 'the first request'}"
+        )
+    else:
+        return fail(
+            "no measured throughput in the ledger yet: serve some traffic, or pass "
+            "--throughput TOKENS_PER_S (e.g. the number bench/RESULTS.md reports for your box)"
+        )
+    try:
+        projection = cost.project(scenario, replace(hardware), table, tps, source)
+    except cost.CostError as e:
+        return fail(str(e))
+    if args.json:
+        print(json.dumps(asdict(projection), default=str, indent=2))
+    else:
+        print(format_projection(projection, table))
+    return 0

@@ -1,0 +1,369 @@
+"""The cost account: what self-hosting costs per million tokens, what the same traffic
+would cost on paid APIs, the savings, and the break-even volume; and a one-year
+projection for a scenario ("a million users, ten requests a day each").
+
+Inputs, all visible in the output:
+- prices of paid APIs and hardware presets from a dated TOML table (the shipped
+  `prices.toml`, or `[cost] price_table`), each with its source URL and date;
+- the hardware price per hour (`[cost] hardware` preset or `hardware_price_per_hour`) and
+  the number of boxes paid for (`[cost] replicas`);
+- the traffic in the usage ledger (prompt and completion tokens of every request) and
+  the engine's busy time (`engine_time`, sampled from `backend.stats()`).
+
+Self-hosted cost is the hardware paid for the whole window (idle hours cost the same as
+busy ones) divided by the tokens served; "at full utilisation" divides by what the box
+could serve at the measured throughput (tokens per engine-busy second). Left out:
+power and staff costs (put them in your price per hour), cached-input and batch
+discounts of the APIs, the quality difference between your model and theirs.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+SHIPPED_PRICE_TABLE = Path(__file__).with_name("prices.toml")
+HOURS_PER_MONTH = 730.0  # 8760 / 12
+DAYS_PER_YEAR = 365
+
+
+class CostError(ValueError):
+    """The price table or a scenario cannot be used; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class ApiPrice:
+    name: str
+    provider: str
+    input: float  # USD per 1M input tokens
+    output: float  # USD per 1M output tokens
+    source: str
+    as_of: str
+
+    def cost(self, prompt_tokens: float, completion_tokens: float) -> float:
+        return (prompt_tokens * self.input + completion_tokens * self.output) / 1e6
+
+
+@dataclass(frozen=True)
+class HardwarePrice:
+    name: str
+    description: str
+    price_per_hour: float
+    source: str
+    as_of: str
+
+
+@dataclass(frozen=True)
+class PriceTable:
+    path: str
+    as_of: str
+    apis: tuple[ApiPrice, ...]
+    hardware: dict[str, HardwarePrice]
+
+
+def load_price_table(path: str | Path | None = None) -> PriceTable:
+    """Read a price table (the shipped one when `path` is empty)."""
+    path = Path(path) if path else SHIPPED_PRICE_TABLE
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise CostError(f"cannot read price table {str(path)!r}: {e}") from None
+    try:
+        apis = tuple(
+            ApiPrice(
+                name,
+                str(v.get("provider", "")),
+                float(v["input"]),
+                float(v["output"]),
+                str(v.get("source", "")),
+                str(v.get("as_of", data.get("as_of", ""))),
+            )
+            for name, v in data.get("api", {}).items()
+        )
+        hardware = {
+            name: HardwarePrice(
+                name,
+                str(v.get("description", name)),
+                float(v["price_per_hour"]),
+                str(v.get("source", "")),
+                str(v.get("as_of", data.get("as_of", ""))),
+            )
+            for name, v in data.get("hardware", {}).items()
+        }
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CostError(f"price table {str(path)!r}: bad entry ({e})") from None
+    if not apis:
+        raise CostError(f"price table {str(path)!r} has no [api.NAME] entries")
+    return PriceTable(str(path), str(data.get("as_of", "")), apis, hardware)
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What one serving box costs, and how many are paid for."""
+
+    name: str
+    price_per_hour: float
+    replicas: int = 1
+    source: str = ""
+    as_of: str = ""
+
+    @property
+    def price_per_month(self) -> float:
+        return self.price_per_hour * HOURS_PER_MONTH
+
+
+def hardware_from_config(cost_config: Any, table: PriceTable) -> Hardware:
+    preset = table.hardware.get(cost_config.hardware)
+    if cost_config.hardware_price_per_hour > 0:
+        name = cost_config.hardware if preset else "custom"
+        return Hardware(
+            name,
+            cost_config.hardware_price_per_hour,
+            cost_config.replicas,
+            "your [cost] hardware_price_per_hour",
+            "",
+        )
+    if preset is None:
+        known = ", ".join(table.hardware) or "none"
+        raise CostError(
+            f"cost.hardware = {cost_config.hardware!r} is not in the price table "
+            f"{table.path} (presets: {known}); set cost.hardware_price_per_hour instead"
+        )
+    return Hardware(
+        preset.name, preset.price_per_hour, cost_config.replicas, preset.source, preset.as_of
+    )
+
+
+# -- observed traffic ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """Tokens served in a window, and how long the engine was busy serving them."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    requests: int
+    window_s: float
+    busy_s: float
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def throughput_tps(self) -> float | None:
+        """Tokens (prompt + completion) per engine-busy second, at the observed mix."""
+        return self.total_tokens / self.busy_s if self.busy_s > 0 else None
+
+
+def observed_traffic(
+    db: Any, since: float | None = None, until: float | None = None, now: float | None = None
+) -> Traffic:
+    """Ledger totals and engine busy time between `since` (default: the first request) and
+    `until` (default: now). Busy time is kept per day, so a window starting mid-day counts
+    that whole day's busy time."""
+    from sqlalchemy import func, select
+
+    from ownllm.gateway.usage import day_of
+    from ownllm.store.schema import EngineTime as E
+    from ownllm.store.schema import UsageRecord as U
+
+    now = time.time() if now is None else now
+    query = select(
+        func.coalesce(func.sum(U.prompt_tokens), 0),
+        func.coalesce(func.sum(U.completion_tokens), 0),
+        func.count(),
+        func.min(U.created_at),
+    )
+    busy = select(func.coalesce(func.sum(E.busy_seconds), 0.0))
+    if since is not None:
+        query = query.where(U.created_at >= since)
+        busy = busy.where(E.day >= day_of(since))
+    if until is not None:
+        query = query.where(U.created_at < until)
+        busy = busy.where(E.day <= day_of(until))
+    with db.session() as session:
+        prompt, completion, requests, first_at = session.execute(query).one()
+        busy_s = float(session.execute(busy).scalar_one())
+    start = since if since is not None else (first_at if first_at is not None else now)
+    end = until if until is not None else now
+    return Traffic(int(prompt), int(completion), int(requests), max(0.0, end - start), busy_s)
+
+
+# -- the account -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ApiComparison:
+    api: ApiPrice
+    api_cost: float  # the same traffic on this API
+    savings: float  # api_cost - self-hosted cost (negative: the API was cheaper)
+    break_even_tokens_per_month: float  # per box, at the observed input/output mix
+    is_reachable: bool  # one box can serve the break-even volume at the measured throughput
+
+
+@dataclass(frozen=True)
+class Account:
+    traffic: Traffic
+    hardware: Hardware
+    hardware_cost: float
+    cost_per_million: float | None  # at the observed utilisation
+    utilisation: float | None  # engine busy / hours paid
+    cost_per_million_at_full: float | None  # if the boxes were busy all the time
+    comparisons: list[ApiComparison] = field(default_factory=list)
+
+
+def account(traffic: Traffic, hardware: Hardware, table: PriceTable) -> Account:
+    hours = traffic.window_s / 3600.0
+    hardware_cost = hardware.price_per_hour * hardware.replicas * hours
+    millions = traffic.total_tokens / 1e6
+    tps = traffic.throughput_tps
+    full = hardware.price_per_hour / (tps * 3600 / 1e6) if tps else None
+    paid_s = traffic.window_s * hardware.replicas
+    utilisation = min(1.0, traffic.busy_s / paid_s) if paid_s > 0 and traffic.busy_s else None
+    in_share = traffic.prompt_tokens / traffic.total_tokens if traffic.total_tokens else 0.5
+    capacity = tps * 3600 * HOURS_PER_MONTH if tps else None
+    comparisons = []
+    for api in table.apis:
+        api_cost = api.cost(traffic.prompt_tokens, traffic.completion_tokens)
+        blended = (in_share * api.input + (1 - in_share) * api.output) / 1e6  # USD per token
+        break_even = hardware.price_per_month / blended if blended > 0 else math.inf
+        reachable = capacity is None or break_even <= capacity
+        comparisons.append(
+            ApiComparison(api, api_cost, api_cost - hardware_cost, break_even, reachable)
+        )
+    return Account(
+        traffic=traffic,
+        hardware=hardware,
+        hardware_cost=hardware_cost,
+        cost_per_million=hardware_cost / millions if millions else None,
+        utilisation=utilisation,
+        cost_per_million_at_full=full,
+        comparisons=comparisons,
+    )
+
+
+# -- a scenario, projected over a year -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scenario:
+    users: int
+    requests_per_user: float  # per user per day
+    input_tokens: int  # per request
+    output_tokens: int  # per request
+    peak: float = 2.0  # peak / average load: the boxes are sized for the peak
+
+    @property
+    def requests_per_day(self) -> float:
+        return self.users * self.requests_per_user
+
+    @property
+    def input_tokens_per_day(self) -> float:
+        return self.requests_per_day * self.input_tokens
+
+    @property
+    def output_tokens_per_day(self) -> float:
+        return self.requests_per_day * self.output_tokens
+
+
+_SCENARIO_KEYS = {
+    "users": int,
+    "requests_per_user": float,
+    "input_tokens": int,
+    "output_tokens": int,
+    "peak": float,
+}
+
+
+def parse_scenario(text: str) -> Scenario:
+    """`users=1000000,requests_per_user=10,input_tokens=400,output_tokens=200[,peak=2]`."""
+    values: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, raw = part.partition("=")
+        key = key.strip()
+        if not sep or key not in _SCENARIO_KEYS:
+            raise CostError(
+                f"scenario: bad item {part!r}; use {', '.join(k + '=N' for k in _SCENARIO_KEYS)}"
+            )
+        try:
+            values[key] = _SCENARIO_KEYS[key](raw.replace("_", "").strip())
+        except ValueError:
+            raise CostError(f"scenario: {key} = {raw!r} is not a number") from None
+        if values[key] <= 0 and key != "input_tokens":
+            raise CostError(f"scenario: {key} must be positive")
+    missing = [k for k in _SCENARIO_KEYS if k != "peak" and k not in values]
+    if missing:
+        raise CostError(f"scenario: missing {', '.join(missing)}")
+    if values.get("peak", 2.0) < 1:
+        raise CostError("scenario: peak is peak/average load, at least 1")
+    return Scenario(**values)
+
+
+@dataclass(frozen=True)
+class ApiProjection:
+    api: ApiPrice
+    per_day: float
+    per_year: float
+    savings_per_year: float  # api per year - self-hosted per year
+
+
+@dataclass(frozen=True)
+class Projection:
+    scenario: Scenario
+    hardware: Hardware
+    throughput_tps: float
+    throughput_source: str
+    boxes: int
+    self_per_day: float
+    self_per_year: float
+    self_cost_per_million: float
+    utilisation: float  # average load / capacity of the boxes bought
+    apis: list[ApiProjection]
+
+
+def project(
+    scenario: Scenario,
+    hardware: Hardware,
+    table: PriceTable,
+    throughput_tps: float,
+    throughput_source: str,
+) -> Projection:
+    """A year of the scenario: boxes needed at the measured throughput (sized for the peak),
+    what they cost, and what each API would charge for the same tokens."""
+    if throughput_tps <= 0:
+        raise CostError("throughput must be positive (tokens per second per box)")
+    tokens_per_day = scenario.input_tokens_per_day + scenario.output_tokens_per_day
+    average_tps = tokens_per_day / 86400.0
+    boxes = max(1, math.ceil(average_tps * scenario.peak / throughput_tps))
+    self_per_day = boxes * hardware.price_per_hour * 24
+    apis = []
+    for api in table.apis:
+        per_day = api.cost(scenario.input_tokens_per_day, scenario.output_tokens_per_day)
+        apis.append(
+            ApiProjection(
+                api, per_day, per_day * DAYS_PER_YEAR, (per_day - self_per_day) * DAYS_PER_YEAR
+            )
+        )
+    return Projection(
+        scenario=scenario,
+        hardware=hardware,
+        throughput_tps=throughput_tps,
+        throughput_source=throughput_source,
+        boxes=boxes,
+        self_per_day=self_per_day,
+        self_per_year=self_per_day * DAYS_PER_YEAR,
+        self_cost_per_million=self_per_day / (tokens_per_day / 1e6) if tokens_per_day else 0.0,
+        utilisation=average_tps / (boxes * throughput_tps),
+        apis=apis,
+    )

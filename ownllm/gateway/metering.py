@@ -1,0 +1,131 @@
+"""The gateway's inference hook for limits and the usage ledger.
+
+`MeteringHook.admit` asks the `Limiter` to admit the call for its worst-case
+token count (prompt + n × max_tokens); `finish` — which the pipeline calls
+once for every call, also after errors, 429s and disconnects — settles the
+limiter to the tokens actually used and queues one ledger row.
+
+Status of the row: `ok`; `disconnected` when the client went away;
+`cancelled` when the engine aborted a choice (finish_reason "abort", e.g. at
+shutdown) or the server cancelled the call before it completed; `error` for
+any error status, 429s included (the HTTP status and error code are kept).
+Tokens are counted once the engine produced output; a request refused before
+that (limits, guard, validation) is a row with zero tokens.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ownllm.gateway.hooks import InferenceCall, InferenceOutcome
+from ownllm.gateway.limits import Admission, Limiter, limiter_for
+from ownllm.gateway.usage import BusySample, UsageLedger, UsageRow, ledger_for
+
+BUSY_SAMPLE_EVERY_S = 10.0
+
+
+def outcome_status(outcome: InferenceOutcome) -> str:
+    if outcome.is_client_gone:
+        return "disconnected"
+    if any(c.finish_reason == "abort" for c in outcome.choices):
+        return "cancelled"  # the engine aborted it (shutdown), whatever status was sent
+    if outcome.status_code >= 400:
+        return "error"
+    if not outcome.choices or any(c.finish_reason is None for c in outcome.choices):
+        return "cancelled"  # the server task was cancelled before the call completed
+    return "ok"
+
+
+class BusyTracker:
+    """Turns the engine's cumulative `busy_seconds` into samples the ledger adds up per
+    host and day (`engine_time`), which `ownllm cost` reads as utilisation."""
+
+    def __init__(self, backend: Callable[[], Any], replica: str | None = None) -> None:
+        self._backend = backend
+        self.replica = replica or socket.gethostname()[:128]
+        self._last_busy = 0.0
+        self._last_at = 0.0
+
+    def take(self, force: bool = False) -> BusySample | None:
+        now = time.monotonic()
+        if not force and now - self._last_at < BUSY_SAMPLE_EVERY_S:
+            return None
+        backend = self._backend()
+        busy = float((backend.stats() if backend is not None else {}).get("busy_seconds", 0.0))
+        self._last_at = now
+        delta, self._last_busy = busy - self._last_busy, busy
+        if delta < 0:  # the engine restarted: its counter began again at 0
+            delta = busy
+        return BusySample(self.replica, delta) if delta > 0 else None
+
+
+class MeteringHook:
+    """Limits at admission, ledger row and limiter settlement at the end."""
+
+    def __init__(
+        self, limiter: Limiter, ledger: UsageLedger, busy: BusyTracker | None = None
+    ) -> None:
+        self.limiter = limiter
+        self.ledger = ledger
+        self.busy = busy
+        self._admissions: dict[str, Admission] = {}
+
+    async def admit(self, call: InferenceCall) -> None:
+        admission = await self.limiter.admit(call.principal, call.max_total_tokens)
+        self._admissions[call.request_id] = admission
+
+    async def finish(self, call: InferenceCall, outcome: InferenceOutcome) -> None:
+        # Tokens count once the engine produced output (the prompt was processed): a request
+        # refused by a limit, a guard or a validation error used nothing and costs nothing.
+        is_billed = outcome.ttft_s is not None or outcome.num_output_tokens > 0
+        prompt = outcome.num_prompt_tokens if is_billed else 0
+        cached = outcome.num_cached_tokens if is_billed else 0
+        used = prompt + outcome.num_output_tokens
+        admission = self._admissions.pop(call.request_id, None)
+        try:
+            if admission is not None:
+                await self.limiter.finish(admission, used)
+        finally:
+            self.ledger.record(
+                UsageRow(
+                    request_id=call.request_id,
+                    tenant_id=call.principal.tenant_id,
+                    key_id=call.principal.key_id,
+                    endpoint=call.endpoint,
+                    model=call.model,
+                    adapter_id=call.adapter_ids[0][:64] if call.adapter_ids else None,
+                    status=outcome_status(outcome),
+                    prompt_tokens=prompt,
+                    completion_tokens=outcome.num_output_tokens,
+                    cached_tokens=cached,
+                    ttft_ms=None if outcome.ttft_s is None else outcome.ttft_s * 1000.0,
+                    latency_ms=outcome.latency_s * 1000.0,
+                    http_status=outcome.status_code,
+                    error_code=outcome.error_code,
+                )
+            )
+            sample = self.busy.take() if self.busy is not None else None
+            if sample is not None:
+                self.ledger.record(sample)
+
+    def close(self) -> None:
+        """At shutdown: the last busy-time sample, then every queued row to the database."""
+        sample = self.busy.take(force=True) if self.busy is not None else None
+        if sample is not None:
+            self.ledger.record(sample)
+        self.ledger.close()
+
+
+def metering_hook_for(state: Any) -> MeteringHook:
+    """The app's MeteringHook (one per app, sharing its Limiter and UsageLedger)."""
+    hook = state.extras.get("metering")
+    if hook is None:
+        busy = BusyTracker(lambda: state.backend)
+        limiter, ledger = limiter_for(state), ledger_for(state)
+        limiter.defer_write = ledger.record  # budget settlements ride the ledger's batches
+        hook = MeteringHook(limiter, ledger, busy)
+        state.extras["metering"] = hook
+    return hook

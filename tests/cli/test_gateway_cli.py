@@ -1,0 +1,134 @@
+"""`ownllm keys`, `ownllm usage`, `ownllm cost`, and `ownllm serve` refusing a public
+address without keys."""
+
+from __future__ import annotations
+
+import json
+
+from ownllm.cli import main
+from ownllm.gateway.auth import hash_key
+from ownllm.gateway.usage import UsageLedger, UsageRow
+from ownllm.store.db import Database
+
+
+def cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_keys_create_prints_the_key_once_and_list_never(tmp_path, capsys):
+    d = str(tmp_path)
+    code, out, err = cli(
+        capsys,
+        "keys",
+        "create",
+        "--data-dir",
+        d,
+        "--tenant",
+        "acme",
+        "--name",
+        "ci",
+        "--scopes",
+        "inference,files",
+        "--rpm",
+        "10",
+        "--monthly-tokens",
+        "1000000",
+    )
+    secret = out.strip()
+    assert code == 0 and secret.startswith("sk-") and "only time" in err
+    assert "rpm=10" in err and "monthly_tokens=1000000" in err
+    code, out, _ = cli(capsys, "keys", "list", "--data-dir", d, "--json")
+    [row] = [json.loads(line) for line in out.splitlines()]
+    assert secret not in out and row["tenant_id"] == "acme" and row["rpm"] == 10
+    code, out, _ = cli(
+        capsys, "keys", "limits", "--data-dir", d, "--tenant", "acme", "--tpm", "5000"
+    )
+    assert code == 0 and "tpm=5000" in out
+    code, out, _ = cli(capsys, "keys", "revoke", row["id"], "--data-dir", d)
+    assert code == 0 and "Revoked" in out
+    code, out, _ = cli(capsys, "keys", "list", "--data-dir", d)
+    assert row["id"] in out and "unlimited" not in out.splitlines()[1]
+    db = Database.open(f"sqlite:///{tmp_path / 'ownllm.db'}")
+    from ownllm.gateway.keys import get_key
+
+    assert get_key(db, row["id"]).revoked_at is not None
+    db.close()
+    assert hash_key(secret)  # stored hashed: see tests/gateway/test_auth.py
+
+
+def test_keys_bad_input_is_one_line(tmp_path, capsys):
+    code, _, err = cli(
+        capsys, "keys", "create", "--data-dir", str(tmp_path), "--tenant", "a:b", "--name", "ci"
+    )
+    assert code == 2 and err.startswith("ownllm: error: Invalid tenant name")
+    code, _, err = cli(capsys, "keys", "revoke", "key-nope", "--data-dir", str(tmp_path))
+    assert code == 2 and "No API key" in err
+
+
+def test_usage_and_cost_read_the_ledger(tmp_path, capsys):
+    db = Database.open(f"sqlite:///{tmp_path / 'ownllm.db'}")
+    ledger = UsageLedger(db)
+    for tenant, model in (("acme", "tiny"), ("acme", "ft:tiny:acme:x:1"), ("globex", "tiny")):
+        ledger.record(
+            UsageRow(
+                request_id="r",
+                tenant_id=tenant,
+                key_id="key-1",
+                endpoint="chat.completions",
+                model=model,
+                status="ok",
+                prompt_tokens=1000,
+                completion_tokens=500,
+            )
+        )
+    ledger.close()
+    db.close()
+    d = str(tmp_path)
+    code, out, _ = cli(capsys, "usage", "--data-dir", d, "--by", "model", "--tenant", "acme")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].startswith("MODEL") and any(
+        line.startswith("ft:tiny:acme:x:1") for line in lines
+    )
+    assert lines[-1].split()[:2] == ["total", "2"]
+    code, out, _ = cli(capsys, "usage", "--data-dir", d, "--by", "tenant", "--json")
+    assert {json.loads(x)["tenant"] for x in out.splitlines()} == {"acme", "globex"}
+    code, out, _ = cli(capsys, "cost", "--data-dir", d, "--hardware", "h100")
+    assert code == 0 and "3 requests" in out and "gpt-4o-mini" in out and "as of" in out
+    code, out, err = cli(
+        capsys,
+        "cost",
+        "--data-dir",
+        d,
+        "--scenario",
+        "users=1000000,requests_per_user=10,input_tokens=400,output_tokens=200",
+    )
+    assert code == 2 and "--throughput" in err  # no engine busy time recorded: says so
+    code, out, _ = cli(
+        capsys,
+        "cost",
+        "--data-dir",
+        d,
+        "--throughput",
+        "5000",
+        "--scenario",
+        "users=1000000,requests_per_user=10,input_tokens=400,output_tokens=200",
+    )
+    assert code == 0 and "given with --throughput" in out and "per year" in out
+
+
+def test_serve_refuses_public_address_without_keys(tmp_path, capsys):
+    code, _, err = cli(
+        capsys,
+        "serve",
+        "--host",
+        "0.0.0.0",
+        "--data-dir",
+        str(tmp_path),
+        "--model",
+        str(tmp_path / "not-loaded-before-the-check"),
+    )
+    assert code == 2
+    assert "refusing to listen on 0.0.0.0" in err and "ownllm keys create" in err

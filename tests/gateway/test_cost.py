@@ -1,0 +1,199 @@
+"""The cost account and the scenario projection: arithmetic a CFO can check by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from ownllm.config import load_config
+from ownllm.gateway.cost import (
+    CostError,
+    Hardware,
+    Traffic,
+    account,
+    hardware_from_config,
+    load_price_table,
+    observed_traffic,
+    parse_scenario,
+    project,
+)
+from ownllm.gateway.usage import BusySample, UsageLedger, UsageRow
+from ownllm.store.db import Database
+
+
+@pytest.fixture
+def table(tmp_path):
+    path = tmp_path / "prices.toml"
+    path.write_text(
+        'as_of = "2025-10-20"\n'
+        '[api.cheap]\ninput = 0.1\noutput = 0.4\nsource = "https://x"\n'
+        '[api.dear]\ninput = 2.0\noutput = 8.0\nsource = "https://y"\n'
+        '[hardware.box]\nprice_per_hour = 1.0\nsource = "https://z"\n'
+    )
+    return load_price_table(path)
+
+
+def test_shipped_table_is_dated_and_sourced():
+    shipped = load_price_table()
+    names = {a.name for a in shipped.apis}
+    assert {"gpt-4o-mini", "gpt-4.1-mini", "claude-haiku-4.5", "gemini-2.5-flash"} <= names
+    assert all(a.source.startswith("https://") and a.as_of for a in shipped.apis)
+    assert {"cpu-small", "h100"} <= set(shipped.hardware)
+    assert all(h.source.startswith("https://") for h in shipped.hardware.values())
+
+
+def test_account_by_hand(table):
+    # 10 h window, 1 box at $1/h = $10. 3M input + 1M output tokens. Busy 1 h.
+    traffic = Traffic(3_000_000, 1_000_000, 100, window_s=36_000, busy_s=3_600)
+    acc = account(traffic, Hardware("box", 1.0), table)
+    assert acc.hardware_cost == pytest.approx(10.0)
+    assert acc.cost_per_million == pytest.approx(2.5)  # $10 / 4M
+    assert acc.utilisation == pytest.approx(0.1)
+    assert acc.traffic.throughput_tps == pytest.approx(4_000_000 / 3600)
+    assert acc.cost_per_million_at_full == pytest.approx(0.25)  # $1/h / 4M per hour
+    cheap, dear = acc.comparisons
+    assert cheap.api_cost == pytest.approx(0.3 + 0.4) and cheap.savings == pytest.approx(-9.3)
+    assert dear.api_cost == pytest.approx(6.0 + 8.0) and dear.savings == pytest.approx(4.0)
+    # break-even: $730/month ÷ blended (0.75·2 + 0.25·8)/1M = 3.5/1M per token
+    assert dear.break_even_tokens_per_month == pytest.approx(730 / 3.5e-6)
+    assert dear.is_reachable  # capacity 4M/h · 730 h = 2.92B ≥ 208.6M
+    assert not cheap.is_reachable  # 730 / 0.175e-6 = 4.17B > 2.92B
+
+
+def test_projection_by_hand(table):
+    scenario = parse_scenario(
+        "users=1_000_000,requests_per_user=10,input_tokens=400,output_tokens=200"
+    )
+    p = project(
+        scenario, Hardware("box", 1.0), table, throughput_tps=10_000, throughput_source="given"
+    )
+    # 6e9 tokens/day = 69,444 tokens/s average; ×2 peak / 10k per box → 14 boxes
+    assert p.boxes == 14
+    assert p.self_per_day == pytest.approx(14 * 24) and p.self_per_year == pytest.approx(
+        14 * 24 * 365
+    )
+    cheap, dear = p.apis
+    assert cheap.per_day == pytest.approx(4e9 * 0.1 / 1e6 + 2e9 * 0.4 / 1e6)  # $1,200
+    assert dear.per_year == pytest.approx((4e9 * 2 / 1e6 + 2e9 * 8 / 1e6) * 365)
+    assert dear.savings_per_year == pytest.approx(dear.per_year - p.self_per_year)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "users=10",
+        "users=x,requests_per_user=1,input_tokens=1,output_tokens=1",
+        "bogus=1",
+        "users=1,requests_per_user=1,input_tokens=1,output_tokens=1,peak=0.5",
+    ],
+)
+def test_bad_scenarios_say_why(text):
+    with pytest.raises(CostError, match="scenario"):
+        parse_scenario(text)
+
+
+def test_hardware_from_config(table):
+    config = load_config(env={}, overrides={"cost": {"hardware": "box"}})
+    assert hardware_from_config(config.cost, table).price_per_hour == 1.0
+    mine = load_config(env={}, overrides={"cost": {"hardware_price_per_hour": 0.5, "replicas": 3}})
+    hw = hardware_from_config(mine.cost, table)
+    assert (hw.price_per_hour, hw.replicas, hw.name) == (0.5, 3, "custom")
+    with pytest.raises(CostError, match="not in the price table"):
+        hardware_from_config(load_config(env={}).cost, table)  # cpu-small is not in it
+
+
+def test_observed_traffic_reads_ledger_and_busy_time(db_url):
+    db = Database.open(db_url)
+    ledger = UsageLedger(db)
+    t0 = 1_764_000_000.0
+    for k in range(3):
+        ledger.record(
+            UsageRow(
+                request_id=f"r{k}",
+                tenant_id="acme",
+                key_id=None,
+                endpoint="chat.completions",
+                model="tiny",
+                status="ok",
+                prompt_tokens=100,
+                completion_tokens=50,
+                created_at=t0 + k,
+            )
+        )
+    ledger.record(BusySample("host-a", 2.5, at=t0))
+    ledger.record(BusySample("host-a", 1.5, at=t0 + 1))
+    ledger.record(BusySample("host-b", 1.0, at=t0 + 1))
+    ledger.close()
+    traffic = observed_traffic(db, since=t0, until=t0 + 3600)
+    assert (traffic.prompt_tokens, traffic.completion_tokens, traffic.requests) == (300, 150, 3)
+    assert traffic.busy_s == pytest.approx(5.0) and traffic.window_s == 3600
+    assert traffic.throughput_tps == pytest.approx(90.0)
+    db.close()
+
+
+def test_busy_tracker_samples_growth_and_survives_engine_restart():
+    from ownllm.gateway.metering import BusyTracker
+
+    class Engine:
+        busy = 0.0
+
+        def stats(self):
+            return {"busy_seconds": self.busy}
+
+    engine = Engine()
+    tracker = BusyTracker(lambda: engine, replica="host-a")
+    engine.busy = 2.0
+    assert tracker.take(force=True).busy_seconds == 2.0
+    assert tracker.take() is None  # sampled at most every few seconds
+    engine.busy = 5.0
+    assert tracker.take(force=True).busy_seconds == 3.0
+    engine.busy = 1.0  # a new engine counts from 0 again
+    assert tracker.take(force=True).busy_seconds == 1.0
+    assert tracker.take(force=True) is None  # nothing new
+
+
+def test_served_traffic_and_engine_busy_time_reach_the_cost_account(tmp_path, tiny_model_dir):
+    """The real server and engine: ledger rows and engine busy time are written (at
+    shutdown at the latest), and `ownllm cost` turns them into a throughput."""
+    import subprocess
+    import sys
+
+    import httpx
+
+    from tests.server import Server
+
+    server = Server(
+        "--model",
+        str(tiny_model_dir),
+        "--name",
+        "tiny",
+        data_dir=tmp_path,
+        env={"OWNLLM_MODEL_DEVICE": "cpu"},
+    )
+    try:
+        server.wait_ready()
+        seen = 0
+        for _ in range(3):
+            response = httpx.post(
+                f"{server.base_url}/v1/chat/completions",
+                timeout=60,
+                json={
+                    "model": "tiny",
+                    "messages": [{"role": "user", "content": "hi"}],
+                    "max_tokens": 8,
+                },
+            )
+            seen += response.json()["usage"]["total_tokens"]
+    finally:
+        server.stop()
+    db = Database.open(f"sqlite:///{tmp_path / 'ownllm.db'}")
+    traffic = observed_traffic(db)
+    db.close()
+    assert traffic.requests == 3 and traffic.total_tokens == seen
+    assert traffic.busy_s > 0 and traffic.throughput_tps > 0
+    out = subprocess.run(
+        [sys.executable, "-m", "ownllm", "cost", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "3 requests" in out and "measured throughput" in out
