@@ -1,0 +1,267 @@
+"""PEFT LoRA adapters on disk: read and validate, check against a base model, write.
+
+An adapter directory holds `adapter_config.json` and `adapter_model.safetensors`
+exactly as `peft`'s `save_pretrained` writes them (axolotl and unsloth write
+the same), so adapters move between ownllm and the rest of the ecosystem as
+they are. Tensors are keyed `base_model.model.<module>.lora_{A,B}[.<name>].weight`;
+`<module>` is the base model's module path (`model.layers.0.self_attn.q_proj`),
+whose weight `<module>.weight` is `[out, in]`, with A `[r, in]` and B `[out, r]`.
+
+Every problem is an `InvalidRequestError` whose message names the file, tensor
+or module at fault. Left out: DoRA, LoRA on embeddings, trained biases,
+`modules_to_save`, per-module `alpha_pattern`, and pickled `adapter_model.bin`
+(never unpickled: convert it to safetensors with peft first).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ownllm.errors import InvalidRequestError
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS)
+_KEY = re.compile(
+    r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[\w-]+)?\.weight$"
+)
+# projections the engine applies LoRA to (ownllm.engine.lora.TARGETS)
+SUPPORTED_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+_SUPPORTED_ARCHITECTURES = (
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
+)
+
+
+if TYPE_CHECKING:
+    import torch
+
+
+class AdapterFormatError(InvalidRequestError):
+    """The adapter files are not a PEFT LoRA adapter ownllm can use (400)."""
+
+    code = "invalid_adapter"
+
+
+@dataclass
+class PeftAdapter:
+    """A LoRA adapter in memory: its config and per-module (A [r, in], B [out, r])."""
+
+    config: dict[str, Any]
+    modules: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+    @property
+    def rank(self) -> int:
+        """The largest rank over modules (the config's `r` unless `rank_pattern` says more)."""
+        return max((a.shape[0] for a, _ in self.modules.values()), default=int(self.config["r"]))
+
+    @property
+    def ranks(self) -> set[int]:
+        return {a.shape[0] for a, _ in self.modules.values()}
+
+    @property
+    def target_modules(self) -> list[str]:
+        """Short target names (`q_proj`, …) that carry weights, sorted."""
+        return sorted({module.rsplit(".", 1)[-1] for module in self.modules})
+
+    def scaling(self, module: str) -> float:
+        """PEFT's scale of `module`'s delta: alpha / r, or alpha / sqrt(r) with rsLoRA."""
+        r = self.modules[module][0].shape[0]
+        alpha = float(self.config["lora_alpha"])
+        return alpha / math.sqrt(r) if self.config.get("use_rslora") else alpha / r
+
+    def delta(self, module: str) -> torch.Tensor:
+        """The dense weight update `scaling * B @ A` of `module` ([out, in], fp32)."""
+        a, b = self.modules[module]
+        return self.scaling(module) * (b.float() @ a.float())
+
+
+def _fail(message: str, param: str | None = None) -> AdapterFormatError:
+    return AdapterFormatError(message, param=param)
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """Read and validate `adapter_config.json` of the adapter directory `path`."""
+    file = Path(path) / ADAPTER_CONFIG
+    if not file.is_file():
+        raise _fail(f"{ADAPTER_CONFIG} is missing from the adapter directory")
+    try:
+        config = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise _fail(f"{ADAPTER_CONFIG} is not valid JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise _fail(f"{ADAPTER_CONFIG} must be a JSON object")
+    peft_type = str(config.get("peft_type", "LORA")).upper()
+    if peft_type != "LORA":
+        raise _fail(f"{ADAPTER_CONFIG}: peft_type {peft_type} is not supported (only LORA)")
+    r, alpha = config.get("r"), config.get("lora_alpha")
+    if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+        raise _fail(f"{ADAPTER_CONFIG}: r must be a positive integer, got {r!r}")
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha):
+        raise _fail(f"{ADAPTER_CONFIG}: lora_alpha must be a number, got {alpha!r}")
+    unsupported = {
+        "use_dora": "DoRA",
+        "modules_to_save": "modules_to_save (whole trained modules)",
+        "alpha_pattern": "a per-module alpha_pattern",
+        "target_parameters": "target_parameters",
+    }
+    for key, what in unsupported.items():
+        if config.get(key):
+            raise _fail(f"{ADAPTER_CONFIG}: {what} is not supported")
+    if config.get("bias", "none") != "none":
+        raise _fail(f"{ADAPTER_CONFIG}: trained biases (bias={config['bias']!r}) are not supported")
+    return config
+
+
+def read_adapter(path: str | Path) -> PeftAdapter:
+    """Read and validate a PEFT LoRA adapter directory (config and every tensor)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise _fail(f"{path} is not a directory")
+    config = read_config(path)
+    file = path / ADAPTER_WEIGHTS
+    if not file.is_file():
+        if (path / "adapter_model.bin").is_file():
+            raise _fail(
+                "adapter_model.bin (pickle) is not accepted; save the adapter with "
+                "safe_serialization=True to get adapter_model.safetensors"
+            )
+        raise _fail(f"{ADAPTER_WEIGHTS} is missing from the adapter directory")
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(file))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise _fail(f"{ADAPTER_WEIGHTS} is corrupted or not safetensors: {e}") from None
+    return PeftAdapter(config, _pair_tensors(tensors))
+
+
+def _pair_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    import torch
+
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        m = _KEY.match(key)
+        if m is None:
+            what = "DoRA magnitude" if "lora_magnitude" in key else "a non-LoRA tensor"
+            if "lora_embedding" in key:
+                what = "LoRA on embeddings"
+            raise _fail(f"{ADAPTER_WEIGHTS}: tensor {key} is {what}, which is not supported")
+        if tensor.dim() != 2:
+            raise _fail(f"{ADAPTER_WEIGHTS}: tensor {key} has shape {tuple(tensor.shape)}, not 2-D")
+        if not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all()):
+            raise _fail(f"{ADAPTER_WEIGHTS}: tensor {key} is not finite floating point")
+        parts.setdefault(m["module"], {})[m["ab"]] = tensor
+    if not parts:
+        raise _fail(f"{ADAPTER_WEIGHTS} holds no LoRA tensors")
+    modules = {}
+    for module, ab in sorted(parts.items()):
+        if set(ab) != {"A", "B"}:
+            missing = ({"A", "B"} - set(ab)).pop()
+            raise _fail(f"{ADAPTER_WEIGHTS}: module {module} lacks lora_{missing}")
+        a, b = ab["A"], ab["B"]
+        if a.shape[0] != b.shape[1]:
+            raise _fail(
+                f"{ADAPTER_WEIGHTS}: module {module} has lora_A {tuple(a.shape)} and "
+                f"lora_B {tuple(b.shape)} of different ranks"
+            )
+        modules[module] = (a, b)
+    return modules
+
+
+def write_adapter(out_dir: str | Path, adapter: PeftAdapter) -> None:
+    """Write `adapter` as PEFT saves it (keys without the adapter name), fp32 tensors."""
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for module, (a, b) in adapter.modules.items():
+        tensors[f"base_model.model.{module}.lora_A.weight"] = a.float().contiguous()
+        tensors[f"base_model.model.{module}.lora_B.weight"] = b.float().contiguous()
+    save_file(tensors, str(out_dir / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    (out_dir / ADAPTER_CONFIG).write_text(json.dumps(adapter.config, indent=2, sort_keys=True))
+
+
+def lora_config(
+    *,
+    r: int,
+    lora_alpha: float,
+    target_modules: list[str],
+    base_model_name_or_path: str = "",
+    rank_pattern: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """A minimal adapter_config.json that `peft.PeftModel.from_pretrained` accepts."""
+    return {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model_name_or_path,
+        "r": r,
+        "lora_alpha": lora_alpha,
+        "lora_dropout": 0.0,
+        "target_modules": sorted(target_modules),
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "use_rslora": False,
+        "use_dora": False,
+        "init_lora_weights": True,
+        "inference_mode": True,
+        "modules_to_save": None,
+        "rank_pattern": rank_pattern or {},
+        "alpha_pattern": {},
+    }
+
+
+def base_weight_shapes(base_dir: str | Path) -> dict[str, tuple[int, ...]]:
+    """Every weight name of a HF model directory and its shape, read from safetensors headers."""
+    from safetensors import safe_open
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in sorted(Path(base_dir).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
+                shapes[name] = tuple(f.get_slice(name).get_shape())
+    return shapes
+
+
+def check_base(adapter: PeftAdapter, base_dir: str | Path) -> None:
+    """Refuse an adapter that does not fit the base model in `base_dir`, naming the module."""
+    base_dir = Path(base_dir)
+    try:
+        config = json.loads((base_dir / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise _fail(f"cannot read the base model's config.json: {e}") from None
+    arch = (config.get("architectures") or ["?"])[0]
+    if arch not in _SUPPORTED_ARCHITECTURES:
+        raise _fail(f"the base model's architecture {arch} does not take LoRA adapters here")
+    shapes = base_weight_shapes(base_dir)
+    for module, (a, b) in adapter.modules.items():
+        if module.rsplit(".", 1)[-1] not in SUPPORTED_TARGETS:
+            raise _fail(
+                f"adapter module {module} is not supported: LoRA applies to "
+                f"{', '.join(SUPPORTED_TARGETS)} only",
+                param="base_model",
+            )
+        base = shapes.get(f"{module}.weight")
+        if base is None:
+            raise _fail(
+                f"adapter module {module} does not exist in the base model ({arch}, "
+                f"{config.get('num_hidden_layers')} layers): it was trained for another base model",
+                param="base_model",
+            )
+        out_features, in_features = base
+        if a.shape[1] != in_features or b.shape[0] != out_features:
+            raise _fail(
+                f"adapter module {module} has lora_A {tuple(a.shape)} and lora_B "
+                f"{tuple(b.shape)}, but the base model's {module}.weight is {tuple(base)} "
+                f"[out, in]: it was trained for another base model",
+                param="base_model",
+            )

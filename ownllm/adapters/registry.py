@@ -1,0 +1,324 @@
+"""The adapter registry: immutable PEFT directories under the data dir plus one row each.
+
+`register_adapter` is the one way in (training, import and composition all
+call it): it validates the PEFT directory, copies it into
+`<data_dir>/adapters/<id>/` through a temporary directory renamed into place,
+content-hashes it, and only then writes the `adapters` row. A failure at any
+step removes what was written, so no row ever points at missing files and no
+half-copied directory is ever visible. Because the row is the registration,
+any process sharing the database and data dir (CLI, worker, another server)
+sees a new adapter at once.
+
+Visibility: a tenant resolves and lists its own adapters and public ones;
+another tenant's adapter does not exist for it (None / 404). The `principal`
+arguments are duck-typed (`tenant_id`, `is_admin`, `can_see`) so this layer
+does not import the gateway.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from sqlalchemy import or_, select
+from sqlalchemy.exc import IntegrityError
+
+from ownllm.adapters.peft_format import ADAPTER_FILES, check_base, read_adapter
+from ownllm.errors import ConflictError, InvalidRequestError, NotFoundError
+from ownllm.store.blobs import DataDir
+from ownllm.store.db import Database
+from ownllm.store.schema import Adapter
+
+SOURCES = ("trained", "imported", "composed", "checkpoint")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+/-]{0,511}$")
+
+
+class Viewer(Protocol):
+    """What the registry needs of a principal (ownllm.gateway.principal.Principal)."""
+
+    tenant_id: str
+    is_admin: bool
+
+    def can_see(self, owner_tenant_id: str, is_public: bool = False) -> bool: ...
+
+
+@dataclass(frozen=True)
+class AdapterRecord:
+    """One registered adapter (a row of `adapters`), detached from the session."""
+
+    id: str
+    name: str
+    tenant_id: str
+    base_model: str
+    base_sha256: str
+    source: str
+    rank: int
+    size_bytes: int
+    sha256: str
+    path: str  # relative to the data dir
+    created_at: int
+    is_public: bool = False
+    parents: tuple[str, ...] = ()
+    datasets: tuple[dict[str, Any], ...] = ()
+    target_modules: tuple[str, ...] = ()
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_row(cls, row: Adapter) -> AdapterRecord:
+        return cls(
+            id=row.id,
+            name=row.name,
+            tenant_id=row.tenant_id,
+            base_model=row.base_model,
+            base_sha256=row.base_sha256,
+            source=row.source,
+            rank=row.rank,
+            size_bytes=row.size_bytes,
+            sha256=row.sha256,
+            path=row.path,
+            created_at=row.created_at,
+            is_public=bool(row.is_public),
+            parents=tuple(row.parents or ()),
+            datasets=tuple(row.datasets or ()),
+            target_modules=tuple(row.target_modules or ()),
+            hyperparameters=dict(row.hyperparameters or {}),
+            metrics=dict(row.metrics or {}),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The wire object (`object: "adapter"`) used by the API and `--json` output."""
+        return {
+            "id": self.id,
+            "object": "adapter",
+            "name": self.name,
+            "owned_by": self.tenant_id,
+            "base_model": self.base_model,
+            "base_sha256": self.base_sha256,
+            "parents": list(self.parents),
+            "source": self.source,
+            "datasets": list(self.datasets),
+            "hyperparameters": self.hyperparameters,
+            "metrics": self.metrics,
+            "rank": self.rank,
+            "target_modules": list(self.target_modules),
+            "size_bytes": self.size_bytes,
+            "sha256": self.sha256,
+            "is_public": self.is_public,
+            "created_at": self.created_at,
+        }
+
+
+def content_sha256(directory: Path) -> str:
+    """Hash of the adapter files' names and bytes (the identity of an adapter's content)."""
+    digest = hashlib.sha256()
+    for name in ADAPTER_FILES:
+        digest.update(name.encode() + b"\0")
+        with open(directory / name, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def validate_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise InvalidRequestError(
+            f"invalid adapter name {name!r}: use 1-512 letters, digits and . _ : @ + / -, "
+            "starting with a letter or digit",
+            param="name",
+        )
+    return name
+
+
+def _name_taken(db: Database, name: str) -> bool:
+    with db.session() as s:
+        return s.scalar(select(Adapter.id).where(Adapter.name == name)) is not None
+
+
+def register_adapter(
+    db: Database,
+    data_dir: DataDir,
+    src_dir: str | Path,
+    *,
+    name: str,
+    tenant_id: str,
+    base_model: str,
+    base_sha256: str,
+    parents: Sequence[str] = (),
+    source: str,
+    datasets: Iterable[dict[str, Any]] = (),
+    hyperparameters: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    is_public: bool = False,
+    base_dir: str | Path | None = None,
+) -> AdapterRecord:
+    """Validate the PEFT directory `src_dir`, store an immutable copy and write its row.
+
+    With `base_dir` (the served base model's HF directory) the adapter's modules
+    and shapes are checked against it first. Raises AdapterFormatError (400) for
+    a bad adapter, ConflictError (409) when `name` is taken; nothing is left
+    behind on any failure.
+    """
+    validate_name(name)
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    adapter = read_adapter(src_dir)
+    if base_dir is not None:
+        check_base(adapter, base_dir)
+    if _name_taken(db, name):
+        raise ConflictError(f"an adapter named {name!r} already exists", param="name")
+    # milliseconds first, so ids (the tie-break of listings) sort in registration order
+    adapter_id = f"adapter-{time.time_ns() // 1_000_000:011x}{uuid.uuid4().hex[:13]}"
+    final = data_dir.adapters / adapter_id
+    with data_dir.atomic_dir(final) as tmp:
+        for file in ADAPTER_FILES:
+            shutil.copyfile(Path(src_dir) / file, tmp / file)
+            os.chmod(tmp / file, 0o444)
+        sha256 = content_sha256(tmp)
+        size_bytes = sum((tmp / file).stat().st_size for file in ADAPTER_FILES)
+    row = Adapter(
+        id=adapter_id,
+        name=name,
+        tenant_id=tenant_id,
+        base_model=base_model,
+        base_sha256=base_sha256,
+        parents=list(parents),
+        source=source,
+        datasets=[dict(d) for d in datasets],
+        hyperparameters=dict(hyperparameters or {}),
+        metrics=dict(metrics or {}),
+        rank=adapter.rank,
+        target_modules=adapter.target_modules,
+        size_bytes=size_bytes,
+        sha256=sha256,
+        path=data_dir.relative(final),
+        is_public=is_public,
+        created_at=int(time.time()),
+    )
+    try:
+        with db.session() as s:
+            s.add(row)
+            s.flush()
+            record = AdapterRecord.from_row(row)
+    except IntegrityError:
+        _remove_dir(data_dir, final)
+        raise ConflictError(f"an adapter named {name!r} already exists", param="name") from None
+    except BaseException:
+        _remove_dir(data_dir, final)
+        raise
+    return record
+
+
+def _remove_dir(data_dir: DataDir, directory: Path) -> None:
+    """Move `directory` out of sight first (one rename), then delete it."""
+    if not directory.exists():
+        return
+    trash = data_dir.tmp / f"deleted-{directory.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        os.rename(directory, trash)
+    except OSError:
+        trash = directory
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _lookup(db: Database, ref: str) -> AdapterRecord | None:
+    with db.session() as s:
+        row = s.scalars(select(Adapter).where(or_(Adapter.name == ref, Adapter.id == ref))).first()
+        return AdapterRecord.from_row(row) if row is not None else None
+
+
+def resolve_model(
+    db: Database, principal: Viewer, name: str, base_sha256: str | None = None
+) -> AdapterRecord | None:
+    """The adapter named `name` (its model name such as `ft:…`, or its id) if the
+    principal may use it; None for unknown names and other tenants' private adapters,
+    and, given `base_sha256` (the served base's weights), for adapters of another base."""
+    record = _lookup(db, name)
+    if record is None or not principal.can_see(record.tenant_id, record.is_public):
+        return None
+    if base_sha256 is not None and record.base_sha256 != base_sha256:
+        return None
+    return record
+
+
+def get_adapter(db: Database, principal: Viewer, ref: str, param: str = "adapter") -> AdapterRecord:
+    """Like `resolve_model`, but an unknown or invisible adapter raises NotFoundError (404)."""
+    record = resolve_model(db, principal, ref)
+    if record is None:
+        raise NotFoundError(f"no adapter {ref!r}", param=param)
+    return record
+
+
+def list_adapters(
+    db: Database, principal: Viewer, base_model: str | None = None
+) -> list[AdapterRecord]:
+    """The adapters the principal may use, oldest first (optionally only those of `base_model`)."""
+    query = select(Adapter).order_by(Adapter.created_at, Adapter.id)
+    if not principal.is_admin:
+        query = query.where(or_(Adapter.tenant_id == principal.tenant_id, Adapter.is_public))
+    if base_model is not None:
+        query = query.where(Adapter.base_model == base_model)
+    with db.session() as s:
+        return [AdapterRecord.from_row(row) for row in s.scalars(query)]
+
+
+def delete_adapter(db: Database, data_dir: DataDir, principal: Viewer, ref: str) -> AdapterRecord:
+    """Delete the principal's own adapter (the admin: any): its row first, then its files.
+
+    Another tenant's adapter, public or not, is NotFoundError; the caller unloads
+    the returned adapter from a running engine.
+    """
+    with db.session() as s:
+        row = s.scalars(select(Adapter).where(or_(Adapter.name == ref, Adapter.id == ref))).first()
+        if row is None or not (principal.is_admin or row.tenant_id == principal.tenant_id):
+            raise NotFoundError(f"no adapter {ref!r}", param="adapter")
+        record = AdapterRecord.from_row(row)
+        s.delete(row)
+    _remove_dir(data_dir, data_dir.resolve(record.path))
+    return record
+
+
+def adapter_path(db: Database, data_dir: DataDir, adapter_id: str) -> Path | None:
+    """The directory of a registered adapter by id (the engine's resolver); None if unknown."""
+    with db.session() as s:
+        path = s.scalar(select(Adapter.path).where(Adapter.id == adapter_id))
+    if path is None:
+        return None
+    directory = data_dir.resolve(path)
+    return directory if directory.is_dir() else None
+
+
+def make_resolver(db: Database, data_dir: DataDir):
+    """`adapter_id -> path or None` for the engine, reading the registry on every call."""
+
+    def resolve(adapter_id: str) -> str | None:
+        path = adapter_path(db, data_dir, adapter_id)
+        return str(path) if path is not None else None
+
+    return resolve
+
+
+def sweep_orphans(db: Database, data_dir: DataDir, min_age_s: float = 3600.0) -> list[str]:
+    """Delete adapter directories that no row points at (a process died between the copy
+    and the row) once older than `min_age_s`, so a registration still in flight in
+    another process is never touched. Returns the removed directory names."""
+    with db.session() as s:
+        known = set(s.scalars(select(Adapter.path)))
+    removed = []
+    now = time.time()
+    for directory in sorted(data_dir.adapters.iterdir()):
+        if not directory.is_dir() or data_dir.relative(directory) in known:
+            continue
+        if now - directory.stat().st_mtime >= min_age_s:
+            _remove_dir(data_dir, directory)
+            removed.append(directory.name)
+    return removed

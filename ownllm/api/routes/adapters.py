@@ -1,0 +1,246 @@
+"""/v1/adapters: list, show, import, compose, export and delete LoRA adapters.
+
+The same operations as `ownllm adapters …`, for automation; every route needs
+the `adapters` scope and sees only the caller's own and public adapters.
+
+    GET    /v1/adapters                   list
+    GET    /v1/adapters/{adapter}         show (by name or id)
+    POST   /v1/adapters                   import: multipart `file` (.tar.gz/.tgz/.tar/.zip
+                                          of a PEFT adapter), `name`, optional `is_public`
+    POST   /v1/adapters/compose           {"name", "method", "adapters": [{"id", "weight"}],
+                                           "density", "seed", "majority_sign_method"}
+    POST   /v1/adapters/{adapter}/export  {"format": "hf"|"gguf"|"gguf-lora", "type": "f16"|"q8_0"}
+                                          answers the file (GGUF) or a .tar.gz (hf)
+    DELETE /v1/adapters/{adapter}         also unloads it from the engine
+
+`adapter_models` gives the adapters as `/v1/models` entries (parent = base).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tarfile
+import uuid
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, File, Form, UploadFile
+from fastapi.responses import FileResponse
+from pydantic import BaseModel as Body
+from pydantic import Field
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+
+from ownllm.adapters import registry
+from ownllm.adapters.operations import (
+    ARCHIVE_SUFFIXES,
+    BaseModel,
+    compose_adapters,
+    export_adapter,
+    import_adapter,
+    is_archive,
+)
+from ownllm.api.state import AppState, get_state
+from ownllm.errors import InvalidRequestError, ModelNotFoundError, PayloadTooLargeError, ServerError
+from ownllm.gateway.auth import require_scope
+from ownllm.gateway.principal import Principal
+
+router = APIRouter(prefix="/v1", tags=["adapters"])
+MAX_UPLOAD_BYTES = 2 << 30
+
+
+class AdapterWeightBody(Body):
+    id: str = Field(description="adapter name or id")
+    weight: float = 1.0
+
+
+class ComposeBody(Body):
+    name: str
+    method: str = "cat"
+    adapters: list[AdapterWeightBody] = Field(min_length=1)
+    density: float | None = None
+    seed: int = 0
+    majority_sign_method: str = "total"
+    is_public: bool = False
+
+
+class ExportBody(Body):
+    format: str = "hf"
+    type: str = "f16"
+
+
+def _require_db(state: AppState) -> None:
+    if state.db is None or state.model is None:
+        raise ServerError("This server has no database or base model; adapters need both.")
+
+
+def _base(state: AppState) -> BaseModel:
+    return BaseModel(id=state.model_id, path=state.model.path, sha256=state.model.weights_sha256)
+
+
+def adapter_models(state: AppState, principal: Principal) -> list[dict]:
+    """The principal's adapters of the served base model as OpenAI model objects."""
+    if state.db is None or state.model is None:
+        return []
+    return [
+        {
+            "id": r.name,
+            "object": "model",
+            "created": r.created_at,
+            "owned_by": r.tenant_id,
+            "root": state.model_id,
+            "parent": state.model_id,
+            "adapter_id": r.id,
+        }
+        for r in registry.list_adapters(state.db, principal)
+        if r.base_sha256 == state.model.weights_sha256
+    ]
+
+
+@router.get("/adapters")
+async def list_adapters(
+    principal: Principal = Depends(require_scope("adapters")),
+    state: AppState = Depends(get_state),
+) -> dict:
+    _require_db(state)
+    records = await run_in_threadpool(registry.list_adapters, state.db, principal)
+    return {"object": "list", "data": [r.to_dict() for r in records]}
+
+
+@router.post("/adapters")
+async def import_adapter_route(
+    file: UploadFile = File(...),
+    name: str = Form(...),
+    is_public: bool = Form(False),
+    principal: Principal = Depends(require_scope("adapters")),
+    state: AppState = Depends(get_state),
+) -> dict:
+    _require_db(state)
+    filename = Path(file.filename or "adapter").name
+    if not is_archive(filename):
+        raise InvalidRequestError(
+            f"upload a {' or '.join(ARCHIVE_SUFFIXES)} archive of a PEFT adapter directory",
+            param="file",
+        )
+    scratch = state.data_dir.tmp / f"upload-{uuid.uuid4().hex[:12]}"
+    scratch.mkdir(parents=True)
+    try:
+        archive = scratch / filename
+        with open(archive, "wb") as out:
+            size = 0
+            while chunk := await file.read(1 << 20):
+                size += len(chunk)
+                if size > MAX_UPLOAD_BYTES:
+                    raise PayloadTooLargeError("the archive is larger than 2 GiB", param="file")
+                out.write(chunk)
+        record = await run_in_threadpool(
+            import_adapter,
+            state.db,
+            state.data_dir,
+            principal,
+            archive,
+            name=name,
+            base=_base(state),
+            is_public=is_public,
+        )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return record.to_dict()
+
+
+@router.post("/adapters/compose")
+async def compose_route(
+    body: ComposeBody,
+    principal: Principal = Depends(require_scope("adapters")),
+    state: AppState = Depends(get_state),
+) -> dict:
+    _require_db(state)
+    record = await run_in_threadpool(
+        lambda: compose_adapters(
+            state.db,
+            state.data_dir,
+            principal,
+            name=body.name,
+            adapters=[(a.id, a.weight) for a in body.adapters],
+            method=body.method,
+            density=body.density,
+            seed=body.seed,
+            majority_sign_method=body.majority_sign_method,
+            is_public=body.is_public,
+        )
+    )
+    return record.to_dict()
+
+
+@router.post("/adapters/{ref:path}/export")
+async def export_route(
+    ref: str,
+    body: ExportBody,
+    principal: Principal = Depends(require_scope("adapters")),
+    state: AppState = Depends(get_state),
+):
+    _require_db(state)
+    scratch = state.data_dir.tmp / f"export-{uuid.uuid4().hex[:12]}"
+    scratch.mkdir(parents=True)
+    cleanup = BackgroundTask(shutil.rmtree, scratch, ignore_errors=True)
+    try:
+        record = await run_in_threadpool(registry.get_adapter, state.db, principal, ref)
+        stem = record.name.replace("/", "_").replace(":", "_")
+        suffix = {"hf": "", "gguf": f".{body.type}.gguf", "gguf-lora": ".lora.gguf"}
+        output = scratch / f"{stem}{suffix.get(body.format, '')}"
+        path = await run_in_threadpool(
+            lambda: export_adapter(
+                state.db,
+                state.data_dir,
+                principal,
+                record.id,
+                fmt=body.format,
+                output=output,
+                base=_base(state),
+                gguf_type=body.type,
+            )
+        )
+        if body.format == "hf":
+            packed = scratch / f"{stem}.tar.gz"
+            await run_in_threadpool(_tar_dir, path, packed)
+            return FileResponse(
+                packed, media_type="application/gzip", filename=packed.name, background=cleanup
+            )
+        return FileResponse(
+            path, media_type="application/octet-stream", filename=path.name, background=cleanup
+        )
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+
+
+def _tar_dir(directory: Path, out: Path) -> None:
+    with tarfile.open(out, "w:gz") as tf:
+        tf.add(directory, arcname=directory.name)
+
+
+@router.get("/adapters/{ref:path}")
+async def show_adapter(
+    ref: str,
+    principal: Principal = Depends(require_scope("adapters")),
+    state: AppState = Depends(get_state),
+) -> dict:
+    _require_db(state)
+    record = await run_in_threadpool(registry.get_adapter, state.db, principal, ref)
+    return record.to_dict()
+
+
+@router.delete("/adapters/{ref:path}")
+async def delete_adapter_route(
+    ref: str,
+    principal: Principal = Depends(require_scope("adapters")),
+    state: AppState = Depends(get_state),
+) -> dict:
+    _require_db(state)
+    record = await run_in_threadpool(
+        registry.delete_adapter, state.db, state.data_dir, principal, ref
+    )
+    if state.backend is not None:
+        with contextlib.suppress(ModelNotFoundError):  # it was never loaded
+            await state.backend.unload_adapter(record.id)
+    return {"id": record.id, "name": record.name, "object": "adapter.deleted", "deleted": True}

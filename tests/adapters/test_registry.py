@@ -1,0 +1,139 @@
+"""The registry: immutable content-hashed copies, tenant visibility, nothing half-registered."""
+
+from __future__ import annotations
+
+import shutil
+import stat
+
+import pytest
+from sqlalchemy import func, select
+
+from ownllm.adapters import registry
+from ownllm.adapters.peft_format import AdapterFormatError
+from ownllm.errors import ConflictError, NotFoundError
+from ownllm.gateway.principal import Principal
+from ownllm.store.schema import Adapter
+from tests.adapters.conftest import files_under
+from tests.tiny import make_tiny_model
+
+ALICE = Principal(tenant_id="alice")
+BOB = Principal(tenant_id="bob")
+
+
+def register(db, data_dir, src, name, tenant="alice", **kwargs):
+    return registry.register_adapter(
+        db,
+        data_dir,
+        src,
+        name=name,
+        tenant_id=tenant,
+        base_model="tiny",
+        base_sha256="b" * 64,
+        source="imported",
+        **kwargs,
+    )
+
+
+def num_rows(db) -> int:
+    with db.session() as s:
+        return s.scalar(select(func.count()).select_from(Adapter))
+
+
+def test_register_copies_hashes_and_resolves(db, data_dir, adapter_a, tiny_model_dir):
+    record = register(
+        db,
+        data_dir,
+        adapter_a,
+        "ft:tiny:alice:tone",
+        base_dir=tiny_model_dir,
+        parents=["adapter-x"],
+        datasets=[{"file_id": "file-1", "sha256": "c" * 64}],
+    )
+    stored = data_dir.resolve(record.path)
+    assert sorted(p.name for p in stored.iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
+    assert (stored / "adapter_model.safetensors").read_bytes() == (
+        adapter_a / "adapter_model.safetensors"
+    ).read_bytes()
+    assert not (stored / "adapter_model.safetensors").stat().st_mode & stat.S_IWUSR
+    assert record.sha256 == registry.content_sha256(stored)
+    assert record.rank == 4 and record.parents == ("adapter-x",)
+    assert record.datasets[0]["file_id"] == "file-1"
+    assert registry.resolve_model(db, ALICE, "ft:tiny:alice:tone") == record
+    assert registry.resolve_model(db, ALICE, record.id) == record
+    assert registry.adapter_path(db, data_dir, record.id) == stored
+    assert registry.make_resolver(db, data_dir)(record.id) == str(stored)
+    assert registry.make_resolver(db, data_dir)("adapter-nope") is None
+
+
+def test_tenants_see_only_their_own_and_public(db, data_dir, adapter_a, adapter_b):
+    mine = register(db, data_dir, adapter_a, "alice-a")
+    shared = register(db, data_dir, adapter_b, "shared-b", tenant="carol", is_public=True)
+    assert registry.resolve_model(db, BOB, "alice-a") is None
+    assert registry.resolve_model(db, BOB, mine.id) is None
+    assert registry.resolve_model(db, BOB, "shared-b") == shared
+    assert [r.name for r in registry.list_adapters(db, BOB)] == ["shared-b"]
+    assert [r.name for r in registry.list_adapters(db, ALICE)] == ["alice-a", "shared-b"]
+    with pytest.raises(NotFoundError):
+        registry.get_adapter(db, BOB, "alice-a")
+    # a public adapter of another tenant can be used but not deleted
+    with pytest.raises(NotFoundError):
+        registry.delete_adapter(db, data_dir, ALICE, "shared-b")
+    with pytest.raises(NotFoundError):
+        registry.delete_adapter(db, data_dir, BOB, "alice-a")
+    assert num_rows(db) == 2
+
+
+def test_delete_removes_row_and_files(db, data_dir, adapter_a):
+    record = register(db, data_dir, adapter_a, "gone")
+    registry.delete_adapter(db, data_dir, ALICE, "gone")
+    assert registry.resolve_model(db, ALICE, "gone") is None
+    assert registry.adapter_path(db, data_dir, record.id) is None
+    assert files_under(data_dir.adapters) == [] and files_under(data_dir.tmp) == []
+
+
+def test_failures_leave_nothing_behind(db, data_dir, adapter_a, tmp_path):
+    register(db, data_dir, adapter_a, "taken")
+    before = files_under(data_dir.adapters)
+    with pytest.raises(ConflictError) as e:
+        register(db, data_dir, adapter_a, "taken")
+    assert e.value.param == "name"
+    wider = make_tiny_model(tmp_path / "wider", hidden_size=96)
+    with pytest.raises(AdapterFormatError, match="k_proj"):
+        register(db, data_dir, adapter_a, "wrong-base", base_dir=wider)
+    broken = tmp_path / "broken"
+    shutil.copytree(adapter_a, broken)
+    (broken / "adapter_model.safetensors").write_bytes(b"not safetensors at all")
+    with pytest.raises(AdapterFormatError, match="corrupted"):
+        register(db, data_dir, broken, "corrupted")
+    with pytest.raises(Exception, match="invalid adapter name"):
+        register(db, data_dir, adapter_a, "has space")
+    assert num_rows(db) == 1
+    assert files_under(data_dir.adapters) == before
+    assert files_under(data_dir.tmp) == []
+
+
+def test_database_failure_removes_the_copied_files(db, data_dir, adapter_a, monkeypatch):
+    def broken_session():
+        raise RuntimeError("database went away")
+
+    monkeypatch.setattr(db, "session", broken_session)
+    monkeypatch.setattr(registry, "_name_taken", lambda *_: False)
+    with pytest.raises(RuntimeError, match="went away"):
+        register(db, data_dir, adapter_a, "doomed")
+    assert files_under(data_dir.adapters) == [] and files_under(data_dir.tmp) == []
+
+
+def test_sweep_removes_only_old_orphans(db, data_dir, adapter_a):
+    import os
+    import time
+
+    kept = register(db, data_dir, adapter_a, "kept")
+    old, fresh = data_dir.adapters / "adapter-old", data_dir.adapters / "adapter-fresh"
+    for directory in (old, fresh):
+        shutil.copytree(adapter_a, directory)
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    assert registry.sweep_orphans(db, data_dir) == ["adapter-old"]
+    assert {p.name for p in data_dir.adapters.iterdir()} == {"adapter-fresh", kept.id}
