@@ -1,0 +1,131 @@
+"""Incremental span checking: redact, block and flag as text arrives, holding back the least.
+
+`SpanChecker.feed(delta)` returns the text that is safe to send now;
+`finish()` returns the rest when the stream ends. Whole texts go through the
+same two calls, so a streamed completion is always byte-for-byte the
+non-streamed one, however the deltas are cut.
+
+What is held back: for every span rule, the text from the start of the
+earliest place where a match could still begin or grow (the `regex` module's
+partial matching says whether the text at the end could be the prefix of a
+match, and whether a complete match could still grow into a longer one). Everything
+before the earliest such place across all rules is settled and sent. So a
+stream of prose holds back about one word; a digit run that might become a
+card number is held until it ends. Every pattern is bounded (`max_len`,
+checked when the policy loads), so the hold-back never exceeds the longest
+possible match and the stream never stalls.
+
+Matches of different rules that overlap merge into one placeholder (the one
+of the earliest match). A block match ends the text just before it.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from collections.abc import Sequence
+
+from ownllm.gateway.guard.policy import Rule
+
+
+class SpanChecker:
+    """Applies the span rules (built-in, regex, deny_terms) of one stage to one text."""
+
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        self.rules = tuple(r for r in rules if r.span is not None)
+        self.max_hold = max((r.span.max_len for r in self.rules), default=0)
+        self.text = ""
+        self.counts: Counter[str] = Counter()
+        self.blocked_by: Rule | None = None
+        self._block_at: int | None = None
+        self._pos = [0] * len(self.rules)
+        self._spans: list[tuple[int, int, int, Rule]] = []  # heap of (start, -end, order, rule)
+        self._cursor = 0  # text before this index is sent or replaced by a placeholder
+        self._is_finished = False
+
+    @property
+    def num_held(self) -> int:
+        """Characters received but not yet settled (sent or redacted)."""
+        return max(0, len(self.text) - self._cursor)
+
+    @property
+    def is_blocked(self) -> bool:
+        return self.blocked_by is not None
+
+    def feed(self, delta: str) -> str:
+        if self._is_finished or self.is_blocked:
+            return ""
+        self.text += delta
+        settled = self._scan(len(self.text), partial=True)
+        if self.is_blocked:
+            return self._finish_at(self._block_at)
+        return self._emit(settled)
+
+    def finish(self) -> str:
+        """The remaining text, checked as if the stream ended here."""
+        if self._is_finished:
+            return ""
+        return self._finish_at(self._block_at if self.is_blocked else len(self.text))
+
+    def _finish_at(self, end: int) -> str:
+        self._scan(end, partial=False)  # what is left can no longer grow: settle it
+        if self._block_at is not None:
+            end = min(end, self._block_at)
+        self._is_finished = True
+        return self._emit(end)
+
+    def _scan(self, endpos: int, partial: bool) -> int:
+        """Find the settled matches of every rule up to `endpos`; return where the unsettled
+        text starts (the earliest place a match could still begin or grow)."""
+        settled = endpos
+        for i, rule in enumerate(self.rules):
+            if self._pos[i] >= endpos:
+                continue
+            resume = endpos  # no match can begin before endpos any more ...
+            for m in rule.span.finditer(self.text, self._pos[i], endpos, partial=partial):
+                if partial and (m.partial or m.end() == endpos or self._may_grow(rule, m, endpos)):
+                    resume = m.start()  # ... except this one, which may still begin or grow
+                    break
+                if rule.span.validate is None or rule.span.validate(m.group()):
+                    self._hit(i, rule, m.start(), m.end())
+            self._pos[i] = resume
+            settled = min(settled, resume)
+        return settled
+
+    def _may_grow(self, rule: Rule, m, endpos: int) -> bool:
+        """True when more text could turn this complete match into a longer one (a greedy
+        optional part such as the space in `DE89 3704 ` stopped at the end of the text)."""
+        return rule.span.pattern.fullmatch(self.text, m.start(), endpos, partial=True) is not None
+
+    def _hit(self, order: int, rule: Rule, start: int, end: int) -> None:
+        if rule.action == "redact":  # counted when emitted, unless another span covers it
+            heapq.heappush(self._spans, (start, -end, order, rule))
+            return
+        self.counts[rule.id] += 1
+        if rule.action == "block" and (self._block_at is None or start < self._block_at):
+            self._block_at, self.blocked_by = start, rule
+
+    def _emit(self, limit: int) -> str:
+        """Send text up to `limit`, replacing redacted spans that start before it."""
+        out = []
+        while self._spans and self._spans[0][0] < limit:
+            start, neg_end, _, rule = heapq.heappop(self._spans)
+            if start < self._cursor:  # overlaps the span just replaced: widen it
+                if -neg_end > self._cursor:
+                    self.counts[rule.id] += 1
+                    self._cursor = -neg_end
+                continue
+            self.counts[rule.id] += 1
+            out.append(self.text[self._cursor : start])
+            out.append(rule.placeholder)
+            self._cursor = -neg_end
+        if self._cursor < limit:
+            out.append(self.text[self._cursor : limit])
+            self._cursor = limit
+        return "".join(out)
+
+
+def check_spans(rules: Sequence[Rule], text: str) -> tuple[str, SpanChecker]:
+    """Run the span rules over a whole text: (the text to send or store, the checker)."""
+    checker = SpanChecker(rules)
+    return checker.feed(text) + checker.finish(), checker
