@@ -1,0 +1,293 @@
+"""`/v1/dashboard/*`: the few read-only views the dashboard needs that the public API lacks.
+
+    GET /v1/dashboard/me                     who the signed-in key is (tenant, scopes, admin)
+    GET /v1/dashboard/usage                  requests and tokens over time by model, key or tenant,
+                                             latency percentiles, and totals
+    GET /v1/dashboard/cost                   self-hosted cost vs each API in the price table
+    GET /v1/dashboard/files/{id}/problems    a training file's invalid lines, by line number
+
+All are tenant-scoped through the principal: a tenant key sees only its own tenant's
+usage and files (another tenant's file is a 404), the admin sees every tenant. Everything
+else the dashboard shows comes from the OpenAI-shaped API any client uses.
+The usage view reads the window's ledger rows rather than a SQL aggregate, so its latency
+percentiles are exact; a window is capped at 400 buckets. The cost view prices a tenant's
+own tokens on each API and charges it the hardware in proportion to the tokens it was
+served (the admin sees the whole server). Left out: writes of any kind (the pages use the
+public API for those), per-request drill-down.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query
+from starlette.concurrency import run_in_threadpool
+
+from ownllm.api.state import AppState, get_state
+from ownllm.errors import InvalidRequestError, ServerError
+from ownllm.gateway.auth import authenticator_for, get_principal, require_scope
+from ownllm.gateway.principal import Principal
+from ownllm.gateway.usage import ledger_for, parse_since
+
+router = APIRouter(prefix="/v1/dashboard", tags=["dashboard"])
+
+MAX_PROBLEMS = 200
+MAX_BUCKETS = 400
+PERCENTILES = (50, 90, 99)
+
+
+@router.get("/me")
+async def me(
+    principal: Principal = Depends(get_principal), state: AppState = Depends(get_state)
+) -> dict:
+    auth = authenticator_for(state)
+    return {
+        "object": "dashboard.principal",
+        "tenant": principal.tenant_id,
+        "key_id": principal.key_id,
+        "is_admin": principal.is_admin,
+        "scopes": sorted(principal.scopes),
+        "open_mode": await run_in_threadpool(auth.is_open),
+        "model": state.model_id,
+    }
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    """Nearest-rank percentiles p50/p90/p99 (None for no values)."""
+    ordered = sorted(values)
+    out: dict[str, float | None] = {}
+    for p in PERCENTILES:
+        if not ordered:
+            out[f"p{p}"] = None
+            continue
+        rank = max(1, math.ceil(p / 100 * len(ordered)))
+        out[f"p{p}"] = round(ordered[rank - 1], 2)
+    return out
+
+
+def bucket_seconds(span_s: float, bucket: str) -> int:
+    """Bucket width in seconds; `auto` keeps a range between about 15 and 400 points."""
+    if bucket == "minute":
+        size = 60
+    elif bucket == "hour":
+        size = 3600
+    elif bucket == "day":
+        size = 86400
+    elif bucket == "auto":
+        size = 60 if span_s <= 6 * 3600 else 3600 if span_s <= 14 * 86400 else 86400
+    else:
+        raise InvalidRequestError(
+            f"Invalid bucket {bucket!r}: one of auto, minute, hour, day.", param="bucket"
+        )
+    if span_s / size > MAX_BUCKETS:
+        raise InvalidRequestError(
+            f"{bucket} buckets over this range make more than {MAX_BUCKETS} points; "
+            "pick a larger bucket or a shorter range.",
+            param="bucket",
+        )
+    return size
+
+
+def usage_report(
+    db: Any, *, tenant_id: str | None, since: float, until: float, size: int, by: str
+) -> dict[str, Any]:
+    """Time series per group, latency percentiles and totals over [since, until)."""
+    from sqlalchemy import select
+
+    from ownllm.store.schema import UsageRecord as U
+
+    group = {"model": U.model, "key": U.key_id, "tenant": U.tenant_id}[by]
+    query = select(
+        U.created_at, group, U.prompt_tokens, U.completion_tokens, U.latency_ms, U.ttft_ms, U.status
+    ).where(U.created_at >= since, U.created_at < until)
+    if tenant_id is not None:
+        query = query.where(U.tenant_id == tenant_id)
+    with db.session() as session:
+        rows = session.execute(query.order_by(U.created_at)).all()
+    start = int(since // size * size)
+    num_buckets = int((until - start) // size) + 1
+    series: dict[str, list[dict[str, int]]] = {}
+    latency, ttft = [], []
+    # errors: every request that did not finish ok (error, cancelled, disconnected)
+    totals = {"requests": 0, "errors": 0, "prompt_tokens": 0, "completion_tokens": 0}
+    for created, name, prompt, completion, latency_ms, ttft_ms, status in rows:
+        points = series.setdefault(
+            name or "(none)",
+            [{"t": start + i * size, "requests": 0, "tokens": 0} for i in range(num_buckets)],
+        )
+        point = points[min(num_buckets - 1, int((created - start) // size))]
+        point["requests"] += 1
+        point["tokens"] += prompt + completion
+        totals["requests"] += 1
+        totals["errors"] += status != "ok"
+        totals["prompt_tokens"] += prompt
+        totals["completion_tokens"] += completion
+        if status == "ok":
+            latency.append(latency_ms)
+            if ttft_ms is not None:
+                ttft.append(ttft_ms)
+    totals["total_tokens"] = totals["prompt_tokens"] + totals["completion_tokens"]
+    return {
+        "object": "dashboard.usage",
+        "by": by,
+        "since": since,
+        "until": until,
+        "bucket_seconds": size,
+        "series": [{"name": k, "points": v} for k, v in sorted(series.items())],
+        "totals": totals,
+        "latency_ms": percentiles(latency),
+        "ttft_ms": percentiles(ttft),
+    }
+
+
+@router.get("/usage")
+async def usage(
+    since: str = Query("24h", description="7d, 24h, 30m, YYYY-MM-DD or Unix seconds"),
+    bucket: str = Query("auto", description="auto | minute | hour | day"),
+    by: str = Query("model", description="model | key | tenant"),
+    tenant: str | None = Query(None, description="admin only: one tenant"),
+    principal: Principal = Depends(require_scope("usage")),
+    state: AppState = Depends(get_state),
+) -> dict:
+    if state.db is None:
+        raise ServerError("This server has no database; the usage ledger needs one.")
+    if by not in ("model", "key", "tenant"):
+        raise InvalidRequestError(f"Invalid by {by!r}: one of model, key, tenant.", param="by")
+    until = time.time()
+    start = parse_since(since, now=until)
+    size = bucket_seconds(until - start, bucket)
+    tenant_id = tenant if principal.is_admin else principal.tenant_id
+
+    def query() -> dict:
+        ledger_for(state).flush()
+        return usage_report(
+            state.db, tenant_id=tenant_id, since=start, until=until, size=size, by=by
+        )
+
+    report = await run_in_threadpool(query)
+    return {**report, "tenant": tenant_id}
+
+
+def file_problems(state: AppState, principal: Principal, file_id: str) -> dict:
+    from ownllm.tuning.data import Problem, parse_line
+    from ownllm.tuning.files import file_path, get_file
+
+    row = get_file(state.db, principal, file_id)
+    num_examples, problems = 0, []
+    with open(file_path(state.data_dir, row), encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            parsed = parse_line(number, line)
+            if isinstance(parsed, Problem):
+                problems.append({"line": parsed.line, "reason": parsed.reason})
+            else:
+                num_examples += 1
+    return {
+        "object": "dashboard.file_problems",
+        "id": row.id,
+        "filename": row.filename,
+        "num_examples": num_examples,
+        "num_problems": len(problems),
+        "problems": problems[:MAX_PROBLEMS],
+    }
+
+
+@router.get("/files/{file_id}/problems")
+async def problems(
+    file_id: str,
+    principal: Principal = Depends(require_scope("files")),
+    state: AppState = Depends(get_state),
+) -> dict:
+    if state.db is None:
+        raise ServerError("This server has no database; files need one.")
+    return await run_in_threadpool(file_problems, state, principal, file_id)
+
+
+def _tenant_tokens(db: Any, tenant_id: str, since: float | None, until: float) -> tuple[int, ...]:
+    from sqlalchemy import func, select
+
+    from ownllm.store.schema import UsageRecord as U
+
+    query = select(
+        func.coalesce(func.sum(U.prompt_tokens), 0),
+        func.coalesce(func.sum(U.completion_tokens), 0),
+        func.count(),
+    ).where(U.tenant_id == tenant_id, U.created_at < until)
+    if since is not None:
+        query = query.where(U.created_at >= since)
+    with db.session() as session:
+        return tuple(int(v) for v in session.execute(query).one())
+
+
+def cost_report(state: AppState, principal: Principal, since: float | None) -> dict:
+    """The cost account over [since, now): the whole server for the admin; for a tenant, its
+    own traffic priced on each API against its share of the hardware (by tokens served)."""
+    from ownllm.gateway import cost
+
+    until = time.time()
+    try:
+        table = cost.load_price_table(state.config.cost.price_table or None)
+        hardware = cost.hardware_from_config(state.config.cost, table)
+    except cost.CostError as e:
+        raise ServerError(f"The cost account is not configured: {e}") from None
+    ledger_for(state).flush()
+    server = cost.observed_traffic(state.db, since, until, now=until)
+    acc = cost.account(server, hardware, table)
+    prompt, completion, requests = server.prompt_tokens, server.completion_tokens, server.requests
+    self_cost = acc.hardware_cost
+    if not principal.is_admin:
+        prompt, completion, requests = _tenant_tokens(state.db, principal.tenant_id, since, until)
+        share = (prompt + completion) / server.total_tokens if server.total_tokens else 0.0
+        self_cost = acc.hardware_cost * share
+    tokens = prompt + completion
+    apis = []
+    for api in table.apis:
+        api_cost = api.cost(prompt, completion)
+        apis.append(
+            {
+                "name": api.name,
+                "provider": api.provider,
+                "input_per_million": api.input,
+                "output_per_million": api.output,
+                "cost": api_cost,
+                "savings": api_cost - self_cost,
+                "source": api.source,
+                "as_of": api.as_of,
+            }
+        )
+    return {
+        "object": "dashboard.cost",
+        "scope": "server" if principal.is_admin else "tenant",
+        "since": since if since is not None else until - server.window_s,
+        "until": until,
+        "requests": requests,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "self_hosted_cost": self_cost,
+        "cost_per_million": self_cost / tokens * 1e6 if tokens else None,
+        "utilisation": acc.utilisation,
+        "hardware": {
+            "name": hardware.name,
+            "price_per_hour": hardware.price_per_hour,
+            "replicas": hardware.replicas,
+            "source": hardware.source,
+            "as_of": hardware.as_of,
+        },
+        "price_table_as_of": table.as_of,
+        "apis": apis,
+    }
+
+
+@router.get("/cost")
+async def cost_view(
+    since: str | None = Query(None, description="window start; default: the first request"),
+    principal: Principal = Depends(require_scope("usage")),
+    state: AppState = Depends(get_state),
+) -> dict:
+    if state.db is None:
+        raise ServerError("This server has no database; the cost account needs one.")
+    start = parse_since(since)
+    return await run_in_threadpool(cost_report, state, principal, start)

@@ -1,0 +1,264 @@
+"""The dashboard in headless Chromium against a real server: sign in, stream a chat, upload
+training data, watch a fine-tuning job's loss curve grow, see the usage page count the
+requests, move around with the keyboard, and pass axe-core on every page."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import tarfile
+
+import httpx
+import pytest
+
+from tests.web.browser import QUESTIONS, axe_violations, describe, sign_in
+
+PAGES = ["playground", "models", "tuning", "usage"]
+# a MutationObserver that counts every change to the assistant's text while it streams
+COUNT_TEXT_UPDATES = """() => {
+  window.textUpdates = [];
+  new MutationObserver(() => {
+    const last = [...document.querySelectorAll('.msg.assistant .text')].pop();
+    if (last) window.textUpdates.push(last.textContent.length);
+  }).observe(document.querySelector('.chat-panes'), {subtree: true, childList: true,
+                                                     characterData: true});
+}"""
+
+
+def write_jsonl(path, rows) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def chat_rows() -> list[dict]:
+    return [
+        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+        for q, a in QUESTIONS
+    ]
+
+
+def send(page, text: str) -> None:
+    page.get_by_role("textbox", name="Message").fill(text)
+    page.get_by_role("button", name="Send").click()
+
+
+def test_sign_in_keeps_the_key_in_this_tab_only(server, page):
+    sign_in(page, server.base_url, key="sk-my-secret")
+    assert page.evaluate("sessionStorage.getItem('ownllm.apiKey')") == "sk-my-secret"
+    assert page.evaluate("localStorage.length") == 0
+    assert "Tenant default" in page.locator("#who-text").text_content()
+    page.get_by_role("button", name="Sign out").click()
+    page.get_by_label("API key").wait_for()
+    assert page.evaluate("sessionStorage.getItem('ownllm.apiKey')") is None
+
+
+def test_chat_text_streams_in_as_it_is_generated(server, page):
+    sign_in(page, server.base_url)
+    page.get_by_label("Max tokens").fill("24")
+    page.get_by_label("Temperature").fill("1")
+    page.evaluate(COUNT_TEXT_UPDATES)
+    send(page, "Tell me a story")
+    page.locator(".msg.assistant .stats").wait_for(timeout=60_000)
+    answer = page.locator(".msg.assistant .text").text_content()
+    updates = page.evaluate("window.textUpdates")
+    assert answer  # the tiny random model talks nonsense, but it talks
+    assert len(set(updates)) >= 3, f"the answer arrived in one piece: {updates}"
+    assert updates == sorted(updates)  # it only grew
+    assert "tokens" in page.locator(".msg.assistant .stats").text_content()
+
+
+def test_upload_shows_invalid_lines_by_number(server, page, tmp_path):
+    good = chat_rows()[0]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(good) + "\n{not json\n" + json.dumps({"messages": []}) + "\n")
+    sign_in(page, server.base_url)
+    page.goto(f"{server.base_url}/#/tuning")
+    page.get_by_label("JSONL file").set_input_files(str(bad))
+    page.get_by_role("button", name="Upload").click()
+    alert = page.get_by_role("alert")
+    alert.wait_for()
+    text = alert.text_content()
+    assert "2 invalid line(s)" in text
+    assert re.search(r"Line 2:\s*invalid JSON", text)
+    assert re.search(r"Line 3:\s*missing 'messages'", text)
+
+
+def test_fine_tuning_job_runs_live_and_opens_in_the_playground(server, page, tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", chat_rows())
+    valid = write_jsonl(tmp_path / "valid.jsonl", chat_rows()[:4])
+    sign_in(page, server.base_url)
+    page.goto(f"{server.base_url}/#/tuning")
+    for path in (valid, train):  # the last upload is picked as the training file
+        page.get_by_label("JSONL file").set_input_files(path)
+        page.get_by_role("button", name="Upload").click()
+        page.get_by_text(re.compile(r"12 examples, no problems|4 examples, no problems")).wait_for()
+    train_option = page.locator("select[name=training_file] option", has_text="train.jsonl")
+    valid_option = page.locator("select[name=validation_file] option", has_text="valid.jsonl")
+    page.get_by_label("Training file").select_option(train_option.get_attribute("value"))
+    page.get_by_label("Validation file (optional)").select_option(
+        valid_option.get_attribute("value")
+    )
+    page.get_by_label("Epochs").fill("2")
+    page.get_by_label("Batch size").fill("1")
+    page.get_by_label("Suffix").fill("trivia")
+    page.evaluate(  # record every loss chart the page draws while the job runs
+        """() => { window.curves = [];
+        new MutationObserver(() => { const c = document.getElementById('loss-chart');
+          if (c) window.curves.push([Number(c.dataset.points),
+                                     document.getElementById('job-status').textContent]); })
+        .observe(document.getElementById('main'), {subtree: true, childList: true}); }"""
+    )
+    page.get_by_role("button", name="Start fine-tuning").click()
+    status = page.locator("#job-status")
+    page.wait_for_function(
+        "() => ['succeeded', 'failed', 'cancelled'].includes("
+        "document.getElementById('job-status')?.textContent)",
+        timeout=240_000,
+    )
+    assert status.text_content() == "succeeded", page.locator("#watch-title").evaluate(
+        "e => e.parentElement.textContent"
+    )
+    curves = page.evaluate("window.curves")
+    while_running = sorted({n for n, s in curves if s == "running" and n > 0})
+    assert len(while_running) >= 2, f"the curve did not grow while running: {curves}"
+    chart = page.locator("#loss-chart")
+    assert chart.get_attribute("data-points") == "24"  # 12 examples x 2 epochs, batch 1
+    assert chart.locator("polyline[data-series='training loss']").count() == 1
+    assert chart.locator("polyline[data-series='validation loss']").count() == 1
+    assert page.locator(".progress").get_attribute("aria-valuenow") == "100"
+
+    model = page.locator("#job-result").text_content()
+    assert model.startswith("ft:tiny:default:trivia:ftjob-")
+    page.get_by_role("link", name="Open in playground").click()
+    page.wait_for_function(
+        f"() => document.querySelector('select[name=model]').value === {model!r}"
+    )
+    page.get_by_label("Compare with the base model side by side").check()
+    page.get_by_label("Max tokens").fill("8")
+    send(page, "What is H2O?")
+    page.locator(".pane").nth(1).locator(".msg.assistant .stats").wait_for(timeout=60_000)
+    page.locator(".pane").nth(0).locator(".msg.assistant .stats").wait_for(timeout=60_000)
+    titles = page.locator(".pane h2").all_text_contents()
+    assert titles == [model, "tiny (base)"]
+
+    page.goto(f"{server.base_url}/#/models")
+    row = page.locator("tr", has=page.get_by_text(model, exact=True))
+    row.wait_for()
+    assert "trained on file-" in row.text_content()
+    assert "train loss" in row.text_content()
+
+
+def _import_adapter(server, tiny_model_dir, tmp_path, name: str, seed: int) -> None:
+    from tests.adapters.conftest import make_peft_adapter
+
+    folder = make_peft_adapter(tiny_model_dir, tmp_path / name, seed=seed)
+    packed = io.BytesIO()
+    with tarfile.open(fileobj=packed, mode="w:gz") as tar:
+        tar.add(folder, arcname=name)
+    response = httpx.post(
+        f"{server.base_url}/v1/adapters",
+        data={"name": name},
+        files={"file": (f"{name}.tar.gz", packed.getvalue())},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+
+
+def test_models_page_composes_exports_and_deletes(server, page, tiny_model_dir, tmp_path):
+    _import_adapter(server, tiny_model_dir, tmp_path, "alpha", seed=1)
+    _import_adapter(server, tiny_model_dir, tmp_path, "beta", seed=2)
+    sign_in(page, server.base_url)
+    page.goto(f"{server.base_url}/#/models")
+    page.get_by_label("alpha", exact=True).check()
+    page.get_by_label("beta", exact=True).check()
+    page.get_by_label("Weight for beta").fill("0.5")
+    page.get_by_label("New adapter name").fill("alpha-beta")
+    page.get_by_role("button", name="Compose").click()
+    row = page.get_by_role("row", name=re.compile(r"^alpha-beta"))
+    row.wait_for()
+    assert "from alpha + beta; method cat" in row.text_content()
+
+    with page.expect_download() as download:
+        row.get_by_role("button", name="Export").click()
+    assert download.value.suggested_filename == "alpha-beta.tar.gz"
+    with tarfile.open(download.value.path()) as tar:
+        assert "alpha-beta/model.safetensors" in tar.getnames()  # the merged model
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    row.get_by_role("button", name="Delete alpha-beta").click()
+    page.get_by_text("Deleted alpha-beta.").wait_for()
+    assert page.get_by_role("row", name=re.compile(r"^alpha-beta")).count() == 0
+    models = httpx.get(f"{server.base_url}/v1/models").json()["data"]
+    assert "alpha-beta" not in {m["id"] for m in models}
+
+
+def test_usage_page_counts_the_requests_just_made(server, page):
+    sign_in(page, server.base_url)
+    page.goto(f"{server.base_url}/#/usage")
+    page.locator("#stat-requests").wait_for()
+    before = int(page.locator("#stat-requests").text_content().replace(",", ""))
+    page.goto(f"{server.base_url}/#/playground")
+    page.get_by_label("Max tokens").fill("4")
+    for question in ("One?", "Two?"):
+        send(page, question)
+        page.wait_for_function("() => !document.querySelector('button[type=submit]').disabled")
+    page.goto(f"{server.base_url}/#/usage")
+    page.wait_for_function(
+        f"() => Number(document.getElementById('stat-requests')?.textContent) === {before + 2}"
+    )
+    base_legend = page.locator(".legend li").filter(has_text=re.compile(r"^tiny$"))
+    assert base_legend.count() == 2  # in the tokens chart and the requests chart
+    assert page.locator("#savings-number").text_content().strip().lstrip("-−").startswith("$")
+    assert page.get_by_role("row", name=re.compile("gpt-4o-mini")).count() == 1
+
+
+def test_keyboard_alone_signs_in_and_moves_between_pages(server, page):
+    page.goto(f"{server.base_url}/")
+    page.keyboard.type("sk-typed")  # the key field has focus on load
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#nav:not([hidden])")
+    page.wait_for_function("() => document.activeElement.textContent === 'Playground'")
+    assert page.evaluate("document.activeElement.tagName") == "H1"  # focus follows the page
+    page.reload()  # still signed in; focus starts at the top of the document
+    page.wait_for_selector("#nav:not([hidden])")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "Skip to content"
+    for _ in range(12):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.textContent") == "Usage & cost":
+            break
+    else:
+        pytest.fail("Tab never reached the Usage & cost link")
+    outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+    assert outline != "none"  # focus is visible
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => location.hash === '#/usage'")
+    page.wait_for_function("() => document.activeElement.tagName === 'H1'")
+    assert page.evaluate("document.activeElement.textContent") == "Usage & cost"
+    page.goto(f"{server.base_url}/#/playground")
+    page.get_by_role("textbox", name="Message").focus()
+    page.keyboard.type("Hi")
+    page.keyboard.press("Enter")  # Enter sends; Shift+Enter would add a line
+    page.locator(".msg.user", has_text="Hi").wait_for()
+
+
+@pytest.mark.parametrize("name", ["signin", *PAGES])
+def test_axe_finds_no_serious_violations(server, browser, name):
+    from tests.web.browser import VIEWPORT
+
+    context = browser.new_context(viewport=VIEWPORT, bypass_csp=True)  # axe is injected
+    page = context.new_page()
+    try:
+        if name == "signin":
+            page.goto(f"{server.base_url}/")
+            page.get_by_label("API key").wait_for()
+        else:
+            sign_in(page, server.base_url)
+            page.goto(f"{server.base_url}/#/{name}")
+            page.wait_for_load_state("networkidle")
+            page.wait_for_timeout(500)  # let the page's first data render
+        violations = axe_violations(page)
+        assert not violations, describe(violations)
+    finally:
+        context.close()

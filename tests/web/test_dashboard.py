@@ -1,0 +1,156 @@
+"""`/v1/dashboard/*`: who am I, usage over time, cost share, and training-file problems —
+each scoped to the caller's tenant (the admin sees all)."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from ownllm.api.app import create_app
+from ownllm.gateway.usage import UsageRow, ledger_for
+from ownllm.tuning.files import save_bytes
+from ownllm.web.dashboard import percentiles
+from tests.tenants import gateway_state
+
+
+@pytest.fixture
+async def client(tmp_path, two_tenants):
+    state = gateway_state(tmp_path, two_tenants)
+    app = create_app(state, start_engine=False)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        c.state = state
+        yield c
+    ledger_for(state).close()
+
+
+def _rows(tenant: str, key_id: str, model: str, latencies: list[float], at: float) -> list:
+    return [
+        UsageRow(
+            request_id=f"r-{tenant}-{i}",
+            tenant_id=tenant,
+            key_id=key_id,
+            endpoint="/v1/chat/completions",
+            model=model,
+            status="ok",
+            prompt_tokens=10,
+            completion_tokens=5,
+            latency_ms=latency,
+            ttft_ms=latency / 10,
+            created_at=at - i,
+        )
+        for i, latency in enumerate(latencies)
+    ]
+
+
+async def test_me_names_the_tenant_and_refuses_a_bad_key(client, two_tenants):
+    mine = (await client.get("/v1/dashboard/me", headers=two_tenants.a.headers)).json()
+    assert mine["tenant"] == "acme" and mine["key_id"] == two_tenants.a.key_id
+    assert not mine["is_admin"] and not mine["open_mode"] and "inference" in mine["scopes"]
+    admin = (await client.get("/v1/dashboard/me", headers=two_tenants.admin_headers)).json()
+    assert admin["is_admin"]
+    refused = await client.get("/v1/dashboard/me", headers={"Authorization": "Bearer sk-wrong"})
+    assert refused.status_code == 401 and refused.json()["error"]["type"]
+
+
+async def test_usage_series_and_percentiles_are_tenant_scoped(client, two_tenants):
+    now = time.time()
+    ledger = ledger_for(client.state)
+    ledger.write_now(_rows("acme", two_tenants.a.key_id, "tiny", [100, 200, 300, 400], now - 60))
+    ledger.write_now(_rows("globex", two_tenants.b.key_id, "other", [5000], now - 60))
+
+    acme = await client.get(
+        "/v1/dashboard/usage", params={"since": "1h"}, headers=two_tenants.a.headers
+    )
+    body = acme.json()
+    assert acme.status_code == 200 and body["tenant"] == "acme"
+    assert [s["name"] for s in body["series"]] == ["tiny"]
+    assert sum(p["requests"] for p in body["series"][0]["points"]) == 4
+    assert sum(p["tokens"] for p in body["series"][0]["points"]) == 60
+    assert body["totals"]["requests"] == 4 and body["totals"]["total_tokens"] == 60
+    assert body["latency_ms"] == {"p50": 200, "p90": 400, "p99": 400}
+    assert body["bucket_seconds"] == 60
+
+    everyone = await client.get(
+        "/v1/dashboard/usage",
+        params={"since": "1h", "by": "key"},
+        headers=two_tenants.admin_headers,
+    )
+    names = {s["name"] for s in everyone.json()["series"]}
+    assert names == {two_tenants.a.key_id, two_tenants.b.key_id}
+    by_tenant = await client.get(
+        "/v1/dashboard/usage", params={"by": "tenant"}, headers=two_tenants.admin_headers
+    )
+    assert [s["name"] for s in by_tenant.json()["series"]] == ["acme", "globex"]
+    own = await client.get(
+        "/v1/dashboard/usage", params={"by": "tenant"}, headers=two_tenants.b.headers
+    )
+    assert [s["name"] for s in own.json()["series"]] == ["globex"]
+
+
+@pytest.mark.parametrize(
+    ("params", "param"),
+    [({"bucket": "week"}, "bucket"), ({"by": "colour"}, "by"), ({"since": "soon"}, "since")],
+)
+async def test_usage_rejects_bad_parameters_naming_them(client, two_tenants, params, param):
+    response = await client.get("/v1/dashboard/usage", params=params, headers=two_tenants.a.headers)
+    assert response.status_code == 400 and response.json()["error"]["param"] == param
+
+
+async def test_usage_refuses_too_many_buckets(client, two_tenants):
+    response = await client.get(
+        "/v1/dashboard/usage",
+        params={"since": "30d", "bucket": "minute"},
+        headers=two_tenants.a.headers,
+    )
+    assert response.status_code == 400 and response.json()["error"]["param"] == "bucket"
+
+
+def test_percentiles_are_nearest_rank():
+    assert percentiles([]) == {"p50": None, "p90": None, "p99": None}
+    assert percentiles([float(v) for v in range(1, 101)]) == {"p50": 50, "p90": 90, "p99": 99}
+
+
+async def test_cost_prices_a_tenant_on_its_own_tokens(client, two_tenants):
+    now = time.time()
+    ledger = ledger_for(client.state)
+    ledger.write_now(_rows("acme", two_tenants.a.key_id, "tiny", [100] * 3, now - 60))
+    ledger.write_now(_rows("globex", two_tenants.b.key_id, "tiny", [100], now - 60))
+
+    acme = (await client.get("/v1/dashboard/cost", headers=two_tenants.a.headers)).json()
+    server = (await client.get("/v1/dashboard/cost", headers=two_tenants.admin_headers)).json()
+    assert acme["scope"] == "tenant" and server["scope"] == "server"
+    assert (acme["prompt_tokens"], acme["completion_tokens"]) == (30, 15)
+    assert (server["prompt_tokens"], server["completion_tokens"]) == (40, 20)
+    # the tenant pays for its share of the hardware, by tokens served (45 of 60)
+    assert acme["self_hosted_cost"] == pytest.approx(server["self_hosted_cost"] * 0.75, rel=1e-3)
+    api = acme["apis"][0]
+    expected = (30 * api["input_per_million"] + 15 * api["output_per_million"]) / 1e6
+    assert api["cost"] == pytest.approx(expected, rel=1e-3)
+    assert api["savings"] == pytest.approx(api["cost"] - acme["self_hosted_cost"], abs=1e-5)
+
+
+async def test_file_problems_by_line_and_only_for_the_owner(client, two_tenants):
+    good = (
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}'
+    )
+    text = "\n".join([good, "{broken", "", '{"messages": [{"role": "user", "content": "x"}]}'])
+    row = save_bytes(
+        client.state.db,
+        client.state.data_dir,
+        [text.encode()],
+        tenant_id="acme",
+        filename="train.jsonl",
+        purpose="fine-tune",
+    )
+    mine = await client.get(f"/v1/dashboard/files/{row.id}/problems", headers=two_tenants.a.headers)
+    body = mine.json()
+    assert body["num_examples"] == 1 and body["num_problems"] == 2
+    assert [p["line"] for p in body["problems"]] == [2, 4]
+    assert "invalid JSON" in body["problems"][0]["reason"]
+    assert "no assistant message" in body["problems"][1]["reason"]
+    theirs = await client.get(
+        f"/v1/dashboard/files/{row.id}/problems", headers=two_tenants.b.headers
+    )
+    assert theirs.status_code == 404
