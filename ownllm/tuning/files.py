@@ -1,0 +1,178 @@
+"""Stored files (`file-…`): bytes under `<data_dir>/files/<id>`, one `files` row each.
+
+Uploads are written in chunks to a temporary file while their sha256 is
+computed and their size checked against the cap; the file is renamed into
+place and its row written only when complete, so a failed or oversized
+upload leaves nothing behind. Rows are tenant-scoped: another tenant's file
+does not exist (404).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+
+from sqlalchemy import select
+
+from ownllm.errors import NotFoundError, PayloadTooLargeError
+from ownllm.store.blobs import DataDir
+from ownllm.store.db import Database
+from ownllm.store.schema import File
+
+PURPOSES = ("fine-tune", "fine-tune-results", "batch", "assistants", "user_data", "evals")
+
+
+def file_object(row: File) -> dict:
+    return {
+        "id": row.id,
+        "object": "file",
+        "bytes": row.bytes,
+        "created_at": row.created_at,
+        "filename": row.filename,
+        "purpose": row.purpose,
+        "status": row.status,
+        "status_details": None,
+        "sha256": row.sha256,
+    }
+
+
+class PartialFile:
+    """A file being written under tmp/: `write` chunks, then `commit` renames it into place."""
+
+    def __init__(self, data_dir: DataDir, max_bytes: int) -> None:
+        self.data_dir, self.max_bytes = data_dir, max_bytes
+        self.id = f"file-{time.time_ns():016x}{uuid.uuid4().hex[:8]}"  # sorts by creation
+        self.tmp = data_dir.tmp / f"{self.id}.part"
+        self.tmp.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.tmp, "wb")  # noqa: SIM115 (closed in commit/discard)
+        self.digest, self.size = hashlib.sha256(), 0
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.max_bytes:
+            self.discard()
+            raise PayloadTooLargeError(
+                f"The file is larger than the {self.max_bytes:,}-byte limit "
+                "(setting tuning.max_file_bytes).",
+                param="file",
+            )
+        self.digest.update(chunk)
+        self._f.write(chunk)
+
+    def discard(self) -> None:
+        self._f.close()
+        self.tmp.unlink(missing_ok=True)
+
+    def commit(self, db: Database, tenant_id: str, filename: str, purpose: str) -> File:
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        final = self.data_dir.files / self.id
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(self.tmp, final)
+        row = File(
+            id=self.id,
+            tenant_id=tenant_id,
+            filename=filename[:512],
+            purpose=purpose,
+            bytes=self.size,
+            sha256=self.digest.hexdigest(),
+            path=self.data_dir.relative(final),
+            status="processed",
+            created_at=int(time.time()),
+        )
+        try:
+            with db.session() as s:
+                s.add(row)
+        except BaseException:
+            final.unlink(missing_ok=True)
+            raise
+        return row
+
+
+async def save_upload(
+    db: Database,
+    data_dir: DataDir,
+    chunks: AsyncIterator[bytes],
+    *,
+    tenant_id: str,
+    filename: str,
+    purpose: str,
+    max_bytes: int,
+) -> File:
+    part = PartialFile(data_dir, max_bytes)
+    try:
+        async for chunk in chunks:
+            part.write(chunk)
+    except BaseException:
+        part.discard()
+        raise
+    return part.commit(db, tenant_id, filename, purpose)
+
+
+def save_bytes(
+    db: Database,
+    data_dir: DataDir,
+    chunks: Iterable[bytes],
+    *,
+    tenant_id: str,
+    filename: str,
+    purpose: str,
+) -> File:
+    part = PartialFile(data_dir, 1 << 62)
+    try:
+        for chunk in chunks:
+            part.write(chunk)
+    except BaseException:
+        part.discard()
+        raise
+    return part.commit(db, tenant_id, filename, purpose)
+
+
+def get_file(db: Database, principal, file_id: str, param: str = "file_id") -> File:
+    """The file if the principal may see it; NotFoundError otherwise (never 403)."""
+    with db.session() as s:
+        row = s.get(File, file_id)
+    if row is None or not principal.can_see(row.tenant_id):
+        raise NotFoundError(f"No such File object: {file_id}", param=param)
+    return row
+
+
+def file_path(data_dir: DataDir, row: File) -> Path:
+    return data_dir.resolve(row.path)
+
+
+def list_files(
+    db: Database,
+    principal,
+    *,
+    purpose: str | None,
+    after: str | None,
+    limit: int,
+    order: str,
+) -> tuple[list[File], bool]:
+    query = select(File)
+    if not principal.is_admin:
+        query = query.where(File.tenant_id == principal.tenant_id)
+    if purpose:
+        query = query.where(File.purpose == purpose)
+    # ids sort in creation order (see PartialFile), so the id is the cursor
+    descending = order == "desc"
+    if after:
+        query = query.where(File.id < after if descending else File.id > after)
+    query = query.order_by(File.id.desc() if descending else File.id)
+    with db.session() as s:
+        rows = list(s.scalars(query.limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+def delete_file(db: Database, data_dir: DataDir, principal, file_id: str) -> File:
+    row = get_file(db, principal, file_id)
+    with db.session() as s:
+        s.delete(s.get(File, file_id))
+    file_path(data_dir, row).unlink(missing_ok=True)
+    return row

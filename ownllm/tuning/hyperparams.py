@@ -1,0 +1,140 @@
+"""Resolve a job's hyperparameters and LoRA settings: "auto" becomes numbers written back on the job.
+
+n_epochs follows OpenAI's published heuristic (3 epochs, scaled so a run sees
+between 100 and 25,000 examples, 1..25 epochs). batch_size is ~10% of the
+examples (1..16): small steps suit LoRA on a CPU, where a step costs seconds.
+learning_rate_multiplier "auto" is 1.0 of `BASE_LEARNING_RATE`, a LoRA rate
+(1e-3 peak, linear warm-up then linear decay).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ownllm.errors import InvalidRequestError
+
+BASE_LEARNING_RATE = 1e-3
+TARGET_EPOCHS, MIN_TARGET_EXAMPLES, MAX_TARGET_EXAMPLES = 3, 100, 25_000
+MIN_EPOCHS, MAX_EPOCHS = 1, 25
+ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    n_epochs: int
+    batch_size: int
+    learning_rate_multiplier: float
+
+    @property
+    def learning_rate(self) -> float:
+        return BASE_LEARNING_RATE * self.learning_rate_multiplier
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ALL_TARGETS
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.r
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "target_modules": list(self.target_modules)}
+
+
+def auto_epochs(num_examples: int) -> int:
+    if num_examples * TARGET_EPOCHS < MIN_TARGET_EXAMPLES:
+        return min(MAX_EPOCHS, MIN_TARGET_EXAMPLES // max(1, num_examples))
+    if num_examples * TARGET_EPOCHS > MAX_TARGET_EXAMPLES:
+        return max(MIN_EPOCHS, MAX_TARGET_EXAMPLES // num_examples)
+    return TARGET_EPOCHS
+
+
+def auto_batch_size(num_examples: int) -> int:
+    return max(1, min(16, round(num_examples * 0.1)))
+
+
+def _number(value: Any, name: str, kind: type, lo: float, hi: float) -> Any:
+    param = f"hyperparameters.{name}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidRequestError(f"'{param}' must be \"auto\" or a number.", param=param)
+    if kind is int and float(value) != int(value):
+        raise InvalidRequestError(f"'{param}' must be a whole number.", param=param)
+    if not lo <= value <= hi:
+        raise InvalidRequestError(f"'{param}' must be between {lo} and {hi}.", param=param)
+    return kind(value)
+
+
+def check_requested(hp: dict[str, Any]) -> dict[str, Any]:
+    """Validate the request's hyperparameters (numbers or "auto") without resolving them."""
+    limits = {
+        "n_epochs": (int, 1, 50),
+        "batch_size": (int, 1, 256),
+        "learning_rate_multiplier": (float, 1e-3, 100),
+    }
+    out = {}
+    for name, value in hp.items():
+        if name not in limits:
+            raise InvalidRequestError(
+                f"Unknown hyperparameter '{name}' (use {', '.join(limits)}).",
+                param=f"hyperparameters.{name}",
+            )
+        out[name] = "auto" if value in (None, "auto") else _number(value, name, *limits[name])
+    for name in limits:
+        out.setdefault(name, "auto")
+    return out
+
+
+def resolve(hp: dict[str, Any], num_examples: int) -> Hyperparameters:
+    """Numbers for every "auto" given the training set's size."""
+    requested = check_requested(hp)
+
+    def pick(name: str, auto: Any) -> Any:
+        return auto if requested[name] == "auto" else requested[name]
+
+    return Hyperparameters(
+        n_epochs=pick("n_epochs", auto_epochs(num_examples)),
+        batch_size=min(pick("batch_size", auto_batch_size(num_examples)), num_examples),
+        learning_rate_multiplier=pick("learning_rate_multiplier", 1.0),
+    )
+
+
+def lora_settings(body: dict[str, Any] | None, defaults: LoraSettings) -> LoraSettings:
+    """LoRA settings from the request's `lora` object (an ownllm extension) over the defaults."""
+    body = dict(body or {})
+    unknown = set(body) - {"r", "alpha", "dropout", "target_modules"}
+    if unknown:
+        name = sorted(unknown)[0]
+        raise InvalidRequestError(
+            f"Unknown LoRA setting '{name}' (use r, alpha, dropout, target_modules).",
+            param=f"lora.{name}",
+        )
+    r = _lora_number(body.get("r", defaults.r), "r", int, 1, 256)
+    alpha = _lora_number(body.get("alpha", defaults.alpha), "alpha", float, 0.01, 4096)
+    dropout = _lora_number(body.get("dropout", defaults.dropout), "dropout", float, 0.0, 0.9)
+    targets = body.get("target_modules", list(defaults.target_modules))
+    if targets == "all-linear":
+        targets = list(ALL_TARGETS)
+    if not isinstance(targets, list) or not targets or any(t not in ALL_TARGETS for t in targets):
+        raise InvalidRequestError(
+            f"'lora.target_modules' must be a list drawn from {', '.join(ALL_TARGETS)}.",
+            param="lora.target_modules",
+        )
+    ordered = tuple(t for t in ALL_TARGETS if t in targets)
+    return LoraSettings(r=r, alpha=alpha, dropout=dropout, target_modules=ordered)
+
+
+def _lora_number(value: Any, name: str, kind: type, lo: float, hi: float) -> Any:
+    try:
+        return _number(value, name, kind, lo, hi)
+    except InvalidRequestError as e:
+        raise InvalidRequestError(
+            e.message.replace("hyperparameters.", "lora."), param=f"lora.{name}"
+        ) from None

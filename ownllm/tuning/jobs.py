@@ -1,0 +1,248 @@
+"""Fine-tuning jobs in the database: the state machine, the queue, events and checkpoints.
+
+    validating_files → queued → running → succeeded | failed | cancelled
+                         ↑         │
+                         └─────────┘  worker lost (stale heartbeat): requeued to
+                                      resume from the last checkpoint, or failed
+                                      after `max_attempts`
+
+Claiming is one atomic statement per dialect, so several workers never take
+the same job: PostgreSQL selects `FOR UPDATE SKIP LOCKED`; SQLite (one
+writer at a time) updates `WHERE id = ? AND status = 'queued'` and checks
+the row count. A worker owns a job while its id is in `worker_id`; every
+write the worker makes is conditional on that, so a worker that lost its
+job (declared dead, job requeued) cannot overwrite the new owner's state.
+
+Left out: priorities and per-tenant fairness (jobs run oldest first).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from sqlalchemy import func, select, update
+
+from ownllm.store.db import Database
+from ownllm.store.schema import FineTuningJob, JobCheckpoint, JobEvent
+
+ACTIVE = ("validating_files", "queued", "running")
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+def new_id(prefix: str) -> str:
+    """`prefix-` + creation time (ns, hex) + randomness: ids sort in creation order."""
+    return f"{prefix}-{time.time_ns():016x}{uuid.uuid4().hex[:8]}"
+
+
+def add_event(
+    db: Database, job_id: str, message: str, *, level: str = "info", data: dict | None = None
+) -> None:
+    with db.session() as s:
+        s.add(
+            JobEvent(
+                id=new_id("ftevent"),
+                job_id=job_id,
+                seq=time.time_ns() // 1000,  # microseconds: ordered across processes
+                created_at=int(time.time()),
+                level=level,
+                type="metrics" if data is not None and "step" in data else "message",
+                message=message,
+                data=data,
+            )
+        )
+
+
+def get_job(db: Database, job_id: str) -> FineTuningJob | None:
+    with db.session() as s:
+        return s.get(FineTuningJob, job_id)
+
+
+def set_status(db: Database, job_id: str, status: str, *, worker_id: str | None = None, **values):
+    """Move a job to `status` (optionally only while `worker_id` owns it); False if not applied."""
+    query = update(FineTuningJob).where(FineTuningJob.id == job_id)
+    if worker_id is not None:
+        query = query.where(FineTuningJob.worker_id == worker_id, FineTuningJob.status == "running")
+    else:
+        query = query.where(FineTuningJob.status.not_in(FINAL))
+    if status in FINAL:
+        values.setdefault("finished_at", int(time.time()))
+        values.setdefault("estimated_finish", None)
+    with db.session() as s:
+        return s.execute(query.values(status=status, **values)).rowcount == 1
+
+
+def claim(db: Database, worker_id: str) -> FineTuningJob | None:
+    """Take the oldest queued job for `worker_id`, or None when there is none."""
+    now = time.time()
+    values = {
+        "status": "running",
+        "worker_id": worker_id,
+        "heartbeat_at": now,
+        "attempts": FineTuningJob.attempts + 1,
+        "started_at": func.coalesce(FineTuningJob.started_at, int(now)),
+    }
+    oldest = (
+        select(FineTuningJob.id)
+        .where(FineTuningJob.status == "queued")
+        .order_by(FineTuningJob.created_at, FineTuningJob.id)
+        .limit(1)
+    )
+    for _ in range(5):
+        with db.session() as s:
+            if db.is_postgres:
+                job_id = s.scalar(oldest.with_for_update(skip_locked=True))
+            else:
+                job_id = s.scalar(oldest)
+            if job_id is None:
+                return None
+            done = s.execute(
+                update(FineTuningJob)
+                .where(FineTuningJob.id == job_id, FineTuningJob.status == "queued")
+                .values(**values)
+            ).rowcount
+        if done == 1:
+            return get_job(db, job_id)
+    return None
+
+
+def heartbeat(db: Database, job_id: str, worker_id: str) -> tuple[bool, bool]:
+    """Record that `worker_id` is alive on `job_id`: (still owns it, cancel requested)."""
+    with db.session() as s:
+        owned = s.execute(
+            update(FineTuningJob)
+            .where(
+                FineTuningJob.id == job_id,
+                FineTuningJob.worker_id == worker_id,
+                FineTuningJob.status == "running",
+            )
+            .values(heartbeat_at=time.time())
+        ).rowcount
+        cancel = s.scalar(select(FineTuningJob.cancel_requested).where(FineTuningJob.id == job_id))
+    return bool(owned), bool(cancel)
+
+
+def update_progress(db: Database, job_id: str, worker_id: str, **values: Any) -> None:
+    with db.session() as s:
+        s.execute(
+            update(FineTuningJob)
+            .where(FineTuningJob.id == job_id, FineTuningJob.worker_id == worker_id)
+            .values(**values)
+        )
+
+
+def release(db: Database, job_id: str, worker_id: str) -> bool:
+    """Hand a running job back to the queue (its worker is shutting down)."""
+    with db.session() as s:
+        return (
+            s.execute(
+                update(FineTuningJob)
+                .where(
+                    FineTuningJob.id == job_id,
+                    FineTuningJob.worker_id == worker_id,
+                    FineTuningJob.status == "running",
+                )
+                .values(status="queued", worker_id=None, heartbeat_at=None)
+            ).rowcount
+            == 1
+        )
+
+
+def recover_stale(db: Database, timeout_s: float, max_attempts: int) -> list[str]:
+    """Requeue (or fail, after `max_attempts`) running jobs whose worker stopped beating.
+
+    Each job is taken over with an UPDATE conditional on the heartbeat it had,
+    so two workers sweeping at once act on it only once.
+    """
+    cutoff = time.time() - timeout_s
+    with db.session() as s:
+        stale = s.execute(
+            select(FineTuningJob.id, FineTuningJob.heartbeat_at, FineTuningJob.attempts).where(
+                FineTuningJob.status == "running", FineTuningJob.heartbeat_at < cutoff
+            )
+        ).all()
+    recovered = []
+    for job_id, beat, attempts in stale:
+        retry = attempts < max_attempts
+        values: dict[str, Any] = {"worker_id": None, "heartbeat_at": None}
+        if retry:
+            values["status"] = "queued"
+        else:
+            values.update(
+                status="failed",
+                finished_at=int(time.time()),
+                estimated_finish=None,
+                error={
+                    "code": "worker_lost",
+                    "message": f"The worker running this job stopped {attempts} time(s); "
+                    "giving up. Create the job again to retry.",
+                    "param": None,
+                },
+            )
+        with db.session() as s:
+            done = s.execute(
+                update(FineTuningJob)
+                .where(
+                    FineTuningJob.id == job_id,
+                    FineTuningJob.status == "running",
+                    FineTuningJob.heartbeat_at == beat,
+                )
+                .values(**values)
+            ).rowcount
+        if done:
+            recovered.append(job_id)
+            add_event(
+                db,
+                job_id,
+                "Worker lost; job requeued to resume from its last checkpoint."
+                if retry
+                else "Worker lost too many times; job failed.",
+                level="warn" if retry else "error",
+            )
+    return recovered
+
+
+def request_cancel(db: Database, job_id: str) -> str:
+    """Cancel now when not running (the new status), else flag it for the worker ("running")."""
+    with db.session() as s:
+        job = s.get(FineTuningJob, job_id)
+        if job is None or job.status in FINAL:
+            return job.status if job else "missing"
+        job.cancel_requested = True
+        if job.status != "running":
+            job.status = "cancelled"
+            job.finished_at = int(time.time())
+            job.estimated_finish = None
+        status = job.status
+    add_event(
+        db, job_id, "Job cancellation requested." if status == "running" else "Job cancelled."
+    )
+    return status
+
+
+def add_checkpoint(
+    db: Database, job_id: str, step: int, model_name: str, adapter_id: str, metrics: dict
+) -> None:
+    with db.session() as s:
+        s.add(
+            JobCheckpoint(
+                id=new_id("ftckpt"),
+                job_id=job_id,
+                step=step,
+                model_name=model_name,
+                adapter_id=adapter_id,
+                metrics=metrics,
+                created_at=int(time.time()),
+            )
+        )
+
+
+def latest_checkpoint(db: Database, job_id: str) -> JobCheckpoint | None:
+    with db.session() as s:
+        return s.scalars(
+            select(JobCheckpoint)
+            .where(JobCheckpoint.job_id == job_id)
+            .order_by(JobCheckpoint.step.desc())
+            .limit(1)
+        ).first()

@@ -1,0 +1,79 @@
+import threading
+import time
+
+from ownllm.store.db import Database
+from ownllm.store.schema import FineTuningJob
+from ownllm.tuning import jobs
+
+
+def _queued(db: Database, n: int) -> list[str]:
+    ids = []
+    with db.session() as s:
+        for i in range(n):
+            job_id = jobs.new_id("ftjob")
+            ids.append(job_id)
+            s.add(
+                FineTuningJob(
+                    id=job_id,
+                    tenant_id="t",
+                    model="m",
+                    base_model="m",
+                    training_file="file-x",
+                    hyperparameters={},
+                    lora={},
+                    seed=0,
+                    status="queued",
+                    result_files=[],
+                    created_at=int(time.time()) + i,
+                    cancel_requested=False,
+                    attempts=0,
+                )
+            )
+    return ids
+
+
+def test_concurrent_workers_never_claim_the_same_job(db_url):
+    db = Database.open(db_url)
+    ids = _queued(db, 12)
+    claimed: list[tuple[str, str]] = []
+    lock = threading.Lock()
+
+    def work(worker_id: str) -> None:
+        while (job := jobs.claim(db, worker_id)) is not None:
+            with lock:
+                claimed.append((job.id, worker_id))
+
+    threads = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(j for j, _ in claimed) == sorted(ids)
+    job = jobs.get_job(db, ids[0])
+    assert job.status == "running" and job.attempts == 1 and job.worker_id.startswith("w")
+    db.close()
+
+
+def test_a_dead_workers_job_is_requeued_then_failed_after_max_attempts(db_url):
+    db = Database.open(db_url)
+    (job_id,) = _queued(db, 1)
+    for attempt in (1, 2):
+        assert jobs.claim(db, f"w{attempt}").id == job_id
+        assert jobs.recover_stale(db, timeout_s=60, max_attempts=2) == []  # still beating
+        time.sleep(0.05)
+        assert jobs.recover_stale(db, timeout_s=0.01, max_attempts=2) == [job_id]
+    job = jobs.get_job(db, job_id)
+    assert job.status == "failed" and job.error["code"] == "worker_lost"
+    assert jobs.heartbeat(db, job_id, "w2") == (False, False)  # the dead worker lost it
+    db.close()
+
+
+def test_cancel_queued_is_immediate_and_running_is_flagged(db_url):
+    db = Database.open(db_url)
+    queued, running = _queued(db, 2)
+    assert jobs.claim(db, "w").id == queued  # oldest first
+    assert jobs.request_cancel(db, running) == "cancelled"
+    assert jobs.request_cancel(db, queued) == "running"
+    assert jobs.heartbeat(db, queued, "w") == (True, True)
+    assert jobs.get_job(db, running).status == "cancelled"
+    db.close()
