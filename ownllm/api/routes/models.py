@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
+from starlette.concurrency import run_in_threadpool
 
+from ownllm.api.routes.adapters import adapter_models
 from ownllm.api.state import AppState, get_state
 from ownllm.errors import ModelNotFoundError
+from ownllm.gateway.auth import get_principal
+from ownllm.gateway.principal import Principal
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
@@ -22,14 +26,42 @@ def _base_model(state: AppState) -> dict:
     }
 
 
+def _embedding_models(state: AppState) -> list[dict]:
+    """The shipped embedding model, when its wheel is installed (it loads on first use)."""
+    from ownllm.models.embedding import EMBEDDING_MODEL_ID, ModelLoadError, shipped_model_dir
+
+    try:
+        shipped_model_dir()
+    except ModelLoadError:
+        return []
+    return [
+        {
+            "id": EMBEDDING_MODEL_ID,
+            "object": "model",
+            "created": int(state.started_at),
+            "owned_by": "ownllm",
+            "root": EMBEDDING_MODEL_ID,
+            "parent": None,
+        }
+    ]
+
+
 @router.get("/models")
-async def list_models(state: AppState = Depends(get_state)) -> dict:
-    return {"object": "list", "data": [_base_model(state)]}
+async def list_models(
+    state: AppState = Depends(get_state), principal: Principal = Depends(get_principal)
+) -> dict:
+    # adapters of the served base the caller may use, with parent = the base (tenant-scoped)
+    adapters = await run_in_threadpool(adapter_models, state, principal)
+    return {"object": "list", "data": [_base_model(state), *adapters, *_embedding_models(state)]}
 
 
 @router.get("/models/{model_id:path}")
-async def get_model(model_id: str, state: AppState = Depends(get_state)) -> dict:
-    for model in (await list_models(state))["data"]:
+async def get_model(
+    model_id: str,
+    state: AppState = Depends(get_state),
+    principal: Principal = Depends(get_principal),
+) -> dict:
+    for model in (await list_models(state, principal))["data"]:
         if model["id"] == model_id:
             return model
     raise ModelNotFoundError(f"The model '{model_id}' does not exist.", param="model")

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-25 17:49:06.118439
+Create Date: 2026-11-25 18:06:18.522492
 """
 
 import sqlalchemy as sa
@@ -42,6 +42,15 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_adapters_created_at"), ["created_at"], unique=False)
         batch_op.create_index(batch_op.f("ix_adapters_tenant_id"), ["tenant_id"], unique=False)
 
+    op.create_table(
+        "engine_time",
+        sa.Column("replica", sa.String(length=128), nullable=False),
+        sa.Column("day", sa.String(length=10), nullable=False),
+        sa.Column("busy_seconds", sa.Float(), nullable=False),
+        sa.Column("first_at", sa.Float(), nullable=False),
+        sa.Column("last_at", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("replica", "day", name=op.f("pk_engine_time")),
+    )
     op.create_table(
         "files",
         sa.Column("id", sa.String(length=40), nullable=False),
@@ -116,12 +125,20 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_guard_events_tenant_id"), ["tenant_id"], unique=False)
 
     op.create_table(
+        "quota_counters",
+        sa.Column("scope", sa.String(length=120), nullable=False),
+        sa.Column("period", sa.String(length=7), nullable=False),
+        sa.Column("used_tokens", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("scope", "period", name=op.f("pk_quota_counters")),
+    )
+    op.create_table(
         "stored_completions",
         sa.Column("id", sa.String(length=64), nullable=False),
         sa.Column("tenant_id", sa.String(length=64), nullable=False),
         sa.Column("key_id", sa.String(length=40), nullable=True),
         sa.Column("model", sa.String(length=512), nullable=False),
         sa.Column("created_at", sa.BigInteger(), nullable=False),
+        sa.Column("stored_at", sa.Float(), nullable=False),
         sa.Column("request", sa.JSON(), nullable=False),
         sa.Column("response", sa.JSON(), nullable=False),
         sa.Column("metadata", sa.JSON(), nullable=True),
@@ -136,6 +153,9 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_stored_completions_model"), ["model"], unique=False)
         batch_op.create_index(
             batch_op.f("ix_stored_completions_tenant_id"), ["tenant_id"], unique=False
+        )
+        batch_op.create_index(
+            "ix_stored_completions_tenant_stored", ["tenant_id", "stored_at"], unique=False
         )
 
     op.create_table(
@@ -154,6 +174,7 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
         sa.Column("request_id", sa.String(length=64), nullable=False),
         sa.Column("created_at", sa.Float(), nullable=False),
+        sa.Column("day", sa.String(length=10), nullable=False),
         sa.Column("tenant_id", sa.String(length=64), nullable=False),
         sa.Column("key_id", sa.String(length=40), nullable=True),
         sa.Column("endpoint", sa.String(length=64), nullable=False),
@@ -190,6 +211,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.BigInteger(), nullable=False),
         sa.Column("last_used_at", sa.BigInteger(), nullable=True),
         sa.Column("revoked_at", sa.BigInteger(), nullable=True),
+        sa.Column("capture_default", sa.Boolean(), nullable=True),
         sa.ForeignKeyConstraint(
             ["tenant_id"], ["tenants.id"], name=op.f("fk_api_keys_tenant_id_tenants")
         ),
@@ -264,11 +286,13 @@ def downgrade() -> None:
     op.drop_table("usage")
     op.drop_table("tenants")
     with op.batch_alter_table("stored_completions", schema=None) as batch_op:
+        batch_op.drop_index("ix_stored_completions_tenant_stored")
         batch_op.drop_index(batch_op.f("ix_stored_completions_tenant_id"))
         batch_op.drop_index(batch_op.f("ix_stored_completions_model"))
         batch_op.drop_index(batch_op.f("ix_stored_completions_created_at"))
 
     op.drop_table("stored_completions")
+    op.drop_table("quota_counters")
     with op.batch_alter_table("guard_events", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_guard_events_tenant_id"))
         batch_op.drop_index(batch_op.f("ix_guard_events_created_at"))
@@ -285,6 +309,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_files_created_at"))
 
     op.drop_table("files")
+    op.drop_table("engine_time")
     with op.batch_alter_table("adapters", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_adapters_tenant_id"))
         batch_op.drop_index(batch_op.f("ix_adapters_created_at"))
