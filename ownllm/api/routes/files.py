@@ -22,6 +22,7 @@ from python_multipart import MultipartParser
 from python_multipart.multipart import parse_options_header
 from starlette.concurrency import run_in_threadpool
 
+from ownllm.api.pages import cursor_page
 from ownllm.api.state import AppState, get_state
 from ownllm.errors import InvalidRequestError, PayloadTooLargeError
 from ownllm.gateway.auth import require_scope
@@ -157,14 +158,7 @@ async def list_files(
         limit=limit,
         order=order,
     )
-    data = [store.file_object(r) for r in rows]
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": has_more,
-    }
+    return cursor_page([store.file_object(r) for r in rows], has_more)
 
 
 @router.get("/files/{file_id}")

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
+from ownllm.api.pages import cursor_page
 from ownllm.api.state import AppState, get_state
 from ownllm.errors import InvalidRequestError, ModelNotFoundError, NotFoundError
 from ownllm.gateway.auth import require_scope
@@ -290,10 +291,4 @@ async def list_checkpoints(
         }
         for c in rows
     ]
-    return {
-        "object": "list",
-        "data": data,
-        "has_more": more,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-    }
+    return cursor_page(data, more)

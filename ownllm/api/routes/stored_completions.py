@@ -19,6 +19,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from ownllm.api.pages import cursor_page
 from ownllm.api.state import AppState, get_state
 from ownllm.errors import InvalidRequestError, ServerError
 from ownllm.gateway import capture
@@ -56,16 +57,6 @@ def _metadata_filter(request: Request) -> dict[str, str]:
     return out
 
 
-def _page(data: list[dict], has_more: bool) -> dict:
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": has_more,
-    }
-
-
 @router.get("")
 async def list_stored(
     request: Request,
@@ -86,7 +77,7 @@ async def list_stored(
         limit=limit,
         order=order,
     )
-    return _page([capture.completion_object(r) for r in rows], has_more)
+    return cursor_page([capture.completion_object(r) for r in rows], has_more)
 
 
 @router.get("/{completion_id}")
@@ -118,7 +109,7 @@ async def get_messages(
             raise InvalidRequestError(f"No message with id '{after}' in this completion.",
                                       param="after")  # fmt: skip
         messages = messages[ids.index(after) + 1 :]
-    return _page(messages[:limit], len(messages) > limit)
+    return cursor_page(messages[:limit], len(messages) > limit)
 
 
 @router.post("/{completion_id}")
