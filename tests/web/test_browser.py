@@ -99,7 +99,8 @@ def test_fine_tuning_job_runs_live_and_opens_in_the_playground(server, page, tmp
     page.get_by_label("Validation file (optional)").select_option(
         valid_option.get_attribute("value")
     )
-    page.get_by_label("Epochs").fill("2")
+    # 120 steps: long enough for several 1.5 s polls even on a quiet machine
+    page.get_by_label("Epochs").fill("10")
     page.get_by_label("Batch size").fill("1")
     page.get_by_label("Suffix").fill("trivia")
     page.evaluate(  # record every loss chart the page draws while the job runs
@@ -123,7 +124,7 @@ def test_fine_tuning_job_runs_live_and_opens_in_the_playground(server, page, tmp
     while_running = sorted({n for n, s in curves if s == "running" and n > 0})
     assert len(while_running) >= 2, f"the curve did not grow while running: {curves}"
     chart = page.locator("#loss-chart")
-    assert chart.get_attribute("data-points") == "24"  # 12 examples x 2 epochs, batch 1
+    assert chart.get_attribute("data-points") == "120"  # 12 examples x 10 epochs, batch 1
     assert chart.locator("polyline[data-series='training loss']").count() == 1
     assert chart.locator("polyline[data-series='validation loss']").count() == 1
     assert page.locator(".progress").get_attribute("aria-valuenow") == "100"
