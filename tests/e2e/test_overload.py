@@ -47,4 +47,6 @@ async def test_full_queue_is_503_with_retry_after(small_server):
             assert info.value.status_code == 503
         # the long stream is closed: the queued request gets the slot and completes
         done = await queued
-        assert done.status_code == 200 and done.json()["choices"][0]["message"]["content"]
+        # (a random tiny model may end at once: the answer may be empty, but it is finished)
+        assert done.status_code == 200
+        assert done.json()["choices"][0]["finish_reason"] in ("stop", "length")
