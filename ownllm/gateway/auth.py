@@ -192,6 +192,12 @@ class Authenticator:
                 tenant_limits=Limits(
                     tenant.rpm, tenant.tpm, tenant.max_concurrent, tenant.monthly_tokens
                 ),
+                capture_default=(
+                    key.capture_default
+                    if key.capture_default is not None
+                    else (True if tenant.capture_default else None)
+                ),
+                is_from_key_row=True,
             )
         return _Cached(principal, "", expires)
 

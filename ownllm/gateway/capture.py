@@ -44,6 +44,9 @@ def should_store(db: Database, principal: Principal, requested: bool | None,
     """The request's `store` wins; then the key's default, the tenant's, the server's."""
     if requested is not None:
         return requested
+    if principal.is_from_key_row:  # auth resolved the key's and tenant's defaults
+        default = principal.capture_default
+        return default if default is not None else config.default_store
     with db.session() as session:
         if principal.key_id:
             key = session.get(ApiKey, principal.key_id)
@@ -319,9 +322,13 @@ class CaptureHook:
         if outcome.status_code != 200 or outcome.is_client_gone or not outcome.choices:
             return
         requested = getattr(call, "store", None)
-        if not await asyncio.to_thread(
-            should_store, self.db, call.principal, requested, self.config
-        ):
+        if requested is not None or call.principal.is_from_key_row:  # answered without I/O
+            wanted = should_store(self.db, call.principal, requested, self.config)
+        else:
+            wanted = await asyncio.to_thread(
+                should_store, self.db, call.principal, requested, self.config
+            )
+        if not wanted:
             return
         sampling = call.sampling
         params = {"temperature": sampling.temperature, "top_p": sampling.top_p, "n": sampling.n,

@@ -44,6 +44,10 @@ class Principal:
     is_admin: bool = False
     key_limits: Limits = field(default=NO_LIMITS)
     tenant_limits: Limits = field(default=NO_LIMITS)
+    # Set by auth from the key and tenant rows it already loaded, so capture needs no
+    # query per request: the key's store default, else True when the tenant's is on.
+    capture_default: bool | None = None
+    is_from_key_row: bool = False
 
     def can_see(self, owner_tenant_id: str, is_public: bool = False) -> bool:
         """A tenant sees its own objects and public ones; the admin sees all."""
