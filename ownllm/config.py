@@ -123,6 +123,11 @@ class EngineConfig:
     )
     threads: int = setting(0, "torch CPU threads (0: all cores).", min=0, max=1024)
     enable_prefix_caching: bool = setting(True, "Reuse cached KV blocks of shared prompt prefixes.")
+    cpu_kernels: bool = setting(
+        True,
+        "Use ownllm's C kernels for rotary, KV-cache writes and decode attention on CPU "
+        "(compiled once with the system C compiler; without one, the torch path).",
+    )
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,12 @@ boolean mask (causal, context length, optional sliding window). The query
 heads sharing one kv head are folded into the query length dimension, so
 K/V are never repeated for GQA.
 
-Left out: a fused paged-attention kernel (the gather copies the context once
-per layer and group).
+On CPU, with the C kernels (`cpu_kernels.py`), the rotary and the cache
+write are one call per layer, and the decode group is attended straight from
+the cache blocks (`attend`); prompt chunks always take the gather + SDPA path.
+
+Left out: a fused kernel for prompt chunks on CPU; a paged kernel on CUDA (the
+gather copies the context once per layer and group there).
 """
 
 from __future__ import annotations
@@ -31,10 +35,12 @@ class AttentionGroup:
     q_len: int  # padded query length (1 for decodes)
     num_seqs: int
     block_tables: torch.Tensor  # [B, num_blocks] long (host), padded with block 0
-    mask: torch.Tensor  # decodes: [B, 1, 1, S] float additive; else [B, 1, G * Q, S] bool
+    mask: torch.Tensor | None  # decodes: [B, 1, 1, S] float additive; else [B, 1, G * Q, S]
+    # bool; None for the C kernel's decode group
     q_index: torch.Tensor | None  # [B * q_len] rows within the group; None: no padding
     out_index: torch.Tensor | None  # [row_end - row_start] rows of the padded output
     kv_rows: torch.Tensor | None = None  # see `kv_rows`, filled in by `build_groups`
+    context_lens: torch.Tensor | None = None  # [B] int32, decodes with the C kernel
 
 
 @dataclass
@@ -50,8 +56,11 @@ def build_groups(
     num_kv_heads: int,
     device: torch.device,
     sliding_window: int | None = None,
+    fused_decode: bool = False,
 ) -> list[AttentionGroup]:
-    """Groups for `chunks` = [(start position, num tokens, block table)] in row order."""
+    """Groups for `chunks` = [(start position, num tokens, block table)] in row order.
+    `fused_decode`: the decode group is for the C kernel (int32 tables and context
+    lengths, no mask or gather rows)."""
     groups = []
     i, row = 0, 0
     while i < len(chunks):
@@ -64,14 +73,33 @@ def build_groups(
             if j > i and max(q_len, n) * (j - i + 1) > 2 * (num_rows + n):
                 break
             q_len, num_rows, j = max(q_len, n), num_rows + n, j + 1
-        group = _build_group(
-            chunks[i:j], row, q_len, block_size, num_queries_per_kv, device, sliding_window
-        )
-        group.kv_rows = kv_rows(group, block_size, num_kv_heads, device)
+        if fused_decode and q_len == 1:
+            group = _kernel_decode_group(chunks[i:j], row, block_size)
+        else:
+            group = _build_group(
+                chunks[i:j], row, q_len, block_size, num_queries_per_kv, device, sliding_window
+            )
+            group.kv_rows = kv_rows(group, block_size, num_kv_heads, device)
         groups.append(group)
         row += num_rows
         i = j
     return groups
+
+
+def _kernel_decode_group(chunks, row_start: int, block_size: int) -> AttentionGroup:
+    num_blocks = max(-(-(start + 1) // block_size) for start, _, _ in chunks)
+    tables = [t[:num_blocks] + [0] * (num_blocks - len(t[:num_blocks])) for _, _, t in chunks]
+    return AttentionGroup(
+        row_start=row_start,
+        row_end=row_start + len(chunks),
+        q_len=1,
+        num_seqs=len(chunks),
+        block_tables=torch.tensor(tables, dtype=torch.int32),
+        mask=None,
+        q_index=None,
+        out_index=None,
+        context_lens=torch.tensor([start + 1 for start, _, _ in chunks], dtype=torch.int32),
+    )
 
 
 def _build_group(chunks, row_start, q_len, block_size, group_size, device, window):
@@ -136,40 +164,79 @@ def paged_attention(
     kv_cache: torch.Tensor,  # [2, num_blocks, block_size, Hkv, D]
     meta: AttentionMetadata,
 ) -> torch.Tensor:  # [T, H * D]
-    _, num_heads, head_dim = q.shape
-    num_kv_heads = k.shape[1]
-    group_size = num_heads // num_kv_heads
+    """The torch path: write the step's k/v into the cache, then attend every group."""
+    num_kv_heads, head_dim = k.shape[1], k.shape[2]
     k_cache, v_cache = kv_cache[0], kv_cache[1]
     k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, k)
     v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, v)
-    k_rows, v_rows = k_cache.view(-1, head_dim), v_cache.view(-1, head_dim)
-    outs = []
-    for g in meta.groups:
-        num_seqs = g.num_seqs
-        # [B * Hkv * S, D] -> [B, Hkv, S, D], contiguous
-        kg = k_rows.index_select(0, g.kv_rows).view(num_seqs, num_kv_heads, -1, head_dim)
-        vg = v_rows.index_select(0, g.kv_rows).view(num_seqs, num_kv_heads, -1, head_dim)
-        qg = q[g.row_start : g.row_end]
-        if g.q_len == 1:
-            outs.append(_decode_attention(qg, kg, vg, g.mask))
-            continue
-        if g.q_index is not None:
-            qg = qg.index_select(0, g.q_index)
-        # [B, Q, Hkv, G, D] -> [B, Hkv, G * Q, D]
-        qg = qg.view(num_seqs, g.q_len, num_kv_heads, group_size, head_dim)
-        qg = qg.permute(0, 2, 3, 1, 4).reshape(num_seqs, num_kv_heads, -1, head_dim)
-        og = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=g.mask)
-        # [B, Hkv, G * Q, D] -> [B * Q, H * D]
-        og = og.view(num_seqs, num_kv_heads, group_size, g.q_len, head_dim)
-        og = og.permute(0, 3, 1, 2, 4).reshape(num_seqs * g.q_len, num_heads * head_dim)
-        if g.out_index is not None:
-            og = og.index_select(0, g.out_index)
-        outs.append(og)
+    outs = [_group_attention(q[g.row_start : g.row_end], kv_cache, g) for g in meta.groups]
     return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
+def attend(
+    qkv: torch.Tensor,  # [T, (H + 2 Hkv) D], rotary applied, k/v already in the cache
+    kv_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    kernels,  # cpu_kernels.CpuKernels
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    window: int | None,
+) -> torch.Tensor:  # [T, H * D]
+    """The C-kernel path: decodes straight from the cache blocks, chunks as in torch."""
+    outs = []
+    for g in meta.groups:
+        rows = qkv[g.row_start : g.row_end]
+        if g.context_lens is not None:
+            outs.append(
+                kernels.decode_attention(
+                    rows,
+                    kv_cache,
+                    g.block_tables,
+                    g.context_lens,
+                    num_heads,
+                    num_kv_heads,
+                    head_dim,
+                    window,
+                )
+            )
+        else:
+            q = rows[:, : num_heads * head_dim].view(-1, num_heads, head_dim)
+            outs.append(_group_attention(q, kv_cache, g))
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+def _group_attention(
+    qg: torch.Tensor,  # [rows of the group, H, D]
+    kv_cache: torch.Tensor,
+    g: AttentionGroup,
+) -> torch.Tensor:  # [rows, H * D]
+    num_kv_heads, head_dim = kv_cache.shape[-2], kv_cache.shape[-1]
+    num_heads = qg.shape[1]
+    group_size = num_heads // num_kv_heads
+    num_seqs = g.num_seqs
+    k_rows, v_rows = kv_cache[0].view(-1, head_dim), kv_cache[1].view(-1, head_dim)
+    # [B * Hkv * S, D] -> [B, Hkv, S, D], contiguous
+    kg = k_rows.index_select(0, g.kv_rows).view(num_seqs, num_kv_heads, -1, head_dim)
+    vg = v_rows.index_select(0, g.kv_rows).view(num_seqs, num_kv_heads, -1, head_dim)
+    if g.q_len == 1:
+        return _decode_attention(qg, kg, vg, g.mask)
+    if g.q_index is not None:
+        qg = qg.index_select(0, g.q_index)
+    # [B, Q, Hkv, G, D] -> [B, Hkv, G * Q, D]
+    qg = qg.reshape(num_seqs, g.q_len, num_kv_heads, group_size, head_dim)
+    qg = qg.permute(0, 2, 3, 1, 4).reshape(num_seqs, num_kv_heads, -1, head_dim)
+    og = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=g.mask)
+    # [B, Hkv, G * Q, D] -> [B * Q, H * D]
+    og = og.view(num_seqs, num_kv_heads, group_size, g.q_len, head_dim)
+    og = og.permute(0, 3, 1, 2, 4).reshape(num_seqs * g.q_len, num_heads * head_dim)
+    if g.out_index is not None:
+        og = og.index_select(0, g.out_index)
+    return og
+
+
 def _decode_attention(
-    q: torch.Tensor,  # [B, H, D]
+    q: torch.Tensor,  # [B, H, D] (rows may be strided)
     k: torch.Tensor,  # [B, Hkv, S, D]
     v: torch.Tensor,  # [B, Hkv, S, D]
     mask: torch.Tensor,  # [B, 1, 1, S] float additive

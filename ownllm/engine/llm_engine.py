@@ -69,7 +69,16 @@ class LLMEngine:
         self.device = torch.device(device)
         self.args: ModelArgs = read_config(Path(model_dir))
         self.dtype = resolve_dtype(dtype, device)
-        self.model = Model(self.args, load_tensors(Path(model_dir)), self.dtype, self.device)
+        kernels = None
+        if config.cpu_kernels:
+            from ownllm.engine import cpu_kernels
+
+            kernels = cpu_kernels.load(
+                self.dtype, self.device, self.args.num_heads, self.args.num_kv_heads
+            )
+        self.model = Model(
+            self.args, load_tensors(Path(model_dir)), self.dtype, self.device, kernels
+        )
         if tokenizer is None:
             from ownllm.models.tokenizer import Tokenizer
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ownllm.engine.attention import AttentionMetadata, paged_attention
+from ownllm.engine.attention import AttentionMetadata, attend, paged_attention
 from ownllm.engine.lora import LoraBatch, LoraStacks, add_lora
 from ownllm.engine.weights import ModelArgs, WeightsError
 
@@ -60,8 +60,9 @@ class StepInput:
     """Everything one forward needs, built once per step by the model runner."""
 
     input_ids: torch.Tensor  # [T] long
-    cos: torch.Tensor  # [T, 1, D]
-    sin: torch.Tensor  # [T, 1, D], first half negated (see `_rope`)
+    cos: torch.Tensor | None  # [T, 1, D] (torch path)
+    sin: torch.Tensor | None  # [T, 1, D], first half negated (see `_rope`)
+    rope: torch.Tensor | None  # [T, D] float32 cos half, sin half (C kernel path)
     attention: AttentionMetadata
     lora: LoraBatch | None
     logits_rows: torch.Tensor  # [N] long: rows whose next-token logits are needed
@@ -69,9 +70,15 @@ class StepInput:
 
 class Model:
     def __init__(
-        self, args: ModelArgs, tensors: dict[str, torch.Tensor], dtype: torch.dtype, device
+        self,
+        args: ModelArgs,
+        tensors: dict[str, torch.Tensor],
+        dtype: torch.dtype,
+        device,
+        kernels=None,
     ) -> None:
         self.args, self.dtype, self.device = args, dtype, device
+        self.kernels = kernels  # cpu_kernels.CpuKernels, or None for the torch path
 
         def take(name: str) -> torch.Tensor:
             if name not in tensors:
@@ -118,11 +125,18 @@ class Model:
 
     def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin [T, 1, D] for `positions` [T]; sin's first half negated for `_rope`."""
-        freqs = positions.to(torch.float32).unsqueeze(1) * self.inv_freq  # [T, D / 2]
-        cos, sin = freqs.cos() * self.rope_factor, freqs.sin() * self.rope_factor
+        cos, sin = self._cos_sin(positions)
         cos = torch.cat([cos, cos], dim=-1).unsqueeze(1).to(self.dtype)
         sin = torch.cat([-sin, sin], dim=-1).unsqueeze(1).to(self.dtype)
         return cos, sin
+
+    def rope_table(self, positions: torch.Tensor) -> torch.Tensor:
+        """[T, D] float32, cos then sin of each position: the C kernel's rotary table."""
+        return torch.cat(self._cos_sin(positions), dim=-1).contiguous()
+
+    def _cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions.to(torch.float32).unsqueeze(1) * self.inv_freq  # [T, D / 2]
+        return freqs.cos() * self.rope_factor, freqs.sin() * self.rope_factor
 
     @torch.inference_mode()
     def forward(
@@ -137,6 +151,7 @@ class Model:
             args.head_dim,
         )
         hidden = args.hidden_size
+        shape, window = (num_heads, num_kv, head_dim), args.sliding_window
         x = self.embed.index_select(0, step.input_ids)  # [T, hidden]
         num_tokens = x.shape[0]
         on = lora.rank if lora is not None and step.lora is not None else {}
@@ -147,16 +162,28 @@ class Model:
             qkv = layer.qkv(h)  # [T, (H + 2 Hkv) D]
             if lora_qkv:
                 add_lora(qkv, h, lora.a[i]["qkv"], lora.b[i]["qkv"], step.lora)
-            qkv = qkv.view(num_tokens, num_heads + 2 * num_kv, head_dim)
-            qk, v = qkv[:, : num_heads + num_kv], qkv[:, num_heads + num_kv :]
-            if layer.q_norm is not None:
-                q = F.rms_norm(qk[:, :num_heads], (head_dim,), layer.q_norm, eps)
-                k = F.rms_norm(qk[:, num_heads:], (head_dim,), layer.k_norm, eps)
-                qk = torch.cat([q, k], dim=1)
-            qk = _rope(qk, step.cos, step.sin)  # [T, H + Hkv, D]
-            attn = paged_attention(
-                qk[:, :num_heads], qk[:, num_heads:], v, kv_caches[i], step.attention
-            )  # [T, H D]
+            heads = qkv.view(num_tokens, num_heads + 2 * num_kv, head_dim)
+            if layer.q_norm is not None:  # Qwen3, in place so the kernel path sees it
+                heads[:, :num_heads] = F.rms_norm(
+                    heads[:, :num_heads], (head_dim,), layer.q_norm, eps
+                )
+                heads[:, num_heads : num_heads + num_kv] = F.rms_norm(
+                    heads[:, num_heads : num_heads + num_kv], (head_dim,), layer.k_norm, eps
+                )
+            if self.kernels is not None:
+                self.kernels.rope_cache(
+                    qkv, step.rope, step.attention.slot_mapping, kv_caches[i], *shape
+                )
+                attn = attend(qkv, kv_caches[i], step.attention, self.kernels, *shape, window)
+            else:
+                qk = _rope(heads[:, : num_heads + num_kv], step.cos, step.sin)  # [T, H + Hkv, D]
+                attn = paged_attention(
+                    qk[:, :num_heads],
+                    qk[:, num_heads:],
+                    heads[:, num_heads + num_kv :],
+                    kv_caches[i],
+                    step.attention,
+                )  # [T, H D]
             o = layer.o(attn)
             if lora_o:
                 add_lora(o, attn, lora.a[i]["o"], lora.b[i]["o"], step.lora)

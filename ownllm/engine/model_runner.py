@@ -73,7 +73,8 @@ class ModelRunner:
                 sampling.append(seq)
         device = self.device
         pos = torch.tensor(positions, dtype=torch.long, device=device)
-        cos, sin = self.model.rope(pos)
+        fused = self.model.kernels is not None
+        cos, sin = (None, None) if fused else self.model.rope(pos)
         args = self.model.args
         attention = AttentionMetadata(
             slot_mapping=torch.tensor(slots, dtype=torch.long, device=device),
@@ -84,6 +85,7 @@ class ModelRunner:
                 args.num_kv_heads,
                 device,
                 args.sliding_window,
+                fused_decode=fused,
             ),
         )
         lora = None
@@ -93,6 +95,7 @@ class ModelRunner:
             input_ids=torch.tensor(ids, dtype=torch.long, device=device),
             cos=cos,
             sin=sin,
+            rope=self.model.rope_table(pos) if fused else None,
             attention=attention,
             lora=lora,
             logits_rows=torch.tensor(logits_rows, dtype=torch.long, device=device),

@@ -102,9 +102,12 @@ def lora_reference(llama_dir, adapters):
         ("mistral", {"sliding_window": 8}),
     ],
 )
-def test_greedy_matches_transformers(tmp_path, arch, overrides):
+@pytest.mark.parametrize("cpu_kernels", [True, False], ids=["c-kernels", "torch"])
+def test_greedy_matches_transformers(tmp_path, arch, overrides, cpu_kernels):
     model_dir = make_model(tmp_path, arch=arch, **overrides)
-    engine = engine_for(model_dir)
+    engine = engine_for(model_dir, cpu_kernels=cpu_kernels)
+    if cpu_kernels:
+        assert engine.model.kernels is not None, "the C kernels did not build on this machine"
     for i, prompt in enumerate(PROMPTS):
         engine.add_request(greedy(f"r{i}", prompt))
     tokens = run_to_end(engine)
@@ -162,10 +165,11 @@ def test_lora_alone_matches_peft(llama_dir, adapters, lora_reference, base_refer
         assert run_to_end(engine)["r"][0] == lora_reference[name], name
 
 
+@pytest.mark.parametrize("cpu_kernels", [True, False], ids=["c-kernels", "torch"])
 def test_mixed_adapter_batch_matches_each_alone(
-    llama_dir, adapters, lora_reference, base_reference
+    llama_dir, adapters, lora_reference, base_reference, cpu_kernels
 ):
-    engine = engine_for(llama_dir, max_loras=3, max_num_batched_tokens=32)
+    engine = engine_for(llama_dir, max_loras=3, max_num_batched_tokens=32, cpu_kernels=cpu_kernels)
     for name, path in adapters.items():
         engine.load_adapter(name, str(path))
     engine.add_request(greedy("base", PROMPTS[1]))

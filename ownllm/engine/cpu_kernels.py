@@ -1,0 +1,192 @@
+"""ownllm's C kernels for the CPU hot path, compiled on first use and called via ctypes.
+
+Two kernels (source: `csrc/cpu_kernels.c`):
+
+- `rope_cache`: rotary on the q and k heads of the step's qkv rows, in place, and
+  the k and v heads copied into their cache slots: one call per layer instead of
+  a handful of small torch ops;
+- `decode_attention`: paged attention for the decoding rows (one query each),
+  reading keys and values straight from the cache blocks; the torch path first
+  gathers every sequence's blocks into a padded copy, per layer.
+
+The source is compiled once per machine with the system C compiler
+(`cc -O3 -march=native -fopenmp`) into a cache directory keyed by the source,
+the compiler and the CPU (`$OWNLLM_KERNEL_CACHE`, default
+`~/.cache/ownllm/kernels`), written to a temporary name and renamed into place
+so concurrent starts never load a half-written library. OpenMP resolves to the
+libgomp torch has already loaded, so the kernels share torch's thread pool.
+Without a compiler (or on another device, or with `engine.cpu_kernels =
+false`) the engine uses its torch path, which computes the same thing.
+
+Left out: prefill attention (compute-bound; SDPA does it well), fp16 (CPU models
+run in float32 or bfloat16).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from functools import cache
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.c"
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
+_SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}
+_P, _I64, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
+
+
+def cache_dir() -> Path:
+    return Path(
+        os.environ.get("OWNLLM_KERNEL_CACHE") or Path.home() / ".cache" / "ownllm" / "kernels"
+    )
+
+
+def _cpu_signature() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor()
+    flags = next((line for line in text.splitlines() if line.startswith(("flags", "Features"))), "")
+    return platform.machine() + flags
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def build(directory: Path | None = None, extra_flags: list[str] | None = None) -> Path:
+    """Compile the kernels (once; later calls find the cached library) and return its path.
+    `extra_flags`, e.g. `-DOWNLLM_NO_AVX512` for the portable loop only (tests)."""
+    compiler = _compiler()
+    if compiler is None:
+        raise RuntimeError("no C compiler found (set CC or install gcc)")
+    source = SOURCE.read_bytes()
+    version = subprocess.run(
+        [compiler, "--version"], capture_output=True, text=True, check=False
+    ).stdout
+    flags = FLAGS + list(extra_flags or ())
+    key = hashlib.sha256(
+        b"\0".join([source, version.encode(), _cpu_signature().encode(), " ".join(flags).encode()])
+    ).hexdigest()[:16]
+    directory = directory or cache_dir()
+    target = directory / f"cpu_kernels-{key}.so"
+    if target.is_file():
+        return target
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".so.tmp")
+    os.close(fd)
+    try:
+        done = subprocess.run(
+            [compiler, *flags, "-o", tmp, str(SOURCE)], capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"{compiler} failed: {done.stderr.strip()[-2000:]}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+class CpuKernels:
+    """The loaded library for one dtype; methods take torch tensors."""
+
+    def __init__(self, library: ctypes.CDLL, dtype: torch.dtype) -> None:
+        suffix = _SUFFIX[dtype]
+        self.dtype = dtype
+        self._rope_cache = getattr(library, f"rope_cache_{suffix}")
+        self._rope_cache.argtypes = [_P, _I64, _I64, _I, _I, _I, _P, _P, _P, _P, _I]
+        self._rope_cache.restype = None
+        self._decode = getattr(library, f"decode_attention_{suffix}")
+        self._decode.argtypes = [_P, _I64, _I, _I, _I, _I, _P, _P, _I, _P, _I, _P, _I, _F, _P, _I]
+        self._decode.restype = None
+        self.max_query_group = library.max_query_group()
+
+    def rope_cache(
+        self,
+        qkv: torch.Tensor,  # [T, (H + 2 Hkv) D], rows contiguous
+        rope: torch.Tensor,  # [T, D] float32: cos half, sin half
+        slots: torch.Tensor,  # [T] int64
+        kv_cache: torch.Tensor,  # [2, blocks, block_size, Hkv, D]
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+    ) -> None:
+        num_rows = qkv.shape[0]
+        if num_rows == 0:
+            return
+        self._rope_cache(
+            qkv.data_ptr(),
+            num_rows,
+            qkv.stride(0),
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            rope.data_ptr(),
+            slots.data_ptr(),
+            kv_cache[0].data_ptr(),
+            kv_cache[1].data_ptr(),
+            torch.get_num_threads(),
+        )
+
+    def decode_attention(
+        self,
+        qkv: torch.Tensor,  # [B, ...]: the decoding rows, q heads first
+        kv_cache: torch.Tensor,
+        tables: torch.Tensor,  # [B, max_blocks] int32
+        ctx_lens: torch.Tensor,  # [B] int32
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        window: int | None,
+    ) -> torch.Tensor:  # [B, H D]
+        num_seqs = qkv.shape[0]
+        out = torch.empty(num_seqs, num_heads * head_dim, dtype=qkv.dtype)
+        self._decode(
+            qkv.data_ptr(),
+            qkv.stride(0),
+            num_seqs,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            kv_cache[0].data_ptr(),
+            kv_cache[1].data_ptr(),
+            kv_cache.shape[2],
+            tables.data_ptr(),
+            tables.shape[1],
+            ctx_lens.data_ptr(),
+            window or 0,
+            head_dim**-0.5,
+            out.data_ptr(),
+            torch.get_num_threads(),
+        )
+        return out
+
+
+@cache
+def _library() -> ctypes.CDLL:
+    return ctypes.CDLL(str(build()))
+
+
+def load(dtype: torch.dtype, device: torch.device, num_heads: int, num_kv_heads: int):
+    """The kernels for this model, or None (with one log line saying why) to use torch."""
+    if device.type != "cpu" or dtype not in _SUFFIX:
+        return None
+    try:
+        kernels = CpuKernels(_library(), dtype)
+    except (OSError, RuntimeError, AttributeError) as e:
+        log.warning("CPU kernels unavailable, using the torch path: %s", e)
+        return None
+    if num_heads // num_kv_heads > kernels.max_query_group:
+        return None
+    return kernels

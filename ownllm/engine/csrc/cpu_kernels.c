@@ -1,0 +1,282 @@
+/* ownllm's CPU kernels: rotary + KV-cache write, and paged decode attention.
+ *
+ * Compiled on first use by ownllm/engine/cpu_kernels.py with the system C
+ * compiler (-O3 -march=native -fopenmp) and called through ctypes on tensors'
+ * data pointers. OpenMP here resolves to the libgomp that torch already loaded,
+ * so both share one thread pool. Each function exists for float32 (suffix f32)
+ * and bfloat16 (suffix bf16, stored as uint16, computed in float32).
+ *
+ * Layouts (all row-major, contiguous unless a stride is given):
+ *   qkv       [T, row_stride]: per row H query heads, then Hkv key heads, then
+ *             Hkv value heads, D each
+ *   rope      [T, D] float32: cos (D/2) then sin (D/2), attention factor applied
+ *   k/v cache [num_slots, Hkv, D] (slot = block * block_size + offset)
+ *   tables    [B, max_blocks] int32 block ids; ctx_lens [B] int32
+ *   out       [B, H * D]
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+static inline float bf16_to_f32(uint16_t h) {
+    union { uint32_t u; float f; } v;
+    v.u = (uint32_t)h << 16;
+    return v.f;
+}
+
+static inline uint16_t f32_to_bf16(float f) {
+    union { uint32_t u; float f; } v;
+    v.f = f;
+    if ((v.u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((v.u >> 16) | 0x40u); /* NaN */
+    v.u += 0x7fffu + ((v.u >> 16) & 1u); /* round to nearest even */
+    return (uint16_t)(v.u >> 16);
+}
+
+static inline float f32_id(float x) { return x; }
+
+#define TILE 16
+#define MAX_GROUP 64
+
+/* exp(x) for x <= 0 (softmax after subtracting the max), relative error < 2e-7, written so
+ * the compiler vectorises it: exp(x) = 2^n * exp(r), |r| <= ln2 / 2, degree-6 polynomial. */
+static inline float exp_nonpositive(float x) {
+    x = x < -87.f ? -87.f : x;
+    const float n = (x * 1.44269504f + 12582912.f) - 12582912.f; /* round to nearest */
+    const float r = x - n * 0.693145752f - n * 1.42860677e-6f;
+    float p = 1.38888889e-3f;
+    p = p * r + 8.33333333e-3f;
+    p = p * r + 4.16666667e-2f;
+    p = p * r + 1.66666667e-1f;
+    p = p * r + 0.5f;
+    p = p * r + 1.f;
+    p = p * r + 1.f;
+    union { uint32_t u; float f; } scale;
+    scale.u = (uint32_t)((int32_t)n + 127) << 23;
+    return p * scale.f;
+}
+
+
+#if defined(__AVX512F__) && !defined(OWNLLM_NO_AVX512)
+#include <immintrin.h>
+#define HAVE_AVX512_TASK 1
+static inline __m512 load16_bf16(const uint16_t *p) {
+    __m256i h = _mm256_loadu_si256((const __m256i *)p);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+static inline __m512 load16_f32(const float *p) { return _mm512_loadu_ps(p); }
+
+/* One (sequence, kv head) of decode attention, AVX-512: q [group][D] (scaled, float32),
+ * head_dim a multiple of 16 and at most 256, group at most 8. Scores to `scores`
+ * [group][n], the softmax-weighted values to acc [group][D]. */
+#define DEFINE_AVX512_TASK(SUFFIX, T_)                                                          \
+static inline __attribute__((always_inline)) void decode_task_avx512_inline_##SUFFIX(        \
+    const float *q, int group, int head_dim, const T_ *k_cache, const T_ *v_cache,             \
+    int64_t kv_size, int64_t head_off, const int32_t *table, int block_size, int first, int n, \
+    float *scores, float *acc, const int chunks) {                                             \
+    __m512 qv[8][16];                                                                          \
+    for (int g = 0; g < group; g++)                                                            \
+        for (int c = 0; c < chunks; c++) qv[g][c] = _mm512_loadu_ps(q + g * head_dim + c * 16); \
+    int bi = first / block_size, off = first % block_size;                                     \
+    for (int j = 0; j < n; j++) {                                                              \
+        const T_ *k = k_cache + ((int64_t)table[bi] * block_size + off) * kv_size + head_off;  \
+        __m512 kc[16];                                                                         \
+        for (int c = 0; c < chunks; c++) kc[c] = load16_##SUFFIX(k + c * 16);                 \
+        for (int g = 0; g < group; g++) {                                                      \
+            __m512 a = _mm512_mul_ps(qv[g][0], kc[0]);                                         \
+            for (int c = 1; c < chunks; c++) a = _mm512_fmadd_ps(qv[g][c], kc[c], a);         \
+            scores[g * n + j] = _mm512_reduce_add_ps(a);                                       \
+        }                                                                                      \
+        if (++off == block_size) off = 0, bi++;                                                \
+    }                                                                                          \
+    for (int g = 0; g < group; g++) {                                                          \
+        float *sg = scores + g * n, m = -INFINITY, sum = 0.f;                                  \
+        for (int j = 0; j < n; j++) m = sg[j] > m ? sg[j] : m;                                 \
+        _Pragma("omp simd reduction(+ : sum)")                                                 \
+        for (int j = 0; j < n; j++) {                                                          \
+            sg[j] = exp_nonpositive(sg[j] - m);                                                \
+            sum += sg[j];                                                                      \
+        }                                                                                      \
+        const float inv = 1.f / sum;                                                           \
+        for (int j = 0; j < n; j++) sg[j] *= inv;                                              \
+    }                                                                                          \
+    for (int i = 0; i < group * head_dim; i++) acc[i] = 0.f;                                   \
+    /* a block's run of positions at a time; per (query head, 16 dims) one register sum */    \
+    for (int j0 = 0; j0 < n;) {                                                                \
+        const int p0 = first + j0, bi = p0 / block_size, off = p0 % block_size;                \
+        const int count = (block_size - off) < (n - j0) ? (block_size - off) : (n - j0);       \
+        const T_ *v0 = v_cache + ((int64_t)table[bi] * block_size + off) * kv_size + head_off; \
+        for (int g = 0; g < group; g++) {                                                      \
+            const float *w = scores + g * n + j0;                                              \
+            __m512 a[16];                                                                      \
+            for (int c = 0; c < chunks; c++) a[c] = _mm512_loadu_ps(acc + g * head_dim + c * 16); \
+            for (int j = 0; j < count; j++) {                                                  \
+                const __m512 wj = _mm512_set1_ps(w[j]);                                        \
+                for (int c = 0; c < chunks; c++)                                               \
+                    a[c] = _mm512_fmadd_ps(wj, load16_##SUFFIX(v0 + j * kv_size + c * 16), a[c]); \
+            }                                                                                  \
+            for (int c = 0; c < chunks; c++) _mm512_storeu_ps(acc + g * head_dim + c * 16, a[c]); \
+        }                                                                                      \
+        j0 += count;                                                                           \
+    }                                                                                          \
+}                                                                                              \
+static void decode_task_avx512_##SUFFIX(const float *q, int group, int head_dim,               \
+                                        const T_ *k_cache, const T_ *v_cache, int64_t kv_size, \
+                                        int64_t head_off, const int32_t *table, int block_size,\
+                                        int first, int n, float *scores, float *acc) {          \
+    /* constant chunk counts for the common head sizes keep the sums in registers */          \
+    switch (head_dim) {                                                                        \
+    case 64:                                                                                   \
+        decode_task_avx512_inline_##SUFFIX(q, group, head_dim, k_cache, v_cache, kv_size,      \
+                                           head_off, table, block_size, first, n, scores, acc, 4); \
+        break;                                                                                 \
+    case 128:                                                                                  \
+        decode_task_avx512_inline_##SUFFIX(q, group, head_dim, k_cache, v_cache, kv_size,      \
+                                           head_off, table, block_size, first, n, scores, acc, 8); \
+        break;                                                                                 \
+    default:                                                                                   \
+        decode_task_avx512_inline_##SUFFIX(q, group, head_dim, k_cache, v_cache, kv_size,      \
+                                           head_off, table, block_size, first, n, scores, acc, \
+                                           head_dim / 16);                                     \
+    }                                                                                          \
+}
+DEFINE_AVX512_TASK(f32, float)
+DEFINE_AVX512_TASK(bf16, uint16_t)
+#else
+#define HAVE_AVX512_TASK 0
+#endif
+#if HAVE_AVX512_TASK
+#define AVX512_TASK(SUFFIX) decode_task_avx512_##SUFFIX
+#else
+#define AVX512_TASK(SUFFIX) decode_task_unavailable
+static void decode_task_unavailable(const float *q, int group, int head_dim, const void *k,
+                                    const void *v, int64_t kv_size, int64_t head_off,
+                                    const int32_t *table, int block_size, int first, int n,
+                                    float *scores, float *acc) {}
+#endif
+
+#define DEFINE_KERNELS(SUFFIX, T_, LOAD, STORE)                                                \
+                                                                                               \
+/* Rotate-half rotary on the q and k heads of each row (in place), then copy each row's      \
+ * k and v heads into its cache slot. */                                                       \
+void rope_cache_##SUFFIX(T_ *qkv, int64_t num_rows, int64_t row_stride, int num_heads,         \
+                         int num_kv_heads, int head_dim, const float *rope,                    \
+                         const int64_t *slots, T_ *k_cache, T_ *v_cache, int num_threads) {    \
+    const int half = head_dim / 2, rotated = num_heads + num_kv_heads;                        \
+    _Pragma("omp parallel for num_threads(num_threads) if(num_rows > 8)")                      \
+    for (int64_t t = 0; t < num_rows; t++) {                                                   \
+        T_ *row = qkv + t * row_stride;                                                        \
+        const float *cs = rope + t * head_dim, *sn = cs + half;                                \
+        for (int h = 0; h < rotated; h++) {                                                    \
+            T_ *x = row + (int64_t)h * head_dim;                                               \
+            for (int i = 0; i < half; i++) {                                                   \
+                float a = LOAD(x[i]), b = LOAD(x[i + half]);                                   \
+                x[i] = STORE(a * cs[i] - b * sn[i]);                                           \
+                x[i + half] = STORE(b * cs[i] + a * sn[i]);                                    \
+            }                                                                                  \
+        }                                                                                      \
+        int64_t kv_size = (int64_t)num_kv_heads * head_dim;                                    \
+        memcpy(k_cache + slots[t] * kv_size, row + (int64_t)num_heads * head_dim,              \
+               kv_size * sizeof(T_));                                                          \
+        memcpy(v_cache + slots[t] * kv_size, row + (int64_t)rotated * head_dim,                \
+               kv_size * sizeof(T_));                                                          \
+    }                                                                                          \
+}                                                                                              \
+                                                                                               \
+/* One query row per sequence (its last position, ctx_len - 1) against the sequence's         \
+ * cached keys and values; the query heads of one kv head are done together so each key       \
+ * and value row is read once. Keys are taken a tile of TILE positions at a time, transposed  \
+ * to [D][TILE] so the dot products vectorise across positions. window > 0: attend only the   \
+ * last `window` positions. */                                                                 \
+void decode_attention_##SUFFIX(const T_ *qkv, int64_t row_stride, int num_seqs,                \
+                               int num_heads, int num_kv_heads, int head_dim,                  \
+                               const T_ *k_cache, const T_ *v_cache, int block_size,           \
+                               const int32_t *tables, int max_blocks,                          \
+                               const int32_t *ctx_lens, int window, float scale, T_ *out,      \
+                               int num_threads) {                                              \
+    const int group = num_heads / num_kv_heads;                                               \
+    const int64_t kv_size = (int64_t)num_kv_heads * head_dim;                                  \
+    _Pragma("omp parallel for num_threads(num_threads) schedule(dynamic, 1)")                  \
+    for (int64_t task = 0; task < (int64_t)num_seqs * num_kv_heads; task++) {                  \
+        const int b = (int)(task / num_kv_heads), kvh = (int)(task % num_kv_heads);            \
+        const int ctx = ctx_lens[b];                                                           \
+        const int first = (window > 0 && ctx > window) ? ctx - window : 0;                     \
+        const int n = ctx - first, padded = (n + TILE - 1) / TILE * TILE;                      \
+        float *restrict q = malloc(sizeof(float) * ((size_t)group * head_dim * 2              \
+                                   + (size_t)head_dim * TILE + (size_t)group * padded));       \
+        float *restrict acc = q + group * head_dim;                                            \
+        float *restrict kt = acc + group * head_dim;                                           \
+        float *restrict scores = kt + head_dim * TILE;                                         \
+        const T_ *q_src = qkv + b * row_stride + (int64_t)kvh * group * head_dim;             \
+        for (int i = 0; i < group * head_dim; i++) q[i] = LOAD(q_src[i]) * scale;              \
+        const int32_t *table = tables + (int64_t)b * max_blocks;                               \
+        T_ *o = out + (int64_t)b * num_heads * head_dim + (int64_t)kvh * group * head_dim;     \
+        if (HAVE_AVX512_TASK && head_dim % 16 == 0 && head_dim <= 256 && group <= 8) {         \
+            AVX512_TASK(SUFFIX)(q, group, head_dim, k_cache, v_cache, kv_size,                 \
+                                (int64_t)kvh * head_dim, table, block_size, first, n,          \
+                                scores, acc);                                                  \
+            for (int i = 0; i < group * head_dim; i++) o[i] = STORE(acc[i]);                   \
+            free(q);                                                                           \
+            continue;                                                                          \
+        }                                                                                      \
+        for (int j0 = 0; j0 < n; j0 += TILE) {                                                 \
+            const int count = n - j0 < TILE ? n - j0 : TILE;                                   \
+            for (int j = 0; j < TILE; j++) {                                                   \
+                if (j >= count) {                                                              \
+                    for (int d = 0; d < head_dim; d++) kt[d * TILE + j] = 0.f;                 \
+                    continue;                                                                  \
+                }                                                                              \
+                const int p = first + j0 + j;                                                  \
+                const int64_t slot = (int64_t)table[p / block_size] * block_size               \
+                                     + p % block_size;                                         \
+                const T_ *restrict k = k_cache + slot * kv_size + (int64_t)kvh * head_dim;     \
+                for (int d = 0; d < head_dim; d++) kt[d * TILE + j] = LOAD(k[d]);              \
+            }                                                                                  \
+            for (int g = 0; g < group; g++) {                                                  \
+                float s[TILE] = {0};                                                           \
+                const float *qg = q + g * head_dim;                                            \
+                for (int d = 0; d < head_dim; d++) {                                           \
+                    const float qd = qg[d];                                                    \
+                    _Pragma("omp simd")                                                        \
+                    for (int j = 0; j < TILE; j++) s[j] += qd * kt[d * TILE + j];              \
+                }                                                                              \
+                memcpy(scores + (size_t)g * padded + j0, s, sizeof s);                         \
+            }                                                                                  \
+        }                                                                                      \
+        float total[MAX_GROUP];                                                                \
+        for (int g = 0; g < group; g++) {                                                      \
+            float *sg = scores + (size_t)g * padded, m = -INFINITY, sum = 0.f;                \
+            for (int j = 0; j < n; j++) m = sg[j] > m ? sg[j] : m;                             \
+            _Pragma("omp simd reduction(+ : sum)")                                             \
+            for (int j = 0; j < n; j++) {                                                      \
+                sg[j] = exp_nonpositive(sg[j] - m);                                            \
+                sum += sg[j];                                                                  \
+            }                                                                                  \
+            total[g] = sum;                                                                    \
+        }                                                                                      \
+        memset(acc, 0, sizeof(float) * group * head_dim);                                     \
+        for (int j = 0; j < n; j++) {                                                          \
+            const int p = first + j;                                                           \
+            const int64_t slot = (int64_t)table[p / block_size] * block_size + p % block_size; \
+            const T_ *restrict v = v_cache + slot * kv_size + (int64_t)kvh * head_dim;         \
+            for (int g = 0; g < group; g++) {                                                  \
+                const float w = scores[(size_t)g * padded + j];                                \
+                float *restrict ag = acc + g * head_dim;                                       \
+                _Pragma("omp simd")                                                            \
+                for (int d = 0; d < head_dim; d++) ag[d] += w * LOAD(v[d]);                    \
+            }                                                                                  \
+        }                                                                                      \
+        for (int g = 0; g < group; g++) {                                                      \
+            const float inv = 1.f / total[g];                                                  \
+            for (int d = 0; d < head_dim; d++)                                                 \
+                o[g * head_dim + d] = STORE(acc[g * head_dim + d] * inv);                      \
+        }                                                                                      \
+        free(q);                                                                               \
+    }                                                                                          \
+}
+
+DEFINE_KERNELS(f32, float, f32_id, f32_id)
+DEFINE_KERNELS(bf16, uint16_t, bf16_to_f32, f32_to_bf16)
+
+/* The largest query-group size decode_attention supports (num_heads / num_kv_heads). */
+int max_query_group(void) { return MAX_GROUP; }

@@ -1,0 +1,155 @@
+"""The C kernels (ownllm/engine/cpu_kernels.py) against the torch path on random caches.
+
+Both builds are checked: the one this machine uses (AVX-512 where the CPU has it)
+and the portable C loop (built with OWNLLM_NO_AVX512), across head sizes,
+query-group sizes, block sizes, sliding windows and dtypes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+
+import pytest
+import torch
+
+from ownllm.engine import cpu_kernels
+from ownllm.engine.attention import AttentionMetadata, build_groups, paged_attention
+
+
+@pytest.fixture(scope="module", params=["native", "portable"])
+def kernels_by_build(request, tmp_path_factory):
+    extra = [] if request.param == "native" else ["-DOWNLLM_NO_AVX512"]
+    path = cpu_kernels.build(tmp_path_factory.mktemp(request.param), extra_flags=extra)
+    library = ctypes.CDLL(str(path))
+    return {dt: cpu_kernels.CpuKernels(library, dt) for dt in (torch.float32, torch.bfloat16)}
+
+
+def _case(num_heads, num_kv_heads, head_dim, block_size, lengths, dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    num_blocks = sum(-(-n // block_size) for n in lengths) + 3
+    cache = torch.randn(2, num_blocks, block_size, num_kv_heads, head_dim, generator=gen)
+    cache = cache.to(dtype)
+    # scattered, non-contiguous block tables
+    order = torch.randperm(num_blocks - 1, generator=gen).add(1).tolist()
+    tables = []
+    for n in lengths:
+        count = -(-n // block_size)
+        tables.append(order[:count])
+        order = order[count:]
+    width = (num_heads + 2 * num_kv_heads) * head_dim
+    qkv = torch.randn(len(lengths), width, generator=gen).to(dtype)
+    return cache, tables, qkv
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize(
+    "num_heads, num_kv_heads, head_dim, block_size, window",
+    [
+        (4, 2, 16, 16, None),
+        (9, 3, 64, 16, None),
+        (8, 8, 64, 8, None),
+        (4, 1, 128, 32, None),
+        (6, 2, 24, 16, None),  # head size not a multiple of 16: portable loop everywhere
+        (4, 2, 32, 16, 7),  # sliding window
+    ],
+)
+def test_decode_attention_matches_torch(
+    kernels_by_build, dtype, num_heads, num_kv_heads, head_dim, block_size, window
+):
+    kernels = kernels_by_build[dtype]
+    lengths = [1, 5, block_size, block_size + 1, 3 * block_size + 7, 70]
+    cache, tables, qkv = _case(num_heads, num_kv_heads, head_dim, block_size, lengths, dtype)
+    chunks = [(n - 1, 1, t) for n, t in zip(lengths, tables)]
+    group_size = num_heads // num_kv_heads
+    torch_groups = build_groups(
+        chunks, block_size, group_size, num_kv_heads, torch.device("cpu"), window
+    )
+    kernel_groups = build_groups(
+        chunks, block_size, group_size, num_kv_heads, torch.device("cpu"), window, True
+    )
+    (g,) = kernel_groups
+    got = kernels.decode_attention(
+        qkv, cache, g.block_tables, g.context_lens, num_heads, num_kv_heads, head_dim, window
+    )
+    # the torch path writes k/v for the step's rows first: give it their own cached values
+    slots = torch.tensor(
+        [
+            t[(n - 1) // block_size] * block_size + (n - 1) % block_size
+            for n, t in zip(lengths, tables)
+        ]
+    )
+    flat = cache.view(2, -1, num_kv_heads, head_dim)
+    q = qkv[:, : num_heads * head_dim].reshape(len(lengths), num_heads, head_dim)
+    want = paged_attention(
+        q, flat[0][slots], flat[1][slots], cache.clone(), AttentionMetadata(slots, torch_groups)
+    )
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got.float(), want.float(), atol=tolerance, rtol=tolerance)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_rope_cache_rotates_and_writes_slots(kernels_by_build, dtype):
+    kernels = kernels_by_build[dtype]
+    num_heads, num_kv_heads, head_dim, block_size = 4, 2, 16, 8
+    gen = torch.Generator().manual_seed(1)
+    rows = 5
+    qkv = torch.randn(rows, (num_heads + 2 * num_kv_heads) * head_dim, generator=gen).to(dtype)
+    positions = torch.tensor([0, 3, 9, 17, 40])
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2).float() / head_dim))
+    freqs = positions.float().unsqueeze(1) * inv_freq
+    rope = torch.cat([freqs.cos(), freqs.sin()], dim=-1).contiguous()
+    cache = torch.zeros(2, 10, block_size, num_kv_heads, head_dim, dtype=dtype)
+    slots = torch.tensor([3, 9, 10, 41, 79])
+    original = qkv.float().clone().view(rows, -1, head_dim)
+    kernels.rope_cache(qkv, rope, slots, cache, num_heads, num_kv_heads, head_dim)
+
+    # reference: transformers' rotate_half form
+    cos = torch.cat([freqs.cos(), freqs.cos()], -1).unsqueeze(1)
+    sin = torch.cat([freqs.sin(), freqs.sin()], -1).unsqueeze(1)
+    x = original[:, : num_heads + num_kv_heads]
+    half = head_dim // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], -1)
+    want = x * cos + rotated * sin
+    heads = qkv.float().view(rows, -1, head_dim)
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(heads[:, : num_heads + num_kv_heads], want, atol=tolerance, rtol=0)
+    torch.testing.assert_close(heads[:, num_heads + num_kv_heads :], original[:, 6:])
+    flat = cache.view(2, -1, num_kv_heads, head_dim).float()
+    torch.testing.assert_close(flat[0][slots], heads[:, num_heads : num_heads + num_kv_heads])
+    torch.testing.assert_close(flat[1][slots], heads[:, num_heads + num_kv_heads :])
+    untouched = torch.ones(flat.shape[1], dtype=torch.bool)
+    untouched[slots] = False
+    assert not flat[:, untouched].any(), "the kernel wrote outside the step's slots"
+
+
+def test_build_is_cached_and_keyed_by_source(tmp_path):
+    first = cpu_kernels.build(tmp_path)
+    assert cpu_kernels.build(tmp_path) == first
+    assert [p.name for p in tmp_path.iterdir()] == [first.name], "temporary files left behind"
+
+
+def test_no_compiler_falls_back_to_torch(monkeypatch, caplog):
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    monkeypatch.setattr(cpu_kernels, "_library", cpu_kernels._library.__wrapped__)
+    assert cpu_kernels.load(torch.float32, torch.device("cpu"), 4, 2) is None
+    assert "using the torch path" in caplog.text
+
+
+def test_softmax_is_exact_for_equal_scores(kernels_by_build):
+    # all keys equal: every query gets the mean of the values, whatever the context length
+    kernels = kernels_by_build[torch.float32]
+    num_heads, num_kv_heads, head_dim, block_size = 2, 1, 16, 16
+    lengths = [33]
+    cache, tables, qkv = _case(
+        num_heads, num_kv_heads, head_dim, block_size, lengths, torch.float32
+    )
+    cache[0] = 1.0
+    (g,) = build_groups([(32, 1, tables[0])], block_size, 2, 1, torch.device("cpu"), None, True)
+    got = kernels.decode_attention(
+        qkv, cache, g.block_tables, g.context_lens, num_heads, num_kv_heads, head_dim, None
+    )
+    values = cache[1].view(-1, head_dim)
+    slots = [tables[0][p // block_size] * block_size + p % block_size for p in range(33)]
+    want = values[slots].mean(0)
+    assert math.isclose(float((got.view(2, head_dim) - want).abs().max()), 0.0, abs_tol=1e-5)
