@@ -1,13 +1,15 @@
 """ownllm's C kernels for the CPU hot path, compiled on first use and called via ctypes.
 
-Two kernels (source: `csrc/cpu_kernels.c`):
+Kernels (source: `csrc/cpu_kernels.c`):
 
 - `rope_cache`: rotary on the q and k heads of the step's qkv rows, in place, and
   the k and v heads copied into their cache slots: one call per layer instead of
   a handful of small torch ops;
 - `decode_attention`: paged attention for the decoding rows (one query each),
   reading keys and values straight from the cache blocks; the torch path first
-  gathers every sequence's blocks into a padded copy, per layer.
+  gathers every sequence's blocks into a padded copy, per layer;
+- `add_rms_norm` (the residual add and the next RMSNorm in one pass) and
+  `silu_mul`: one call each instead of the several ops torch runs for them.
 
 The source is compiled once per machine with the system C compiler
 (`cc -O3 -march=native -fopenmp`) into a cache directory keyed by the source,
@@ -110,7 +112,37 @@ class CpuKernels:
         self._decode = getattr(library, f"decode_attention_{suffix}")
         self._decode.argtypes = [_P, _I64, _I, _I, _I, _I, _P, _P, _I, _P, _I, _P, _I, _F, _P, _I]
         self._decode.restype = None
+        self._add_rms_norm = getattr(library, f"add_rms_norm_{suffix}")
+        self._add_rms_norm.argtypes = [_P, _P, _P, _P, _I64, _I64, _F, _I]
+        self._add_rms_norm.restype = None
+        self._silu_mul = getattr(library, f"silu_mul_{suffix}")
+        self._silu_mul.argtypes = [_P, _P, _I64, _I64, _I]
+        self._silu_mul.restype = None
         self.max_query_group = library.max_query_group()
+
+    def add_rms_norm(
+        self, x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float
+    ) -> torch.Tensor:
+        """x += delta (in place, when given); returns RMSNorm(x) * weight. Rows contiguous."""
+        out = torch.empty_like(x)
+        self._add_rms_norm(
+            x.data_ptr(),
+            None if delta is None else delta.data_ptr(),
+            weight.data_ptr(),
+            out.data_ptr(),
+            x.shape[0],
+            x.shape[1],
+            eps,
+            torch.get_num_threads(),
+        )
+        return out
+
+    def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """SiLU(gate) * up for gate_up [T, 2 I] (gate first): [T, I]."""
+        num_rows, inter = gate_up.shape[0], gate_up.shape[1] // 2
+        out = torch.empty(num_rows, inter, dtype=gate_up.dtype)
+        self._silu_mul(gate_up.data_ptr(), out.data_ptr(), num_rows, inter, torch.get_num_threads())
+        return out
 
     def rope_cache(
         self,

@@ -150,15 +150,15 @@ class Model:
             args.num_kv_heads,
             args.head_dim,
         )
-        hidden = args.hidden_size
         shape, window = (num_heads, num_kv, head_dim), args.sliding_window
         x = self.embed.index_select(0, step.input_ids)  # [T, hidden]
         num_tokens = x.shape[0]
         on = lora.rank if lora is not None and step.lora is not None else {}
         lora_qkv, lora_o = on.get("qkv", 0) > 0, on.get("o", 0) > 0
         lora_gate_up, lora_down = on.get("gate_up", 0) > 0, on.get("down", 0) > 0
+        kernels, residual = self.kernels, None
         for i, layer in enumerate(self.layers):
-            h = F.rms_norm(x, (hidden,), layer.input_norm, eps)
+            h = _add_rms_norm(kernels, x, residual, layer.input_norm, eps)  # x += residual
             qkv = layer.qkv(h)  # [T, (H + 2 Hkv) D]
             if lora_qkv:
                 add_lora(qkv, h, lora.a[i]["qkv"], lora.b[i]["qkv"], step.lora)
@@ -170,11 +170,11 @@ class Model:
                 heads[:, num_heads : num_heads + num_kv] = F.rms_norm(
                     heads[:, num_heads : num_heads + num_kv], (head_dim,), layer.k_norm, eps
                 )
-            if self.kernels is not None:
-                self.kernels.rope_cache(
+            if kernels is not None:
+                kernels.rope_cache(
                     qkv, step.rope, step.attention.slot_mapping, kv_caches[i], *shape
                 )
-                attn = attend(qkv, kv_caches[i], step.attention, self.kernels, *shape, window)
+                attn = attend(qkv, kv_caches[i], step.attention, kernels, *shape, window)
             else:
                 qk = _rope(heads[:, : num_heads + num_kv], step.cos, step.sin)  # [T, H + Hkv, D]
                 attn = paged_attention(
@@ -187,20 +187,31 @@ class Model:
             o = layer.o(attn)
             if lora_o:
                 add_lora(o, attn, lora.a[i]["o"], lora.b[i]["o"], step.lora)
-            x.add_(o)
-            h = F.rms_norm(x, (hidden,), layer.post_norm, eps)
+            h = _add_rms_norm(kernels, x, o, layer.post_norm, eps)  # x += o
             gate_up = layer.gate_up(h)  # [T, 2 I]
             if lora_gate_up:
                 add_lora(gate_up, h, lora.a[i]["gate_up"], lora.b[i]["gate_up"], step.lora)
-            gate, up = gate_up.chunk(2, dim=-1)
-            act = F.silu(gate).mul_(up)  # [T, I]
-            down = layer.down(act)
+            if kernels is not None:
+                act = kernels.silu_mul(gate_up)  # [T, I]
+            else:
+                gate, up = gate_up.chunk(2, dim=-1)
+                act = F.silu(gate).mul_(up)
+            residual = layer.down(act)
             if lora_down:
-                add_lora(down, act, lora.a[i]["down"], lora.b[i]["down"], step.lora)
-            x.add_(down)
+                add_lora(residual, act, lora.a[i]["down"], lora.b[i]["down"], step.lora)
+        x.add_(residual)
         x = x.index_select(0, step.logits_rows)
-        x = F.rms_norm(x, (hidden,), self.norm, eps)
+        x = _add_rms_norm(kernels, x, None, self.norm, eps)
         return self.lm_head(x).float()  # [N, V]
+
+
+def _add_rms_norm(kernels, x: torch.Tensor, delta, weight: torch.Tensor, eps: float):
+    """x += delta (in place, when given); returns RMSNorm(x) * weight."""
+    if kernels is not None:
+        return kernels.add_rms_norm(x, delta, weight, eps)
+    if delta is not None:
+        x.add_(delta)
+    return F.rms_norm(x, (x.shape[-1],), weight, eps)
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -153,3 +153,32 @@ def test_softmax_is_exact_for_equal_scores(kernels_by_build):
     slots = [tables[0][p // block_size] * block_size + p % block_size for p in range(33)]
     want = values[slots].mean(0)
     assert math.isclose(float((got.view(2, head_dim) - want).abs().max()), 0.0, abs_tol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("with_delta", [True, False], ids=["add+norm", "norm"])
+def test_add_rms_norm_matches_torch(kernels_by_build, dtype, with_delta):
+    kernels = kernels_by_build[dtype]
+    gen = torch.Generator().manual_seed(2)
+    x = (torch.randn(40, 72, generator=gen) * 3).to(dtype)
+    delta = torch.randn(40, 72, generator=gen).to(dtype) if with_delta else None
+    weight = torch.rand(72, generator=gen).add(0.5).to(dtype)
+    want_x = x + delta if with_delta else x.clone()
+    want = torch.nn.functional.rms_norm(want_x.float(), (72,), weight.float(), 1e-5)
+    got = kernels.add_rms_norm(x, delta, weight, 1e-5)
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(x, want_x, atol=0, rtol=0)  # the residual, updated in place
+    torch.testing.assert_close(got.float(), want, atol=tolerance, rtol=tolerance)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_silu_mul_matches_torch(kernels_by_build, dtype):
+    kernels = kernels_by_build[dtype]
+    gen = torch.Generator().manual_seed(3)
+    gate_up = (torch.randn(33, 2 * 40, generator=gen) * 6).to(dtype)  # exp far from 0 too
+    gate, up = gate_up.float().chunk(2, dim=-1)
+    want = torch.nn.functional.silu(gate) * up
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(
+        kernels.silu_mul(gate_up).float(), want, atol=tolerance, rtol=tolerance
+    )

@@ -38,10 +38,10 @@ static inline float f32_id(float x) { return x; }
 #define TILE 16
 #define MAX_GROUP 64
 
-/* exp(x) for x <= 0 (softmax after subtracting the max), relative error < 2e-7, written so
- * the compiler vectorises it: exp(x) = 2^n * exp(r), |r| <= ln2 / 2, degree-6 polynomial. */
-static inline float exp_nonpositive(float x) {
-    x = x < -87.f ? -87.f : x;
+/* exp(x), relative error < 2e-7 for x in [-87, 88] (clamped outside), written so the
+ * compiler vectorises it: exp(x) = 2^n * exp(r), |r| <= ln2 / 2, degree-6 polynomial. */
+static inline float fast_exp(float x) {
+    x = x < -87.f ? -87.f : (x > 88.f ? 88.f : x);
     const float n = (x * 1.44269504f + 12582912.f) - 12582912.f; /* round to nearest */
     const float r = x - n * 0.693145752f - n * 1.42860677e-6f;
     float p = 1.38888889e-3f;
@@ -94,7 +94,7 @@ static inline __attribute__((always_inline)) void decode_task_avx512_inline_##SU
         for (int j = 0; j < n; j++) m = sg[j] > m ? sg[j] : m;                                 \
         _Pragma("omp simd reduction(+ : sum)")                                                 \
         for (int j = 0; j < n; j++) {                                                          \
-            sg[j] = exp_nonpositive(sg[j] - m);                                                \
+            sg[j] = fast_exp(sg[j] - m);                                                \
             sum += sg[j];                                                                      \
         }                                                                                      \
         const float inv = 1.f / sum;                                                           \
@@ -249,7 +249,7 @@ void decode_attention_##SUFFIX(const T_ *qkv, int64_t row_stride, int num_seqs, 
             for (int j = 0; j < n; j++) m = sg[j] > m ? sg[j] : m;                             \
             _Pragma("omp simd reduction(+ : sum)")                                             \
             for (int j = 0; j < n; j++) {                                                      \
-                sg[j] = exp_nonpositive(sg[j] - m);                                            \
+                sg[j] = fast_exp(sg[j] - m);                                            \
                 sum += sg[j];                                                                  \
             }                                                                                  \
             total[g] = sum;                                                                    \
@@ -277,6 +277,49 @@ void decode_attention_##SUFFIX(const T_ *qkv, int64_t row_stride, int num_seqs, 
 
 DEFINE_KERNELS(f32, float, f32_id, f32_id)
 DEFINE_KERNELS(bf16, uint16_t, bf16_to_f32, f32_to_bf16)
+
+
+/* Elementwise kernels, per dtype: the residual add + RMSNorm and SiLU(gate) * up. */
+#define DEFINE_ELEMENTWISE(SUFFIX, T_, LOAD, STORE)                                            \
+/* x += delta (when delta is not NULL), then out = x / rms(x) * weight, per row. */            \
+void add_rms_norm_##SUFFIX(T_ *x, const T_ *delta, const T_ *weight, T_ *out,                 \
+                           int64_t num_rows, int64_t hidden, float eps, int num_threads) {     \
+    _Pragma("omp parallel for num_threads(num_threads) if(num_rows > 16)")                     \
+    for (int64_t t = 0; t < num_rows; t++) {                                                   \
+        T_ *xr = x + t * hidden;                                                               \
+        float sum = 0.f;                                                                       \
+        if (delta != NULL) {                                                                   \
+            const T_ *dr = delta + t * hidden;                                                 \
+            for (int64_t i = 0; i < hidden; i++) xr[i] = STORE(LOAD(xr[i]) + LOAD(dr[i]));     \
+        }                                                                                      \
+        _Pragma("omp simd reduction(+ : sum)")                                                 \
+        for (int64_t i = 0; i < hidden; i++) {                                                 \
+            const float v = LOAD(xr[i]);                                                       \
+            sum += v * v;                                                                      \
+        }                                                                                      \
+        const float inv = 1.f / sqrtf(sum / (float)hidden + eps);                              \
+        T_ *o = out + t * hidden;                                                              \
+        for (int64_t i = 0; i < hidden; i++) o[i] = STORE(LOAD(xr[i]) * inv * LOAD(weight[i])); \
+    }                                                                                          \
+}                                                                                              \
+                                                                                               \
+/* out[t, i] = silu(gu[t, i]) * gu[t, inter + i] for gu [T, 2 * inter]. */                      \
+void silu_mul_##SUFFIX(const T_ *gu, T_ *out, int64_t num_rows, int64_t inter,                \
+                       int num_threads) {                                                      \
+    _Pragma("omp parallel for num_threads(num_threads) if(num_rows > 16)")                     \
+    for (int64_t t = 0; t < num_rows; t++) {                                                   \
+        const T_ *g = gu + t * 2 * inter, *u = g + inter;                                      \
+        T_ *o = out + t * inter;                                                               \
+        _Pragma("omp simd")                                                                    \
+        for (int64_t i = 0; i < inter; i++) {                                                  \
+            const float a = LOAD(g[i]);                                                        \
+            o[i] = STORE(a / (1.f + fast_exp(-a)) * LOAD(u[i]));                               \
+        }                                                                                      \
+    }                                                                                          \
+}
+
+DEFINE_ELEMENTWISE(f32, float, f32_id, f32_id)
+DEFINE_ELEMENTWISE(bf16, uint16_t, bf16_to_f32, f32_to_bf16)
 
 /* The largest query-group size decode_attention supports (num_heads / num_kv_heads). */
 int max_query_group(void) { return MAX_GROUP; }
