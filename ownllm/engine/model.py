@@ -24,13 +24,14 @@ from ownllm.engine.weights import ModelArgs, WeightsError
 
 
 class Linear:
-    """y = x W^T + b. In bfloat16 on CPU, W is prepacked once for oneDNN, which reads it
-    about twice as fast as `F.linear` does when decoding a few rows."""
+    """y = x W^T + b. On CPU (bfloat16 or float32), W is prepacked once for oneDNN: in
+    bfloat16 it reads it about twice as fast as `F.linear` when decoding a few rows, in
+    float32 about 1.3x (one row or 64, measured on the 2-core dev box)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
         self.weight, self.bias, self.packed = weight, bias, None
         self.out_features, self.in_features = weight.shape
-        if weight.device.type == "cpu" and weight.dtype == torch.bfloat16:
+        if weight.device.type == "cpu" and weight.dtype in (torch.bfloat16, torch.float32):
             try:
                 self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
                 self.weight = None  # the packed copy replaces it
