@@ -9,7 +9,9 @@ Kernels (source: `csrc/cpu_kernels.c`):
   reading keys and values straight from the cache blocks; the torch path first
   gathers every sequence's blocks into a padded copy, per layer;
 - `add_rms_norm` (the residual add and the next RMSNorm in one pass) and
-  `silu_mul`: one call each instead of the several ops torch runs for them.
+  `silu_mul`: one call each instead of the several ops torch runs for them;
+- `lora`: every row's adapter slot applied in one pass over the rows (the torch
+  path tiles rows by slot for two `bmm`, with a gather and a scatter).
 
 The source is compiled once per machine with the system C compiler
 (`cc -O3 -march=native -fopenmp`) into a cache directory keyed by the source,
@@ -118,7 +120,34 @@ class CpuKernels:
         self._silu_mul = getattr(library, f"silu_mul_{suffix}")
         self._silu_mul.argtypes = [_P, _P, _I64, _I64, _I]
         self._silu_mul.restype = None
+        self._lora = getattr(library, f"lora_{suffix}")
+        self._lora.argtypes = [_P, _I64, _P, _I64, _P, _I64, _P, _P, _I64, _I64, _I64, _I]
+        self._lora.restype = None
         self.max_query_group = library.max_query_group()
+
+    def lora(
+        self,
+        out: torch.Tensor,  # [T, out] rows contiguous, updated in place
+        x: torch.Tensor,  # [T, in] rows contiguous
+        a: torch.Tensor,  # [num_slots, in, R]
+        b: torch.Tensor,  # [num_slots, R, out]
+        row_slots: torch.Tensor,  # [T] int32, -1: no adapter
+    ) -> None:
+        """out[t] += (x[t] a[s]) b[s] with s = row_slots[t], for every row with a slot."""
+        self._lora(
+            x.data_ptr(),
+            x.stride(0),
+            out.data_ptr(),
+            out.stride(0),
+            row_slots.data_ptr(),
+            x.shape[0],
+            a.data_ptr(),
+            b.data_ptr(),
+            a.shape[1],
+            a.shape[2],
+            b.shape[2],
+            torch.get_num_threads(),
+        )
 
     def add_rms_norm(
         self, x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float

@@ -199,6 +199,7 @@ class LoraBatch:
     num_tiles: int
     tile_size: int
     row_start: int | None = None  # set when the tiles are rows row_start.. in order, unpadded
+    row_slots: torch.Tensor | None = None  # [T] int32 slot per row, -1: base (the C kernel)
 
 
 def build_lora_batch(row_slots: list[int], num_slots: int, dtype, device) -> LoraBatch | None:
@@ -238,6 +239,7 @@ def build_lora_batch(row_slots: list[int], num_slots: int, dtype, device) -> Lor
         num_tiles=len(tiles),
         tile_size=tile_size,
         row_start=flat_rows[0] if is_slice and all(mask) else None,
+        row_slots=torch.tensor(row_slots, dtype=torch.int32, device=device),
     )
 
 

@@ -182,3 +182,23 @@ def test_silu_mul_matches_torch(kernels_by_build, dtype):
     torch.testing.assert_close(
         kernels.silu_mul(gate_up).float(), want, atol=tolerance, rtol=tolerance
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_lora_matches_per_row_reference(kernels_by_build, dtype):
+    kernels = kernels_by_build[dtype]
+    gen = torch.Generator().manual_seed(4)
+    num_slots, in_features, rank, out_features = 3, 40, 6, 56
+    a = torch.randn(num_slots, in_features, rank, generator=gen).to(dtype)
+    b = torch.randn(num_slots, rank, out_features, generator=gen).to(dtype)
+    x = torch.randn(9, in_features, generator=gen).to(dtype)
+    out = torch.randn(9, out_features, generator=gen).to(dtype)
+    slots = torch.tensor([-1, 0, 0, 2, -1, 1, 2, 2, 0], dtype=torch.int32)
+    want = out.float().clone()
+    for t, s in enumerate(slots.tolist()):
+        if s >= 0:
+            want[t] += (x[t].float() @ a[s].float()) @ b[s].float()
+    kernels.lora(out, x, a, b, slots)
+    tolerance = 1e-4 if dtype == torch.float32 else 5e-2
+    torch.testing.assert_close(out.float(), want, atol=tolerance, rtol=tolerance)
+    assert torch.equal(out[0].float(), want[0]) and torch.equal(out[4].float(), want[4])

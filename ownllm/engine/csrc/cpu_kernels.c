@@ -321,5 +321,52 @@ void silu_mul_##SUFFIX(const T_ *gu, T_ *out, int64_t num_rows, int64_t inter,  
 DEFINE_ELEMENTWISE(f32, float, f32_id, f32_id)
 DEFINE_ELEMENTWISE(bf16, uint16_t, bf16_to_f32, f32_to_bf16)
 
+
+/* Multi-LoRA for a step: out[t] += (x[t] A[s]) B[s] for every row t whose slot s = slots[t]
+ * is not negative; A [num_slots, in, R], B [num_slots, R, out_features] (scaling folded
+ * into B). Rows are independent; the runner sorts them by slot, so consecutive rows reuse
+ * the slot's A and B from cache. */
+#define DEFINE_LORA(SUFFIX, T_, LOAD, STORE)                                                   \
+void lora_##SUFFIX(const T_ *x, int64_t x_stride, T_ *out, int64_t out_stride,                \
+                   const int32_t *slots, int64_t num_rows, const T_ *a, const T_ *b,           \
+                   int64_t in_features, int64_t rank, int64_t out_features, int num_threads) { \
+    _Pragma("omp parallel num_threads(num_threads) if(num_rows > 4)")                         \
+    {                                                                                          \
+        float *h = malloc(sizeof(float) * (rank + out_features));                              \
+        float *acc = h + rank;                                                                 \
+        _Pragma("omp for schedule(static)")                                                    \
+        for (int64_t t = 0; t < num_rows; t++) {                                               \
+            const int32_t s = slots[t];                                                        \
+            if (s < 0) continue;                                                               \
+            const T_ *xr = x + t * x_stride;                                                   \
+            const T_ *as = a + (int64_t)s * in_features * rank;                                \
+            const T_ *bs = b + (int64_t)s * rank * out_features;                               \
+            for (int64_t r = 0; r < rank; r++) h[r] = 0.f;                                     \
+            for (int64_t i = 0; i < in_features; i++) {                                        \
+                const float xi = LOAD(xr[i]);                                                  \
+                const T_ *ai = as + i * rank;                                                  \
+                _Pragma("omp simd")                                                            \
+                for (int64_t r = 0; r < rank; r++) h[r] += xi * LOAD(ai[r]);                   \
+            }                                                                                  \
+            T_ *o = out + t * out_stride;                                                      \
+            _Pragma("omp simd")                                                                \
+            for (int64_t j = 0; j < out_features; j++) acc[j] = LOAD(o[j]);                    \
+            for (int64_t r = 0; r < rank; r++) {                                               \
+                const float hr = h[r];                                                         \
+                if (hr == 0.f) continue;                                                       \
+                const T_ *br = bs + r * out_features;                                          \
+                _Pragma("omp simd")                                                            \
+                for (int64_t j = 0; j < out_features; j++) acc[j] += hr * LOAD(br[j]);         \
+            }                                                                                  \
+            _Pragma("omp simd")                                                                \
+            for (int64_t j = 0; j < out_features; j++) o[j] = STORE(acc[j]);                   \
+        }                                                                                      \
+        free(h);                                                                               \
+    }                                                                                          \
+}
+
+DEFINE_LORA(f32, float, f32_id, f32_id)
+DEFINE_LORA(bf16, uint16_t, bf16_to_f32, f32_to_bf16)
+
 /* The largest query-group size decode_attention supports (num_heads / num_kv_heads). */
 int max_query_group(void) { return MAX_GROUP; }
