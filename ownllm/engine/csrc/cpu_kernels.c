@@ -66,31 +66,91 @@ static inline __m512 load16_bf16(const uint16_t *p) {
 }
 static inline __m512 load16_f32(const float *p) { return _mm512_loadu_ps(p); }
 
+/* r[j] = sum of the 16 lanes of a[j], for 16 vectors at once (transpose-and-add). */
+static inline __m512 hsum16(const __m512 a[16]) {
+    __m512 t[8], u[4];
+    for (int i = 0; i < 8; i++)
+        t[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]),
+                             _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+    for (int i = 0; i < 4; i++) {
+        const __m512d x = _mm512_castps_pd(t[2 * i]), y = _mm512_castps_pd(t[2 * i + 1]);
+        u[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)),
+                             _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+    }
+    /* u[i], per 128-bit lane L: the lane-L sums of a[4i .. 4i + 3] */
+    const __m512 w0 = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], 0x88),
+                                    _mm512_shuffle_f32x4(u[0], u[1], 0xdd));
+    const __m512 w1 = _mm512_add_ps(_mm512_shuffle_f32x4(u[2], u[3], 0x88),
+                                    _mm512_shuffle_f32x4(u[2], u[3], 0xdd));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(w0, w1, 0x88), _mm512_shuffle_f32x4(w0, w1, 0xdd));
+}
+
+/* Scores of one query head against 16 key rows `k[j]`, float32 cache: q pre-scaled. */
+static inline __m512 qk16_f32(const float *q, const uint16_t *qb, const float *const k[16],
+                              int chunks, float scale) {
+    __m512 a[16];
+    for (int j = 0; j < 16; j++) {
+        __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(q), _mm512_loadu_ps(k[j]));
+        for (int c = 1; c < chunks; c++)
+            acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + c * 16), _mm512_loadu_ps(k[j] + c * 16), acc);
+        a[j] = acc;
+    }
+    return hsum16(a);
+}
+
+/* The same for a bfloat16 cache: with AVX512-BF16 the bf16 query (unscaled, `qb`) and keys
+ * go straight into vdpbf16ps, two products per lane; the scale is applied to the scores. */
+static inline __m512 qk16_bf16(const float *q, const uint16_t *qb, const uint16_t *const k[16],
+                               int chunks, float scale) {
+    __m512 a[16];
+#if defined(__AVX512BF16__)
+    if (chunks % 2 == 0) {
+        for (int j = 0; j < 16; j++) {
+            __m512 acc = _mm512_setzero_ps();
+            for (int c = 0; c < chunks / 2; c++)
+                acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(qb + c * 32),
+                                       (__m512bh)_mm512_loadu_si512(k[j] + c * 32));
+            a[j] = acc;
+        }
+        return _mm512_mul_ps(hsum16(a), _mm512_set1_ps(scale));
+    }
+#endif
+    for (int j = 0; j < 16; j++) {
+        __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(q), load16_bf16(k[j]));
+        for (int c = 1; c < chunks; c++)
+            acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + c * 16), load16_bf16(k[j] + c * 16), acc);
+        a[j] = acc;
+    }
+    return hsum16(a);
+}
+
 /* One (sequence, kv head) of decode attention, AVX-512: q [group][D] (scaled, float32),
  * head_dim a multiple of 16 and at most 256, group at most 8. Scores to `scores`
  * [group][n], the softmax-weighted values to acc [group][D]. */
+#define TASK_CALL(SUFFIX, CH, G)                                                               \
+    decode_task_avx512_inline_##SUFFIX(q, q_raw, scale, G, head_dim, k_cache, v_cache, kv_size,\
+                                       head_off, table, block_size, first, n, scores, acc, CH)
 #define DEFINE_AVX512_TASK(SUFFIX, T_)                                                          \
 static inline __attribute__((always_inline)) void decode_task_avx512_inline_##SUFFIX(        \
-    const float *q, int group, int head_dim, const T_ *k_cache, const T_ *v_cache,             \
-    int64_t kv_size, int64_t head_off, const int32_t *table, int block_size, int first, int n, \
-    float *scores, float *acc, const int chunks) {                                             \
-    __m512 qv[8][16];                                                                          \
-    for (int g = 0; g < group; g++)                                                            \
-        for (int c = 0; c < chunks; c++) qv[g][c] = _mm512_loadu_ps(q + g * head_dim + c * 16); \
+    const float *q, const T_ *q_raw, float scale, int group, int head_dim, const T_ *k_cache,  \
+    const T_ *v_cache, int64_t kv_size, int64_t head_off, const int32_t *table,                \
+    int block_size, int first, int n, float *scores, float *acc, const int chunks) {           \
+    /* scores [group][padded]: 16 key rows at a time, one transposed reduction per head */ \
+    const int padded = (n + 15) / 16 * 16;                                                     \
     int bi = first / block_size, off = first % block_size;                                     \
-    for (int j = 0; j < n; j++) {                                                              \
-        const T_ *k = k_cache + ((int64_t)table[bi] * block_size + off) * kv_size + head_off;  \
-        __m512 kc[16];                                                                         \
-        for (int c = 0; c < chunks; c++) kc[c] = load16_##SUFFIX(k + c * 16);                 \
-        for (int g = 0; g < group; g++) {                                                      \
-            __m512 a = _mm512_mul_ps(qv[g][0], kc[0]);                                         \
-            for (int c = 1; c < chunks; c++) a = _mm512_fmadd_ps(qv[g][c], kc[c], a);         \
-            scores[g * n + j] = _mm512_reduce_add_ps(a);                                       \
+    for (int j0 = 0; j0 < n; j0 += 16) {                                                       \
+        const T_ *k[16];                                                                       \
+        for (int j = 0; j < 16; j++) {                                                         \
+            k[j] = k_cache + ((int64_t)table[bi] * block_size + off) * kv_size + head_off;     \
+            if (j0 + j + 1 < n && ++off == block_size) off = 0, bi++;                          \
         }                                                                                      \
-        if (++off == block_size) off = 0, bi++;                                                \
+        for (int g = 0; g < group; g++)                                                        \
+            _mm512_storeu_ps(scores + g * padded + j0,                                         \
+                             qk16_##SUFFIX(q + g * head_dim, (const uint16_t *)q_raw           \
+                                           + g * head_dim, k, chunks, scale));                 \
     }                                                                                          \
     for (int g = 0; g < group; g++) {                                                          \
-        float *sg = scores + g * n, m = -INFINITY, sum = 0.f;                                  \
+        float *sg = scores + g * padded, m = -INFINITY, sum = 0.f;                                  \
         for (int j = 0; j < n; j++) m = sg[j] > m ? sg[j] : m;                                 \
         _Pragma("omp simd reduction(+ : sum)")                                                 \
         for (int j = 0; j < n; j++) {                                                          \
@@ -100,6 +160,25 @@ static inline __attribute__((always_inline)) void decode_task_avx512_inline_##SU
         const float inv = 1.f / sum;                                                           \
         for (int j = 0; j < n; j++) sg[j] *= inv;                                              \
     }                                                                                          \
+    if (group * chunks <= 24) {                                                                \
+        /* every (query head, 16 dims) sum in a register for the whole pass over the values */ \
+        __m512 a[24];                                                                          \
+        for (int i = 0; i < group * chunks; i++) a[i] = _mm512_setzero_ps();                   \
+        int vb = first / block_size, voff = first % block_size;                                \
+        for (int j = 0; j < n; j++) {                                                          \
+            const T_ *v = v_cache + ((int64_t)table[vb] * block_size + voff) * kv_size + head_off; \
+            __m512 vc[16];                                                                     \
+            for (int c = 0; c < chunks; c++) vc[c] = load16_##SUFFIX(v + c * 16);              \
+            for (int g = 0; g < group; g++) {                                                  \
+                const __m512 w = _mm512_set1_ps(scores[g * padded + j]);                       \
+                for (int c = 0; c < chunks; c++)                                               \
+                    a[g * chunks + c] = _mm512_fmadd_ps(w, vc[c], a[g * chunks + c]);          \
+            }                                                                                  \
+            if (++voff == block_size) voff = 0, vb++;                                          \
+        }                                                                                      \
+        for (int i = 0; i < group * chunks; i++) _mm512_storeu_ps(acc + i * 16, a[i]);         \
+        return;                                                                                \
+    }                                                                                          \
     for (int i = 0; i < group * head_dim; i++) acc[i] = 0.f;                                   \
     /* a block's run of positions at a time; per (query head, 16 dims) one register sum */    \
     for (int j0 = 0; j0 < n;) {                                                                \
@@ -107,7 +186,7 @@ static inline __attribute__((always_inline)) void decode_task_avx512_inline_##SU
         const int count = (block_size - off) < (n - j0) ? (block_size - off) : (n - j0);       \
         const T_ *v0 = v_cache + ((int64_t)table[bi] * block_size + off) * kv_size + head_off; \
         for (int g = 0; g < group; g++) {                                                      \
-            const float *w = scores + g * n + j0;                                              \
+            const float *w = scores + g * padded + j0;                                              \
             __m512 a[16];                                                                      \
             for (int c = 0; c < chunks; c++) a[c] = _mm512_loadu_ps(acc + g * head_dim + c * 16); \
             for (int j = 0; j < count; j++) {                                                  \
@@ -120,25 +199,29 @@ static inline __attribute__((always_inline)) void decode_task_avx512_inline_##SU
         j0 += count;                                                                           \
     }                                                                                          \
 }                                                                                              \
-static void decode_task_avx512_##SUFFIX(const float *q, int group, int head_dim,               \
+static void decode_task_avx512_##SUFFIX(const float *q, const T_ *q_raw, float scale,         \
+                                        int group, int head_dim,                               \
                                         const T_ *k_cache, const T_ *v_cache, int64_t kv_size, \
                                         int64_t head_off, const int32_t *table, int block_size,\
                                         int first, int n, float *scores, float *acc) {          \
-    /* constant chunk counts for the common head sizes keep the sums in registers */          \
-    switch (head_dim) {                                                                        \
-    case 64:                                                                                   \
-        decode_task_avx512_inline_##SUFFIX(q, group, head_dim, k_cache, v_cache, kv_size,      \
-                                           head_off, table, block_size, first, n, scores, acc, 4); \
-        break;                                                                                 \
-    case 128:                                                                                  \
-        decode_task_avx512_inline_##SUFFIX(q, group, head_dim, k_cache, v_cache, kv_size,      \
-                                           head_off, table, block_size, first, n, scores, acc, 8); \
-        break;                                                                                 \
-    default:                                                                                   \
-        decode_task_avx512_inline_##SUFFIX(q, group, head_dim, k_cache, v_cache, kv_size,      \
-                                           head_off, table, block_size, first, n, scores, acc, \
-                                           head_dim / 16);                                     \
+    /* constant head sizes and group sizes let the compiler keep the sums in registers */    \
+    if (head_dim == 64) {                                                                      \
+        switch (group) {                                                                       \
+        case 1: TASK_CALL(SUFFIX, 4, 1); return;                                               \
+        case 2: TASK_CALL(SUFFIX, 4, 2); return;                                               \
+        case 3: TASK_CALL(SUFFIX, 4, 3); return;                                               \
+        case 4: TASK_CALL(SUFFIX, 4, 4); return;                                               \
+        case 5: TASK_CALL(SUFFIX, 4, 5); return;                                               \
+        case 6: TASK_CALL(SUFFIX, 4, 6); return;                                               \
+        }                                                                                      \
+    } else if (head_dim == 128) {                                                              \
+        switch (group) {                                                                       \
+        case 1: TASK_CALL(SUFFIX, 8, 1); return;                                               \
+        case 2: TASK_CALL(SUFFIX, 8, 2); return;                                               \
+        case 3: TASK_CALL(SUFFIX, 8, 3); return;                                               \
+        }                                                                                      \
     }                                                                                          \
+    TASK_CALL(SUFFIX, head_dim / 16, group);                                                   \
 }
 DEFINE_AVX512_TASK(f32, float)
 DEFINE_AVX512_TASK(bf16, uint16_t)
@@ -149,7 +232,8 @@ DEFINE_AVX512_TASK(bf16, uint16_t)
 #define AVX512_TASK(SUFFIX) decode_task_avx512_##SUFFIX
 #else
 #define AVX512_TASK(SUFFIX) decode_task_unavailable
-static void decode_task_unavailable(const float *q, int group, int head_dim, const void *k,
+static void decode_task_unavailable(const float *q, const void *q_raw, float scale, int group,
+                                    int head_dim, const void *k,
                                     const void *v, int64_t kv_size, int64_t head_off,
                                     const int32_t *table, int block_size, int first, int n,
                                     float *scores, float *acc) {}
@@ -212,7 +296,7 @@ void decode_attention_##SUFFIX(const T_ *qkv, int64_t row_stride, int num_seqs, 
         const int32_t *table = tables + (int64_t)b * max_blocks;                               \
         T_ *o = out + (int64_t)b * num_heads * head_dim + (int64_t)kvh * group * head_dim;     \
         if (HAVE_AVX512_TASK && head_dim % 16 == 0 && head_dim <= 256 && group <= 8) {         \
-            AVX512_TASK(SUFFIX)(q, group, head_dim, k_cache, v_cache, kv_size,                 \
+            AVX512_TASK(SUFFIX)(q, q_src, scale, group, head_dim, k_cache, v_cache, kv_size,   \
                                 (int64_t)kvh * head_dim, table, block_size, first, n,          \
                                 scores, acc);                                                  \
             for (int i = 0; i < group * head_dim; i++) o[i] = STORE(acc[i]);                   \
