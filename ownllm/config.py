@@ -125,8 +125,9 @@ class EngineConfig:
     enable_prefix_caching: bool = setting(True, "Reuse cached KV blocks of shared prompt prefixes.")
     cpu_kernels: bool = setting(
         True,
-        "Use ownllm's C kernels for rotary, KV-cache writes and decode attention on CPU "
-        "(compiled once with the system C compiler; without one, the torch path).",
+        "Use ownllm's C kernels on CPU (rotary + KV-cache write, decode attention, "
+        "RMSNorm, SiLU, multi-LoRA), compiled once with the system C compiler into "
+        "~/.cache/ownllm/kernels ($OWNLLM_KERNEL_CACHE); without a compiler, the torch path.",
     )
 
 
