@@ -5,6 +5,8 @@
 - `adapter_slots`: which adapter set sits in which resident LoRA slot (LRU)
 - `scheduler`: the per-step plan {sequence: num_tokens} under a token budget
 - `weights`, `model`, `attention`, `lora`: the Llama-family forward with multi-LoRA
+- `cpu_kernels` (+ `csrc/cpu_kernels.c`): C kernels for the CPU hot path, compiled on
+  first use; the torch path computes the same where they are unavailable
 - `model_runner`: plan -> tensors, owns the KV cache, runs the model
 - `sampler`, `detokenizer`, `constraints`, `outputs`: tokens -> deltas
 - `llm_engine`: `LLMEngine.step()` = schedule -> run -> postprocess

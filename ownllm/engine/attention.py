@@ -3,21 +3,23 @@
 The model runner builds `AttentionMetadata` once per step; every layer reads
 it (passed explicitly, no global context). Token rows are ordered: decoding
 sequences first (one row each), then prompt chunks, contiguous per sequence.
-Sequences are attended in groups of similar query length so padding stays
-small: one group for all decodes, a few padded groups for chunks.
+Sequences are attended in groups: one group for all decodes; whole prompts that
+start at position 0 ("fresh") together, each attending causally over its own
+rows (no cache read, no mask); other prompt chunks (continuations, prefix-cache
+hits) in a few padded groups of similar length.
 
 Per layer: the step's new k/v are written into their cache slots, then each
-group gathers its sequences' blocks (`[B, S, Hkv, D]`) and calls SDPA with a
-boolean mask (causal, context length, optional sliding window). The query
-heads sharing one kv head are folded into the query length dimension, so
-K/V are never repeated for GQA.
+non-fresh group gathers its sequences' blocks (`[B, S, Hkv, D]`) and calls
+SDPA with a boolean mask (causal, context length, optional sliding window).
+The query heads sharing one kv head are folded into the query length
+dimension, so K/V are never repeated for GQA.
 
 On CPU, with the C kernels (`cpu_kernels.py`), the rotary and the cache
 write are one call per layer, and the decode group is attended straight from
-the cache blocks (`attend`); prompt chunks always take the gather + SDPA path.
+the cache blocks (`attend`).
 
-Left out: a fused kernel for prompt chunks on CPU; a paged kernel on CUDA (the
-gather copies the context once per layer and group there).
+Left out: a fused kernel for prompt-chunk continuations on CPU; a paged kernel
+on CUDA (the gather copies the context once per layer and group there).
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ class AttentionGroup:
     row_end: int
     q_len: int  # padded query length (1 for decodes)
     num_seqs: int
-    block_tables: torch.Tensor  # [B, num_blocks] long (host), padded with block 0
+    block_tables: torch.Tensor | None  # [B, num_blocks] long (host), padded with block 0;
+    # int32 for the C kernel's decode group; None for a fresh group
     mask: torch.Tensor | None  # decodes: [B, 1, 1, S] float additive; else [B, 1, G * Q, S]
     # bool; None for the C kernel's decode group
     q_index: torch.Tensor | None  # [B * q_len] rows within the group; None: no padding
