@@ -3,14 +3,12 @@
 The model runner builds `AttentionMetadata` once per step; every layer reads
 it (passed explicitly, no global context). Token rows are ordered: decoding
 sequences first (one row each), then prompt chunks, contiguous per sequence.
-Sequences are attended in groups: one group for all decodes; whole prompts that
-start at position 0 ("fresh") together, each attending causally over its own
-rows (no cache read, no mask); other prompt chunks (continuations, prefix-cache
-hits) in a few padded groups of similar length.
+Sequences are attended in groups of similar query length so padding stays
+small: one group for all decodes, a few padded groups for prompt chunks.
 
 Per layer: the step's new k/v are written into their cache slots, then each
-non-fresh group gathers its sequences' blocks (`[B, S, Hkv, D]`) and calls
-SDPA with a boolean mask (causal, context length, optional sliding window).
+prompt group gathers its sequences' blocks (`[B, S, Hkv, D]`) and calls SDPA
+with a boolean mask (causal, context length, optional sliding window).
 The query heads sharing one kv head are folded into the query length
 dimension, so K/V are never repeated for GQA.
 
@@ -18,8 +16,13 @@ On CPU, with the C kernels (`cpu_kernels.py`), the rotary and the cache
 write are one call per layer, and the decode group is attended straight from
 the cache blocks (`attend`).
 
-Left out: a fused kernel for prompt-chunk continuations on CPU; a paged kernel
-on CUDA (the gather copies the context once per layer and group there).
+A whole prompt always takes the same path as a prompt whose prefix came from
+the cache: attending it over its own rows with a different kernel was 12%
+faster in prefill, but in bfloat16 it rounded differently, so the same greedy
+request could answer differently after a prefix-cache hit.
+
+Left out: a fused kernel for prompt chunks on CPU; a paged kernel on CUDA (the
+gather copies the context once per layer and group there).
 """
 
 from __future__ import annotations
@@ -36,16 +39,14 @@ class AttentionGroup:
     row_end: int
     q_len: int  # padded query length (1 for decodes)
     num_seqs: int
-    block_tables: torch.Tensor | None  # [B, num_blocks] long (host), padded with block 0;
-    # int32 for the C kernel's decode group; None for a fresh group
+    block_tables: torch.Tensor  # [B, num_blocks] long (host), padded with block 0;
+    # int32 for the C kernel's decode group
     mask: torch.Tensor | None  # decodes: [B, 1, 1, S] float additive; else [B, 1, G * Q, S]
     # bool; None for the C kernel's decode group
     q_index: torch.Tensor | None  # [B * q_len] rows within the group; None: no padding
     out_index: torch.Tensor | None  # [row_end - row_start] rows of the padded output
     kv_rows: torch.Tensor | None = None  # see `kv_rows`, filled in by `build_groups`
     context_lens: torch.Tensor | None = None  # [B] int32, decodes with the C kernel
-    fresh_lens: list[int] | None = None  # whole prompts from position 0: causal SDPA per
-    # sequence on the step's own rows, no cache gather and no mask
 
 
 @dataclass
@@ -68,26 +69,12 @@ def build_groups(
     lengths, no mask or gather rows)."""
     groups = []
     i, row = 0, 0
-
-    def is_fresh(chunk) -> bool:  # a prompt chunk that starts at position 0
-        start, n, _ = chunk
-        return start == 0 and n > 1 and not (sliding_window and n > sliding_window)
-
     while i < len(chunks):
-        if is_fresh(chunks[i]):
-            j = i
-            while j < len(chunks) and is_fresh(chunks[j]):
-                j += 1
-            lens = [n for _, n, _ in chunks[i:j]]
-            groups.append(_fresh_group(lens, row))
-            row += sum(lens)
-            i = j
-            continue
         # decodes (one token) together; prompt chunks in runs whose padding stays under 2x
         j, q_len, num_rows = i, 0, 0
         while j < len(chunks):
             n = chunks[j][1]
-            if j > i and (is_fresh(chunks[j]) or (n == 1) != (chunks[i][1] == 1)):
+            if j > i and (n == 1) != (chunks[i][1] == 1):
                 break
             if j > i and max(q_len, n) * (j - i + 1) > 2 * (num_rows + n):
                 break
@@ -103,20 +90,6 @@ def build_groups(
         row += num_rows
         i = j
     return groups
-
-
-def _fresh_group(lens: list[int], row_start: int) -> AttentionGroup:
-    return AttentionGroup(
-        row_start=row_start,
-        row_end=row_start + sum(lens),
-        q_len=max(lens),
-        num_seqs=len(lens),
-        block_tables=None,
-        mask=None,
-        q_index=None,
-        out_index=None,
-        fresh_lens=lens,
-    )
 
 
 def _kernel_decode_group(chunks, row_start: int, block_size: int) -> AttentionGroup:
@@ -202,13 +175,7 @@ def paged_attention(
     k_cache, v_cache = kv_cache[0], kv_cache[1]
     k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, k)
     v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, v)
-    outs = []
-    for g in meta.groups:
-        rows = slice(g.row_start, g.row_end)
-        if g.fresh_lens is not None:
-            outs.append(_fresh_attention(q[rows], k[rows], v[rows], g.fresh_lens))
-        else:
-            outs.append(_group_attention(q[rows], kv_cache, g))
+    outs = [_group_attention(q[g.row_start : g.row_end], kv_cache, g) for g in meta.groups]
     return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
@@ -240,65 +207,9 @@ def attend(
                 )
             )
         else:
-            heads = rows.view(rows.shape[0], -1, head_dim)
-            q = heads[:, :num_heads]
-            if g.fresh_lens is not None:
-                k = heads[:, num_heads : num_heads + num_kv_heads]
-                v = heads[:, num_heads + num_kv_heads :]
-                outs.append(_fresh_attention(q, k, v, g.fresh_lens))
-            else:
-                outs.append(_group_attention(q, kv_cache, g))
+            q = rows.view(rows.shape[0], -1, head_dim)[:, :num_heads]
+            outs.append(_group_attention(q, kv_cache, g))
     return outs[0] if len(outs) == 1 else torch.cat(outs)
-
-
-def _fresh_attention(
-    q: torch.Tensor,  # [rows, H, D]
-    k: torch.Tensor,  # [rows, Hkv, D]
-    v: torch.Tensor,  # [rows, Hkv, D]
-    lens: list[int],
-) -> torch.Tensor:  # [rows, H * D]
-    """Causal attention of each whole prompt over itself. Up to MANUAL_CAUSAL_MAX tokens:
-    two bmm with the query heads of a kv head folded together and a cached causal mask,
-    which on CPU runs 1.6x faster than SDPA's flash kernel at these sizes (bf16, 160
-    tokens); longer prompts use SDPA (memory stays linear in the length)."""
-    outs, start = [], 0
-    num_heads, num_kv_heads, head_dim = q.shape[1], k.shape[1], q.shape[2]
-    group = num_heads // num_kv_heads
-    for n in lens:
-        rows = slice(start, start + n)
-        start += n
-        qs, ks, vs = q[rows], k[rows], v[rows]
-        if n <= MANUAL_CAUSAL_MAX:
-            # [n, Hkv, G, D] -> [Hkv, G * n, D]
-            qg = qs.reshape(n, num_kv_heads, group, head_dim).permute(1, 2, 0, 3)
-            qg = qg.reshape(num_kv_heads, group * n, head_dim)
-            scores = torch.bmm(qg, ks.permute(1, 2, 0)).float()  # [Hkv, G * n, n]
-            probs = scores.view(num_kv_heads, group, n, n).mul_(head_dim**-0.5)
-            probs = probs.add_(_causal_mask(n, q.device)).softmax(-1).to(q.dtype)
-            o = torch.bmm(probs.view(num_kv_heads, group * n, n), vs.transpose(0, 1))
-            outs.append(o.view(num_kv_heads, group, n, head_dim).permute(2, 0, 1, 3).reshape(n, -1))
-            continue
-        if group > 1:
-            ks, vs = ks.repeat_interleave(group, 1), vs.repeat_interleave(group, 1)
-        o = F.scaled_dot_product_attention(
-            qs.transpose(0, 1), ks.transpose(0, 1), vs.transpose(0, 1), is_causal=True
-        )  # [H, n, D]
-        outs.append(o.transpose(0, 1).reshape(n, -1))
-    return outs[0] if len(outs) == 1 else torch.cat(outs)
-
-
-MANUAL_CAUSAL_MAX = 1024
-_causal_masks: dict[tuple[int, str], torch.Tensor] = {}
-
-
-def _causal_mask(n: int, device) -> torch.Tensor:
-    """[n, n] float32: 0 on and below the diagonal, -inf above (a view of a cached one)."""
-    size = max(64, 1 << (n - 1).bit_length())
-    key = (size, str(device))
-    if key not in _causal_masks:
-        full = torch.full((size, size), float("-inf"), device=device).triu_(1)
-        _causal_masks[key] = full
-    return _causal_masks[key][:n, :n]
 
 
 def _group_attention(

@@ -47,16 +47,10 @@ class ModelRunner:
     def prepare(self, plan: dict[Sequence, int]) -> tuple[StepInput, list[Sequence]]:
         """Step tensors for `plan`, and the sequences (in logits-row order) that sample."""
         bs = self.block_size
-        # decodes first, then whole prompts from position 0 (plain causal attention), then
-        # chunks longest first; by LoRA slot within (base rows last)
+        # decodes first, then chunks longest first; by LoRA slot within (base rows last)
         ordered = sorted(
             plan.items(),
-            key=lambda item: (
-                item[1] != 1,
-                item[0].num_computed_tokens > 0,
-                -item[1],
-                item[0].lora_slot % (1 << 30),
-            ),
+            key=lambda item: (item[1] != 1, -item[1], item[0].lora_slot % (1 << 30)),
         )
         ids: list[int] = []
         positions: list[int] = []

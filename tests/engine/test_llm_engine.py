@@ -137,6 +137,24 @@ def test_prefix_cache_hit_gives_the_same_tokens(llama_dir, base_reference):
     assert deltas[-1].num_cached_tokens == 64  # 4 full blocks of 16 of the 70-token prompt
 
 
+def test_bfloat16_prefix_cache_hit_gives_the_same_tokens_as_the_whole_prompt(llama_dir):
+    # bf16 has no reference to match; what a user relies on is that the same greedy request
+    # answers the same whether or not its prefix was cached (or what else shares the step)
+    import random
+
+    rng = random.Random(5)
+    prompts = [[rng.randrange(3, 500) for _ in range(rng.randint(20, 90))] for _ in range(16)]
+    engine = LLMEngine(llama_dir, EngineConfig(kv_cache_tokens=8192), dtype="bfloat16")
+    first = {}
+    for i, prompt in enumerate(prompts):
+        engine.add_request(greedy(f"whole{i}", prompt, max_tokens=32))
+        first.update(run_to_end(engine))
+    for i, prompt in enumerate(prompts):
+        engine.add_request(greedy(f"cached{i}", prompt, max_tokens=32))
+    again = run_to_end(engine)
+    assert [i for i in range(len(prompts)) if again[f"cached{i}"] != first[f"whole{i}"]] == []
+
+
 def test_prefix_cache_is_not_shared_across_scopes_or_adapters(llama_dir, adapters):
     engine = engine_for(llama_dir)
     engine.load_adapter("qv4", str(adapters["qv4"]))
