@@ -6,6 +6,7 @@ No module-level state: two apps in one process do not share anything.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -77,6 +78,20 @@ def _adapter_resolver(state: AppState):
     return make_resolver(state.db, state.data_dir)
 
 
+def freeze_startup_heap() -> None:
+    """Move every object alive after startup out of the garbage collector's reach.
+
+    The server's heap after startup is ~220,000 tracked objects (torch, FastAPI, SQLAlchemy,
+    the model's modules), nearly all alive until exit. Python's full (generation-2)
+    collection walks all of them: ~100-150 ms with the event loop stopped, which every
+    in-flight stream feels, every few thousand requests. Frozen objects are skipped, so a
+    full collection walks only what requests created. Garbage is collected first, so
+    nothing unreachable is kept; the lifespan unfreezes at shutdown.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def create_app(state: AppState, *, start_engine: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -91,9 +106,11 @@ def create_app(state: AppState, *, start_engine: bool = True) -> FastAPI:
         from ownllm.gateway.purge import start_retention
 
         retention = start_retention(state)
+        freeze_startup_heap()
         try:
             yield
         finally:
+            gc.unfreeze()  # what this app built may become garbage again (tests, reloads)
             if retention is not None:
                 retention.cancel()
             if "worker" in state.extras:

@@ -260,18 +260,23 @@ def _frame(body: dict[str, Any]) -> bytes:
 
 
 async def _sse(run: Run) -> AsyncIterator[bytes]:
+    """The events of a streamed call. The role chunks go out in one write with the first
+    token's chunk, and the last chunk with the usage chunk and [DONE]: each write costs a
+    pass through the ASGI server and a system call, and these follow each other at once."""
     fmt = run.fmt
+    pending = b"".join(_frame(c) for c in fmt.start_chunks([c.index for c in run.choices]))
     try:
-        for chunk in fmt.start_chunks([c.index for c in run.choices]):
-            yield _frame(chunk)
         async for choice, text, logprobs, finish_reason in run.events():
             if text or logprobs or finish_reason:  # a token that ends mid-character says nothing
-                yield _frame(fmt.delta_chunk(choice.index, text, logprobs, finish_reason))
+                pending += _frame(fmt.delta_chunk(choice.index, text, logprobs, finish_reason))
+                if not finish_reason or any(c.finish_reason is None for c in run.choices):
+                    yield pending
+                    pending = b""
         if fmt.include_usage:
-            yield _frame(fmt.usage_chunk(run.usage()))
-        yield b"data: [DONE]\n\n"
+            pending += _frame(fmt.usage_chunk(run.usage()))
+        yield pending + b"data: [DONE]\n\n"
     except Exception as e:  # mid-stream: the status line is already sent
-        yield _frame(run.fail(e))
+        yield pending + _frame(run.fail(e))
     except (asyncio.CancelledError, GeneratorExit):
         run.is_client_gone = True
         run.status_code = 499

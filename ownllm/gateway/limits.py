@@ -9,13 +9,12 @@ How each limit holds:
   exact under concurrency in one process. They are **per replica**: with N
   gateway replicas a key may reach N × its rpm; set limits / N or route a
   key's traffic to one replica.
-- monthly tokens: **shared** through the database. Admission reserves the
-  request's worst case (prompt + n × max_tokens) with one conditional
-  `UPDATE quota_counters SET used = used + n WHERE used + n <= limit`; on
-  PostgreSQL a concurrent UPDATE of the same row waits and re-checks the
-  condition, on SQLite the write lock serialises them, so no interleaving of
-  replicas can admit more than the budget. When the request ends the
-  reservation is settled to the tokens actually used.
+- monthly tokens: **shared** through the database (`ownllm.gateway.budget`):
+  admission reserves the request's worst case (prompt + n × max_tokens) with
+  conditional UPDATEs, so no interleaving of replicas can admit more than the
+  budget; large budgets are reserved in leases, so most requests are admitted
+  in memory. When the request ends the reservation is settled to the tokens
+  actually used.
 
 tpm counts the same worst case at admission and is corrected to the real
 count at the end. Refused requests consume nothing. Left out: per-day
@@ -24,19 +23,18 @@ limits, per-model limits, a shared (Redis) per-minute window.
 
 from __future__ import annotations
 
-import calendar
-import functools
+import asyncio
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
-from ownllm.errors import InsufficientQuotaError, RateLimitError
+from ownllm.errors import RateLimitError
+from ownllm.gateway.budget import LEASE_IDLE_S, MonthlyBudgets, budgets_of
 from ownllm.gateway.principal import Limits, Principal
 
 WINDOW_S = 60.0
@@ -83,17 +81,6 @@ class Admission:
     is_finished: bool = False
 
 
-def month_of(wall: float) -> str:
-    return time.strftime("%Y-%m", time.gmtime(wall))
-
-
-def seconds_to_next_month(wall: float) -> float:
-    now = datetime.fromtimestamp(wall, tz=timezone.utc)
-    year, month = (now.year + 1, 1) if now.month == 12 else (now.year, now.month + 1)
-    start = calendar.timegm((year, month, 1, 0, 0, 0))
-    return max(1.0, start - wall)
-
-
 def _scopes(principal: Principal) -> list[tuple[str, Limits]]:
     out = []
     if principal.key_id is not None and not principal.key_limits.is_unlimited:
@@ -115,18 +102,17 @@ class Limiter:
     ) -> None:
         self.db = db
         self._clock = clock
-        self._wall = wall_clock
         self._lock = threading.Lock()
         self._windows: dict[str, _Window] = {}
-        self._known_counters: set[tuple[str, str]] = set()  # counter rows that exist
-        self.defer_write: Callable[[Callable[[Any], None]], None] | None = None
+        self.budgets = MonthlyBudgets(db, clock=clock, wall_clock=wall_clock)
 
     async def admit(self, principal: Principal, estimated_tokens: int) -> Admission:
         """Admit one request that may use up to `estimated_tokens`, or raise a 429 error."""
         admission = self.admit_local(principal, estimated_tokens)
-        if any(limits.monthly_tokens for _, limits in _scopes(principal)):
+        if budgets_of(principal):
             try:
-                await run_in_threadpool(self.reserve_budget, admission)
+                if not self.budgets.take_leased(admission):
+                    await run_in_threadpool(self.budgets.reserve, admission)
             except BaseException:
                 self._release_local(admission, actual_tokens=0, drop_request=True)
                 raise
@@ -135,21 +121,41 @@ class Limiter:
     async def finish(self, admission: Admission, actual_tokens: int) -> None:
         """Release the request's concurrency slot and settle its tokens (idempotent).
 
-        With `defer_write` set (the usage ledger's writer), the settlement is queued and
-        written with the next ledger batch instead of on the request's path: it only gives
-        back unused reservation, so a late write never lets a budget be exceeded.
+        With `budgets.defer_write` set (the usage ledger's writer), what goes back to the
+        database is queued for the ledger's next batch instead of written on the request's
+        path: it only gives back unused reservation, so a late write never lets a budget be
+        exceeded.
         """
         if admission.is_finished:
             return
         self._release_local(admission, actual_tokens)
-        delta = max(0, int(actual_tokens)) - admission.reserved_tokens
-        if not admission.budget_scopes or delta == 0:
+        if not admission.budget_scopes:
             return
-        settle = functools.partial(_settle, admission.budget_scopes, admission.period, delta)
-        if self.defer_write is not None:
-            self.defer_write(settle)
+        if self.budgets.defer_write is not None:
+            went_idle = self.budgets.settle(admission, actual_tokens)
         else:
-            await run_in_threadpool(self._write, settle)
+            went_idle = await run_in_threadpool(self.budgets.settle, admission, actual_tokens)
+        if went_idle:  # give the lease back unless a request uses it again meanwhile
+            asyncio.get_running_loop().call_later(LEASE_IDLE_S + 0.05, self._return_idle)
+
+    def _return_idle(self) -> None:
+        if self.budgets.defer_write is not None:
+            self.budgets.return_idle()
+        else:
+            asyncio.get_running_loop().run_in_executor(None, self.budgets.return_idle)
+
+    def reserve_budget(self, admission: Admission) -> None:
+        """Reserve `admission.reserved_tokens` against every monthly budget in the
+        database, all or none (blocking)."""
+        self.budgets.reserve(admission)
+
+    def used_tokens(self, scope: str, period: str | None = None) -> int:
+        """Tokens the counter of `key:<id>` / `tenant:<id>` holds this month (or `period`)."""
+        return self.budgets.used_tokens(scope, period)
+
+    def close(self) -> None:
+        """At shutdown: every lease back to the database (queued with the ledger, if set)."""
+        self.budgets.return_idle(force=True)
 
     # -- per replica: rpm, tpm, concurrency ------------------------------------------
 
@@ -233,72 +239,6 @@ class Limiter:
                     _remove_last(window.requests, entry.at)
             admission.is_finished = True
 
-    # -- shared: monthly budget -------------------------------------------------------
-
-    def reserve_budget(self, admission: Admission) -> None:
-        """Reserve `admission.reserved_tokens` against every monthly budget, all or none."""
-        from ownllm.store.schema import QuotaCounter
-
-        wall = self._wall()
-        period = month_of(wall)
-        budgets = [(n, lim.monthly_tokens) for n, lim in _scopes(admission.principal)]
-        budgets = [(n, b) for n, b in budgets if b]
-        tokens = admission.reserved_tokens
-        # A bare connection, not an ORM Session: this runs on every budgeted request, and
-        # a Session costs ~10x the two statements themselves.
-        with self.db.engine.begin() as session:
-            for scope, budget in budgets:
-                if (scope, period) not in self._known_counters:
-                    insert_missing(
-                        self.db, session, QuotaCounter, scope=scope, period=period, used_tokens=0
-                    )
-                result = session.execute(
-                    _counter_updates()[0], {"s": scope, "p": period, "n": tokens, "limit": budget}
-                )
-                if result.rowcount != 1:
-                    who = scope.replace(":", " ", 1)
-                    raise InsufficientQuotaError(
-                        f"You exceeded the monthly token budget of {who} ({budget} tokens); "
-                        f"this request may use {tokens}. It resets at the start of next "
-                        "month (UTC), or an admin raises it.",
-                        retry_after=seconds_to_next_month(wall),
-                    )
-        self._known_counters.update((scope, period) for scope, _ in budgets)
-        admission.budget_scopes = [scope for scope, _ in budgets]
-        admission.period = period
-
-    def _write(self, fn: Callable[[Any], None]) -> None:
-        with self.db.engine.begin() as connection:
-            fn(connection)
-
-    def used_tokens(self, scope: str, period: str | None = None) -> int:
-        """Tokens charged this month (or `period`) to `key:<id>` / `tenant:<id>`."""
-        from ownllm.store.schema import QuotaCounter
-
-        with self.db.session() as session:
-            row = session.get(QuotaCounter, (scope, period or month_of(self._wall())))
-            return row.used_tokens if row else 0
-
-
-@functools.cache
-def _counter_updates() -> tuple[Any, Any]:
-    """The two statements of the budget path, built once (bound parameters, cached SQL)."""
-    from sqlalchemy import bindparam, update
-
-    from ownllm.store.schema import QuotaCounter as Q
-
-    mine = (Q.scope == bindparam("s"), Q.period == bindparam("p"))
-    used = Q.used_tokens + bindparam("n")
-    reserve = update(Q).where(*mine, used <= bindparam("limit")).values(used_tokens=used)
-    settle = update(Q).where(*mine).values(used_tokens=used)
-    return reserve, settle
-
-
-def _settle(scopes: list[str], period: str, delta: int, session: Any) -> None:
-    """Correct reserved tokens to the tokens used (delta is usually negative)."""
-    for scope in scopes:
-        session.execute(_counter_updates()[1], {"s": scope, "p": period, "n": delta})
-
 
 def _remove_last(times: deque, value: float) -> None:
     """Drop one admission time (a request refused later does not count toward rpm)."""
@@ -306,16 +246,6 @@ def _remove_last(times: deque, value: float) -> None:
         if times[i] == value:
             del times[i]
             return
-
-
-def insert_missing(db: Any, session: Any, model: Any, **values: Any) -> None:
-    """INSERT the row unless its primary key exists (ON CONFLICT DO NOTHING; both dialects).
-    `session` is an ORM Session or a Connection."""
-    if db.is_postgres:
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    session.execute(insert(model).values(**values).on_conflict_do_nothing())
 
 
 def limiter_for(state: Any) -> Limiter:

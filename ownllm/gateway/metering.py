@@ -112,10 +112,12 @@ class MeteringHook:
                 self.ledger.record(sample)
 
     def close(self) -> None:
-        """At shutdown: the last busy-time sample, then every queued row to the database."""
+        """At shutdown: the last busy-time sample and the budget leases, then every queued
+        row to the database."""
         sample = self.busy.take(force=True) if self.busy is not None else None
         if sample is not None:
             self.ledger.record(sample)
+        self.limiter.close()  # leases of monthly budgets go back with the last batch
         self.ledger.close()
 
 
@@ -125,7 +127,7 @@ def metering_hook_for(state: Any) -> MeteringHook:
     if hook is None:
         busy = BusyTracker(lambda: state.backend)
         limiter, ledger = limiter_for(state), ledger_for(state)
-        limiter.defer_write = ledger.record  # budget settlements ride the ledger's batches
+        limiter.budgets.defer_write = ledger.record  # give-backs ride the ledger's batches
         hook = MeteringHook(limiter, ledger, busy)
         state.extras["metering"] = hook
     return hook

@@ -23,7 +23,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger("ownllm.usage")
@@ -110,10 +110,9 @@ class UsageLedger:
 
         from ownllm.store.schema import UsageRecord
 
-        rows = [
-            {**asdict(r), "day": day_of(r.created_at)} for r in items if isinstance(r, UsageRow)
-        ]
-        with self.db.session() as session:
+        # vars(), not asdict(): the fields are scalars, and asdict's deep copy costs 10x
+        rows = [{**vars(r), "day": day_of(r.created_at)} for r in items if isinstance(r, UsageRow)]
+        with self.db.write() as session:
             if rows:
                 session.execute(insert(UsageRecord), rows)
             for item in items:
@@ -125,7 +124,7 @@ class UsageLedger:
     def _add_busy(self, session: Any, sample: BusySample) -> None:
         from sqlalchemy import update
 
-        from ownllm.gateway.limits import insert_missing
+        from ownllm.gateway.budget import insert_missing
         from ownllm.store.schema import EngineTime as E
 
         day = day_of(sample.at)

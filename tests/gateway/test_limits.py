@@ -11,7 +11,8 @@ import threading
 import pytest
 
 from ownllm.errors import InsufficientQuotaError, RateLimitError
-from ownllm.gateway.limits import Limiter, month_of, seconds_to_next_month
+from ownllm.gateway.budget import month_of, seconds_to_next_month
+from ownllm.gateway.limits import Limiter
 from ownllm.gateway.principal import Limits, Principal
 from ownllm.store.db import Database
 

@@ -129,6 +129,27 @@ async def test_monthly_budget_gives_insufficient_quota(make_app, two_tenants):
     assert limiter_for(state).used_tokens(f"key:{budget.key_id}") == used
 
 
+async def test_large_budget_is_leased_and_exact_after_shutdown(make_app, two_tenants):
+    from ownllm.gateway.limits import limiter_for
+    from ownllm.gateway.metering import metering_hook_for
+
+    app, state = make_app()
+    key = two_tenants.add_key("globex", "big", limits=Limits(monthly_tokens=10**9))
+    async with client_for(app) as client:
+        responses = await asyncio.gather(
+            *(
+                client.post("/v1/chat/completions", json=chat(state, 5), headers=key.headers)
+                for _ in range(10)
+            )
+        )
+    assert [r.status_code for r in responses] == [200] * 10
+    used = sum(r.json()["usage"]["total_tokens"] for r in responses)
+    counter = f"key:{key.key_id}"
+    assert limiter_for(state).used_tokens(counter) > used  # this replica still holds a lease
+    metering_hook_for(state).close()  # what the server does at shutdown
+    assert limiter_for(state).used_tokens(counter) == used
+
+
 async def test_failed_and_cancelled_requests_have_rows(make_app, two_tenants):
     app, state = make_app(abort_after=3)
     headers = two_tenants.b.headers

@@ -174,7 +174,7 @@ class Guard:
         rules = self.rules_for(tenant_id)
         for rule in rules.at(stage):
             if rule.detector == "max_chars":
-                total = sum(len(t) for m in messages for t in _texts(m.get("content")))
+                total = sum(len(t) for m in messages for t in texts_of(m.get("content")))
                 if total > rule.limit:
                     decision.add(rule)
                     if rule.action == "block" and stage == "input":
@@ -208,7 +208,8 @@ class Guard:
         return OutputChecker(self, self.rules_for(tenant_id))
 
 
-def _texts(content: Any) -> list[str]:
+def texts_of(content: Any) -> list[str]:
+    """The text pieces of a message's content (a string or a list of parts)."""
     if isinstance(content, str):
         return [content]
     if isinstance(content, list):
