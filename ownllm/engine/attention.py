@@ -92,9 +92,14 @@ def build_groups(
     return groups
 
 
+def _padded_tables(chunks, num_blocks: int) -> list[list[int]]:
+    """Each chunk's block table cut or padded (block 0) to `num_blocks`."""
+    return [t[:num_blocks] + [0] * (num_blocks - len(t[:num_blocks])) for _, _, t in chunks]
+
+
 def _kernel_decode_group(chunks, row_start: int, block_size: int) -> AttentionGroup:
     num_blocks = max(-(-(start + 1) // block_size) for start, _, _ in chunks)
-    tables = [t[:num_blocks] + [0] * (num_blocks - len(t[:num_blocks])) for _, _, t in chunks]
+    tables = _padded_tables(chunks, num_blocks)
     return AttentionGroup(
         row_start=row_start,
         row_end=row_start + len(chunks),
@@ -111,7 +116,7 @@ def _kernel_decode_group(chunks, row_start: int, block_size: int) -> AttentionGr
 def _build_group(chunks, row_start, q_len, block_size, group_size, device, window):
     num_seqs = len(chunks)
     num_blocks = max(-(-(start + n) // block_size) for start, n, _ in chunks)
-    tables = [t[:num_blocks] + [0] * (num_blocks - len(t[:num_blocks])) for _, _, t in chunks]
+    tables = _padded_tables(chunks, num_blocks)
     block_tables = torch.tensor(tables, dtype=torch.long)  # [B, num_blocks]
     starts = torch.tensor([start for start, _, _ in chunks]).view(-1, 1, 1)  # [B, 1, 1]
     lens = torch.tensor([n for _, n, _ in chunks]).view(-1, 1, 1)

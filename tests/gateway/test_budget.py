@@ -5,7 +5,6 @@ PostgreSQL)."""
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 
 import pytest
 
@@ -14,6 +13,7 @@ from ownllm.gateway.budget import LEASE_IDLE_S, MIN_LEASED_BUDGET, lease_size
 from ownllm.gateway.limits import Limiter
 from ownllm.gateway.principal import Limits, Principal
 from ownllm.store.db import Database
+from tests.gateway.replicas import run_replicas
 
 BUDGET = 10 * MIN_LEASED_BUDGET  # leased in slices of 1 %
 LEASE = lease_size(BUDGET)
@@ -81,15 +81,7 @@ def _replica(db_url: str, start, results, n: int) -> None:
 
 def test_leases_never_let_two_processes_pass_the_budget(db_url):
     db = Database.open(db_url)
-    ctx = multiprocessing.get_context("spawn")
-    start, results = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_replica, args=(db_url, start, results, 15)) for _ in range(2)]
-    for p in procs:
-        p.start()
-    start.set()
-    for p in procs:
-        p.join(timeout=120)
-    admitted = sum(results.get(timeout=5) for _ in procs)
+    admitted = sum(run_replicas(_replica, db_url, 15))
     # 1M tokens / 50k per request: at most 20; a lease (10k) held by each replica may turn
     # away the last one
     assert 19 <= admitted <= 20

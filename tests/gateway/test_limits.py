@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import multiprocessing
 import threading
 
 import pytest
@@ -15,6 +14,7 @@ from ownllm.gateway.budget import month_of, seconds_to_next_month
 from ownllm.gateway.limits import Limiter
 from ownllm.gateway.principal import Limits, Principal
 from ownllm.store.db import Database
+from tests.gateway.replicas import run_replicas
 
 
 def key_principal(limits: Limits, tenant_limits: Limits = Limits(), key_id: str = "key-1"):
@@ -152,15 +152,7 @@ def _replica(db_url: str, start, results, n: int) -> None:
 
 def test_monthly_budget_holds_across_two_processes(db_url):
     db = Database.open(db_url)
-    ctx = multiprocessing.get_context("spawn")
-    start, results = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_replica, args=(db_url, start, results, 15)) for _ in range(2)]
-    for p in procs:
-        p.start()
-    start.set()
-    for p in procs:
-        p.join(timeout=120)
-    counts = [results.get(timeout=5) for _ in procs]
+    counts = run_replicas(_replica, db_url, 15)
     assert sum(counts) == 10  # 1000-token budget / 100 tokens each, 30 tries in all
     assert Limiter(db).used_tokens("tenant:acme") == 1000
     db.close()
