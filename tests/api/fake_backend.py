@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import AsyncIterator
 
 from ownllm.backends.base import Delta, GenerateRequest, ModelInfo, TokenLogprob
@@ -15,6 +17,8 @@ class FakeBackend:
 
     `delay` sleeps before every token (to keep a request running); `error` is raised
     before any work, as the real backend raises ContextLengthExceeded/Overloaded.
+    `gate`, when set, holds every token after a request's first until one `gate.release()`
+    (from any thread): a test sees what a client shows mid-stream, whatever the speed.
     """
 
     def __init__(self, max_model_len: int = 256, vocab_size: int = 512) -> None:
@@ -25,6 +29,7 @@ class FakeBackend:
         self.requests: list[GenerateRequest] = []
         self.aborted: list[str] = []
         self.running: set[str] = set()
+        self.gate: threading.Semaphore | None = None
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Delta]:
         if self.error is not None:
@@ -37,6 +42,8 @@ class FakeBackend:
             for step in range(sp.max_tokens):
                 if self.delay:
                     await asyncio.sleep(self.delay)
+                if self.gate is not None and step > 0:
+                    await _wait_for(self.gate)
                 for i in range(sp.n):
                     word = WORDS[step % len(WORDS)]
                     text = (f"{i}:" if i and step == 0 else "") + word
@@ -80,3 +87,12 @@ class FakeBackend:
     async def start(self) -> None: ...
 
     async def shutdown(self) -> None: ...
+
+
+async def _wait_for(gate: threading.Semaphore, timeout_s: float = 120.0) -> None:
+    """Take one permit without blocking the event loop; the timeout only bounds a hang."""
+    deadline = time.monotonic() + timeout_s
+    while not gate.acquire(blocking=False):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the test never released the next token")
+        await asyncio.sleep(0.01)
