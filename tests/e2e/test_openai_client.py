@@ -9,26 +9,34 @@ import jsonschema
 import openai
 import pytest
 
+from tests.e2e.conftest import start_server
+from tests.engine.tiny_models import make_constant_model
+
 MESSAGES = [{"role": "user", "content": "Tell me about the quick brown fox."}]
+# EOS ignored: a random model may end at any token, so the length is set, not sampled
+FULL_LENGTH = {"extra_body": {"ignore_eos": True}}
 SAMPLED = {
     "model": "tiny",
     "messages": MESSAGES,
     "max_tokens": 24,
     "seed": 1234,
     "temperature": 1.0,
+    **FULL_LENGTH,
 }
 
 
 def test_chat(client):
-    completion = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=12)
+    completion = client.chat.completions.create(
+        model="tiny", messages=MESSAGES, max_tokens=12, **FULL_LENGTH
+    )
     assert completion.object == "chat.completion" and completion.model == "tiny"
     assert completion.id.startswith("chatcmpl-")
     assert completion.system_fingerprint.startswith("fp_")
     (choice,) = completion.choices
     assert choice.message.role == "assistant" and choice.message.content
-    assert choice.finish_reason in ("stop", "length")
+    assert choice.finish_reason == "length"
     usage = completion.usage
-    assert usage.prompt_tokens > 0 and 0 < usage.completion_tokens <= 12
+    assert usage.prompt_tokens > 0 and usage.completion_tokens == 12
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
 
 
@@ -60,7 +68,7 @@ def test_n_two_choices(client):
     completion = client.chat.completions.create(**{**SAMPLED, "n": 2})
     assert [c.index for c in completion.choices] == [0, 1]
     assert all(c.message.content for c in completion.choices)
-    assert completion.usage.completion_tokens > SAMPLED["max_tokens"] // 2  # both choices count
+    assert completion.usage.completion_tokens == 2 * SAMPLED["max_tokens"]  # both choices count
     stream = client.chat.completions.create(**{**SAMPLED, "n": 2}, stream=True)
     texts = {0: "", 1: ""}
     for chunk in stream:
@@ -108,10 +116,13 @@ SCHEMA = {
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_json_schema_output_validates(client, seed):
+    # The longest document SCHEMA allows is under 200 bytes (the name's 12 characters are at
+    # most 12 bytes each, escaped; age 3 digits; 3 tags), and every token is at least a
+    # byte: the grammar closes the object within max_tokens, whatever the model samples.
     completion = client.chat.completions.create(
         model="tiny",
         messages=[{"role": "user", "content": "A person as JSON."}],
-        max_tokens=120,
+        max_tokens=200,
         seed=seed,
         response_format={
             "type": "json_schema",
@@ -123,12 +134,38 @@ def test_json_schema_output_validates(client, seed):
     jsonschema.validate(json.loads(choice.message.content), SCHEMA)
 
 
-def test_json_object_output_parses(client):
-    completion = client.chat.completions.create(
+# The constant model's logits after any prompt: '"' leads '}', which leads '{' and ':',
+# which lead every other token, each by 40. Unconstrained it says '"' forever; any JSON
+# object the grammar allows it can only fill as {"":""}, the highest-ranked token each step.
+CLOSING_LOGITS = {'"': 120.0, "}": 80.0, "{": 40.0, ":": 40.0}
+
+
+@pytest.fixture(scope="module")
+def closing_client(tmp_path_factory):
+    from openai import OpenAI
+
+    model_dir = make_constant_model(tmp_path_factory.mktemp("closing-model"), CLOSING_LOGITS)
+    server = start_server(tmp_path_factory, model_dir)
+    try:
+        with OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0) as c:
+            yield c
+    finally:
+        server.stop()
+
+
+def test_json_object_output_parses(closing_client):
+    free = closing_client.chat.completions.create(**SAMPLED)
+    assert free.choices[0].message.content == '"' * SAMPLED["max_tokens"]
+    assert free.choices[0].finish_reason == "length"  # the model alone never closes anything
+
+    completion = closing_client.chat.completions.create(
         **{**SAMPLED, "max_tokens": 120}, response_format={"type": "json_object"}
     )
-    assert completion.choices[0].finish_reason == "stop"
-    assert isinstance(json.loads(completion.choices[0].message.content), dict)
+    (choice,) = completion.choices
+    assert choice.finish_reason == "stop"  # the grammar ended it when the object closed
+    assert isinstance(json.loads(choice.message.content), dict)
+    assert choice.message.content == '{"":""}'
+    assert completion.usage.completion_tokens == 7
 
 
 def test_models(client):

@@ -48,6 +48,35 @@ def make_model(out_dir: Path, arch: str = "llama", seed: int = 0, **overrides) -
     return out_dir
 
 
+def make_constant_model(out_dir: Path, logits: dict[str, float]) -> Path:
+    """A Llama whose next-token logits are the same after any prompt: `logits[text]` for
+    each single-token text given, 0 for every other token. Sampled at temperature 1, a
+    token that leads the others allowed by 40 is chosen but for odds of 512 * e^-40.
+
+    Every token embeds to the same all-ones vector and every layer's output projections
+    are zero, so the residual stream is all ones at each position; the final norm (weight
+    one) keeps it so, and lm_head row t is logit_t / hidden_size in every column.
+    """
+    from safetensors.torch import load_file, save_file
+    from tokenizers import Tokenizer
+
+    out_dir = make_model(out_dir)
+    path = str(out_dir / "model.safetensors")
+    weights = load_file(path)
+    for name, weight in weights.items():
+        if name.endswith(("o_proj.weight", "down_proj.weight")):
+            weight.zero_()
+    weights["model.embed_tokens.weight"].fill_(1.0)
+    weights["model.norm.weight"].fill_(1.0)
+    lm_head = weights["lm_head.weight"].zero_()  # [vocab, hidden]
+    vocab = Tokenizer.from_file(str(out_dir / "tokenizer.json"))
+    for text, logit in logits.items():
+        (token_id,) = vocab.encode(text, add_special_tokens=False).ids
+        lm_head[token_id] = logit / lm_head.shape[1]
+    save_file(weights, path, metadata={"format": "pt"})
+    return out_dir
+
+
 def make_adapter(
     model_dir: Path,
     out_dir: Path,
