@@ -1,14 +1,15 @@
 """Turn a ModelSource into a ready Hugging Face model directory.
 
-A GGUF file is dequantised once (through transformers' GGUF reader, which
-also undoes llama.cpp's q/k permutation) and cached under
-`<data_dir>/models/<name>-<sha12>/` as config.json + model.safetensors (fp32)
-+ tokenizer files + MANIFEST.json. The cache is written into a temporary
+A GGUF file is dequantised once (its tensors with the gguf package, undoing
+llama.cpp's q/k permutation; its config and tokenizer through transformers'
+GGUF reader) and cached under `<data_dir>/models/<name>-<sha12>/` as
+config.json + model.safetensors (fp32) + tokenizer files + MANIFEST.json. The cache is written into a temporary
 directory and renamed into place only when complete, and MANIFEST.json (file
 sizes and sha256) is checked on every later load, so a crash mid-write never
 leaves a cache that loads as garbage. A local HF directory is used in place.
 
-Left out: re-quantised caches (weights are cached dequantised, fp32).
+Left out: re-quantised caches (weights are cached dequantised, fp32); GGUF
+architectures other than llama, qwen2 and qwen3 (the engine serves no others).
 """
 
 from __future__ import annotations
@@ -21,8 +22,12 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ownllm.models.catalog import ModelLoadError, ModelSource
+
+if TYPE_CHECKING:
+    import numpy as np
 
 MANIFEST = "MANIFEST.json"
 _CHUNK = 1 << 20
@@ -68,34 +73,95 @@ def _check_manifest(cache_dir: Path) -> dict | None:
         return None
 
 
+# GGUF architectures the engine serves -> whether llama.cpp's convert_hf_to_gguf permuted
+# the q/k rows into its rotary layout (it does for Llama and Mistral, whose GGUF arch is "llama")
+_GGUF_ARCHES = {"llama": True, "qwen2": False, "qwen3": False}
+
+
 def _dequantise_gguf(gguf_path: Path, out_dir: Path) -> None:
     """Write config.json, model.safetensors and tokenizer files for a GGUF model."""
     import torch
     from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
-        )
-    except Exception as e:  # transformers raises many types for a bad file
+        hf_config = AutoConfig.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        config, state = _read_gguf_weights(gguf_path, hf_config)
+    except Exception as e:  # transformers and gguf raise many types for a bad file
         raise ModelLoadError(f"cannot read GGUF file {str(gguf_path)!r}: {e}") from None
-    config = model.config.to_dict()
-    for key in ("quantization_config", "_name_or_path", "transformers_version"):
-        config.pop(key, None)
-    config["architectures"] = [type(model).__name__]
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
-    state = model.state_dict()
-    if config.get("tie_word_embeddings"):
-        state.pop("lm_head.weight", None)
-    save_file({k: v.contiguous() for k, v in state.items()}, out_dir / "model.safetensors")
+    save_file({k: torch.from_numpy(v) for k, v in state.items()}, out_dir / "model.safetensors")
     tokenizer.save_pretrained(out_dir)
     generation = {"eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.bos_token_id}
     (out_dir / "generation_config.json").write_text(json.dumps(generation))
+
+
+def _read_gguf_weights(gguf_path: Path, hf_config: Any) -> tuple[dict, dict[str, np.ndarray]]:
+    """The HF config dict and fp32 HF-named tensors of a GGUF file, read with the gguf package.
+
+    transformers' GGUF model loader is avoided: it refuses to run without accelerate
+    (a runtime dependency for nothing else), and the architectures it moves to its
+    newer path keep their weights packed in GGUF blocks when `kernels` is installed.
+    HF tensor names come from a meta-device model of the config (no memory), mapped
+    to GGUF names by `gguf.get_tensor_name_map`, as convert_hf_to_gguf and
+    ownllm.adapters.export map them the other way.
+    """
+    import gguf
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    arch = hf_config.model_type
+    if arch not in _GGUF_ARCHES:
+        raise ValueError(
+            f"architecture {arch} is not supported (supported: {', '.join(_GGUF_ARCHES)})"
+        )
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(hf_config)
+    hf_names = list(model.state_dict())
+    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], hf_config.num_hidden_layers)
+    to_hf = {name_map.get_name(n, try_suffixes=(".weight", ".bias")): n for n in hf_names}
+    num_heads = hf_config.num_attention_heads
+    rotary_heads = {
+        "q_proj": num_heads,
+        "k_proj": getattr(hf_config, "num_key_value_heads", None) or num_heads,
+    }
+    state: dict[str, np.ndarray] = {}
+    for tensor in gguf.GGUFReader(gguf_path).tensors:
+        hf_name = to_hf.get(tensor.name)
+        if hf_name is None:
+            raise ValueError(f"tensor {tensor.name} has no place in {type(model).__name__}")
+        weights = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+        module = hf_name.rsplit(".", 2)[-2]
+        if _GGUF_ARCHES[arch] and module in rotary_heads:
+            weights = _unpermute_rows(weights, rotary_heads[module])
+        state[hf_name] = np.array(weights, dtype=np.float32)  # a writable, contiguous copy
+    expected = set(hf_names)
+    if hf_config.tie_word_embeddings:  # lm_head is the embedding (the GGUF has no output.weight)
+        expected.discard("lm_head.weight")
+        state.pop("lm_head.weight", None)
+    if missing := sorted(expected - set(state)):
+        raise ValueError(f"no tensor for {', '.join(missing[:3])}")
+    config = hf_config.to_dict()
+    for key in ("quantization_config", "_name_or_path", "transformers_version"):
+        config.pop(key, None)
+    config["architectures"] = [type(model).__name__]
+    config["dtype"] = "float32"
+    return config, state
+
+
+def _unpermute_rows(weights: np.ndarray, num_heads: int) -> np.ndarray:
+    """llama.cpp's rotary row order -> HF's: the inverse of convert_hf_to_gguf's permute."""
+    rows = weights.shape[0]
+    return (
+        weights.reshape(num_heads, rows // num_heads // 2, 2, *weights.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weights.shape)
+    )
 
 
 def _write_manifest(out_dir: Path, source: Path, source_sha: str) -> dict:

@@ -96,3 +96,55 @@ def test_shipped_default_model_dequantises_once_then_loads_from_cache(tmp_path):
     assert tokenizer.token_to_id("<|im_end|>") in tokenizer.eos_token_ids
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}])
     assert prompt.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+
+
+def _qwen2_dir(out_dir):
+    """A tiny Qwen2 (q/k/v biases, rows not permuted by llama.cpp) beside the tiny Llama."""
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from tests.tiny import make_tokenizer
+
+    out_dir.mkdir()
+    make_tokenizer(out_dir)
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=Tokenizer.from_file(str(out_dir / "tokenizer.json")).get_vocab_size(),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+    )
+    model = Qwen2ForCausalLM(config)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):  # zero by default: make them matter
+                param.normal_(0.0, 0.5)
+    model.save_pretrained(out_dir)
+    return out_dir
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_gguf_dequantises_to_the_weights_it_was_written_from(tmp_path, tiny_model_dir, arch):
+    """HF -> GGUF (f16, llama.cpp's layout) -> cache gives back every HF tensor, unpermuted."""
+    import torch
+    from safetensors.torch import load_file
+
+    from ownllm.adapters.export import export_gguf
+
+    base = tiny_model_dir if arch == "llama" else _qwen2_dir(tmp_path / "qwen2")
+    gguf_file = export_gguf(base, None, tmp_path / f"{arch}.f16.gguf")
+    prepared = prepare_model(resolve_model(str(gguf_file)), tmp_path / "home")
+    config = json.loads((prepared.path / "config.json").read_text())
+    original = json.loads((base / "config.json").read_text())
+    assert config["architectures"] == original["architectures"]
+    assert config["num_key_value_heads"] == original["num_key_value_heads"]
+    expected = load_file(str(base / "model.safetensors"))
+    got = load_file(str(prepared.path / "model.safetensors"))
+    assert sorted(got) == sorted(expected)
+    for name, tensor in expected.items():
+        want = tensor.half().float() if tensor.dim() == 2 else tensor.float()
+        assert torch.equal(got[name], want), name
