@@ -94,6 +94,14 @@ class StoreConfig:
         "postgresql+psycopg://user:pass@host/db for PostgreSQL.",
         env="OWNLLM_DATABASE_URL",
     )
+    tenant_quota_bytes: int = setting(
+        10 << 30,
+        "Disk space each tenant's uploaded files and adapters may take together, in bytes; "
+        "a write past it is refused with 429 insufficient_quota (0: unlimited; the admin "
+        "is never limited).",
+        min=0,
+        max=1 << 50,
+    )
 
     @property
     def home(self) -> Path:

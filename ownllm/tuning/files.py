@@ -21,6 +21,7 @@ from sqlalchemy import select
 from ownllm.errors import NotFoundError, PayloadTooLargeError
 from ownllm.store.blobs import DataDir
 from ownllm.store.db import Database
+from ownllm.store.quota import StorageQuota
 from ownllm.store.schema import File
 
 PURPOSES = ("fine-tune", "fine-tune-results", "batch", "assistants", "user_data", "evals")
@@ -41,10 +42,20 @@ def file_object(row: File) -> dict:
 
 
 class PartialFile:
-    """A file being written under tmp/: `write` chunks, then `commit` renames it into place."""
+    """A file being written under tmp/: `write` chunks, then `commit` renames it into place.
 
-    def __init__(self, data_dir: DataDir, max_bytes: int) -> None:
+    With a `quota` (the tenant had `used_bytes` when the upload began) a write that
+    passes it stops the upload with 429, and `commit` checks again with its row."""
+
+    def __init__(
+        self,
+        data_dir: DataDir,
+        max_bytes: int,
+        quota: StorageQuota | None = None,
+        used_bytes: int = 0,
+    ) -> None:
         self.data_dir, self.max_bytes = data_dir, max_bytes
+        self.quota, self.used_bytes = quota, used_bytes
         self.id = f"file-{time.time_ns():016x}{uuid.uuid4().hex[:8]}"  # sorts by creation
         self.tmp = data_dir.tmp / f"{self.id}.part"
         self.tmp.parent.mkdir(parents=True, exist_ok=True)
@@ -60,6 +71,9 @@ class PartialFile:
                 "(setting tuning.max_file_bytes).",
                 param="file",
             )
+        if self.quota is not None and self.used_bytes + self.size > self.quota.limit_bytes:
+            self.discard()
+            raise self.quota.exceeded(self.used_bytes, self.size, at_least=True)
         self.digest.update(chunk)
         self._f.write(chunk)
 
@@ -88,6 +102,9 @@ class PartialFile:
         try:
             with db.session() as s:
                 s.add(row)
+                if self.quota is not None:  # again, counting what was stored meanwhile
+                    s.flush()
+                    self.quota.check(s, self.size, stored=True)
         except BaseException:
             final.unlink(missing_ok=True)
             raise

@@ -9,7 +9,9 @@
 The upload body is parsed as it arrives (python-multipart's push parser): the
 file part goes chunk by chunk into a temporary file with its sha256, and an
 upload over `tuning.max_file_bytes` is refused with 413 as soon as it crosses
-the cap (or at once, from Content-Length), leaving nothing on disk.
+the cap (or at once, from Content-Length), and one past the tenant's storage
+quota (`store.tenant_quota_bytes`) with 429 `insufficient_quota` as soon as it
+crosses that, leaving nothing on disk.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ownllm.api.state import AppState, get_state
 from ownllm.errors import InvalidRequestError, PayloadTooLargeError
 from ownllm.gateway.auth import require_scope
 from ownllm.gateway.principal import Principal
+from ownllm.store.quota import StorageQuota, storage_quota
 from ownllm.tuning import files as store
 
 router = APIRouter(prefix="/v1", tags=["files"])
@@ -36,8 +39,8 @@ MAX_FIELD_BYTES = 4096
 class _Upload:
     """Push-parser callbacks: the `file` part streams to a PartialFile, other parts are small."""
 
-    def __init__(self, state: AppState) -> None:
-        self.state = state
+    def __init__(self, state: AppState, quota: StorageQuota | None, used_bytes: int) -> None:
+        self.state, self.quota, self.used_bytes = state, quota, used_bytes
         self.fields: dict[str, bytes] = {}
         self.file: store.PartialFile | None = None
         self.filename = "upload"
@@ -77,7 +80,10 @@ class _Upload:
             raw = options.get(b"filename", b"upload")
             self.filename = raw.decode("utf-8", "replace") or "upload"
             self.file = store.PartialFile(
-                self.state.data_dir, self.state.config.tuning.max_file_bytes
+                self.state.data_dir,
+                self.state.config.tuning.max_file_bytes,
+                self.quota,
+                self.used_bytes,
             )
 
     def _data(self, data: bytes, start: int, end: int) -> None:
@@ -109,7 +115,9 @@ async def create_file(
             "Upload the file as multipart/form-data with 'file' and 'purpose' fields.",
             param="file",
         )
-    upload = _Upload(state)
+    quota = storage_quota(principal, state.config.store.tenant_quota_bytes)
+    used = await run_in_threadpool(quota.used, state.db) if quota is not None else 0
+    upload = _Upload(state, quota, used)
     parser = MultipartParser(options[b"boundary"], upload.callbacks())
     try:
         async for chunk in request.stream():
