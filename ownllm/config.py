@@ -4,7 +4,9 @@ Precedence, lowest first: field defaults < `ownllm.toml` (or `--config FILE`)
 < `OWNLLM_*` environment variables < command-line flags. Each field carries
 its help text, its environment variable and its allowed values in metadata,
 so validation messages and the README table come from one place
-(`ownllm config --table` prints it).
+(`ownllm config --table` prints it). A section may hold a nested table:
+`[model.generation]` is `ModelConfig.generation`, its variables
+`OWNLLM_MODEL_GENERATION_*`.
 
 A bad value raises `ConfigError` naming the field, the value and what is
 allowed; `ownllm serve` prints that one line and exits non-zero.
@@ -60,6 +62,62 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class GenerationDefaults:
+    """Sampling values a request gets for the fields it leaves out; None: not set here.
+
+    In the config file this is the `[model.generation]` table. `ownllm.models.generation`
+    layers it over the model's own defaults (catalog entry, generation_config.json).
+    """
+
+    temperature: float | None = setting(
+        None,
+        "Temperature for requests that send none, over the model's own default (its catalog "
+        "entry or generation_config.json); 0 is greedy. Unset: the model's, else 1.0.",
+        min=0.0,
+        max=2.0,
+    )
+    top_p: float | None = setting(
+        None, "top_p for requests that send none. Unset: the model's, else 1.0.", min=0.0, max=1.0
+    )
+    top_k: int | None = setting(
+        None,
+        "top_k for requests that send none (0: off). Unset: the model's, else off.",
+        min=0,
+        max=1_000_000,
+    )
+    min_p: float | None = setting(
+        None, "min_p for requests that send none. Unset: the model's, else 0.", min=0.0, max=1.0
+    )
+    repetition_penalty: float | None = setting(
+        None,
+        "repetition_penalty for requests that send none. Unset: the model's, else 1.0.",
+        min=0.01,
+        max=10.0,
+    )
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any], source: str) -> GenerationDefaults:
+        """Checked defaults from a mapping (keys ownllm does not sample with are ignored);
+        a bad value raises ConfigError naming the key, the value and `source`."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        return cls(
+            **{
+                key: _coerce(key, fields[key], value, source)
+                for key, value in values.items()
+                if key in fields and value is not None
+            }
+        )
+
+    def over(self, base: GenerationDefaults) -> GenerationDefaults:
+        """These values where set, `base`'s elsewhere."""
+        return dataclasses.replace(base, **self.as_dict())
+
+    def as_dict(self) -> dict[str, float | int]:
+        """The values that are set."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     model: str = setting(
         "smollm2-135m-instruct",
@@ -79,6 +137,7 @@ class ModelConfig:
     max_model_len: int = setting(
         0, "Context length limit in tokens (0: the model's own).", min=0, max=1_048_576
     )
+    generation: GenerationDefaults = field(default_factory=GenerationDefaults)
 
 
 @dataclass(frozen=True)
@@ -286,12 +345,18 @@ _TYPES = {"int": int, "bool": bool, "str": str, "float": float}
 
 
 def env_name(section: str, f: dataclasses.Field) -> str:
-    return f.metadata.get("env") or f"OWNLLM_{section.upper()}_{f.name.upper()}"
+    prefix = section.upper().replace(".", "_")
+    return f.metadata.get("env") or f"OWNLLM_{prefix}_{f.name.upper()}"
 
 
-def _coerce(section: str, f: dataclasses.Field, value: Any, source: str) -> Any:
-    name = f"{section}.{f.name}"
-    kind = _TYPES.get(str(f.type), str)
+def _table_type(f: dataclasses.Field) -> type | None:
+    """The dataclass of a nested table such as `[model.generation]`, else None."""
+    factory = f.default_factory
+    return factory if dataclasses.is_dataclass(factory) else None
+
+
+def _coerce(name: str, f: dataclasses.Field, value: Any, source: str) -> Any:
+    kind = _TYPES.get(str(f.type).removesuffix(" | None"), str)
     try:
         if kind is bool:
             if isinstance(value, bool):
@@ -307,6 +372,8 @@ def _coerce(section: str, f: dataclasses.Field, value: Any, source: str) -> Any:
                 raise ValueError
             out = int(value)
         elif kind is float:
+            if isinstance(value, bool):
+                raise ValueError
             out = float(value)
         else:
             if not isinstance(value, (str, int, float)):
@@ -350,45 +417,77 @@ def load_config(
                 f"known: {', '.join(_SECTION_TYPES)}"
             )
     overrides = overrides or {}
-    sections = {}
-    for section, cls in _SECTION_TYPES.items():
-        from_file = file_values.get(section, {})
-        if not isinstance(from_file, dict):
-            raise ConfigError(f"config file {str(path)!r}: [{section}] must be a table")
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        for key in from_file:
-            if key not in fields:
-                raise ConfigError(
-                    f"config file {str(path)!r}: unknown setting {section}.{key}; "
-                    f"known: {', '.join(fields)}"
-                )
-        values = {}
-        for name, f in fields.items():
-            value, source = f.default, None
-            if name in from_file:
-                value, source = from_file[name], str(path)
-            ev = env_name(section, f)
-            if ev in env and env[ev] != "":
-                value, source = env[ev], ev
-            given = overrides.get(section, {}).get(name)
-            if given is not None:
-                value, source = given, f"--{name.replace('_', '-')}"
-            values[name] = value if source is None else _coerce(section, f, value, source)
-        sections[section] = cls(**values)
+    sections = {
+        section: _build(
+            section, cls, file_values.get(section, {}), env, overrides.get(section), path
+        )
+        for section, cls in _SECTION_TYPES.items()
+    }
     return Config(**sections)
+
+
+def _build(
+    section: str,
+    cls: type,
+    from_file: Any,
+    env: Mapping[str, str],
+    overrides: Mapping[str, Any] | None,
+    path: Path,
+) -> Any:
+    """One section (or nested table) from its file table, the environment and overrides."""
+    if not isinstance(from_file, dict):
+        raise ConfigError(f"config file {str(path)!r}: [{section}] must be a table")
+    overrides = overrides or {}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in from_file:
+        if key not in fields:
+            raise ConfigError(
+                f"config file {str(path)!r}: unknown setting {section}.{key}; "
+                f"known: {', '.join(fields)}"
+            )
+    values = {}
+    for name, f in fields.items():
+        table = _table_type(f)
+        if table is not None:
+            nested = f"{section}.{name}"
+            values[name] = _build(
+                nested, table, from_file.get(name, {}), env, overrides.get(name), path
+            )
+            continue
+        value, source = f.default, None
+        if name in from_file:
+            value, source = from_file[name], str(path)
+        ev = env_name(section, f)
+        if ev in env and env[ev] != "":
+            value, source = env[ev], ev
+        given = overrides.get(name)
+        if given is not None:
+            value, source = given, f"--{name.replace('_', '-')}"
+        values[name] = value if source is None else _coerce(f"{section}.{name}", f, value, source)
+    return cls(**values)
 
 
 def settings_table() -> str:
     """The Markdown table of every setting (used by the README and `ownllm config`)."""
     rows = ["| setting | env var | default | meaning |", "|---|---|---|---|"]
     for section, cls in _SECTION_TYPES.items():
-        for f in dataclasses.fields(cls):
-            default = f.default if f.default != "" else "(empty)"
-            allowed = f.metadata.get("choices")
-            help_text = f.metadata["help"]
-            if allowed:
-                help_text += " One of: " + ", ".join(str(c) for c in allowed) + "."
-            rows.append(
-                f"| `{section}.{f.name}` | `{env_name(section, f)}` | `{default}` | {help_text} |"
-            )
+        rows.extend(_table_rows(section, cls))
     return "\n".join(rows)
+
+
+def _table_rows(section: str, cls: type) -> list[str]:
+    rows = []
+    for f in dataclasses.fields(cls):
+        table = _table_type(f)
+        if table is not None:
+            rows.extend(_table_rows(f"{section}.{f.name}", table))
+            continue
+        default = {"": "(empty)", None: "(unset)"}.get(f.default, f.default)
+        allowed = f.metadata.get("choices")
+        help_text = f.metadata["help"]
+        if allowed:
+            help_text += " One of: " + ", ".join(str(c) for c in allowed) + "."
+        rows.append(
+            f"| `{section}.{f.name}` | `{env_name(section, f)}` | `{default}` | {help_text} |"
+        )
+    return rows

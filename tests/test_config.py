@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from ownllm.config import ConfigError, load_config, settings_table
@@ -83,3 +85,31 @@ def test_readme_lists_every_setting():
     assert settings_table() in readme, (
         "README's configuration table is stale: run `ownllm config --table`"
     )
+
+
+def test_model_generation_table_file_then_env(tmp_path):
+    path = tmp_path / "ownllm.toml"
+    path.write_text("[model.generation]\ntemperature = 0.2\ntop_k = 40\n")
+    generation = load_config(path, env={}).model.generation
+    assert (generation.temperature, generation.top_k, generation.top_p) == (0.2, 40, None)
+    env = {"OWNLLM_MODEL_GENERATION_TEMPERATURE": "0", "OWNLLM_MODEL_GENERATION_TOP_P": "0.9"}
+    generation = load_config(path, env=env).model.generation
+    assert generation.as_dict() == {"temperature": 0.0, "top_p": 0.9, "top_k": 40}
+    assert load_config(env={}).model.generation.as_dict() == {}  # unset: the model's own
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[model.generation]\ntemperature = 3\n", "model.generation.temperature = 3 (from "),
+        ("[model.generation]\ntemperature = true\n", "model.generation.temperature = True"),
+        ("[model.generation]\ntop_k = 0.5\n", "model.generation.top_k = 0.5"),
+        ("[model.generation]\ntemprature = 0\n", "unknown setting model.generation.temprature"),
+        ("[model]\ngeneration = 0.2\n", "[model.generation] must be a table"),
+    ],
+)
+def test_bad_model_generation_is_one_line(tmp_path, text, message):
+    path = tmp_path / "ownllm.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(path, env={})
