@@ -18,6 +18,7 @@ from ownllm.api.errors import install_error_handlers
 from ownllm.api.state import AppState
 from ownllm.config import Config
 from ownllm.models import prepare_model, resolve_model
+from ownllm.models.generation import generation_defaults
 from ownllm.models.tokenizer import Tokenizer
 from ownllm.store.blobs import DataDir
 from ownllm.store.db import Database
@@ -32,6 +33,7 @@ def build_state(config: Config) -> AppState:
     """
     data_dir = DataDir(config.store.home).ensure()
     source = resolve_model(config.model.model, config.model.name)
+    generation = generation_defaults(source, config.model.generation)
     model = prepare_model(source, data_dir.root)
     how = (
         "loaded from cache"
@@ -44,7 +46,14 @@ def build_state(config: Config) -> AppState:
     from ownllm.adapters.registry import sweep_orphans
 
     sweep_orphans(db, data_dir)  # adapter copies a crashed process left without a row
-    return AppState(config=config, data_dir=data_dir, db=db, model=model, tokenizer=tokenizer)
+    return AppState(
+        config=config,
+        data_dir=data_dir,
+        db=db,
+        model=model,
+        tokenizer=tokenizer,
+        generation_defaults=generation,
+    )
 
 
 def start_backend(state: AppState):

