@@ -2,7 +2,8 @@
 
 - `chat_call` / `completion_call`: the checks that span fields (each a 400 naming its
   `param`), model resolution (base id, `ft:` model or adapter name, plus the `adapters`
-  extension) and the sampling parameters.
+  extension) and the sampling parameters: what the request sends, else the served model's
+  generation defaults (`ownllm.models.generation`), else OpenAI's.
 - `tokenise`: render the chat template (or encode the prompts), check the context length
   and fill the default `max_tokens` (the rest of the context, as OpenAI does for chat).
 - `generate_requests`: one `GenerateRequest` per prompt, with the JSON constraint for
@@ -28,6 +29,7 @@ from ownllm.api.schemas import (
 )
 from ownllm.api.state import AppState
 from ownllm.backends.base import AdapterWeight, GenerateRequest, SamplingParams
+from ownllm.config import GenerationDefaults
 from ownllm.errors import (
     ContextLengthExceededError,
     InvalidRequestError,
@@ -109,17 +111,29 @@ def _common_checks(body: SamplingFields) -> None:
         raise InvalidRequestError("logit_bias is not supported", param="logit_bias")
 
 
-def _sampling(body: SamplingFields, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
+def _pick(sent: Any, default: Any, neutral: Any) -> Any:
+    """The request's value when it sent one, else the model's default, else `neutral`."""
+    if sent is not None:
+        return sent
+    return neutral if default is None else default
+
+
+def _sampling(
+    body: SamplingFields,
+    max_tokens: int | None,
+    logprobs: int | None,
+    defaults: GenerationDefaults,
+) -> SamplingParams:
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     return SamplingParams(
         max_tokens=max_tokens or 0,  # 0: the rest of the context, filled by tokenise()
-        temperature=1.0 if body.temperature is None else body.temperature,
-        top_p=1.0 if body.top_p is None else body.top_p,
-        top_k=body.top_k or 0,
-        min_p=body.min_p or 0.0,
+        temperature=_pick(body.temperature, defaults.temperature, 1.0),
+        top_p=_pick(body.top_p, defaults.top_p, 1.0),
+        top_k=_pick(body.top_k, defaults.top_k, 0),
+        min_p=_pick(body.min_p, defaults.min_p, 0.0),
         presence_penalty=body.presence_penalty or 0.0,
         frequency_penalty=body.frequency_penalty or 0.0,
-        repetition_penalty=body.repetition_penalty or 1.0,
+        repetition_penalty=_pick(body.repetition_penalty, defaults.repetition_penalty, 1.0),
         seed=body.seed,
         stop=stop,
         ignore_eos=body.ignore_eos,
@@ -166,7 +180,7 @@ def chat_call(state: AppState, principal: Principal, body: ChatCompletionRequest
         model=body.model,
         base_model=state.model_id,
         adapters=resolve_adapters(state, principal, body.model, body.adapters),
-        sampling=_sampling(body, max_tokens, logprobs),
+        sampling=_sampling(body, max_tokens, logprobs, state.generation_defaults),
         messages=messages,
         is_stream=body.stream,
         user=body.user,
@@ -201,7 +215,7 @@ def completion_call(
         model=body.model,
         base_model=state.model_id,
         adapters=resolve_adapters(state, principal, body.model, body.adapters),
-        sampling=_sampling(body, body.max_tokens, body.logprobs),
+        sampling=_sampling(body, body.max_tokens, body.logprobs, state.generation_defaults),
         prompts=prompts,
         is_stream=body.stream,
         user=body.user,
