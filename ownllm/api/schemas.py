@@ -267,6 +267,42 @@ class EmbeddingList(BaseModel):
     usage: EmbeddingUsage
 
 
+class GenerationDefaultsOut(BaseModel):
+    """Extension: the sampling values a request gets for the fields it leaves out."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+
+
+class Model(BaseModel):
+    """An OpenAI model object; the fields after `owned_by` are ownllm extensions."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+    root: str | None = None
+    parent: str | None = Field(None, description="The base model of an adapter")
+    max_model_len: int | None = None
+    adapter_id: str | None = None
+    generation_defaults: GenerationDefaultsOut | None = Field(
+        None,
+        description="Sampling values used where a request leaves the field out (a value "
+        "the request sends always wins): the model card's, the model's "
+        "generation_config.json, or the operator's [model.generation] settings",
+    )
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Model]
+
+
 class ErrorDetail(BaseModel):
     message: str
     type: str

@@ -56,3 +56,28 @@ def test_default_model_serves_and_second_start_uses_the_cache(tmp_path):
     finally:
         second.stop()
     assert "loaded from cache" in (tmp_path / "server.log").read_text()
+
+
+@pytest.mark.slow
+def test_default_model_answers_right_with_no_sampling_parameters(tmp_path):
+    """OpenAI's temperature 1.0 makes the 135M model answer nonsense about half the time;
+    its generation defaults (greedy, see the catalog entry) make it right every time."""
+    from openai import OpenAI
+
+    server = Server(data_dir=tmp_path)
+    try:
+        server.wait_ready(timeout=300)
+        client = OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
+        model = client.models.retrieve("smollm2-135m-instruct")
+        assert model.model_extra["generation_defaults"] == {"temperature": 0.0, "top_p": 0.9}
+        answers = set()
+        for _ in range(3):
+            completion = client.chat.completions.create(
+                model="smollm2-135m-instruct",
+                messages=[{"role": "user", "content": "What is the capital of France?"}],
+                max_tokens=24,
+            )
+            answers.add(completion.choices[0].message.content)
+        assert len(answers) == 1 and "Paris" in answers.pop(), answers
+    finally:
+        server.stop()

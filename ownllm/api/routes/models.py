@@ -1,4 +1,9 @@
-"""GET /v1/models and /v1/models/{id} in the OpenAI list shape."""
+"""GET /v1/models and /v1/models/{id} in the OpenAI list shape.
+
+Extensions beside OpenAI's fields: `root`, `parent` (an adapter's base), `max_model_len`,
+`adapter_id`, and `generation_defaults` on the base model and its adapters (the sampling
+values a request gets for the fields it leaves out).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ from fastapi import APIRouter, Depends
 from starlette.concurrency import run_in_threadpool
 
 from ownllm.api.routes.adapters import adapter_models
+from ownllm.api.schemas import ERROR_RESPONSES, Model, ModelList
 from ownllm.api.state import AppState, get_state
 from ownllm.errors import ModelNotFoundError
 from ownllm.gateway.auth import get_principal
@@ -23,6 +29,7 @@ def _base_model(state: AppState) -> dict:
         "root": state.model_id,
         "parent": None,
         "max_model_len": state.backend.model_info.max_model_len if state.backend else None,
+        "generation_defaults": state.generation_defaults.as_dict(),
     }
 
 
@@ -46,16 +53,26 @@ def _embedding_models(state: AppState) -> list[dict]:
     ]
 
 
-@router.get("/models")
+@router.get("/models", response_model=ModelList, response_model_exclude_unset=True)
 async def list_models(
     state: AppState = Depends(get_state), principal: Principal = Depends(get_principal)
 ) -> dict:
-    # adapters of the served base the caller may use, with parent = the base (tenant-scoped)
-    adapters = await run_in_threadpool(adapter_models, state, principal)
+    # adapters of the served base the caller may use, with parent = the base (tenant-scoped);
+    # they sample with the base model's generation defaults
+    generation = {"generation_defaults": state.generation_defaults.as_dict()}
+    adapters = [
+        {**model, **generation}
+        for model in await run_in_threadpool(adapter_models, state, principal)
+    ]
     return {"object": "list", "data": [_base_model(state), *adapters, *_embedding_models(state)]}
 
 
-@router.get("/models/{model_id:path}")
+@router.get(
+    "/models/{model_id:path}",
+    response_model=Model,
+    response_model_exclude_unset=True,
+    responses={status: ERROR_RESPONSES[status] for status in (401, 404)},
+)
 async def get_model(
     model_id: str,
     state: AppState = Depends(get_state),
