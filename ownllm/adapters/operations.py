@@ -5,24 +5,31 @@ a 404), works in a private temporary directory under the data dir, and
 registers its result through `register_adapter`, so a failure leaves no row
 and no files behind.
 
-Archives (.tar.gz, .tgz, .tar, .zip) are unpacked with every member checked
-first: no absolute paths, no `..`, no links or devices, and a size cap, so an
-uploaded archive cannot write outside its directory or fill the disk.
+Imports are checked against the served base and the engine's rank limit
+from the adapter's header before its tensors are read; archives are
+unpacked by `ownllm.adapters.archive`, which checks before it extracts. A
+tenant's writes count against its storage quota when one is given.
 """
 
 from __future__ import annotations
 
 import shutil
-import tarfile
 import uuid
-import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
+from ownllm.adapters.archive import ARCHIVE_SUFFIXES, extract_adapter, is_archive
 from ownllm.adapters.compose import ComposeSpec, compose
-from ownllm.adapters.peft_format import ADAPTER_CONFIG, read_adapter, read_config, write_adapter
+from ownllm.adapters.peft_format import (
+    AdapterLayout,
+    check_base,
+    check_rank,
+    read_adapter,
+    read_config,
+    write_adapter,
+)
 from ownllm.adapters.registry import (
     AdapterRecord,
     Viewer,
@@ -30,12 +37,11 @@ from ownllm.adapters.registry import (
     register_adapter,
     validate_name,
 )
-from ownllm.errors import InvalidRequestError, PayloadTooLargeError, PermissionDeniedError
+from ownllm.errors import InvalidRequestError, PermissionDeniedError
 from ownllm.store.blobs import DataDir
 from ownllm.store.db import Database
+from ownllm.store.quota import StorageQuota
 
-MAX_UNPACKED_BYTES = 4 << 30
-ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 EXPORT_FORMATS = ("hf", "gguf", "gguf-lora")
 
 
@@ -66,65 +72,6 @@ def _scratch(data_dir: DataDir, label: str) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def is_archive(path: str | Path) -> bool:
-    return str(path).lower().endswith(ARCHIVE_SUFFIXES)
-
-
-def _check_member(name: str) -> None:
-    parts = PurePosixPath(name).parts
-    if name.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
-        raise InvalidRequestError(
-            f"archive member {name!r} points outside the archive", param="file"
-        )
-
-
-def unpack_archive(archive: Path, dest: Path) -> None:
-    """Unpack a .tar(.gz)/.tgz/.zip adapter archive into `dest`, refusing unsafe members."""
-    total = 0
-    try:
-        if str(archive).lower().endswith(".zip"):
-            with zipfile.ZipFile(archive) as zf:
-                for info in zf.infolist():
-                    _check_member(info.filename)
-                    if (info.external_attr >> 16) & 0o170000 == 0o120000:
-                        raise InvalidRequestError(
-                            f"archive member {info.filename!r} is a link", param="file"
-                        )
-                    total += info.file_size
-                if total > MAX_UNPACKED_BYTES:
-                    raise PayloadTooLargeError(
-                        "the archive unpacks to more than 4 GiB", param="file"
-                    )
-                zf.extractall(dest)
-            return
-        with tarfile.open(archive) as tf:
-            members = tf.getmembers()
-            for member in members:
-                _check_member(member.name)
-                if not (member.isfile() or member.isdir()):
-                    raise InvalidRequestError(
-                        f"archive member {member.name!r} is not a regular file", param="file"
-                    )
-                total += member.size
-            if total > MAX_UNPACKED_BYTES:
-                raise PayloadTooLargeError("the archive unpacks to more than 4 GiB", param="file")
-            tf.extractall(dest, members=members, filter="data")
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
-        raise InvalidRequestError(f"cannot unpack the archive: {e}", param="file") from None
-
-
-def _find_adapter_dir(root: Path) -> Path:
-    """The one directory under `root` (itself included) that holds adapter_config.json."""
-    found = sorted(p.parent for p in root.rglob(ADAPTER_CONFIG))
-    if not found:
-        raise InvalidRequestError(f"no {ADAPTER_CONFIG} in the archive", param="file")
-    if len(found) > 1:
-        raise InvalidRequestError(
-            f"the archive holds {len(found)} adapters; import one at a time", param="file"
-        )
-    return found[0]
-
-
 def import_adapter(
     db: Database,
     data_dir: DataDir,
@@ -133,16 +80,26 @@ def import_adapter(
     *,
     name: str,
     base: BaseModel,
+    max_rank: int,
+    quota: StorageQuota | None = None,
     is_public: bool = False,
 ) -> AdapterRecord:
-    """Import a PEFT adapter directory or archive for `base`; refuse one that does not fit it."""
+    """Import a PEFT adapter directory or archive for `base`; refuse one that does not fit
+    it, whose rank is above `max_rank` (engine.max_lora_rank) or that would pass `quota`."""
     validate_name(name)
     _check_publish(principal, is_public)
     source = Path(source)
+
+    def check(layout: AdapterLayout, size_bytes: int) -> None:  # before a tensor is unpacked
+        check_rank(layout, max_rank)
+        check_base(layout, base.path)
+        if quota is not None:
+            with db.session() as s:
+                quota.check(s, size_bytes)
+
     with _scratch(data_dir, "import") as scratch:
         if source.is_file() and is_archive(source):
-            unpack_archive(source, scratch)
-            adapter_dir = _find_adapter_dir(scratch)
+            adapter_dir = extract_adapter(source, scratch, check)
         elif source.is_dir():
             adapter_dir = source
         else:
@@ -175,6 +132,8 @@ def import_adapter(
             hyperparameters=hyperparameters,
             is_public=is_public,
             base_dir=base.path,
+            max_rank=max_rank,
+            quota=quota,
         )
 
 
@@ -189,9 +148,12 @@ def compose_adapters(
     density: float | None = None,
     seed: int = 0,
     majority_sign_method: str = "total",
+    max_rank: int,
+    quota: StorageQuota | None = None,
     is_public: bool = False,
 ) -> AdapterRecord:
-    """Compose registered adapters (by name or id, with weights) into a new registered one."""
+    """Compose registered adapters (by name or id, with weights) into a new registered one,
+    refused when its rank (a `cat` adds ranks) is above `max_rank` or it would pass `quota`."""
     validate_name(name)
     _check_publish(principal, is_public)
     spec = ComposeSpec(
@@ -230,6 +192,8 @@ def compose_adapters(
             source="composed",
             hyperparameters=spec.to_dict(),
             is_public=is_public,
+            max_rank=max_rank,
+            quota=quota,
         )
 
 

@@ -7,8 +7,11 @@ they are. Tensors are keyed `base_model.model.<module>.lora_{A,B}[.<name>].weigh
 `<module>` is the base model's module path (`model.layers.0.self_attn.q_proj`),
 whose weight `<module>.weight` is `[out, in]`, with A `[r, in]` and B `[out, r]`.
 
-Every problem is an `InvalidRequestError` whose message names the file, tensor
-or module at fault. Left out: DoRA, LoRA on embeddings, trained biases,
+Validation reads the config and the safetensors header first (`read_layout`:
+names, dtypes, shapes; no tensor loaded), so rank and shapes are refused
+before any weight is read, then checks the tensors one at a time for NaN
+and infinity. Every problem is an `InvalidRequestError` whose message names
+the file, tensor or module at fault. Left out: DoRA, LoRA on embeddings, trained biases,
 `modules_to_save`, per-module `alpha_pattern`, and pickled `adapter_model.bin`
 (never unpickled: convert it to safetensors with peft first).
 """
@@ -18,10 +21,12 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ownllm.adapters.header import HeaderError, TensorInfo, read_header_file
 from ownllm.errors import InvalidRequestError
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -32,6 +37,7 @@ _KEY = re.compile(
 )
 # projections the engine applies LoRA to (ownllm.engine.lora.TARGETS)
 SUPPORTED_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 _SUPPORTED_ARCHITECTURES = (
     "LlamaForCausalLM",
     "MistralForCausalLM",
@@ -50,6 +56,33 @@ class AdapterFormatError(InvalidRequestError):
     code = "invalid_adapter"
 
 
+Shapes = dict[str, tuple[tuple[int, ...], tuple[int, ...]]]  # module -> (A [r, in], B [out, r])
+
+
+@dataclass(frozen=True)
+class AdapterLayout:
+    """An adapter as its files declare it (config and safetensors header), no tensor loaded:
+    per module the keys of its A [r, in] and B [out, r]."""
+
+    config: dict[str, Any]
+    tensors: dict[str, TensorInfo]
+    modules: dict[str, tuple[str, str]]
+
+    def shapes(self) -> Shapes:
+        return {
+            m: (self.tensors[a].shape, self.tensors[b].shape) for m, (a, b) in self.modules.items()
+        }
+
+    @property
+    def rank(self) -> int:
+        """The largest rank over modules."""
+        return max(a[0] for a, _ in self.shapes().values())
+
+    @property
+    def target_modules(self) -> list[str]:
+        return sorted({module.rsplit(".", 1)[-1] for module in self.modules})
+
+
 @dataclass
 class PeftAdapter:
     """A LoRA adapter in memory: its config and per-module (A [r, in], B [out, r])."""
@@ -65,6 +98,9 @@ class PeftAdapter:
     @property
     def ranks(self) -> set[int]:
         return {a.shape[0] for a, _ in self.modules.values()}
+
+    def shapes(self) -> Shapes:
+        return {m: (tuple(a.shape), tuple(b.shape)) for m, (a, b) in self.modules.items()}
 
     @property
     def target_modules(self) -> list[str]:
@@ -93,8 +129,17 @@ def read_config(path: str | Path) -> dict[str, Any]:
     if not file.is_file():
         raise _fail(f"{ADAPTER_CONFIG} is missing from the adapter directory")
     try:
-        config = json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as e:
+        text = file.read_bytes()
+    except OSError as e:
+        raise _fail(f"cannot read {ADAPTER_CONFIG}: {e}") from None
+    return parse_config(text)
+
+
+def parse_config(text: str | bytes) -> dict[str, Any]:
+    """Validate the text of an `adapter_config.json`."""
+    try:
+        config = json.loads(text)
+    except (UnicodeDecodeError, ValueError) as e:
         raise _fail(f"{ADAPTER_CONFIG} is not valid JSON: {e}") from None
     if not isinstance(config, dict):
         raise _fail(f"{ADAPTER_CONFIG} must be a JSON object")
@@ -120,46 +165,52 @@ def read_config(path: str | Path) -> dict[str, Any]:
     return config
 
 
-def read_adapter(path: str | Path) -> PeftAdapter:
-    """Read and validate a PEFT LoRA adapter directory (config and every tensor)."""
+def missing_weights(has_pickle: bool) -> AdapterFormatError:
+    if has_pickle:
+        return _fail(
+            "adapter_model.bin (pickle) is not accepted; save the adapter with "
+            "safe_serialization=True to get adapter_model.safetensors"
+        )
+    return _fail(f"{ADAPTER_WEIGHTS} is missing from the adapter directory")
+
+
+def read_layout(path: str | Path) -> AdapterLayout:
+    """The config and safetensors header of an adapter directory, validated; no tensor read."""
     path = Path(path)
     if not path.is_dir():
         raise _fail(f"{path} is not a directory")
     config = read_config(path)
     file = path / ADAPTER_WEIGHTS
     if not file.is_file():
-        if (path / "adapter_model.bin").is_file():
-            raise _fail(
-                "adapter_model.bin (pickle) is not accepted; save the adapter with "
-                "safe_serialization=True to get adapter_model.safetensors"
-            )
-        raise _fail(f"{ADAPTER_WEIGHTS} is missing from the adapter directory")
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
+        raise missing_weights((path / "adapter_model.bin").is_file())
     try:
-        tensors = load_file(str(file))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        tensors = read_header_file(file)
+    except (HeaderError, OSError) as e:
         raise _fail(f"{ADAPTER_WEIGHTS} is corrupted or not safetensors: {e}") from None
-    return PeftAdapter(config, _pair_tensors(tensors))
+    return plan_layout(config, tensors)
 
 
-def _pair_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    import torch
-
-    parts: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in tensors.items():
+def plan_layout(config: dict[str, Any], tensors: dict[str, TensorInfo]) -> AdapterLayout:
+    """Pair the declared tensors into modules, refusing what is not LoRA A/B ownllm can use."""
+    parts: dict[str, dict[str, str]] = {}
+    for key, info in tensors.items():
         m = _KEY.match(key)
         if m is None:
             what = "DoRA magnitude" if "lora_magnitude" in key else "a non-LoRA tensor"
             if "lora_embedding" in key:
                 what = "LoRA on embeddings"
             raise _fail(f"{ADAPTER_WEIGHTS}: tensor {key} is {what}, which is not supported")
-        if tensor.dim() != 2:
-            raise _fail(f"{ADAPTER_WEIGHTS}: tensor {key} has shape {tuple(tensor.shape)}, not 2-D")
-        if not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all()):
-            raise _fail(f"{ADAPTER_WEIGHTS}: tensor {key} is not finite floating point")
-        parts.setdefault(m["module"], {})[m["ab"]] = tensor
+        if len(info.shape) != 2 or 0 in info.shape:
+            raise _fail(f"{ADAPTER_WEIGHTS}: tensor {key} has shape {info.shape}, not 2-D")
+        if info.dtype not in FLOAT_DTYPES:
+            raise _fail(
+                f"{ADAPTER_WEIGHTS}: tensor {key} is {info.dtype}, not floating point "
+                f"({', '.join(FLOAT_DTYPES)})"
+            )
+        module = parts.setdefault(m["module"], {})
+        if m["ab"] in module:
+            raise _fail(f"{ADAPTER_WEIGHTS}: module {m['module']} has two lora_{m['ab']} tensors")
+        module[m["ab"]] = key
     if not parts:
         raise _fail(f"{ADAPTER_WEIGHTS} holds no LoRA tensors")
     modules = {}
@@ -167,14 +218,55 @@ def _pair_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Ten
         if set(ab) != {"A", "B"}:
             missing = ({"A", "B"} - set(ab)).pop()
             raise _fail(f"{ADAPTER_WEIGHTS}: module {module} lacks lora_{missing}")
-        a, b = ab["A"], ab["B"]
-        if a.shape[0] != b.shape[1]:
+        a, b = tensors[ab["A"]].shape, tensors[ab["B"]].shape
+        if a[0] != b[1]:
             raise _fail(
-                f"{ADAPTER_WEIGHTS}: module {module} has lora_A {tuple(a.shape)} and "
-                f"lora_B {tuple(b.shape)} of different ranks"
+                f"{ADAPTER_WEIGHTS}: module {module} has lora_A {a} and "
+                f"lora_B {b} of different ranks"
             )
-        modules[module] = (a, b)
-    return modules
+        modules[module] = (ab["A"], ab["B"])
+    return AdapterLayout(config, tensors, modules)
+
+
+def check_rank(layout: AdapterLayout, max_rank: int) -> None:
+    """Refuse an adapter whose rank (its config's `r` or any module's) is above `max_rank`."""
+    limit = f"this server's LoRA rank limit of {max_rank} (setting engine.max_lora_rank)"
+    if layout.config["r"] > max_rank:
+        raise _fail(
+            f"the adapter's rank is {layout.config['r']} ({ADAPTER_CONFIG} r), above {limit}"
+        )
+    for module, (a, _) in layout.shapes().items():
+        if a[0] > max_rank:
+            raise _fail(f"the adapter's rank is {a[0]} (module {module}), above {limit}")
+
+
+def read_adapter(path: str | Path) -> PeftAdapter:
+    """Read and validate a PEFT LoRA adapter directory: the header, then each tensor."""
+    layout = read_layout(path)
+    tensors = dict(_finite_tensors(path, layout))
+    modules = {m: (tensors[a], tensors[b]) for m, (a, b) in layout.modules.items()}
+    return PeftAdapter(layout.config, modules)
+
+
+def check_finite(path: str | Path, layout: AdapterLayout) -> None:
+    """Refuse NaN or infinite weights, holding one tensor in memory at a time."""
+    for _ in _finite_tensors(path, layout):
+        pass
+
+
+def _finite_tensors(path: str | Path, layout: AdapterLayout) -> Iterator[tuple[str, torch.Tensor]]:
+    import torch
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(Path(path) / ADAPTER_WEIGHTS), framework="pt") as f:
+            for key in layout.tensors:
+                tensor = f.get_tensor(key)
+                if not bool(torch.isfinite(tensor).all()):
+                    raise _fail(f"{ADAPTER_WEIGHTS}: tensor {key} is not finite (NaN or infinity)")
+                yield key, tensor
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise _fail(f"{ADAPTER_WEIGHTS} is corrupted or not safetensors: {e}") from None
 
 
 def write_adapter(out_dir: str | Path, adapter: PeftAdapter) -> None:
@@ -232,8 +324,9 @@ def base_weight_shapes(base_dir: str | Path) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def check_base(adapter: PeftAdapter, base_dir: str | Path) -> None:
-    """Refuse an adapter that does not fit the base model in `base_dir`, naming the module."""
+def check_base(adapter: AdapterLayout | PeftAdapter, base_dir: str | Path) -> None:
+    """Refuse an adapter that does not fit the base model in `base_dir`, naming the module
+    (from shapes only, so a layout is checked before its tensors are read)."""
     base_dir = Path(base_dir)
     try:
         config = json.loads((base_dir / "config.json").read_text())
@@ -243,7 +336,7 @@ def check_base(adapter: PeftAdapter, base_dir: str | Path) -> None:
     if arch not in _SUPPORTED_ARCHITECTURES:
         raise _fail(f"the base model's architecture {arch} does not take LoRA adapters here")
     shapes = base_weight_shapes(base_dir)
-    for module, (a, b) in adapter.modules.items():
+    for module, (a, b) in adapter.shapes().items():
         if module.rsplit(".", 1)[-1] not in SUPPORTED_TARGETS:
             raise _fail(
                 f"adapter module {module} is not supported: LoRA applies to "
@@ -258,10 +351,9 @@ def check_base(adapter: PeftAdapter, base_dir: str | Path) -> None:
                 param="base_model",
             )
         out_features, in_features = base
-        if a.shape[1] != in_features or b.shape[0] != out_features:
+        if a[1] != in_features or b[0] != out_features:
             raise _fail(
-                f"adapter module {module} has lora_A {tuple(a.shape)} and lora_B "
-                f"{tuple(b.shape)}, but the base model's {module}.weight is {tuple(base)} "
+                f"adapter module {module} has lora_A {a} and lora_B {b}, but the base model's {module}.weight is {tuple(base)} "
                 f"[out, in]: it was trained for another base model",
                 param="base_model",
             )

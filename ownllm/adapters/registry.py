@@ -13,6 +13,11 @@ Visibility: a tenant resolves and lists its own adapters and public ones;
 another tenant's adapter does not exist for it (None / 404). The `principal`
 arguments are duck-typed (`tenant_id`, `is_admin`, `can_see`) so this layer
 does not import the gateway.
+
+Validation reads the adapter's header first: rank against the engine's
+limit and shapes against the base before any tensor is read, then finiteness
+one tensor at a time; an optional storage quota is checked before the copy
+and again in the transaction that adds the row.
 """
 
 from __future__ import annotations
@@ -31,10 +36,17 @@ from typing import Any, Protocol
 from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 
-from ownllm.adapters.peft_format import ADAPTER_FILES, check_base, read_adapter
+from ownllm.adapters.peft_format import (
+    ADAPTER_FILES,
+    check_base,
+    check_finite,
+    check_rank,
+    read_layout,
+)
 from ownllm.errors import ConflictError, InvalidRequestError, NotFoundError
 from ownllm.store.blobs import DataDir
 from ownllm.store.db import Database
+from ownllm.store.quota import StorageQuota
 from ownllm.store.schema import Adapter
 
 SOURCES = ("trained", "imported", "composed", "checkpoint")
@@ -160,22 +172,33 @@ def register_adapter(
     metrics: dict[str, Any] | None = None,
     is_public: bool = False,
     base_dir: str | Path | None = None,
+    max_rank: int | None = None,
+    quota: StorageQuota | None = None,
 ) -> AdapterRecord:
     """Validate the PEFT directory `src_dir`, store an immutable copy and write its row.
 
-    With `base_dir` (the served base model's HF directory) the adapter's modules
-    and shapes are checked against it first. Raises AdapterFormatError (400) for
-    a bad adapter, ConflictError (409) when `name` is taken; nothing is left
-    behind on any failure.
+    From the header, before any tensor is read: the rank against `max_rank` (the
+    engine's limit) and, with `base_dir` (the served base model's HF directory),
+    the modules and shapes against the base; then the tensors one at a time.
+    Raises AdapterFormatError (400) for a bad adapter, ConflictError (409) when
+    the tenant already has an adapter `name`, InsufficientQuotaError (429) past
+    `quota`; nothing is left behind on any failure.
     """
     validate_name(name)
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
-    adapter = read_adapter(src_dir)
+    layout = read_layout(src_dir)
+    if max_rank is not None:
+        check_rank(layout, max_rank)
     if base_dir is not None:
-        check_base(adapter, base_dir)
+        check_base(layout, base_dir)
     if _name_taken(db, name):
         raise ConflictError(f"an adapter named {name!r} already exists", param="name")
+    size_bytes = sum((Path(src_dir) / file).stat().st_size for file in ADAPTER_FILES)
+    if quota is not None:
+        with db.session() as s:
+            quota.check(s, size_bytes)
+    check_finite(src_dir, layout)
     # milliseconds first, so ids (the tie-break of listings) sort in registration order
     adapter_id = f"adapter-{time.time_ns() // 1_000_000:011x}{uuid.uuid4().hex[:13]}"
     final = data_dir.adapters / adapter_id
@@ -196,8 +219,8 @@ def register_adapter(
         datasets=[dict(d) for d in datasets],
         hyperparameters=dict(hyperparameters or {}),
         metrics=dict(metrics or {}),
-        rank=adapter.rank,
-        target_modules=adapter.target_modules,
+        rank=layout.rank,
+        target_modules=layout.target_modules,
         size_bytes=size_bytes,
         sha256=sha256,
         path=data_dir.relative(final),
@@ -208,6 +231,8 @@ def register_adapter(
         with db.session() as s:
             s.add(row)
             s.flush()
+            if quota is not None:  # again, counting what was stored meanwhile
+                quota.check(s, size_bytes, stored=True)
             record = AdapterRecord.from_row(row)
     except IntegrityError:
         _remove_dir(data_dir, final)

@@ -141,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
                 args.path,
                 name=args.name,
                 base=_base(config, args.model),
+                max_rank=config.engine.max_lora_rank,
                 is_public=args.public,
             )
             print(table([record]))
@@ -155,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
                 density=args.density,
                 seed=args.seed,
                 majority_sign_method=args.majority_sign_method,
+                max_rank=config.engine.max_lora_rank,
                 is_public=args.public,
             )
             print(table([record]))

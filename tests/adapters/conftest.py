@@ -11,6 +11,7 @@ from ownllm.store.blobs import DataDir
 from ownllm.store.db import Database
 
 ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
+Q_PROJ = "model.layers.0.self_attn.q_proj"
 ALL = (*ATTN, "gate_proj", "up_proj", "down_proj")
 
 
@@ -46,6 +47,29 @@ def make_peft_adapter(
                 param.normal_(0.0, scale)
     peft_model.save_pretrained(out_dir)
     return Path(out_dir)
+
+
+def write_lora(out_dir: Path, r: int, *, module: str = Q_PROJ, fill: float = 0.0, **shapes) -> Path:
+    """A one-module PEFT adapter written without peft: A [r, in] and B [out, r] of `fill`
+    (zeros compress to almost nothing: the shape of an archive that amplifies)."""
+    import torch
+
+    from ownllm.adapters.peft_format import PeftAdapter, lora_config, write_adapter
+
+    a = torch.full((r, shapes.get("in_features", 64)), fill)
+    b = torch.full((shapes.get("out_features", 64), r), fill)
+    config = lora_config(r=r, lora_alpha=r, target_modules=[module.rsplit(".", 1)[-1]])
+    write_adapter(out_dir, PeftAdapter(config, {module: (a, b)}))
+    return Path(out_dir)
+
+
+def zip_dir(directory: Path, archive: Path) -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for file in sorted(directory.iterdir()):
+            zf.write(file, f"adapter/{file.name}")
+    return archive
 
 
 @pytest.fixture

@@ -101,7 +101,13 @@ def test_registered_composition_has_lineage_and_refuses_unknown(db, data_dir, ad
         for name, src in (("a", adapter_a), ("b", adapter_b))
     ]
     mix = compose_adapters(
-        db, data_dir, ALICE, name="mix", adapters=[("a", 0.7), (ids[1], -0.4)], method="cat"
+        db,
+        data_dir,
+        ALICE,
+        name="mix",
+        adapters=[("a", 0.7), (ids[1], -0.4)],
+        method="cat",
+        max_rank=64,
     )
     assert mix.source == "composed" and list(mix.parents) == ids
     assert mix.rank == 12 and mix.hyperparameters == {"method": "cat", "weights": [0.7, -0.4]}
@@ -109,16 +115,34 @@ def test_registered_composition_has_lineage_and_refuses_unknown(db, data_dir, ad
     before = files_under(data_dir.adapters)
     with pytest.raises(NotFoundError, match="no adapter 'nope'") as e:
         compose_adapters(
-            db, data_dir, ALICE, name="bad", adapters=[("a", 1), ("nope", 1)], method="cat"
+            db,
+            data_dir,
+            ALICE,
+            name="bad",
+            adapters=[("a", 1), ("nope", 1)],
+            method="cat",
+            max_rank=64,
         )
     assert e.value.param == "adapters[1].id"
     with pytest.raises(NotFoundError):  # another tenant's adapter is as unknown
         compose_adapters(
-            db, data_dir, Principal("bob"), name="bad", adapters=[("a", 1)], method="cat"
+            db,
+            data_dir,
+            Principal("bob"),
+            name="bad",
+            adapters=[("a", 1)],
+            method="cat",
+            max_rank=64,
         )
     with pytest.raises(InvalidRequestError, match="rank"):
         compose_adapters(
-            db, data_dir, ALICE, name="bad", adapters=[("a", 1), ("b", 1)], method="linear"
+            db,
+            data_dir,
+            ALICE,
+            name="bad",
+            adapters=[("a", 1), ("b", 1)],
+            method="linear",
+            max_rank=64,
         )
     with db.session() as s:
         assert s.scalar(select(func.count()).select_from(Adapter)) == 3

@@ -8,8 +8,16 @@ import shutil
 import pytest
 import torch
 
-from ownllm.adapters.peft_format import AdapterFormatError, check_base, read_adapter
-from tests.adapters.conftest import make_peft_adapter
+from ownllm.adapters import peft_format
+from ownllm.adapters.peft_format import (
+    AdapterFormatError,
+    check_base,
+    check_finite,
+    check_rank,
+    read_adapter,
+    read_layout,
+)
+from tests.adapters.conftest import Q_PROJ, make_peft_adapter, write_lora
 from tests.tiny import make_tiny_model
 
 
@@ -81,3 +89,48 @@ def test_missing_half_and_pickles_are_refused(adapter_a, tmp_path):
     torch.save({}, pickled / "adapter_model.bin")
     with pytest.raises(AdapterFormatError, match="pickle"):
         read_adapter(pickled)
+
+
+def no_tensor_reads(monkeypatch):
+    def refuse(*_):
+        raise AssertionError("a tensor was read")
+
+    monkeypatch.setattr(peft_format, "_finite_tensors", refuse)
+
+
+def test_rank_and_shapes_are_refused_from_the_header(tmp_path, tiny_model_dir, monkeypatch):
+    big = write_lora(tmp_path / "big", 20000)
+    wide = write_lora(tmp_path / "wide", 4, in_features=96)
+    no_tensor_reads(monkeypatch)
+    layout = read_layout(big)
+    assert layout.rank == 20000 and layout.shapes()[Q_PROJ] == ((20000, 64), (64, 20000))
+    with pytest.raises(
+        AdapterFormatError, match=r"rank is 20000 \(adapter_config.json r\), above .* limit of 64"
+    ):
+        check_rank(layout, 64)
+    layout.config["r"] = 4  # a config that understates the rank: the shapes tell
+    with pytest.raises(
+        AdapterFormatError, match=r"rank is 20000 \(module .*q_proj\), above .* limit of 64"
+    ):
+        check_rank(layout, 64)
+    with pytest.raises(AdapterFormatError, match=r"q_proj has lora_A \(4, 96\)") as e:
+        check_base(read_layout(wide), tiny_model_dir)
+    assert e.value.param == "base_model"
+
+
+def test_nan_and_integer_weights_are_refused(tmp_path):
+    nan = write_lora(tmp_path / "nan", 4, fill=float("nan"))
+    with pytest.raises(AdapterFormatError, match="not finite"):
+        check_finite(nan, read_layout(nan))
+    with pytest.raises(AdapterFormatError, match="not finite"):
+        read_adapter(nan)
+    from safetensors.torch import save_file
+
+    ints = write_lora(tmp_path / "ints", 4)
+    tensors = {
+        f"base_model.model.{Q_PROJ}.lora_A.weight": torch.zeros(4, 64, dtype=torch.int32),
+        f"base_model.model.{Q_PROJ}.lora_B.weight": torch.zeros(64, 4),
+    }
+    save_file(tensors, str(ints / "adapter_model.safetensors"))
+    with pytest.raises(AdapterFormatError, match="I32, not floating point"):
+        read_layout(ints)

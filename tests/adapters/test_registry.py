@@ -9,11 +9,12 @@ import pytest
 from sqlalchemy import func, select
 
 from ownllm.adapters import registry
-from ownllm.adapters.peft_format import AdapterFormatError
-from ownllm.errors import ConflictError, NotFoundError
+from ownllm.adapters.peft_format import ADAPTER_FILES, AdapterFormatError
+from ownllm.errors import ConflictError, InsufficientQuotaError, NotFoundError
 from ownllm.gateway.principal import Principal
+from ownllm.store.quota import StorageQuota
 from ownllm.store.schema import Adapter
-from tests.adapters.conftest import files_under
+from tests.adapters.conftest import files_under, write_lora
 from tests.tiny import make_tiny_model
 
 ALICE = Principal(tenant_id="alice")
@@ -137,3 +138,53 @@ def test_sweep_removes_only_old_orphans(db, data_dir, adapter_a):
     os.utime(old, (time.time() - 7200, time.time() - 7200))
     assert registry.sweep_orphans(db, data_dir) == ["adapter-old"]
     assert {p.name for p in data_dir.adapters.iterdir()} == {"adapter-fresh", kept.id}
+
+
+def test_rank_past_the_engine_limit_is_refused_before_any_copy(db, data_dir, tmp_path):
+    big = write_lora(tmp_path / "big", 20000)
+    with pytest.raises(AdapterFormatError, match="rank is 20000") as e:
+        register(db, data_dir, big, "big", max_rank=64)
+    assert "limit of 64" in e.value.message
+    nan = write_lora(tmp_path / "nan", 4, fill=float("nan"))
+    with pytest.raises(AdapterFormatError, match="not finite"):
+        register(db, data_dir, nan, "nan", max_rank=64)
+    assert num_rows(db) == 0
+    assert files_under(data_dir.adapters) == [] and files_under(data_dir.tmp) == []
+
+
+def test_storage_quota_refuses_with_the_figures(db, data_dir, adapter_a):
+    size = sum((adapter_a / f).stat().st_size for f in ADAPTER_FILES)
+    quota = StorageQuota("alice", 2 * size)
+    register(db, data_dir, adapter_a, "one", quota=quota)
+    register(db, data_dir, adapter_a, "two", quota=quota)  # exactly at the limit
+    before = files_under(data_dir.adapters)
+    with pytest.raises(InsufficientQuotaError) as e:
+        register(db, data_dir, adapter_a, "three", quota=quota)
+    assert e.value.status_code == 429 and e.value.code == "insufficient_quota"
+    for figure in (2 * size, size):  # used, requested, limit
+        assert f"{figure:,} bytes" in e.value.message
+    assert "MiB" in e.value.message and "store.tenant_quota_bytes" in e.value.message
+    register(db, data_dir, adapter_a, "bobs", tenant="bob", quota=StorageQuota("bob", size))
+    assert num_rows(db) == 3 and len(before) + 2 == len(files_under(data_dir.adapters))
+    assert files_under(data_dir.tmp) == []
+
+
+def test_quota_is_checked_again_with_the_row(db, data_dir, adapter_a, monkeypatch):
+    """A write that passed the first check but lost a race is undone by the second."""
+    size = sum((adapter_a / f).stat().st_size for f in ADAPTER_FILES)
+    quota = StorageQuota("alice", size)
+    checks = []
+    real = StorageQuota.check
+
+    def racing(self, session, requested, *, stored=False):
+        checks.append(stored)
+        if not stored:
+            return None  # as if the tenant's other upload had not landed yet
+        return real(self, session, requested, stored=stored)
+
+    register(db, data_dir, adapter_a, "first", quota=quota)
+    monkeypatch.setattr(StorageQuota, "check", racing)
+    with pytest.raises(InsufficientQuotaError):
+        register(db, data_dir, adapter_a, "second", quota=quota)
+    assert checks == [False, True] and num_rows(db) == 1
+    assert len(list(data_dir.adapters.iterdir())) == 1 and files_under(data_dir.tmp) == []

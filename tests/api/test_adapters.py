@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -13,8 +14,8 @@ from sqlalchemy import func, select
 
 from ownllm.api.app import create_app
 from ownllm.models.cache import PreparedModel
-from ownllm.store.schema import Adapter
-from tests.adapters.conftest import files_under, make_peft_adapter
+from ownllm.store.schema import Adapter, File
+from tests.adapters.conftest import files_under, make_peft_adapter, write_lora, zip_dir
 from tests.tenants import gateway_state
 from tests.tiny import make_tiny_model
 
@@ -281,3 +282,66 @@ async def test_only_the_admin_publishes_to_every_tenant(api, archives):
     for headers in (tenants.a.headers, tenants.b.headers):
         assert (await client.get("/v1/adapters/pub", headers=headers)).status_code == 200
     assert_openai_error(await client.delete("/v1/adapters/pub", headers=tenants.b.headers), 404)
+
+
+async def test_an_amplifying_zip_is_refused_at_import(api, tmp_path):
+    """A zip of a few KB that unpacks to a 10 MB rank-20000 adapter: 400 from its header."""
+    archive = zip_dir(write_lora(tmp_path / "big", 20000), tmp_path / "big.zip")
+    assert archive.stat().st_size < 100_000
+    client, tenants, state = api
+    refused = await upload(
+        client, tenants.a.headers, "big", archive.read_bytes(), filename="big.zip"
+    )
+    assert_openai_error(refused, 400, text="rank is 20000")
+    assert "limit of 64 (setting engine.max_lora_rank)" in refused.json()["error"]["message"]
+    assert rows(state) == 0
+    assert files_under(state.data_dir.adapters) == [] and files_under(state.data_dir.tmp) == []
+
+
+def set_quota(state, limit: int) -> None:
+    state.config = replace(
+        state.config, store=replace(state.config.store, tenant_quota_bytes=limit)
+    )
+
+
+async def upload_file(client, headers, data: bytes):
+    files = {"file": ("data.jsonl", data, "application/octet-stream")}
+    return await client.post(
+        "/v1/files", headers=headers, files=files, data={"purpose": "user_data"}
+    )
+
+
+def file_rows(state) -> int:
+    with state.db.session() as s:
+        return s.scalar(select(func.count()).select_from(File))
+
+
+async def test_storage_quota_covers_files_and_adapters(api, archives):
+    client, tenants, state = api
+    a, b = tenants.a.headers, tenants.b.headers
+    first = await upload(client, a, "one", archives["r4"])
+    size = first.json()["size_bytes"]
+    limit = 2 * size + 1000
+    set_quota(state, limit)
+
+    streamed = await upload_file(client, a, b"x" * (limit - size + 1))  # stops at the limit
+    assert_openai_error(streamed, 429, text=f"{size:,} bytes ({size / (1 << 20):.2f} MiB) used")
+    error = streamed.json()["error"]
+    assert error["code"] == "insufficient_quota" and error["type"] == "insufficient_quota"
+    assert f"limit {limit:,} bytes" in error["message"]
+    assert file_rows(state) == 0 and files_under(state.data_dir.files) == []
+    assert (await upload_file(client, a, b"x" * 1000)).status_code == 200
+    assert (await upload(client, a, "two", archives["r4"])).status_code == 200  # at the limit
+
+    third = await upload(client, a, "three", archives["r4"])
+    assert_openai_error(third, 429, text=f"{limit:,} bytes (")
+    assert f"{size:,} bytes" in third.json()["error"]["message"]  # requested
+    assert rows(state) == 2 and len(list(state.data_dir.adapters.iterdir())) == 2
+    assert files_under(state.data_dir.tmp) == []
+    # another tenant has its own quota; the admin has none
+    assert (await upload(client, b, "b-one", archives["r4"])).status_code == 200
+    admin = tenants.admin_headers
+    assert (await upload_file(client, admin, b"x" * (limit + 1))).status_code == 200
+    # deleting frees the space
+    assert (await client.delete("/v1/adapters/two", headers=a)).status_code == 200
+    assert (await upload(client, a, "three", archives["r4"])).status_code == 200

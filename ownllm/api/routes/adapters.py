@@ -2,6 +2,8 @@
 
 The same operations as `ownllm adapters …`, for automation; every route needs
 the `adapters` scope and sees only the caller's own and public adapters.
+Imports and compositions are refused past the engine's LoRA rank limit
+(400) and past the tenant's storage quota (429 `insufficient_quota`).
 
     GET    /v1/adapters                   list
     GET    /v1/adapters/{adapter}         show (by name or id)
@@ -44,6 +46,7 @@ from ownllm.api.state import AppState, get_state
 from ownllm.errors import InvalidRequestError, ModelNotFoundError, PayloadTooLargeError, ServerError
 from ownllm.gateway.auth import require_scope
 from ownllm.gateway.principal import Principal
+from ownllm.store.quota import StorageQuota, storage_quota
 
 router = APIRouter(prefix="/v1", tags=["adapters"])
 MAX_UPLOAD_BYTES = 2 << 30
@@ -76,6 +79,10 @@ def _require_db(state: AppState) -> None:
 
 def _base(state: AppState) -> BaseModel:
     return BaseModel(id=state.model_id, path=state.model.path, sha256=state.model.weights_sha256)
+
+
+def _quota(state: AppState, principal: Principal) -> StorageQuota | None:
+    return storage_quota(principal, state.config.store.tenant_quota_bytes)
 
 
 def adapter_models(state: AppState, principal: Principal) -> list[dict]:
@@ -141,6 +148,8 @@ async def import_adapter_route(
             archive,
             name=name,
             base=_base(state),
+            max_rank=state.config.engine.max_lora_rank,
+            quota=_quota(state, principal),
             is_public=is_public,
         )
     finally:
@@ -166,6 +175,8 @@ async def compose_route(
             density=body.density,
             seed=body.seed,
             majority_sign_method=body.majority_sign_method,
+            max_rank=state.config.engine.max_lora_rank,
+            quota=_quota(state, principal),
             is_public=body.is_public,
         )
     )
