@@ -9,6 +9,13 @@ half-copied directory is ever visible. Because the row is the registration,
 any process sharing the database and data dir (CLI, worker, another server)
 sees a new adapter at once.
 
+Ids and names are separate namespaces. Ids are `adapter-` and hex digits,
+and no name may take that form, so an id always means that adapter. Names
+are unique per tenant: a reference that is not an id means the caller's own
+adapter of that name, else the oldest public one, else (the admin only) the
+one adapter of that name in any tenant. So tenants cannot shadow each
+other's adapters, and a 409 says only that the caller itself used a name.
+
 Visibility: a tenant resolves and lists its own adapters and public ones;
 another tenant's adapter does not exist for it (None / 404). The `principal`
 arguments are duck-typed (`tenant_id`, `is_admin`, `can_see`) so this layer
@@ -35,6 +42,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from ownllm.adapters.peft_format import (
     ADAPTER_FILES,
@@ -50,7 +58,9 @@ from ownllm.store.quota import StorageQuota
 from ownllm.store.schema import Adapter
 
 SOURCES = ("trained", "imported", "composed", "checkpoint")
+ID_PREFIX = "adapter-"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+/-]{0,511}$")
+_ID = re.compile(r"^adapter-[0-9a-f]+$", re.IGNORECASE)
 
 
 class Viewer(Protocol):
@@ -141,6 +151,11 @@ def content_sha256(directory: Path) -> str:
     return digest.hexdigest()
 
 
+def is_adapter_id(ref: str) -> bool:
+    """True for the id form (`adapter-` and hex digits), which no name may take."""
+    return bool(_ID.match(ref))
+
+
 def validate_name(name: str) -> str:
     if not isinstance(name, str) or not _NAME.match(name):
         raise InvalidRequestError(
@@ -148,12 +163,25 @@ def validate_name(name: str) -> str:
             "starting with a letter or digit",
             param="name",
         )
+    if is_adapter_id(name):
+        raise InvalidRequestError(
+            f"invalid adapter name {name!r}: '{ID_PREFIX}' and hex digits is the form of "
+            "adapter ids; choose another name",
+            param="name",
+        )
     return name
 
 
-def _name_taken(db: Database, name: str) -> bool:
+def _name_taken(db: Database, tenant_id: str, name: str) -> bool:
+    return own_adapter(db, tenant_id, name) is not None
+
+
+def own_adapter(db: Database, tenant_id: str, name: str) -> AdapterRecord | None:
+    """The tenant's own adapter named `name` (names are unique per tenant), or None."""
+    query = select(Adapter).where(Adapter.tenant_id == tenant_id, Adapter.name == name)
     with db.session() as s:
-        return s.scalar(select(Adapter.id).where(Adapter.name == name)) is not None
+        row = s.scalars(query).first()
+        return AdapterRecord.from_row(row) if row is not None else None
 
 
 def register_adapter(
@@ -192,8 +220,8 @@ def register_adapter(
         check_rank(layout, max_rank)
     if base_dir is not None:
         check_base(layout, base_dir)
-    if _name_taken(db, name):
-        raise ConflictError(f"an adapter named {name!r} already exists", param="name")
+    if _name_taken(db, tenant_id, name):
+        raise ConflictError(f"you already have an adapter named {name!r}", param="name")
     size_bytes = sum((Path(src_dir) / file).stat().st_size for file in ADAPTER_FILES)
     if quota is not None:
         with db.session() as s:
@@ -236,7 +264,7 @@ def register_adapter(
             record = AdapterRecord.from_row(row)
     except IntegrityError:
         _remove_dir(data_dir, final)
-        raise ConflictError(f"an adapter named {name!r} already exists", param="name") from None
+        raise ConflictError(f"you already have an adapter named {name!r}", param="name") from None
     except BaseException:
         _remove_dir(data_dir, final)
         raise
@@ -255,20 +283,61 @@ def _remove_dir(data_dir: DataDir, directory: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def _lookup(db: Database, ref: str) -> AdapterRecord | None:
-    with db.session() as s:
-        row = s.scalars(select(Adapter).where(or_(Adapter.name == ref, Adapter.id == ref))).first()
-        return AdapterRecord.from_row(row) if row is not None else None
+def _find(session: Session, viewer: Viewer, ref: str) -> Adapter | None:
+    """The adapter `ref` (an id, or a name) means for the viewer, if it may see one."""
+    if is_adapter_id(ref):
+        row = session.get(Adapter, ref)
+        return row if row is not None and viewer.can_see(row.tenant_id, row.is_public) else None
+    query = select(Adapter).where(Adapter.name == ref)
+    if not viewer.is_admin:
+        query = query.where(or_(Adapter.tenant_id == viewer.tenant_id, Adapter.is_public))
+    return pick_named(list(session.scalars(query)), viewer, ref)
+
+
+def pick_named(candidates: list, viewer: Viewer, name: str):
+    """Of the adapters (rows or records) named `name` the viewer may see, the one the name
+    means: its own, else the oldest public one, else for the admin the only one; None if
+    none. An admin's name shared by several other tenants is ambiguous (400)."""
+    own = [c for c in candidates if c.tenant_id == viewer.tenant_id]
+    if own:
+        return own[0]
+    public = sorted((c for c in candidates if c.is_public), key=lambda c: (c.created_at, c.id))
+    if public:
+        return public[0]
+    if len(candidates) > 1:
+        tenants = ", ".join(sorted({c.tenant_id for c in candidates}))
+        raise InvalidRequestError(
+            f"adapter name {name!r} is used by tenants {tenants}: name the adapter by its id"
+        )
+    return candidates[0] if candidates else None
+
+
+def model_names(records: Sequence[AdapterRecord], viewer: Viewer) -> dict[str, str]:
+    """Adapter id -> what the viewer sends to use it: its name where the name means it for
+    the viewer, else its id (`records` is `list_adapters` for the viewer)."""
+    by_name: dict[str, list[AdapterRecord]] = {}
+    for record in records:
+        by_name.setdefault(record.name, []).append(record)
+    names = {}
+    for name, group in by_name.items():
+        try:
+            meant = pick_named(group, viewer, name)
+        except InvalidRequestError:  # shared by several tenants: only ids are unambiguous
+            meant = None
+        names.update({r.id: name if r is meant else r.id for r in group})
+    return names
 
 
 def resolve_model(
     db: Database, principal: Viewer, name: str, base_sha256: str | None = None
 ) -> AdapterRecord | None:
-    """The adapter named `name` (its model name such as `ft:…`, or its id) if the
-    principal may use it; None for unknown names and other tenants' private adapters,
+    """The adapter `name` (an id, or a name such as `ft:…`) means for the principal (see
+    the module docstring); None for unknown names and other tenants' private adapters,
     and, given `base_sha256` (the served base's weights), for adapters of another base."""
-    record = _lookup(db, name)
-    if record is None or not principal.can_see(record.tenant_id, record.is_public):
+    with db.session() as s:
+        row = _find(s, principal, name)
+        record = AdapterRecord.from_row(row) if row is not None else None
+    if record is None:
         return None
     if base_sha256 is not None and record.base_sha256 != base_sha256:
         return None
@@ -303,7 +372,7 @@ def delete_adapter(db: Database, data_dir: DataDir, principal: Viewer, ref: str)
     the returned adapter from a running engine.
     """
     with db.session() as s:
-        row = s.scalars(select(Adapter).where(or_(Adapter.name == ref, Adapter.id == ref))).first()
+        row = _find(s, principal, ref)
         if row is None or not (principal.is_admin or row.tenant_id == principal.tenant_id):
             raise NotFoundError(f"no adapter {ref!r}", param="adapter")
         record = AdapterRecord.from_row(row)

@@ -25,6 +25,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -138,8 +139,10 @@ class JobCheckpoint(Base):
 
 class Adapter(Base):
     __tablename__ = "adapters"
+    # names are unique per tenant, and ids (adapter-<hex>) are a namespace of their own
+    __table_args__ = (UniqueConstraint("tenant_id", "name", name="uq_adapters_tenant_id_name"),)
     id: Mapped[str] = mapped_column(String(64), primary_key=True)  # adapter-…
-    name: Mapped[str] = mapped_column(String(512), unique=True)  # the model id clients use
+    name: Mapped[str] = mapped_column(String(512), index=True)  # the model id clients use
     tenant_id: Mapped[str] = mapped_column(String(64), index=True)
     base_model: Mapped[str] = mapped_column(String(256))
     base_sha256: Mapped[str] = mapped_column(String(64))

@@ -356,9 +356,10 @@ class Publisher:
             with w.data_dir.atomic_dir(final) as tmp:
                 save_state(state, tmp / "state.pt")
         name = f"{self.name}:ckpt-step-{step}"
-        from ownllm.adapters.registry import resolve_model
+        from ownllm.adapters.registry import own_adapter
 
-        record = resolve_model(w.db, ADMIN, name) or self._register(
+        # the job's tenant's own name: another tenant's adapter of that name is not this one
+        record = own_adapter(w.db, self.job.tenant_id, name) or self._register(
             state["lora"], name, "checkpoint", _public_metrics(metrics)
         )
         jobs.add_checkpoint(w.db, self.job.id, step, name, record.id, _public_metrics(metrics))

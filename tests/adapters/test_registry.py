@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from ownllm.adapters import registry
 from ownllm.adapters.peft_format import ADAPTER_FILES, AdapterFormatError
-from ownllm.errors import ConflictError, InsufficientQuotaError, NotFoundError
+from ownllm.errors import ConflictError, InsufficientQuotaError, InvalidRequestError, NotFoundError
 from ownllm.gateway.principal import Principal
 from ownllm.store.quota import StorageQuota
 from ownllm.store.schema import Adapter
@@ -19,6 +19,7 @@ from tests.tiny import make_tiny_model
 
 ALICE = Principal(tenant_id="alice")
 BOB = Principal(tenant_id="bob")
+ADMIN = Principal(tenant_id="default", is_admin=True)
 
 
 def register(db, data_dir, src, name, tenant="alice", **kwargs):
@@ -138,6 +139,45 @@ def test_sweep_removes_only_old_orphans(db, data_dir, adapter_a):
     os.utime(old, (time.time() - 7200, time.time() - 7200))
     assert registry.sweep_orphans(db, data_dir) == ["adapter-old"]
     assert {p.name for p in data_dir.adapters.iterdir()} == {"adapter-fresh", kept.id}
+
+
+def test_a_name_cannot_take_the_id_form(db, data_dir, adapter_a):
+    bobs = register(db, data_dir, adapter_a, "tone", tenant="bob")
+    for squat in (bobs.id, "adapter-0123abcd", "ADAPTER-FF"):
+        with pytest.raises(InvalidRequestError, match="form of adapter ids") as e:
+            register(db, data_dir, adapter_a, squat)
+        assert e.value.param == "name"
+    assert registry.resolve_model(db, BOB, bobs.id) == bobs
+    assert registry.resolve_model(db, ADMIN, bobs.id) == bobs
+    assert num_rows(db) == 1
+
+
+def test_names_are_per_tenant_and_resolve_to_the_callers_own(db, data_dir, adapter_a, adapter_b):
+    alices = register(db, data_dir, adapter_a, "tone")
+    bobs = register(db, data_dir, adapter_b, "tone", tenant="bob")
+    with pytest.raises(ConflictError, match="you already have"):
+        register(db, data_dir, adapter_a, "tone", tenant="bob")
+    assert registry.resolve_model(db, ALICE, "tone") == alices
+    assert registry.resolve_model(db, BOB, "tone") == bobs
+    assert registry.resolve_model(db, ALICE, bobs.id) is None
+    # a public adapter of that name does not shadow a tenant's own, and serves the rest
+    shared = register(db, data_dir, adapter_a, "tone", tenant="default", is_public=True)
+    carol = Principal(tenant_id="carol")
+    assert registry.resolve_model(db, BOB, "tone") == bobs
+    assert registry.resolve_model(db, carol, "tone") == shared
+    # the admin: its own tenant's name, else one name of one tenant; else ids only
+    assert registry.resolve_model(db, ADMIN, "tone") == shared
+    registry.delete_adapter(db, data_dir, ADMIN, shared.id)
+    with pytest.raises(InvalidRequestError, match="alice, bob: name the adapter by its id"):
+        registry.get_adapter(db, ADMIN, "tone")
+    assert registry.resolve_model(db, ADMIN, alices.id) == alices
+    # what /v1/models lists resolves back to the adapter listed
+    listed = registry.list_adapters(db, ADMIN)
+    assert registry.model_names(listed, ADMIN) == {alices.id: alices.id, bobs.id: bobs.id}
+    assert registry.model_names(registry.list_adapters(db, BOB), BOB) == {bobs.id: "tone"}
+    registry.delete_adapter(db, data_dir, BOB, "tone")
+    assert registry.resolve_model(db, ALICE, "tone") == alices
+    assert registry.get_adapter(db, ADMIN, "tone") == alices
 
 
 def test_rank_past_the_engine_limit_is_refused_before_any_copy(db, data_dir, tmp_path):

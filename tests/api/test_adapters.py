@@ -345,3 +345,34 @@ async def test_storage_quota_covers_files_and_adapters(api, archives):
     # deleting frees the space
     assert (await client.delete("/v1/adapters/two", headers=a)).status_code == 200
     assert (await upload(client, a, "three", archives["r4"])).status_code == 200
+
+
+async def test_names_cannot_squat_ids_and_are_per_tenant(api, archives):
+    client, tenants, state = api
+    a, b, admin = tenants.a.headers, tenants.b.headers, tenants.admin_headers
+    bobs = (await upload(client, b, "tone", archives["r4"])).json()
+    squat = await upload(client, a, bobs["id"], archives["r8"])
+    assert_openai_error(squat, 400, "name", "form of adapter ids")
+    alices = (await upload(client, a, "tone", archives["r8"])).json()  # no 409: B's name
+    assert alices["owned_by"] == "acme" and alices["id"] != bobs["id"]
+    assert_openai_error(await upload(client, a, "tone", archives["r4"]), 409, "name")
+
+    for headers, mine in ((a, alices), (b, bobs)):
+        for ref in ("tone", mine["id"]):
+            shown = await client.get(f"/v1/adapters/{ref}", headers=headers)
+            assert shown.status_code == 200 and shown.json()["id"] == mine["id"]
+        models = {
+            m["id"]: m for m in (await client.get("/v1/models", headers=headers)).json()["data"]
+        }
+        assert models["tone"]["adapter_id"] == mine["id"]
+    assert_openai_error(await client.get(f"/v1/adapters/{bobs['id']}", headers=a), 404)
+    by_id = await client.get(f"/v1/adapters/{bobs['id']}", headers=admin)
+    assert by_id.json()["owned_by"] == "globex"
+    ambiguous = await client.get("/v1/adapters/tone", headers=admin)
+    assert_openai_error(ambiguous, 400, text="name the adapter by its id")
+    listed = {m["id"] for m in (await client.get("/v1/models", headers=admin)).json()["data"]}
+    assert {alices["id"], bobs["id"]} <= listed and "tone" not in listed
+
+    assert (await client.delete("/v1/adapters/tone", headers=a)).status_code == 200
+    assert (await client.get("/v1/adapters/tone", headers=b)).json()["id"] == bobs["id"]
+    assert (await client.get("/v1/adapters/tone", headers=admin)).json()["id"] == bobs["id"]

@@ -2,8 +2,9 @@
 
 The same operations as `ownllm adapters …`, for automation; every route needs
 the `adapters` scope and sees only the caller's own and public adapters.
-Imports and compositions are refused past the engine's LoRA rank limit
-(400) and past the tenant's storage quota (429 `insufficient_quota`).
+`{adapter}` is an id (`adapter-…`) or one of the caller's names. Imports and
+compositions are refused past the engine's LoRA rank limit (400) and past
+the tenant's storage quota (429 `insufficient_quota`).
 
     GET    /v1/adapters                   list
     GET    /v1/adapters/{adapter}         show (by name or id)
@@ -86,12 +87,15 @@ def _quota(state: AppState, principal: Principal) -> StorageQuota | None:
 
 
 def adapter_models(state: AppState, principal: Principal) -> list[dict]:
-    """The principal's adapters of the served base model as OpenAI model objects."""
+    """The principal's adapters of the served base model as OpenAI model objects, each
+    named so that the name resolves back to it (its id where its name means another)."""
     if state.db is None or state.model is None:
         return []
+    records = registry.list_adapters(state.db, principal)
+    names = registry.model_names(records, principal)
     return [
         {
-            "id": r.name,
+            "id": names[r.id],
             "object": "model",
             "created": r.created_at,
             "owned_by": r.tenant_id,
@@ -99,7 +103,7 @@ def adapter_models(state: AppState, principal: Principal) -> list[dict]:
             "parent": state.model_id,
             "adapter_id": r.id,
         }
-        for r in registry.list_adapters(state.db, principal)
+        for r in records
         if r.base_sha256 == state.model.weights_sha256
     ]
 
