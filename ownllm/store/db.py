@@ -2,11 +2,14 @@
 
 `Database.open(url)` creates the engine (SQLite with WAL and a busy timeout
 so a server and a worker process can share the file; PostgreSQL through
-psycopg 3) and upgrades the schema to the newest Alembic revision.
+psycopg 3) and upgrades the schema to the newest Alembic revision. Alembic's
+own INFO lines (plugin setup, "Context impl") are kept out of the log: the
+migrations actually applied get one line, and errors still raise.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +21,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+log = logging.getLogger(__name__)
 
 
 class DatabaseError(RuntimeError):
@@ -48,14 +53,34 @@ def make_engine(url: str) -> Engine:
 
 def upgrade(engine: Engine) -> None:
     """Bring the schema to the newest revision (idempotent, safe at every start)."""
+    _quiet_alembic()  # before the import: alembic logs its plugin setup at import time
     from alembic import command
     from alembic.config import Config as AlembicConfig
 
+    applied: list[tuple[str, str]] = []  # (revision, its message)
+
+    def on_version_apply(step, **_) -> None:
+        if step.is_upgrade and step.up_revision is not None:
+            applied.append((step.up_revision_id, step.up_revision.doc))
+
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["on_version_apply"] = on_version_apply  # read by migrations/env.py
     with engine.begin() as connection:
         cfg.attributes["connection"] = connection
         command.upgrade(cfg, "head")
+    if applied:  # one line, however many: a new database gets them all
+        (first, _), (last, doc) = applied[0], applied[-1]
+        which = f"migration {last}" if first == last else f"migrations {first} to {last}"
+        log.info("database %s: applied %s (%s)", engine.url, which, doc)  # url: password hidden
+
+
+def _quiet_alembic() -> None:
+    """Alembic's INFO lines say nothing an operator needs; its warnings still show. A level
+    set on the `alembic` logger elsewhere (alembic.ini, the caller) wins, and so does DEBUG."""
+    logger = logging.getLogger("alembic")
+    if logger.level == logging.NOTSET and not logger.isEnabledFor(logging.DEBUG):
+        logger.setLevel(logging.WARNING)
 
 
 class Database:

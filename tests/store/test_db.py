@@ -1,3 +1,4 @@
+import logging
 import time
 
 import pytest
@@ -59,3 +60,15 @@ def test_unreachable_database_is_one_clear_line():
     message = str(info.value)
     assert "cannot open database" in message and "secret" not in message
     assert "\n" not in message
+
+
+def test_migrating_says_one_line_and_alembic_says_nothing(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    url = f"sqlite:///{tmp_path / 'ownllm.db'}"
+    Database.open(url).close()
+    assert [r.name for r in caplog.records] == ["ownllm.store.db"], caplog.text
+    assert f"database {url}: applied migration" in caplog.records[0].getMessage()
+    assert "0001" in caplog.records[0].getMessage()
+    caplog.clear()
+    Database.open(url).close()
+    assert caplog.records == []  # nothing applied, nothing said
