@@ -36,6 +36,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import time
 from functools import cache
 from pathlib import Path
 
@@ -47,6 +48,13 @@ SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.c"
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
 _SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}
 _P, _I64, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
+# what the library's `decode_path` answers, as the startup log names it
+_DECODE_PATHS = {
+    3: "C (AVX-512 decode attention, AVX512-BF16)",
+    2: "C (AVX-512 decode attention)",
+    1: "C (portable loops, AVX2)",
+    0: "C (portable loops)",
+}
 
 
 def cache_dir() -> Path:
@@ -89,6 +97,7 @@ def build(directory: Path | None = None, extra_flags: list[str] | None = None) -
     directory.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, suffix=".so.tmp")
     os.close(fd)
+    start = time.perf_counter()
     try:
         done = subprocess.run(
             [compiler, *flags, "-o", tmp, str(SOURCE)], capture_output=True, text=True
@@ -99,6 +108,7 @@ def build(directory: Path | None = None, extra_flags: list[str] | None = None) -
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    log.info("compiled the C kernels in %.1fs into %s", time.perf_counter() - start, target)
     return target
 
 
@@ -124,6 +134,14 @@ class CpuKernels:
         self._lora.argtypes = [_P, _I64, _P, _I64, _P, _I64, _P, _P, _I64, _I64, _I64, _I]
         self._lora.restype = None
         self.max_query_group = library.max_query_group()
+        self._decode_path = library.decode_path
+        self._decode_path.argtypes = [_I, _I, _I]
+
+    def path(self, head_dim: int, query_group: int) -> str:
+        """Which decode-attention loop the compiled library runs for this shape (its #ifdefs
+        and shape checks answer), e.g. "C (AVX-512 decode attention)"."""
+        code = self._decode_path(head_dim, query_group, int(self.dtype == torch.bfloat16))
+        return _DECODE_PATHS[code]
 
     def lora(
         self,

@@ -10,6 +10,7 @@ touched by that thread.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict, deque
@@ -38,6 +39,8 @@ from ownllm.errors import (
     OverloadedError,
 )
 
+log = logging.getLogger("ownllm.engine")
+
 MAX_STACKED_ADAPTERS = 4
 CPU_KV_CACHE_BYTES = 2 << 30  # default KV cache on CPU when kv_cache_tokens is 0
 
@@ -61,6 +64,7 @@ class LLMEngine:
         adapter_resolver: Callable[[str], str | None] | None = None,
         tokenizer=None,
     ) -> None:
+        start = time.perf_counter()
         if config.threads:
             torch.set_num_threads(config.threads)
         self.config = config
@@ -109,6 +113,38 @@ class LLMEngine:
         self._token_texts = _token_texts(tokenizer)
         self.num_generated_tokens = 0
         self.busy_seconds = 0.0
+        self._log_startup(kernels, time.perf_counter() - start)
+
+    def _log_startup(self, kernels, seconds: float) -> None:
+        """Two lines for the operator: how the model computes, and how much it can hold."""
+        args, cfg = self.args, self.config
+        if kernels is not None:
+            path = kernels.path(args.head_dim, args.num_heads // args.num_kv_heads)
+        else:
+            path = "torch" if cfg.cpu_kernels else "torch (engine.cpu_kernels = false)"
+        dtype = str(self.dtype).removeprefix("torch.")
+        device = str(self.device)
+        if self.device.type == "cuda":
+            device += f" ({torch.cuda.get_device_name(self.device)})"
+        threads = torch.get_num_threads()
+        log.info(
+            "built in %.1fs: dtype %s, device %s, %d threads, kernels %s",
+            seconds,
+            dtype,
+            device,
+            threads,
+            path,
+        )
+        kv = self.runner.kv_caches
+        log.info(
+            "KV cache %d tokens (%d blocks of %d, %.1f MiB), max_model_len %d, max_num_seqs %d",
+            self.block_manager.num_blocks * cfg.block_size,
+            self.block_manager.num_blocks,
+            cfg.block_size,
+            kv.numel() * kv.element_size() / 2**20,
+            self.max_model_len,
+            cfg.max_num_seqs,
+        )
 
     # -- any thread -----------------------------------------------------------
     def add_request(self, request: GenerateRequest) -> None:

@@ -140,6 +140,22 @@ def test_no_compiler_falls_back_to_torch(monkeypatch, caplog):
     assert "using the torch path" in caplog.text
 
 
+def test_path_names_the_loop_the_build_runs(kernels_by_build, request):
+    """The startup log's kernel path, answered by the library's own #ifdefs and shape checks:
+    AVX-512 exactly where -march=native found it and the model's shape fits."""
+    native = "native" in request.node.callspec.id
+    has_avx512 = "avx512f" in cpu_kernels._cpu_signature().split()
+    for dtype, kernels in kernels_by_build.items():
+        fitting = kernels.path(64, 3)  # SmolLM2-135M: head size 64, 9 heads on 3 kv heads
+        if native and has_avx512:
+            assert fitting.startswith("C (AVX-512 decode attention")
+        else:
+            assert fitting.startswith("C (portable loops")
+        assert "AVX512-BF16" not in fitting or dtype == torch.bfloat16
+        assert kernels.path(24, 2).startswith("C (portable")  # head size not a multiple of 16
+        assert kernels.path(64, 16).startswith("C (portable")  # groups above 8
+
+
 def test_softmax_is_exact_for_equal_scores(kernels_by_build):
     # all keys equal: every query gets the mean of the values, whatever the context length
     kernels = kernels_by_build[torch.float32]

@@ -228,6 +228,9 @@ DEFINE_AVX512_TASK(bf16, uint16_t)
 #else
 #define HAVE_AVX512_TASK 0
 #endif
+/* Whether the AVX-512 decode task takes this shape (else the portable tiled loop). */
+#define AVX512_FITS(head_dim, group) \
+    (HAVE_AVX512_TASK && (head_dim) % 16 == 0 && (head_dim) <= 256 && (group) <= 8)
 #if HAVE_AVX512_TASK
 #define AVX512_TASK(SUFFIX) decode_task_avx512_##SUFFIX
 #else
@@ -295,7 +298,7 @@ void decode_attention_##SUFFIX(const T_ *qkv, int64_t row_stride, int num_seqs, 
         for (int i = 0; i < group * head_dim; i++) q[i] = LOAD(q_src[i]) * scale;              \
         const int32_t *table = tables + (int64_t)b * max_blocks;                               \
         T_ *o = out + (int64_t)b * num_heads * head_dim + (int64_t)kvh * group * head_dim;     \
-        if (HAVE_AVX512_TASK && head_dim % 16 == 0 && head_dim <= 256 && group <= 8) {         \
+        if (AVX512_FITS(head_dim, group)) {                                                    \
             AVX512_TASK(SUFFIX)(q, q_src, scale, group, head_dim, k_cache, v_cache, kv_size,   \
                                 (int64_t)kvh * head_dim, table, block_size, first, n,          \
                                 scores, acc);                                                  \
@@ -454,3 +457,20 @@ DEFINE_LORA(bf16, uint16_t, bf16_to_f32, f32_to_bf16)
 
 /* The largest query-group size decode_attention supports (num_heads / num_kv_heads). */
 int max_query_group(void) { return MAX_GROUP; }
+
+/* Which decode-attention loop this build runs for a model's shape, for the startup log:
+ * 3 AVX-512 with AVX512-BF16 dot products (bf16 caches), 2 AVX-512, 1 the portable loop
+ * compiled with AVX2 (or wider), 0 the portable loop without. */
+int decode_path(int head_dim, int group, int is_bf16) {
+    if (AVX512_FITS(head_dim, group)) {
+#if defined(__AVX512BF16__)
+        if (is_bf16 && (head_dim / 16) % 2 == 0) return 3;
+#endif
+        return 2;
+    }
+#if defined(__AVX2__)
+    return 1;
+#else
+    return 0;
+#endif
+}
