@@ -35,12 +35,18 @@ def build_state(config: Config) -> AppState:
     source = resolve_model(config.model.model, config.model.name)
     generation = generation_defaults(source, config.model.generation)
     model = prepare_model(source, data_dir.root)
-    how = (
-        "loaded from cache"
-        if model.from_cache or source.kind == "hf_dir"
-        else "dequantised and cached"
-    )
-    log.info("model %s %s in %.1fs (%s)", model.id, how, model.seconds, model.path)
+    if source.kind == "hf_dir":
+        log.info("model %s: read from %s", model.id, model.path)
+    elif model.from_cache:
+        log.info("model %s: loaded from cache in %.1fs", model.id, model.seconds)
+    else:
+        log.info(
+            "model %s: dequantised from %s in %.1fs, cached in %s",
+            model.id,
+            source.path.name,
+            model.seconds,
+            model.path,
+        )
     tokenizer = Tokenizer.from_dir(model.path)
     db = Database.open(config.store.url)
     from ownllm.adapters.registry import sweep_orphans

@@ -1,11 +1,22 @@
-"""`ownllm serve`: prepare the model, open the database, start the HTTP server."""
+"""`ownllm serve`: prepare the model, open the database, start the HTTP server.
+
+At the info level the log says, once, what an operator needs: the model; its dtype,
+device, threads and kernel path; the KV-cache capacity; the worker; the address and
+auth mode. Then one line per request (uvicorn's access log). uvicorn's own lifecycle
+lines ("Started server process", "Waiting for application startup") are left out
+there; its warnings and errors (a port in use, a failed startup) still show.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 
 from ownllm.gateway.principal import is_loopback
+
+log = logging.getLogger("ownllm")
+STARTUP_FAILURE = 3  # uvicorn's exit status when the app cannot start or bind
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,10 +46,7 @@ def run(args: argparse.Namespace) -> int:
         load_policy(config.guard.policy_file or None)  # a bad policy stops here, before the model
     except ConfigError as e:
         return fail(str(e))
-    logging.basicConfig(
-        level=config.server.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(config.server.log_level)
     from ownllm.api.app import build_state, create_app
     from ownllm.models.catalog import ModelLoadError
     from ownllm.models.tokenizer import TokenizerError
@@ -51,20 +59,68 @@ def run(args: argparse.Namespace) -> int:
         state = build_state(config)
     except (ModelLoadError, TokenizerError, DatabaseError) as e:
         return fail(str(e))
-    import uvicorn
-
     try:
         app = create_app(state)
     except ConfigError as e:  # the guard's classifier cannot be loaded
         return fail(str(e))
-    uvicorn.run(
-        app,
-        host=config.server.host,
-        port=config.server.port,
-        log_level=config.server.log_level,
-        timeout_graceful_shutdown=5,
+    return 0 if _serve(app, state) else STARTUP_FAILURE
+
+
+def configure_logging(level: str) -> None:
+    """One format for every line (ours, uvicorn's, the libraries'); above DEBUG, uvicorn's
+    lifecycle INFO lines are dropped (and alembic's, by `ownllm.store.db`)."""
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    return 0
+    if level != "debug":
+        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+
+
+def _serve(app, state) -> bool:
+    """Run uvicorn until it stops; whether it started. The address is logged once the
+    socket accepts connections (uvicorn binds after the app's startup)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                log_listening(state)
+
+    cfg = state.config.server
+    server = Server(
+        uvicorn.Config(
+            app,
+            host=cfg.host,
+            port=cfg.port,
+            log_config=None,  # uvicorn's lines go through ours: one format, one level
+            timeout_graceful_shutdown=5,
+        )
+    )
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it handled
+        server.run()
+    return server.started
+
+
+def log_listening(state) -> None:
+    """The address and who may call it, once the socket accepts connections."""
+    host, port = state.config.server.host, state.config.server.port
+    address = f"[{host}]" if ":" in host else host
+    log.info("listening on http://%s:%d, auth: %s", address, port, auth_mode(state))
+
+
+def auth_mode(state) -> str:
+    """Open development mode (loopback, no key at all), or which keys are accepted."""
+    from ownllm.gateway.auth import authenticator_for
+    from ownllm.gateway.keys import list_keys
+
+    if authenticator_for(state).is_open():
+        return "open (loopback, no API keys)"
+    num_active = len(list_keys(state.db, include_revoked=False))
+    accepted = [f"{num_active} active API key{'' if num_active == 1 else 's'}"]
+    if state.config.auth.admin_key:
+        accepted.append("the admin key")
+    return "keys (" + ", ".join(accepted) + ")"
 
 
 def _auth_problem(config) -> str | None:

@@ -1,0 +1,74 @@
+"""`ownllm serve`'s startup log: at info level, what an operator needs and nothing else."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+from tests.server import READY_TIMEOUT_S, Server
+
+# One line for each thing an operator needs (model; dtype, device, threads and kernels;
+# KV cache; worker; address and auth), the worker's own "ready" line, the migrations a
+# new database gets and, where this machine has not built the C kernels yet, their build.
+STARTUP_LINES = {
+    "model": r"ownllm: model tiny: read from ",
+    "database": r"ownllm\.store\.db: database sqlite:///.*: applied migrations? 0001",
+    "kernel build": r"ownllm\.engine\.cpu_kernels: compiled the C kernels in ",
+    "engine": (
+        r"ownllm\.engine: built in [\d.]+s: dtype (float32|bfloat16), device cpu, \d+ threads, "
+        r"kernels (C \((AVX-512|portable)[^)]*\)|torch)$"
+    ),
+    "kv cache": (
+        r"ownllm\.engine: KV cache \d+ tokens \(\d+ blocks of 16, [\d.]+ MiB\), "
+        r"max_model_len 512, max_num_seqs \d+$"
+    ),
+    "worker": r"ownllm\.worker: fine-tuning worker started \(pid \d+\)$",
+    "address": r"ownllm: listening on (?P<url>\S+), auth: open \(loopback, no API keys\)$",
+    "worker ready": r"ownllm\.worker: fine-tuning worker \S+ ready for tiny$",
+}
+OPTIONAL = {"kernel build"}
+NOISE = ("alembic", "Context impl", "Will assume", "Started server process", "Uvicorn running")
+
+
+def _wait_for_line(log: Path, text: str) -> str:
+    deadline = time.monotonic() + READY_TIMEOUT_S  # bounds a hang; returns on the line
+    while time.monotonic() < deadline:
+        content = log.read_text()
+        if text in content:
+            return content
+        time.sleep(0.2)
+    raise AssertionError(f"no {text!r} in the log: {log.read_text()[-2000:]}")
+
+
+def test_startup_log_says_what_an_operator_needs_and_nothing_else(tmp_path, tiny_model_dir):
+    server = Server(
+        "--model",
+        str(tiny_model_dir),
+        "--name",
+        "tiny",
+        data_dir=tmp_path,
+        env={"OWNLLM_SERVER_RUN_WORKER": "true"},
+    )
+    try:
+        server.wait_ready()
+        # the worker process opens the database too: its lines must be as quiet
+        content = _wait_for_line(tmp_path / "server.log", "ready for tiny")
+    finally:
+        server.stop()
+    last_start = content.rfind("\n", 0, content.rindex("model tiny: read from")) + 1
+    content = content[last_start:]  # the last start, if the port was taken and it retried
+    info = [
+        line.split(" INFO ", 1)[1]
+        for line in content.splitlines()
+        if " INFO " in line and " INFO uvicorn.access: " not in line  # one line per request
+    ]
+    found: dict[str, re.Match] = {}
+    for line in info:
+        kinds = [kind for kind, pattern in STARTUP_LINES.items() if re.match(pattern, line)]
+        assert len(kinds) == 1, f"an info line no operator asked for: {line!r}"
+        assert kinds[0] not in found, f"said twice: {line!r}"
+        found[kinds[0]] = re.match(STARTUP_LINES[kinds[0]], line)
+    assert set(STARTUP_LINES) - OPTIONAL <= set(found), f"missing from the log: {info}"
+    assert found["address"]["url"] == server.base_url
+    assert not [line for line in content.splitlines() if any(n in line for n in NOISE)]
