@@ -6,6 +6,9 @@ import re
 import time
 from pathlib import Path
 
+import pytest
+
+from ownllm.cli.serve import auth_mode
 from tests.server import READY_TIMEOUT_S, Server
 
 # One line for each thing an operator needs (model; dtype, device, threads and kernels;
@@ -72,3 +75,33 @@ def test_startup_log_says_what_an_operator_needs_and_nothing_else(tmp_path, tiny
     assert set(STARTUP_LINES) - OPTIONAL <= set(found), f"missing from the log: {info}"
     assert found["address"]["url"] == server.base_url
     assert not [line for line in content.splitlines() if any(n in line for n in NOISE)]
+
+
+@pytest.mark.parametrize(
+    "host, admin_key, keys, expected",
+    [
+        ("127.0.0.1", "", [], "open (loopback, no API keys)"),
+        ("127.0.0.1", "", ["ci", "revoked"], "keys (1 active API key)"),
+        ("0.0.0.0", "sk-admin", [], "keys (0 active API keys, the admin key)"),
+        ("0.0.0.0", "", ["a", "b"], "keys (2 active API keys)"),
+    ],
+)
+def test_auth_mode_says_who_may_call(tmp_path, host, admin_key, keys, expected):
+    from ownllm.api.state import AppState
+    from ownllm.config import load_config
+    from ownllm.gateway.keys import create_key, revoke_key
+    from ownllm.store.blobs import DataDir
+    from ownllm.store.db import Database
+
+    overrides = {"server": {"host": host}, "auth": {"admin_key": admin_key}}
+    config = load_config(env={}, overrides=overrides)
+    db = Database.open(f"sqlite:///{tmp_path / 'ownllm.db'}")
+    for name in keys:
+        created = create_key(db, "acme", name)
+        if name == "revoked":
+            revoke_key(db, created.info.id)
+    state = AppState(config=config, data_dir=DataDir(tmp_path).ensure(), db=db)
+    try:
+        assert auth_mode(state) == expected
+    finally:
+        db.close()
