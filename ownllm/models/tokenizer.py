@@ -6,6 +6,12 @@ Reads `tokenizer.json` (the `tokenizers` library), `tokenizer_config.json`
 sandboxed Jinja environment configured the way transformers does, so the
 prompt the engine serves is the one the trainer trains on.
 
+Only the template makes turns: special-token text inside a message (a forged
+`<|im_start|>system`) encodes as ordinary text, the idea of transformers'
+`split_special_tokens` applied to message content alone. `render_chat` marks such
+text with a noncharacter and `encode_rendered` encodes the marked pieces with
+special-token matching off, so an ordinary chat tokenises exactly as before.
+
 Left out: slow (sentencepiece-only) tokenizers; a model directory must have
 `tokenizer.json`.
 """
@@ -13,6 +19,7 @@ Left out: slow (sentencepiece-only) tokenizers; a model directory must have
 from __future__ import annotations
 
 import json
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -21,6 +28,12 @@ from tokenizers import Tokenizer as HFTokenizer
 
 # End-of-turn markers of common chat formats: when a template uses one, it stops generation.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
+
+
+# Written after the first character of special-token text found in a message, so that the
+# text no longer matches the token. U+FDD0 is a Unicode noncharacter, reserved for a
+# program's internal use: no real text or chat template contains it.
+_MARK = "\ufdd0"
 
 
 class TokenizerError(ValueError):
@@ -167,12 +180,108 @@ class Tokenizer:
                 f"the model's chat template rejected these messages: {e}", param="messages"
             ) from None
 
+    @cached_property
+    def _special_texts(self) -> tuple[str, ...]:
+        added = self.hf.get_added_tokens_decoder().values()
+        # Longest first, so that a token that extends another one wins the match.
+        texts = {t.content for t in added if t.special and len(t.content) > 1}
+        return tuple(sorted(texts, key=len, reverse=True))
+
+    @cached_property
+    def _special_re(self) -> re.Pattern[str] | None:
+        texts = self._special_texts
+        return re.compile("|".join(map(re.escape, texts))) if texts else None
+
+    @cached_property
+    def _marked_re(self) -> re.Pattern[str]:
+        marked = (t[0] + _MARK + t[1:] for t in self._special_texts)
+        return re.compile("|".join(map(re.escape, marked)))
+
+    @cached_property
+    def _special_ids(self) -> frozenset[int]:
+        added = self.hf.get_added_tokens_decoder()
+        return frozenset(i for i, t in added.items() if t.special)
+
+    @cached_property
+    def _plain(self) -> HFTokenizer:
+        """A copy that encodes special-token text as ordinary text (the shared one stays as is)."""
+        plain = HFTokenizer.from_str(self.hf.to_str())
+        plain.encode_special_tokens = True
+        return plain
+
+    def _mark(self, value: Any) -> Any:
+        if isinstance(value, str):
+            pattern = self._special_re
+            return pattern.sub(lambda m: m[0][0] + _MARK + m[0][1:], value) if pattern else value
+        if isinstance(value, dict):
+            return {k: self._mark(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._mark(v) for v in value]
+        return value
+
+    def render_chat(
+        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True
+    ) -> str:
+        """The chat as `encode_rendered` reads it: the template's text, with special-token
+        text inside messages marked so that it encodes as ordinary text.
+
+        Without such text this is `apply_chat_template` exactly.
+        """
+        marked = [
+            {k: v if k == "role" else self._mark(v) for k, v in message.items()}
+            for message in messages
+        ]
+        return self.apply_chat_template(marked, add_generation_prompt=add_generation_prompt)
+
+    def encode_rendered(self, text: str) -> tuple[list[int], list[int]]:
+        """Token ids of `render_chat` text and the character in `text` where each starts.
+
+        Special tokens come from the template's text only; a marked piece (special-token
+        text from a message) encodes as ordinary text, the mark dropped.
+        """
+        encoding = self.hf.encode(text, add_special_tokens=False)
+        ids, offsets = list(encoding.ids), list(encoding.offsets)
+        if _MARK not in text:
+            return ids, [start for start, _ in offsets]
+        out_ids: list[int] = []
+        out_starts: list[int] = []
+        run: list[int] = []  # indexes of the ordinary tokens since the last special one
+        run_start = 0
+
+        def flush(run_end: int) -> None:
+            piece = text[run_start:run_end]
+            if not self._marked_re.search(piece):
+                out_ids.extend(ids[i] for i in run)
+                out_starts.extend(offsets[i][0] for i in run)
+                return
+            plain, index = self._unmark(piece)
+            encoding = self._plain.encode(plain, add_special_tokens=False)
+            out_ids.extend(encoding.ids)
+            out_starts.extend(run_start + index[start] for start, _ in encoding.offsets)
+
+        for i, (token_id, (start, end)) in enumerate(zip(ids, offsets)):
+            if token_id in self._special_ids:
+                flush(start)
+                out_ids.append(token_id)
+                out_starts.append(start)
+                run, run_start = [], end
+            else:
+                run.append(i)
+        flush(len(text))
+        return out_ids, out_starts
+
+    def _unmark(self, piece: str) -> tuple[str, list[int]]:
+        """`piece` with its marks dropped, and where each kept character was in `piece`."""
+        marks = {m.start() + 1 for m in self._marked_re.finditer(piece)}
+        kept = [i for i in range(len(piece)) if i not in marks]
+        return "".join(piece[i] for i in kept), kept
+
     def encode_chat(
         self, messages: list[dict[str, Any]], add_generation_prompt: bool = True
     ) -> list[int]:
-        """Token ids of the rendered chat (special tokens in the text are parsed as such)."""
-        text = self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
-        ids = self.hf.encode(text, add_special_tokens=False).ids
+        """Token ids of the chat: the template's special tokens, messages as ordinary text."""
+        text = self.render_chat(messages, add_generation_prompt=add_generation_prompt)
+        ids, _ = self.encode_rendered(text)
         if (
             self.add_bos_token
             and self.bos_token_id is not None

@@ -4,7 +4,7 @@ Each line is `{"messages": [{"role": "system"|"user"|"assistant", "content": str
 "weight": 0|1 (assistant only, optional)}]}` — OpenAI's chat fine-tuning format.
 `validate_lines` reports every problem with its line number and a plain reason;
 `tokenize_example` renders the conversation with the model's own chat template
-(`Tokenizer.apply_chat_template`, the one serving uses) and marks the tokens of
+(`Tokenizer.render_chat`, the one serving uses) and marks the tokens of
 assistant turns with weight 1 — their content and the end-of-turn token that
 closes them — as the only tokens the loss sees.
 
@@ -146,13 +146,13 @@ def _assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[i
     the content and the end-of-turn marker, exactly what serving generates.
     """
     clean = [{"role": m["role"], "content": m["content"]} for m in messages]
-    text = tokenizer.apply_chat_template(clean, add_generation_prompt=False)
+    text = tokenizer.render_chat(clean, add_generation_prompt=False)
     spans = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant" or message.get("weight", 1) == 0:
             continue
-        prompt = tokenizer.apply_chat_template(clean[:i], add_generation_prompt=True)
-        upto = tokenizer.apply_chat_template(clean[: i + 1], add_generation_prompt=False)
+        prompt = tokenizer.render_chat(clean[:i], add_generation_prompt=True)
+        upto = tokenizer.render_chat(clean[: i + 1], add_generation_prompt=False)
         if not text.startswith(upto) or not upto.startswith(prompt):
             raise DataError(
                 "The model's chat template does not render conversations incrementally, "
@@ -166,9 +166,8 @@ def _assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[i
 def tokenize_example(tokenizer, example: Example, max_len: int) -> TokenizedExample:
     """Token ids as `Tokenizer.encode_chat` gives them, with the assistant-token mask."""
     text, spans = _assistant_spans(tokenizer, example.messages)
-    encoding = tokenizer.hf.encode(text, add_special_tokens=False)
-    ids, offsets = list(encoding.ids), list(encoding.offsets)
-    trained = [any(s <= start < e for s, e in spans) for start, _ in offsets]
+    ids, starts = tokenizer.encode_rendered(text)
+    trained = [any(s <= start < e for s, e in spans) for start in starts]
     bos = tokenizer.bos_token_id
     if tokenizer.add_bos_token and bos is not None and (not ids or ids[0] != bos):
         ids, trained = [bos, *ids], [False, *trained]
