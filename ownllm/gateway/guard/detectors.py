@@ -6,7 +6,9 @@ for IPv4), so look-alikes that fail the checksum are left alone. Every
 pattern is bounded: `max_len` (derived from the pattern itself) caps how
 much text a streaming check may ever hold back. Patterns use the `regex`
 module so a stream can ask whether the text it holds could still become a
-match (`partial=True`).
+match (`partial=True`). They run on `normalise`d text (NFKC, invisible
+characters dropped), so `a\u200b@x.com` and a full-width `＠` are still emails;
+the caller maps a match back to the original characters and redacts those.
 
 Left out: names and postal addresses (no reliable pattern; use the
 classifier hook), phone numbers without a separator or `+` prefix (too many
@@ -16,8 +18,10 @@ false positives on order numbers and amounts).
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import regex
 
@@ -36,6 +40,38 @@ def pattern_max_len(pattern: str, flags: int = 0) -> int | None:
     except (re.error, OverflowError):
         return None
     return None if width >= UNBOUNDED else int(width)
+
+
+# --- normalisation ----------------------------------------------------------------
+
+# Characters that render as nothing besides the format characters (category Cf: zero-width
+# space and joiners, bidi controls, soft hyphen, BOM): the grapheme joiner and Hangul fillers.
+_FILLERS = frozenset("\u034f\u115f\u1160\u17b4\u17b5\u3164\uffa0")
+
+
+@lru_cache(maxsize=8192)
+def _normal_char(ch: str) -> str:
+    if unicodedata.category(ch) == "Cf" or ch in _FILLERS:
+        return ""
+    return unicodedata.normalize("NFKC", ch)
+
+
+def normalise(text: str) -> tuple[str, list[int] | None]:
+    """`text` as the detectors read it, and where each of its characters is in `text`
+    (None when it is `text` itself, as ASCII always is).
+
+    Character by character: NFKC (full-width `＠` and digits become ASCII, `ﬁ` becomes
+    `fi`) and invisible characters dropped. Per character, not per text, so a stream cut
+    anywhere normalises exactly as the whole text does.
+    """
+    if text.isascii():
+        return text, None
+    pieces, source = [], []
+    for i, ch in enumerate(text):
+        piece = ch if ch < "\x80" else _normal_char(ch)
+        pieces.append(piece)
+        source.extend([i] * len(piece))
+    return "".join(pieces), source
 
 
 # --- validators ---------------------------------------------------------------
@@ -171,7 +207,10 @@ BUILTIN_PATTERNS: dict[str, tuple[str, str, Callable[[str], bool] | None, int]] 
         0,
     ),
     "payment_card": (
-        r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d])",
+        # digits grouped by spaces or dashes anywhere; by dots only in the printed groups
+        # (4-4-4-4[-3], Amex 4-6-5), so decimals such as 3.14159265358979 are left alone
+        r"(?<![\d-])(?:\d(?:[ -]?\d){12,18}(?!\d)"
+        r"|(?<!\d\.)(?:\d{4}(?:\.\d{4}){3}(?:\.\d{3})?|\d{4}\.\d{6}\.\d{5})(?![\d]|\.\d))",
         "[CARD]",
         luhn_ok,
         0,

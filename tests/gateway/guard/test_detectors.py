@@ -102,3 +102,22 @@ def test_deny_terms_ignore_case_extra_spaces_and_zero_width_characters():
     for text in ("project falcon", "PROJECT   FALCON", "Pro\u200bject\nFalcon"):
         assert detector.find(f"about {text} today") != [], text
     assert detector.find("projectfalcon and falconry project") == []
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("mail alice.secret\u200b@example.com now", "mail [EMAIL] now"),
+        ("mail alice\uff20example\uff0ecom now", "mail [EMAIL] now"),
+        ("mail a\u200b\u2060l\u00adi\ufeffce@example.com\u200b now", "mail [EMAIL]\u200b now"),
+        ("card \uff14\uff11\uff11\uff11 1111 1111 1111 now", "card [CARD] now"),
+        ("card 4111\u200b1111\u200b1111\u200b1111 now", "card [CARD] now"),
+        ("card 4111.1111.1111.1111 now", "card [CARD] now"),
+        ("call +1\u200b 415 555 0132 now", "call [PHONE] now"),
+    ],
+)
+def test_invisible_and_full_width_characters_do_not_hide_pii(guard, text, expected):
+    # the whole original span goes, zero-width characters inside it included
+    out, decision = guard.check_text("default", "capture", text)
+    assert out == expected
+    assert sum(decision.counts.values()) == 1

@@ -70,6 +70,29 @@ def test_streamed_output_equals_whole_text_check_for_any_cutting():
         assert "".join(pieces) == whole
 
 
+DISGUISED = (
+    "Write to alice.secret\u200b@example.com or bob\uff20example.org, card 4111.1111.1111.1111 "
+    "or \uff14\uff11\uff11\uff11 1111 1111 1111; \ufb01ne print\u200b stays."
+)
+
+
+def test_disguised_values_stream_as_the_whole_text_redacts_them():
+    rules = output_rules()
+    whole, _ = check_spans(rules, DISGUISED)
+    assert (
+        whole == "Write to [EMAIL] or [EMAIL], card [CARD] or [CARD]; \ufb01ne print\u200b stays."
+    )
+    rng = random.Random(1)
+    for _ in range(200):
+        pieces, _ = stream(rules, DISGUISED, random_cuts(DISGUISED, rng))
+        assert "".join(pieces) == whole
+    pieces, _ = stream(rules, DISGUISED, list(range(1, len(DISGUISED))))
+    sent = ""
+    for piece in pieces:
+        sent += piece
+        assert "alice" not in sent and "bob" not in sent and "4111" not in sent
+
+
 def test_one_character_deltas_never_send_any_part_of_a_value():
     rules = output_rules()
     pieces, checker = stream(rules, TEXT, list(range(1, len(TEXT))))
