@@ -1,14 +1,22 @@
-"""The inference pipeline shared by /v1/chat/completions and /v1/completions.
+"""The one path every inference call takes, whatever its endpoint:
 
-    parse (pydantic, in the route) → principal (dependency) → build the call: resolve the
-    model, render and tokenise the prompt, sampling params (`ownllm.api.requests`)
-    → admit (limits) → check_input (input guard) → generate on the backend
-    → check_output per delta (output guard) → finish (usage ledger, capture) → respond
+    parse (pydantic, in the route) → principal (dependency) → build the call (model,
+    texts, parameters; `ownllm.api.calls`, `ownllm.api.routes.embeddings`)
+    → prepare (tokenise or count; check the context) → admit (limits)
+    → check_input (input guard; prepare again when it changed the text)
+    → start (the backend) → respond (JSON or SSE; output guard per delta)
+    → finish (usage ledger, capture, metrics: exactly once, whatever happened)
+
+`serve(state, request, run)` runs it; a `Run` subclass says what one endpoint does at
+`prepare`, `start` and `respond` and what its outcome counted: `GenerationRun` below for
+chat and completions, `EmbeddingRun` in the embeddings route. Admission, the guard, the
+error shape and `finish` exist only here, so no endpoint can skip them
+(tests/api/test_inference_routes.py walks the app's routes to prove it).
 
 The gateway stages are the small `admit`, `check_input`, `check_output` and `finish`
 functions below; each calls the hook objects in `AppState.inference_hooks` (see
 `ownllm.gateway.hooks`), so limits, guardrails, usage and capture plug in without touching
-the routes. Everything an endpoint does differently is its `Format` (the JSON it writes).
+the routes. What a generation endpoint writes is its `Format` (`ownllm.api.formats`).
 
 Streaming is OpenAI's server-sent events. The first delta is awaited before the response
 starts, so an error the backend raises at once (queue full, context too long) is a plain
@@ -23,6 +31,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -35,7 +44,6 @@ from ownllm.api.formats import ChoiceText, Format, usage_body
 from ownllm.api.generation import ClientGoneError, Generation
 from ownllm.api.metrics import metrics_for
 from ownllm.api.state import AppState
-from ownllm.backends.base import GenerateRequest
 from ownllm.errors import OverloadedError, OwnLLMError, ServerError
 from ownllm.gateway.hooks import ChoiceOutcome, InferenceCall, InferenceOutcome
 
@@ -60,12 +68,12 @@ async def admit(state: AppState, call: InferenceCall) -> None:
 
 
 async def check_input(state: AppState, call: InferenceCall) -> bool:
-    """Input guard: a hook raises ContentPolicyError or replaces call.messages/prompts.
-    Returns True when the prompt text was changed (the caller re-tokenises)."""
-    before = (call.messages, call.prompts)
+    """Input guard: a hook raises ContentPolicyError or replaces call.messages/prompts/inputs.
+    Returns True when the text was changed (the caller prepares the call again)."""
+    before = (call.messages, call.prompts, call.inputs)
     for hook in _hooks(state, "check_input"):
         await hook(call)
-    return (call.messages, call.prompts) != before
+    return (call.messages, call.prompts, call.inputs) != before
 
 
 async def check_output(hooks: list[Any], call: InferenceCall, index: int, text: str) -> str | None:
@@ -107,32 +115,118 @@ async def finish(state: AppState, call: InferenceCall, outcome: InferenceOutcome
             log.exception("inference finish hook %r failed", hook)
 
 
-# -- one call ---------------------------------------------------------------------------------
+# -- the path ---------------------------------------------------------------------------------
 
 
 class Run:
-    """One call in flight: its generation, what each choice has produced, its timings."""
+    """One inference call on the path: its status so far and its single `finish`.
 
-    def __init__(self, state: AppState, call: InferenceCall, fmt: Format) -> None:
+    A subclass implements `prepare` (fill `call.prompt_token_ids`, raise a 400 naming the
+    param), `start` (hand the admitted call to the backend) and `respond` (the HTTP
+    response; it must end in `close`, at once or when a stream ends), and extends `outcome`
+    with what its backend counted and `release` with what to abort."""
+
+    def __init__(self, state: AppState, call: InferenceCall) -> None:
         self.state = state
         self.call = call
+        self.status_code = 200
+        self.error_code: str | None = None
+        self.is_client_gone = False
+        self._finished = False
+
+    async def prepare(self) -> None:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def respond(self, request: Request) -> Response:
+        raise NotImplementedError
+
+    def outcome(self) -> InferenceOutcome:
+        """The outcome before the backend answered: nothing read, nothing produced."""
+        return InferenceOutcome(
+            choices=[],
+            num_prompt_tokens=0,
+            num_cached_tokens=0,
+            num_output_tokens=0,
+            status_code=self.status_code,
+            error_code=self.error_code,
+            is_client_gone=self.is_client_gone,
+            latency_s=time.monotonic() - self.call.started_at,
+        )
+
+    async def release(self) -> None:
+        """Abort whatever of the call still runs on the backend."""
+
+    def fail(self, error: BaseException) -> dict[str, Any]:
+        """Record `error` as the outcome; its OpenAI body (5xx without internals)."""
+        if not isinstance(error, OwnLLMError):
+            log.error("inference %s failed", self.call.request_id, exc_info=error)
+            error = ServerError("The server had an error while processing your request.")
+        self.status_code, self.error_code = error.status_code, error.code
+        return error_body(error)
+
+    async def close(self) -> None:
+        """Release the backend and report the outcome (once; shielded from cancel)."""
+        if self._finished:
+            return
+        self._finished = True
+        with anyio.CancelScope(shield=True):
+            await self.release()
+            await finish(self.state, self.call, self.outcome())
+            metrics_for(self.state).in_progress.labels(self.call.endpoint).dec()
+
+
+async def serve(state: AppState, request: Request, run: Run) -> Response:
+    """Run one call through the gateway stages and its backend: the one path of every
+    inference endpoint."""
+    call = run.call
+    metrics_for(state).in_progress.labels(call.endpoint).inc()
+    try:
+        await run.prepare()
+        await admit(state, call)
+        if await check_input(state, call):
+            await run.prepare()
+        await run.start()
+        return await run.respond(request)
+    except BaseException as e:
+        if isinstance(e, Exception):
+            run.fail(e)
+        await run.close()  # a stream still running closes itself when it ends
+        raise
+
+
+# -- generation (chat, completions) ------------------------------------------------------------
+
+
+class GenerationRun(Run):
+    """A chat or completions call: its generation, what each choice has produced, timings."""
+
+    def __init__(self, state: AppState, call: InferenceCall, fmt: Format) -> None:
+        super().__init__(state, call)
         self.fmt = fmt
         self.generation: Generation | None = None
         self.choices: list[ChoiceText] = []
         self.num_cached: dict[int, int] = {}
         self.ttft_s: float | None = None
-        self.status_code = 200
-        self.error_code: str | None = None
-        self.is_client_gone = False
         self._guards = _hooks(state, "check_output")
         self._flushers = _hooks(state, "flush_output")
-        self._finished = False
 
-    async def start(self, requests: list[GenerateRequest]) -> None:
+    async def prepare(self) -> None:
+        tokenise(self.state, self.call)
+
+    async def start(self) -> None:
+        requests = await generate_requests(self.state, self.call)
         num_choices = sum(r.sampling.n for r in requests)
         self.choices = [ChoiceText(i) for i in range(num_choices)]
         self.generation = Generation(self.state.backend, requests)
         await self.generation.start()
+
+    async def respond(self, request: Request) -> Response:
+        if self.call.is_stream:
+            return EventStreamResponse(_sse(self), headers=SSE_HEADERS)
+        return await _collect(self, request)
 
     async def events(self) -> AsyncIterator[tuple[ChoiceText, str, list, str | None]]:
         """(choice, new text, new logprobs, finish_reason) as the client should see them."""
@@ -172,63 +266,29 @@ class Run:
         num_output = sum(c.num_output_tokens for c in self.choices)
         return usage_body(self.call.num_prompt_tokens, num_output, sum(self.num_cached.values()))
 
-    def fail(self, error: BaseException) -> dict[str, Any]:
-        """Record `error` as the outcome; its OpenAI body (5xx without internals)."""
-        if not isinstance(error, OwnLLMError):
-            log.error("inference %s failed", self.call.request_id, exc_info=error)
-            error = ServerError("The server had an error while processing your request.")
-        self.status_code, self.error_code = error.status_code, error.code
-        return error_body(error)
+    def outcome(self) -> InferenceOutcome:
+        usage = self.usage()
+        # the engine read the prompt only if it answered at all
+        is_read = self.ttft_s is not None or usage["completion_tokens"] > 0
+        return replace(
+            super().outcome(),
+            choices=[
+                ChoiceOutcome(c.index, c.text, c.finish_reason, c.num_output_tokens)
+                for c in self.choices
+            ],
+            num_prompt_tokens=usage["prompt_tokens"] if is_read else 0,
+            num_cached_tokens=usage["prompt_tokens_details"]["cached_tokens"] if is_read else 0,
+            num_output_tokens=usage["completion_tokens"],
+            is_complete=bool(self.choices) and all(c.finish_reason for c in self.choices),
+            ttft_s=self.ttft_s,
+        )
 
-    async def close(self) -> None:
-        """Abort whatever still runs and report the outcome (once; shielded from cancel)."""
-        if self._finished:
-            return
-        self._finished = True
-        with anyio.CancelScope(shield=True):
-            if self.generation is not None:
-                await self.generation.close()
-            usage = self.usage()
-            outcome = InferenceOutcome(
-                choices=[
-                    ChoiceOutcome(c.index, c.text, c.finish_reason, c.num_output_tokens)
-                    for c in self.choices
-                ],
-                # the engine read the prompt only if it answered at all
-                num_prompt_tokens=usage["prompt_tokens"] if self.num_cached else 0,
-                num_cached_tokens=usage["prompt_tokens_details"]["cached_tokens"],
-                num_output_tokens=usage["completion_tokens"],
-                status_code=self.status_code,
-                error_code=self.error_code,
-                is_client_gone=self.is_client_gone,
-                ttft_s=self.ttft_s,
-                latency_s=time.monotonic() - self.call.started_at,
-            )
-            await finish(self.state, self.call, outcome)
-            metrics_for(self.state).in_progress.labels(self.call.endpoint).dec()
+    async def release(self) -> None:
+        if self.generation is not None:
+            await self.generation.close()
 
 
-async def serve(state: AppState, request: Request, call: InferenceCall, fmt: Format) -> Response:
-    """Run `call` through the gateway stages and the backend; JSON or SSE response."""
-    run = Run(state, call, fmt)
-    metrics_for(state).in_progress.labels(call.endpoint).inc()
-    try:
-        tokenise(state, call)
-        await admit(state, call)
-        if await check_input(state, call):
-            tokenise(state, call)
-        await run.start(await generate_requests(state, call))
-    except BaseException as e:
-        if isinstance(e, Exception):
-            run.fail(e)
-        await run.close()
-        raise
-    if call.is_stream:
-        return EventStreamResponse(_sse(run), headers=SSE_HEADERS)
-    return await _collect(run, request)
-
-
-async def _collect(run: Run, request: Request) -> JSONResponse:
+async def _collect(run: GenerationRun, request: Request) -> JSONResponse:
     watcher = asyncio.create_task(_watch_disconnect(run, request))
     try:
         async for _ in run.events():
@@ -246,7 +306,7 @@ async def _collect(run: Run, request: Request) -> JSONResponse:
     return JSONResponse(run.fmt.response(run.choices, run.usage()))
 
 
-async def _watch_disconnect(run: Run, request: Request) -> None:
+async def _watch_disconnect(run: GenerationRun, request: Request) -> None:
     """A non-streaming client that hangs up stops its generation too."""
     while not await request.is_disconnected():
         await asyncio.sleep(DISCONNECT_POLL_S)
@@ -259,7 +319,7 @@ def _frame(body: dict[str, Any]) -> bytes:
     )
 
 
-async def _sse(run: Run) -> AsyncIterator[bytes]:
+async def _sse(run: GenerationRun) -> AsyncIterator[bytes]:
     """The events of a streamed call. The role chunks go out in one write with the first
     token's chunk, and the last chunk with the usage chunk and [DONE]: each write costs a
     pass through the ASGI server and a system call, and these follow each other at once."""

@@ -1,7 +1,7 @@
 """Prometheus metrics of one app: a per-app CollectorRegistry, no global state.
 
-Request counters and histograms are updated by the inference pipeline and the embeddings
-route; engine gauges (queue depth, running requests, resident adapters, KV-cache blocks)
+Request counters and histograms are updated by the inference pipeline, the one path of
+every inference endpoint (embeddings included); engine gauges (queue depth, running requests, resident adapters, KV-cache blocks)
 are read from `backend.stats()` at scrape time, so they are never stale.
 
 Labels are bounded on purpose: `endpoint` (a handful of routes), `status` (HTTP codes

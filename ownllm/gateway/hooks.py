@@ -1,13 +1,15 @@
 """Plug points of the inference pipeline: what limits, guardrails, usage and capture see.
 
-`ownllm.api.inference` runs every chat/completions request through the same stages and
-calls each hook object in `AppState.inference_hooks` (in order) at its stage:
+`ownllm.api.inference` runs every inference request (chat, completions, embeddings)
+through the same stages and calls each hook object in `AppState.inference_hooks` (in
+order) at its stage:
 
-    parse → principal → resolve model → tokenise
+    parse → principal → resolve model → tokenise (or count)
       → admit(call)            limits: raise RateLimitError / InsufficientQuotaError
       → check_input(call)      input guard: raise ContentPolicyError, or replace
-                               call.messages / call.prompts (redaction; re-tokenised)
-      → generate, per delta:
+                               call.messages / call.prompts / call.inputs (redaction;
+                               re-tokenised)
+      → the backend; for generation, per delta:
         check_output(call, index, text)   output guard on each new piece of text of
                                choice `index`: return the text to send (maybe
                                redacted, "" while held back), or None to end that
@@ -32,18 +34,20 @@ from ownllm.gateway.principal import Principal
 
 @dataclass
 class InferenceCall:
-    """One chat or completions request on its way through the gateway."""
+    """One inference request (chat, completions, embeddings) on its way through the gateway."""
 
-    request_id: str  # chatcmpl-… / cmpl-…
-    endpoint: str  # "chat.completions" | "completions"
+    request_id: str  # chatcmpl-… / cmpl-… / embd-…
+    endpoint: str  # "chat.completions" | "completions" | "embeddings"
     principal: Principal
-    model: str  # as the client named it
+    model: str  # as the client named it (embeddings: the one id of its aliases)
     base_model: str
     adapters: tuple[AdapterWeight, ...]  # registry ids and weights; empty: the base model
-    sampling: SamplingParams
+    sampling: SamplingParams | None  # None: the call generates nothing (embeddings)
     messages: list[dict[str, str]] | None = None  # chat: [{"role", "content"}]
     prompts: list[str] | None = None  # completions
-    prompt_token_ids: list[list[int]] = field(default_factory=list)  # one list per prompt
+    inputs: list[str] | None = None  # embeddings: the texts to embed
+    # one list per prompt or input, in the tokenizer of the model that reads it
+    prompt_token_ids: list[list[int]] = field(default_factory=list)
     is_stream: bool = False
     user: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
@@ -62,6 +66,8 @@ class InferenceCall:
     @property
     def max_total_tokens(self) -> int:
         """Upper bound of tokens this call can consume (for token-per-minute limits)."""
+        if self.sampling is None:
+            return self.num_prompt_tokens
         num_choices = self.sampling.n * len(self.prompt_token_ids)
         return self.num_prompt_tokens + num_choices * self.sampling.max_tokens
 
@@ -78,12 +84,13 @@ class ChoiceOutcome:
 class InferenceOutcome:
     """How a call ended: what was generated, what it cost, how long it took."""
 
-    choices: list[ChoiceOutcome]
-    num_prompt_tokens: int
+    choices: list[ChoiceOutcome]  # generated choices; none for embeddings
+    num_prompt_tokens: int  # what the backend read: 0 when it never answered
     num_cached_tokens: int
     num_output_tokens: int
     status_code: int  # 200, or the error's status
     error_code: str | None = None
+    is_complete: bool = False  # the backend finished: every choice ended, every input embedded
     is_client_gone: bool = False  # the client disconnected mid-stream
     ttft_s: float | None = None
     latency_s: float = 0.0

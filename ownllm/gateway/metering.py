@@ -9,8 +9,10 @@ Status of the row: `ok`; `disconnected` when the client went away;
 `cancelled` when the engine aborted a choice (finish_reason "abort", e.g. at
 shutdown) or the server cancelled the call before it completed; `error` for
 any error status, 429s included (the HTTP status and error code are kept).
-Tokens are counted once the engine produced output; a request refused before
-that (limits, guard, validation) is a row with zero tokens.
+Tokens are what the outcome says the backend read and produced: a request
+refused before the backend answered (limits, guard, validation) is a row with
+zero tokens. Every inference endpoint, embeddings included, reaches these two
+methods through the one path in `ownllm.api.inference`.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def outcome_status(outcome: InferenceOutcome) -> str:
         return "cancelled"  # the engine aborted it (shutdown), whatever status was sent
     if outcome.status_code >= 400:
         return "error"
-    if not outcome.choices or any(c.finish_reason is None for c in outcome.choices):
+    if not outcome.is_complete:
         return "cancelled"  # the server task was cancelled before the call completed
     return "ok"
 
@@ -78,11 +80,9 @@ class MeteringHook:
         self._admissions[call.request_id] = admission
 
     async def finish(self, call: InferenceCall, outcome: InferenceOutcome) -> None:
-        # Tokens count once the engine produced output (the prompt was processed): a request
-        # refused by a limit, a guard or a validation error used nothing and costs nothing.
-        is_billed = outcome.ttft_s is not None or outcome.num_output_tokens > 0
-        prompt = outcome.num_prompt_tokens if is_billed else 0
-        cached = outcome.num_cached_tokens if is_billed else 0
+        # A request refused by a limit, a guard or a validation error was never read by the
+        # backend: its outcome counts no tokens, so it costs nothing.
+        prompt, cached = outcome.num_prompt_tokens, outcome.num_cached_tokens
         used = prompt + outcome.num_output_tokens
         admission = self._admissions.pop(call.request_id, None)
         try:

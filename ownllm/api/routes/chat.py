@@ -9,7 +9,7 @@ from fastapi.responses import Response
 
 from ownllm.api.calls import chat_call, system_fingerprint
 from ownllm.api.formats import ChatFormat
-from ownllm.api.inference import serve
+from ownllm.api.inference import GenerationRun, serve
 from ownllm.api.schemas import ERROR_RESPONSES, ChatCompletion, ChatCompletionRequest
 from ownllm.api.state import AppState, get_state
 from ownllm.gateway.auth import require_scope
@@ -41,4 +41,4 @@ async def create_chat_completion(
         has_logprobs=body.logprobs,
         include_usage=bool(body.stream_options and body.stream_options.include_usage),
     )
-    return await serve(state, request, call, fmt)
+    return await serve(state, request, GenerationRun(state, call, fmt))

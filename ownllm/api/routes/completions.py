@@ -9,7 +9,7 @@ from fastapi.responses import Response
 
 from ownllm.api.calls import completion_call, system_fingerprint
 from ownllm.api.formats import CompletionFormat
-from ownllm.api.inference import serve
+from ownllm.api.inference import GenerationRun, serve
 from ownllm.api.routes.chat import STREAM_RESPONSE
 from ownllm.api.schemas import ERROR_RESPONSES, Completion, CompletionRequest
 from ownllm.api.state import AppState, get_state
@@ -42,4 +42,4 @@ async def create_completion(
         echo_prompts=call.prompts if body.echo else None,
         n=body.n,
     )
-    return await serve(state, request, call, fmt)
+    return await serve(state, request, GenerationRun(state, call, fmt))
