@@ -81,6 +81,17 @@ def format_account(acc, table, since_text: str) -> str:
             f"{c.api.name:<24}{money(c.api_cost):>14}{money(c.savings):>14}  "
             f"{tokens(c.break_even_tokens_per_month)} tokens/month{reach}"
         )
+    if t.embedding_tokens:
+        lines += [
+            "",
+            f"Embeddings: {tokens(t.embedding_tokens)} input tokens, not in the figures above "
+            "(the embedding model runs beside the engine).",
+        ]
+        lines += [
+            f"{e.api.name:<24}{money(e.api_cost):>14}  ({e.api.source or 'no source'}, "
+            f"{e.api.as_of or 'undated'})"
+            for e in acc.embedding_costs
+        ]
     lines.append(f"\nAPI list prices from {table.path} (as of {table.as_of}; check the sources).")
     return "\n".join(lines)
 

@@ -1,4 +1,5 @@
-"""`ownllm usage`: the usage ledger aggregated by day, model, key, tenant or status.
+"""`ownllm usage`: the usage ledger aggregated by day, model, key, tenant, status or
+endpoint.
 
 The same aggregation as `GET /v1/usage`, read straight from the database of the config.
 """
@@ -19,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--by",
         default="day",
-        choices=("day", "model", "key", "tenant", "status"),
+        choices=("day", "model", "key", "tenant", "status", "endpoint"),
         help="group rows by (default day)",
     )
     parser.add_argument("--json", action="store_true", help="JSON lines instead of a table")

@@ -12,7 +12,12 @@ Inputs, all visible in the output:
 
 Self-hosted cost is the hardware paid for the whole window (idle hours cost the same as
 busy ones) divided by the tokens served; "at full utilisation" divides by what the box
-could serve at the measured throughput (tokens per engine-busy second). Left out:
+could serve at the measured throughput (tokens per engine-busy second).
+
+Embeddings are counted apart: their tokens are input only, priced by embedding APIs
+(`[embedding.NAME]` in the table) far below chat input, and the embedding model runs
+beside the engine, outside its busy time. So `/v1/embeddings` tokens are left out of the
+chat comparison, the per-token cost and the throughput, and priced on their own. Left out:
 power and staff costs (put them in your price per hour), cached-input and batch
 discounts of the APIs, the quality difference between your model and theirs.
 """
@@ -32,6 +37,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 SHIPPED_PRICE_TABLE = Path(__file__).with_name("prices.toml")
+EMBEDDINGS = "embeddings"  # the ledger's endpoint of /v1/embeddings
 HOURS_PER_MONTH = 730.0  # 8760 / 12
 DAYS_PER_YEAR = 365
 
@@ -54,6 +60,18 @@ class ApiPrice:
 
 
 @dataclass(frozen=True)
+class EmbeddingPrice:
+    name: str
+    provider: str
+    input: float  # USD per 1M input tokens (embeddings have no output)
+    source: str
+    as_of: str
+
+    def cost(self, tokens: float) -> float:
+        return tokens * self.input / 1e6
+
+
+@dataclass(frozen=True)
 class HardwarePrice:
     name: str
     description: str
@@ -68,6 +86,7 @@ class PriceTable:
     as_of: str
     apis: tuple[ApiPrice, ...]
     hardware: dict[str, HardwarePrice]
+    embeddings: tuple[EmbeddingPrice, ...] = ()
 
 
 def load_price_table(path: str | Path | None = None) -> PriceTable:
@@ -99,11 +118,21 @@ def load_price_table(path: str | Path | None = None) -> PriceTable:
             )
             for name, v in data.get("hardware", {}).items()
         }
+        embeddings = tuple(
+            EmbeddingPrice(
+                name,
+                str(v.get("provider", "")),
+                float(v["input"]),
+                str(v.get("source", "")),
+                str(v.get("as_of", data.get("as_of", ""))),
+            )
+            for name, v in data.get("embedding", {}).items()
+        )
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise CostError(f"price table {str(path)!r}: bad entry ({e})") from None
     if not apis:
         raise CostError(f"price table {str(path)!r} has no [api.NAME] entries")
-    return PriceTable(str(path), str(data.get("as_of", "")), apis, hardware)
+    return PriceTable(str(path), str(data.get("as_of", "")), apis, hardware, embeddings)
 
 
 @dataclass(frozen=True)
@@ -150,11 +179,12 @@ def hardware_from_config(cost_config: Any, table: PriceTable) -> Hardware:
 class Traffic:
     """Tokens served in a window, and how long the engine was busy serving them."""
 
-    prompt_tokens: int
+    prompt_tokens: int  # chat and completions
     completion_tokens: int
-    requests: int
+    requests: int  # every endpoint
     window_s: float
     busy_s: float
+    embedding_tokens: int = 0  # input tokens of /v1/embeddings
 
     @property
     def total_tokens(self) -> int:
@@ -172,18 +202,24 @@ def observed_traffic(
     """Ledger totals and engine busy time between `since` (default: the first request) and
     `until` (default: now). Busy time is kept per day, so a window starting mid-day counts
     that whole day's busy time."""
-    from sqlalchemy import func, select
+    from sqlalchemy import case, func, select
 
     from ownllm.gateway.usage import day_of
     from ownllm.store.schema import EngineTime as E
     from ownllm.store.schema import UsageRecord as U
 
     now = time.time() if now is None else now
+
+    def tokens(column: Any, is_embedding: bool) -> Any:
+        picked = U.endpoint == EMBEDDINGS if is_embedding else U.endpoint != EMBEDDINGS
+        return func.coalesce(func.sum(case((picked, column), else_=0)), 0)
+
     query = select(
-        func.coalesce(func.sum(U.prompt_tokens), 0),
-        func.coalesce(func.sum(U.completion_tokens), 0),
+        tokens(U.prompt_tokens, False),
+        tokens(U.completion_tokens, False),
         func.count(),
         func.min(U.created_at),
+        tokens(U.prompt_tokens, True),
     )
     busy = select(func.coalesce(func.sum(E.busy_seconds), 0.0))
     if since is not None:
@@ -193,11 +229,12 @@ def observed_traffic(
         query = query.where(U.created_at < until)
         busy = busy.where(E.day <= day_of(until))
     with db.session() as session:
-        prompt, completion, requests, first_at = session.execute(query).one()
+        prompt, completion, requests, first_at, embedded = session.execute(query).one()
         busy_s = float(session.execute(busy).scalar_one())
     start = since if since is not None else (first_at if first_at is not None else now)
     end = until if until is not None else now
-    return Traffic(int(prompt), int(completion), int(requests), max(0.0, end - start), busy_s)
+    window_s = max(0.0, end - start)
+    return Traffic(int(prompt), int(completion), int(requests), window_s, busy_s, int(embedded))
 
 
 # -- the account -----------------------------------------------------------------------------
@@ -213,6 +250,12 @@ class ApiComparison:
 
 
 @dataclass(frozen=True)
+class EmbeddingCost:
+    api: EmbeddingPrice
+    api_cost: float  # the window's embedding tokens on this API
+
+
+@dataclass(frozen=True)
 class Account:
     traffic: Traffic
     hardware: Hardware
@@ -221,6 +264,7 @@ class Account:
     utilisation: float | None  # engine busy / hours paid
     cost_per_million_at_full: float | None  # if the boxes were busy all the time
     comparisons: list[ApiComparison] = field(default_factory=list)
+    embedding_costs: list[EmbeddingCost] = field(default_factory=list)
 
 
 def account(traffic: Traffic, hardware: Hardware, table: PriceTable) -> Account:
@@ -250,6 +294,9 @@ def account(traffic: Traffic, hardware: Hardware, table: PriceTable) -> Account:
         utilisation=utilisation,
         cost_per_million_at_full=full,
         comparisons=comparisons,
+        embedding_costs=[
+            EmbeddingCost(e, e.cost(traffic.embedding_tokens)) for e in table.embeddings
+        ],
     )
 
 

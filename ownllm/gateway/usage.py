@@ -10,9 +10,10 @@ answers "who was refused". A crash loses at most the rows of the last batch
 number of rows lost.
 
 `summarize()` is the one aggregation the CLI (`ownllm usage`) and the HTTP
-route (`GET /v1/usage`) share: group by day, model, key or tenant, filtered
-by tenant and time. Left out: cost per row (computed in `ownllm.gateway.cost`
-from a price table, so a price change re-prices history), retention.
+route (`GET /v1/usage`) share: group by day, model, key, tenant, status or
+endpoint (chat.completions, completions, embeddings), filtered by tenant and
+time. Left out: cost per row (computed in `ownllm.gateway.cost` from a price
+table, so a price change re-prices history), retention.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any
 log = logging.getLogger("ownllm.usage")
 
 STATUSES = ("ok", "error", "cancelled", "disconnected")
-GROUPS = ("day", "model", "key", "tenant", "status")
+GROUPS = ("day", "model", "key", "tenant", "status", "endpoint")
 _BATCH_MAX = 500
 _BATCH_WAIT_S = 0.1
 _RETRIES = 5
@@ -260,6 +261,7 @@ def summarize(
         "key": U.key_id,
         "tenant": U.tenant_id,
         "status": U.status,
+        "endpoint": U.endpoint,
     }[by]
     status_counts = [
         func.sum(case((U.status == status, 1), else_=0)).label(status) for status in STATUSES

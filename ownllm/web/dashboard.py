@@ -207,14 +207,19 @@ async def problems(
 
 
 def _tenant_tokens(db: Any, tenant_id: str, since: float | None, until: float) -> tuple[int, ...]:
-    from sqlalchemy import func, select
+    """(prompt, completion, requests, embedding tokens) of one tenant, as `observed_traffic`
+    counts them: embedding tokens apart from chat's."""
+    from sqlalchemy import case, func, select
 
+    from ownllm.gateway.cost import EMBEDDINGS
     from ownllm.store.schema import UsageRecord as U
 
+    is_chat = U.endpoint != EMBEDDINGS
     query = select(
-        func.coalesce(func.sum(U.prompt_tokens), 0),
-        func.coalesce(func.sum(U.completion_tokens), 0),
+        func.coalesce(func.sum(case((is_chat, U.prompt_tokens), else_=0)), 0),
+        func.coalesce(func.sum(case((is_chat, U.completion_tokens), else_=0)), 0),
         func.count(),
+        func.coalesce(func.sum(case((is_chat, 0), else_=U.prompt_tokens)), 0),
     ).where(U.tenant_id == tenant_id, U.created_at < until)
     if since is not None:
         query = query.where(U.created_at >= since)
@@ -237,9 +242,12 @@ def cost_report(state: AppState, principal: Principal, since: float | None) -> d
     server = cost.observed_traffic(state.db, since, until, now=until)
     acc = cost.account(server, hardware, table)
     prompt, completion, requests = server.prompt_tokens, server.completion_tokens, server.requests
+    embedded = server.embedding_tokens
     self_cost = acc.hardware_cost
     if not principal.is_admin:
-        prompt, completion, requests = _tenant_tokens(state.db, principal.tenant_id, since, until)
+        prompt, completion, requests, embedded = _tenant_tokens(
+            state.db, principal.tenant_id, since, until
+        )
         share = (prompt + completion) / server.total_tokens if server.total_tokens else 0.0
         self_cost = acc.hardware_cost * share
     tokens = prompt + completion
@@ -278,6 +286,18 @@ def cost_report(state: AppState, principal: Principal, since: float | None) -> d
         },
         "price_table_as_of": table.as_of,
         "apis": apis,
+        "embedding_tokens": embedded,  # priced on embedding APIs, not in the figures above
+        "embedding_apis": [
+            {
+                "name": e.name,
+                "provider": e.provider,
+                "input_per_million": e.input,
+                "cost": e.cost(embedded),
+                "source": e.source,
+                "as_of": e.as_of,
+            }
+            for e in table.embeddings
+        ],
     }
 
 

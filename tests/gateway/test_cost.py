@@ -130,6 +130,43 @@ def test_observed_traffic_reads_ledger_and_busy_time(db_url):
     db.close()
 
 
+def test_embedding_tokens_are_priced_apart_from_chat(db_url, tmp_path):
+    db = Database.open(db_url)
+    ledger = UsageLedger(db)
+    t0 = 1_764_000_000.0
+    for k, (endpoint, prompt, completion) in enumerate(
+        [("chat.completions", 100, 50), ("embeddings", 2_000_000, 0), ("embeddings", 500, 0)]
+    ):
+        ledger.record(
+            UsageRow(
+                request_id=f"r{k}",
+                tenant_id="acme",
+                key_id=None,
+                endpoint=endpoint,
+                model="m",
+                status="ok",
+                prompt_tokens=prompt,
+                completion_tokens=completion,
+                created_at=t0 + k,
+            )
+        )
+    ledger.close()
+    traffic = observed_traffic(db, since=t0, until=t0 + 3600)
+    db.close()
+    assert (traffic.prompt_tokens, traffic.completion_tokens) == (100, 50)  # chat only
+    assert traffic.embedding_tokens == 2_000_500 and traffic.requests == 3
+    path = tmp_path / "prices.toml"
+    path.write_text("[api.cheap]\ninput = 0.1\noutput = 0.4\n[embedding.small]\ninput = 0.02\n")
+    acc = account(traffic, Hardware("box", 1.0), load_price_table(path))
+    [cheap] = acc.comparisons
+    assert cheap.api_cost == pytest.approx((100 * 0.1 + 50 * 0.4) / 1e6)  # no embedding tokens
+    [small] = acc.embedding_costs
+    assert small.api.name == "small" and small.api_cost == pytest.approx(2.0005 * 0.02)
+    shipped = load_price_table()
+    assert {"text-embedding-3-small"} <= {e.name for e in shipped.embeddings}
+    assert all(e.source.startswith("https://") and e.as_of for e in shipped.embeddings)
+
+
 def test_busy_tracker_samples_growth_and_survives_engine_restart():
     from ownllm.gateway.metering import BusyTracker
 

@@ -1,4 +1,5 @@
-"""GET /v1/usage: the usage ledger aggregated by day, model, key, tenant or status.
+"""GET /v1/usage: the usage ledger aggregated by day, model, key, tenant, status or
+endpoint.
 
 The same aggregation as `ownllm usage`. A tenant key (scope `usage`) sees only its own
 tenant's rows; the admin sees every tenant, or one with `?tenant=`.
@@ -20,7 +21,7 @@ router = APIRouter(prefix="/v1", tags=["usage"])
 
 @router.get("/usage")
 async def usage(
-    by: str = Query("day", description="day | model | key | tenant | status"),
+    by: str = Query("day", description="day | model | key | tenant | status | endpoint"),
     since: str | None = Query(None, description="7d, 24h, YYYY-MM-DD or Unix seconds"),
     until: str | None = Query(None),
     tenant: str | None = Query(None, description="admin only: one tenant"),
