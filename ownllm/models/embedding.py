@@ -76,9 +76,12 @@ class EmbeddingModel:
         model.eval()
         return cls(model, tokenizer, int(model.config.max_position_embeddings))
 
+    def token_ids(self, texts: list[str]) -> list[list[int]]:
+        """The ids the model reads for each text, special tokens included (untruncated)."""
+        return [list(ids) for ids in self.tokenizer(texts, add_special_tokens=True)["input_ids"]]
+
     def count_tokens(self, texts: list[str]) -> list[int]:
-        encoded = self.tokenizer(texts, add_special_tokens=True)["input_ids"]
-        return [len(ids) for ids in encoded]
+        return [len(ids) for ids in self.token_ids(texts)]
 
     def embed(self, texts: list[str]) -> list[list[float]]:
         """One normalised vector per text (callers check lengths with `count_tokens`)."""

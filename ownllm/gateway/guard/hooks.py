@@ -1,8 +1,9 @@
 """The guard in the inference pipeline (see `ownllm.gateway.hooks` for the stages).
 
-`check_input` applies the tenant's input rules to the messages (or prompts): a
-block raises ContentPolicyError (400, code content_policy_violation, `param`
-naming the message), redactions replace the text the model sees.
+`check_input` applies the tenant's input rules to the messages (or prompts, or
+embedding inputs): a block raises ContentPolicyError (400, code
+content_policy_violation, `param` naming the message), redactions replace the
+text the model sees.
 `check_output` feeds each delta of each choice to its own `OutputChecker` and
 returns what may be sent; `flush_output` releases the held-back rest when the
 choice ends. `finish` writes the call's guard_events rows.
@@ -44,11 +45,15 @@ class GuardHook:
                 if messages != call.messages:
                     call.messages = messages
             elif call.prompts is not None:
-                as_messages = [{"role": "user", "content": p} for p in call.prompts]
-                checked, decision = await _check(self.guard, tenant_id, as_messages, "prompt")
-                prompts = [m["content"] for m in checked]
-                if prompts != call.prompts:
-                    call.prompts = prompts
+                call.prompts, decision = await _check_texts(
+                    self.guard, tenant_id, call.prompts, "prompt"
+                )
+            elif call.inputs is not None:
+                # embeddings: a redacted input is embedded as redacted, so the vector (and any
+                # store built from it) never encodes what the policy keeps from the model
+                call.inputs, decision = await _check_texts(
+                    self.guard, tenant_id, call.inputs, "input"
+                )
             else:
                 return
         except ContentPolicyError as e:
@@ -107,6 +112,16 @@ async def _check(
     if guard.classifier is None and size <= INLINE_MAX_CHARS:  # a classifier runs a model
         return guard.check_messages(tenant_id, "input", messages, param)
     return await asyncio.to_thread(guard.check_messages, tenant_id, "input", messages, param)
+
+
+async def _check_texts(
+    guard: Guard, tenant_id: str, texts: list[str], param: str
+) -> tuple[list[str], Decision]:
+    """Plain texts (prompts, embedding inputs) checked as user messages; blocks name
+    `param[i]`."""
+    as_messages = [{"role": "user", "content": t} for t in texts]
+    checked, decision = await _check(guard, tenant_id, as_messages, param)
+    return [m["content"] for m in checked], decision
 
 
 def guard_for(state: Any) -> Guard:
