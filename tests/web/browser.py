@@ -26,6 +26,8 @@ CHROMIUM_ARGS = [
 ]
 AXE_JS = Path(__file__).with_name("axe.min.js")
 VIEWPORT = {"width": 1280, "height": 800}
+# how long any wait on the page may take: it only bounds a hang (a loaded machine is slow)
+TIMEOUT_MS = 120_000
 BLOCKING_IMPACTS = ("serious", "critical")
 # a small chat fine-tuning set: 12 short questions and answers
 QUESTIONS = [
@@ -48,6 +50,13 @@ def launch(playwright):
     if not Path(CHROMIUM).is_file():
         pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install -y chromium chromium-driver")
     return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+
+
+def new_context(browser, **options):
+    """A browser context with the dashboard's viewport and the suite's wait bound."""
+    context = browser.new_context(viewport=VIEWPORT, **options)
+    context.set_default_timeout(TIMEOUT_MS)
+    return context
 
 
 def sign_in(page, base_url: str, key: str = "sk-any-key-works-in-open-mode") -> None:

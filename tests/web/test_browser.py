@@ -12,18 +12,17 @@ import tarfile
 import httpx
 import pytest
 
-from tests.web.browser import QUESTIONS, axe_violations, describe, sign_in
+from tests.api.fake_backend import WORDS
+from tests.web.browser import QUESTIONS, axe_violations, describe, new_context, sign_in
+from tests.web.conftest import HOLD_AT_STEP
 
-PAGES = ["playground", "models", "tuning", "usage"]
-# a MutationObserver that counts every change to the assistant's text while it streams
-COUNT_TEXT_UPDATES = """() => {
-  window.textUpdates = [];
-  new MutationObserver(() => {
-    const last = [...document.querySelectorAll('.msg.assistant .text')].pop();
-    if (last) window.textUpdates.push(last.textContent.length);
-  }).observe(document.querySelector('.chat-panes'), {subtree: true, childList: true,
-                                                     characterData: true});
-}"""
+# each page, and what it draws once its first data has arrived
+PAGES = {
+    "playground": "select[name=model] option",  # (its models list only adds adapters)
+    "models": "section[aria-labelledby=compose-title] :is(form, p)",
+    "tuning": "section[aria-labelledby=jobs-title] tbody tr",
+    "usage": "#savings-number",
+}
 
 
 def write_jsonl(path, rows) -> str:
@@ -53,19 +52,29 @@ def test_sign_in_keeps_the_key_in_this_tab_only(server, page):
     assert page.evaluate("sessionStorage.getItem('ownllm.apiKey')") is None
 
 
-def test_chat_text_streams_in_as_it_is_generated(server, page):
-    sign_in(page, server.base_url)
-    page.get_by_label("Max tokens").fill("24")
-    page.get_by_label("Temperature").fill("1")
-    page.evaluate(COUNT_TEXT_UPDATES)
+def test_chat_text_streams_in_as_it_is_generated(scripted_server, page):
+    # The server holds each token until the page shows the text before it: a page that
+    # drew the answer only when the stream ended would never show the first word.
+    base_url, backend = scripted_server
+    sign_in(page, base_url)
+    page.get_by_label("Max tokens").fill("4")
     send(page, "Tell me a story")
-    page.locator(".msg.assistant .stats").wait_for(timeout=60_000)
-    answer = page.locator(".msg.assistant .text").text_content()
-    updates = page.evaluate("window.textUpdates")
-    assert answer  # the tiny random model talks nonsense, but it talks
-    assert len(set(updates)) >= 3, f"the answer arrived in one piece: {updates}"
-    assert updates == sorted(updates)  # it only grew
-    assert "tokens" in page.locator(".msg.assistant .stats").text_content()
+    answer = page.locator(".msg.assistant")
+    shown = ""
+    for word in WORDS[:3]:
+        shown += word
+        page.wait_for_function(
+            "t => document.querySelector('.msg.assistant .text')?.textContent === t", arg=shown
+        )
+        assert backend.running  # the stream is still open: the next token waits on us
+        assert answer.get_attribute("aria-busy") == "true"
+        assert answer.locator(".stats").count() == 0
+        backend.gate.release()
+    stats = answer.locator(".stats")
+    stats.wait_for()
+    assert answer.locator(".text").text_content() == "".join(WORDS[:4])
+    assert stats.text_content().startswith("4 tokens") and "length" in stats.text_content()
+    assert answer.get_attribute("aria-busy") is None
 
 
 def test_upload_shows_invalid_lines_by_number(server, page, tmp_path):
@@ -84,7 +93,9 @@ def test_upload_shows_invalid_lines_by_number(server, page, tmp_path):
     assert re.search(r"Line 3:\s*missing 'messages'", text)
 
 
-def test_fine_tuning_job_runs_live_and_opens_in_the_playground(server, page, tmp_path):
+def test_fine_tuning_job_runs_live_and_opens_in_the_playground(
+    server, fine_tuning_worker, page, tmp_path
+):
     train = write_jsonl(tmp_path / "train.jsonl", chat_rows())
     valid = write_jsonl(tmp_path / "valid.jsonl", chat_rows()[:4])
     sign_in(page, server.base_url)
@@ -99,19 +110,22 @@ def test_fine_tuning_job_runs_live_and_opens_in_the_playground(server, page, tmp
     page.get_by_label("Validation file (optional)").select_option(
         valid_option.get_attribute("value")
     )
-    # 120 steps: long enough for several 1.5 s polls even on a quiet machine
-    page.get_by_label("Epochs").fill("10")
+    page.get_by_label("Epochs").fill("10")  # 120 steps: 12 examples x 10 epochs, batch 1
     page.get_by_label("Batch size").fill("1")
     page.get_by_label("Suffix").fill("trivia")
-    page.evaluate(  # record every loss chart the page draws while the job runs
-        """() => { window.curves = [];
-        new MutationObserver(() => { const c = document.getElementById('loss-chart');
-          if (c) window.curves.push([Number(c.dataset.points),
-                                     document.getElementById('job-status').textContent]); })
-        .observe(document.getElementById('main'), {subtree: true, childList: true}); }"""
-    )
     page.get_by_role("button", name="Start fine-tuning").click()
+
+    # the worker holds the job after step HOLD_AT_STEP: the page polls and draws it running
     status = page.locator("#job-status")
+    chart = page.locator("#loss-chart")
+    page.wait_for_function(
+        "n => document.getElementById('job-status')?.textContent === 'running'"
+        " && document.getElementById('loss-chart')?.dataset.points === String(n)",
+        arg=HOLD_AT_STEP,
+    )
+    assert page.get_by_text(f"{HOLD_AT_STEP} / 120", exact=True).count() == 1
+    assert chart.locator("polyline[data-series='training loss']").count() == 1
+    fine_tuning_worker.set()  # let it finish; the same chart grows to the whole curve
     page.wait_for_function(
         "() => ['succeeded', 'failed', 'cancelled'].includes("
         "document.getElementById('job-status')?.textContent)",
@@ -120,12 +134,7 @@ def test_fine_tuning_job_runs_live_and_opens_in_the_playground(server, page, tmp
     assert status.text_content() == "succeeded", page.locator("#watch-title").evaluate(
         "e => e.parentElement.textContent"
     )
-    curves = page.evaluate("window.curves")
-    # a partial curve was drawn while the job ran, and it grew to the full 120 points after
-    while_running = sorted({n for n, s in curves if s == "running" and 0 < n < 120})
-    assert while_running, f"no partial curve while running: {curves}"
-    chart = page.locator("#loss-chart")
-    assert chart.get_attribute("data-points") == "120"  # 12 examples x 10 epochs, batch 1
+    assert chart.get_attribute("data-points") == "120"
     assert chart.locator("polyline[data-series='training loss']").count() == 1
     assert chart.locator("polyline[data-series='validation loss']").count() == 1
     assert page.locator(".progress").get_attribute("aria-valuenow") == "100"
@@ -190,7 +199,8 @@ def test_models_page_composes_exports_and_deletes(server, page, tiny_model_dir, 
     page.once("dialog", lambda dialog: dialog.accept())
     row.get_by_role("button", name="Delete alpha-beta").click()
     page.get_by_text("Deleted alpha-beta.").wait_for()
-    assert page.get_by_role("row", name=re.compile(r"^alpha-beta")).count() == 0
+    # the notice comes first, then the list reloads: wait for the row to go (or time out)
+    page.get_by_role("row", name=re.compile(r"^alpha-beta")).wait_for(state="detached")
     models = httpx.get(f"{server.base_url}/v1/models").json()["data"]
     assert "alpha-beta" not in {m["id"] for m in models}
 
@@ -247,9 +257,7 @@ def test_keyboard_alone_signs_in_and_moves_between_pages(server, page):
 
 @pytest.mark.parametrize("name", ["signin", *PAGES])
 def test_axe_finds_no_serious_violations(server, browser, name):
-    from tests.web.browser import VIEWPORT
-
-    context = browser.new_context(viewport=VIEWPORT, bypass_csp=True)  # axe is injected
+    context = new_context(browser, bypass_csp=True)  # axe is injected
     page = context.new_page()
     try:
         if name == "signin":
@@ -259,7 +267,7 @@ def test_axe_finds_no_serious_violations(server, browser, name):
             sign_in(page, server.base_url)
             page.goto(f"{server.base_url}/#/{name}")
             page.wait_for_load_state("networkidle")
-            page.wait_for_timeout(500)  # let the page's first data render
+            page.locator(PAGES[name]).first.wait_for(state="attached")
         violations = axe_violations(page)
         assert not violations, describe(violations)
     finally:

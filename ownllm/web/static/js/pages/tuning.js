@@ -239,7 +239,9 @@ export function mount(main, { me, params }) {
     if (!selected || stopped) return;
     const jobId = selected;
     try {
-      const [job, events] = await Promise.all([api(`/v1/fine_tuning/jobs/${jobId}`), loadEvents(jobId, seen)]);
+      // the job before its events: once it reads finished, every step's event is written
+      const job = await api(`/v1/fine_tuning/jobs/${jobId}`);
+      const events = await loadEvents(jobId, seen);
       if (stopped || jobId !== selected) return;
       const active = renderJob(job, events);
       if (focus) watch.querySelector("h2").focus?.();
