@@ -188,6 +188,21 @@ class EngineConfig:
     max_queue: int = setting(
         512, "Requests waiting beyond this are refused with 503.", min=1, max=1 << 20
     )
+    max_queue_seqs: int = setting(
+        0,
+        "Sequences (n of each request) that may wait for admission; beyond, 503, and 400 "
+        "for a request over it alone (0: 8 × max_num_seqs, eight full batches).",
+        min=0,
+        max=1 << 20,
+    )
+    max_queue_tokens: int = setting(
+        0,
+        "Tokens waiting requests may reserve (prompt + n × max_tokens each); beyond, 503, "
+        "and 400 for a request over it alone (0: 4 × the KV-cache capacity, at least "
+        "the model's context).",
+        min=0,
+        max=1 << 40,
+    )
     threads: int = setting(0, "torch CPU threads (0: all cores).", min=0, max=1024)
     enable_prefix_caching: bool = setting(True, "Reuse cached KV blocks of shared prompt prefixes.")
     cpu_kernels: bool = setting(

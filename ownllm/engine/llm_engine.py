@@ -31,18 +31,20 @@ from ownllm.engine.model_runner import ModelRunner
 from ownllm.engine.outputs import RequestState
 from ownllm.engine.scheduler import Scheduler
 from ownllm.engine.sequence import Sequence
+from ownllm.engine.waiting import QueueBounds, WaitingWork
 from ownllm.engine.weights import ModelArgs, load_tensors, read_config, resolve_dtype
 from ownllm.errors import (
     ContextLengthExceededError,
     InvalidRequestError,
     ModelNotFoundError,
-    OverloadedError,
 )
 
 log = logging.getLogger("ownllm.engine")
 
 MAX_STACKED_ADAPTERS = 4
 CPU_KV_CACHE_BYTES = 2 << 30  # default KV cache on CPU when kv_cache_tokens is 0
+QUEUE_SEQS_PER_BATCH_SEQ = 8  # max_queue_seqs 0: eight full batches may wait
+QUEUE_TOKENS_PER_KV_TOKEN = 4  # max_queue_tokens 0: four KV caches of worst-case work
 
 
 @dataclass
@@ -108,8 +110,7 @@ class LLMEngine:
         self._adapter_lock = threading.Lock()
         self._inbox: deque[tuple] = deque()
         self._requests: dict[str, RequestState] = {}
-        # requests submitted (event-loop thread) and taken from the inbox (engine thread)
-        self._num_submitted = self._num_taken = 0
+        self.waiting = WaitingWork(self._queue_bounds(num_blocks * config.block_size))
         self._token_texts = _token_texts(tokenizer)
         self.num_generated_tokens = 0
         self.busy_seconds = 0.0
@@ -136,15 +137,30 @@ class LLMEngine:
             path,
         )
         kv = self.runner.kv_caches
+        bounds = self.waiting.bounds
         log.info(
-            "KV cache %d tokens (%d blocks of %d, %.1f MiB), max_model_len %d, max_num_seqs %d",
+            "KV cache %d tokens (%d blocks of %d, %.1f MiB), max_model_len %d, max_num_seqs %d; "
+            "queue bounds %d requests, %d sequences, %d tokens",
             self.block_manager.num_blocks * cfg.block_size,
             self.block_manager.num_blocks,
             cfg.block_size,
             kv.numel() * kv.element_size() / 2**20,
             self.max_model_len,
             cfg.max_num_seqs,
+            bounds.max_requests,
+            bounds.max_seqs,
+            bounds.max_tokens,
         )
+
+    def _queue_bounds(self, kv_tokens: int) -> QueueBounds:
+        """The configured queue bounds, with 0 sized from the batch and the KV cache."""
+        cfg = self.config
+        max_seqs = cfg.max_queue_seqs or QUEUE_SEQS_PER_BATCH_SEQ * cfg.max_num_seqs
+        # at least one context, so any single-choice request the context admits can wait
+        max_tokens = cfg.max_queue_tokens or max(
+            QUEUE_TOKENS_PER_KV_TOKEN * kv_tokens, self.max_model_len
+        )
+        return QueueBounds(cfg.max_queue, max_seqs, max_tokens)
 
     # -- any thread -----------------------------------------------------------
     def add_request(self, request: GenerateRequest) -> None:
@@ -176,13 +192,7 @@ class LLMEngine:
             self._host_adapter(aw.adapter_id)
         if request.request_id in self._requests:
             raise InvalidRequestError(f"request id {request.request_id!r} is already running")
-        if self._num_waiting() >= self.config.max_queue:
-            raise OverloadedError(
-                f"the engine queue is full ({self.config.max_queue} requests waiting); "
-                f"retry shortly",
-                retry_after=1.0,
-            )
-        self._num_submitted += 1
+        self.waiting.charge(request)  # 503 when the queue is full, 400 if it never fits
         self._inbox.append(("add", request))
 
     def abort_request(self, request_id: str) -> None:
@@ -204,16 +214,15 @@ class LLMEngine:
             raise ModelNotFoundError(f"adapter {adapter_id!r} is not loaded", param="model")
         self._inbox.append(("evict", adapter_id))
 
-    def _num_waiting(self) -> int:
-        return len(self.scheduler.waiting) + self._num_submitted - self._num_taken
-
     def has_work(self) -> bool:
         return bool(self._inbox) or self.scheduler.has_work
 
     def stats(self) -> dict[str, float]:
         return {
             "running": len(self.scheduler.running),
-            "waiting": self._num_waiting(),
+            "waiting": self.waiting.num_requests,
+            "waiting_seqs": self.waiting.num_seqs,
+            "waiting_tokens": self.waiting.num_tokens,
             "kv_blocks_used": self.block_manager.num_used_blocks,
             "kv_blocks_total": self.block_manager.num_blocks,
             "resident_adapters": len(self.adapter_slots.key_to_slot),
@@ -229,6 +238,8 @@ class LLMEngine:
         with torch.inference_mode():
             self._apply_inbox(outputs)
             sched = self.scheduler.schedule()
+            for seq in sched.plan:
+                self.waiting.release(seq.request_id)  # admitted: no longer queued
             self._load_slots(sched, outputs)
             if sched.plan:
                 logits, sampling = self.runner.run(sched.plan)
@@ -244,9 +255,9 @@ class LLMEngine:
         while self._inbox:
             kind, arg = self._inbox.popleft()
             if kind == "add":
-                self._num_taken += 1
                 self._add(arg)
             elif kind == "abort":
+                self.waiting.release(arg)
                 state = self._requests.pop(arg, None)
                 if state is not None:
                     for seq in state.unfinished():
@@ -258,6 +269,7 @@ class LLMEngine:
 
     def _add(self, request: GenerateRequest) -> None:
         if request.request_id in self._requests:
+            self.waiting.release(request.request_id)
             return  # add_request refused it already, unless two threads raced on one id
         key = tuple((a.adapter_id, float(a.weight)) for a in request.adapters)
         cache_key = repr((request.cache_scope, key)).encode()

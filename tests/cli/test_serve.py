@@ -24,7 +24,8 @@ STARTUP_LINES = {
     ),
     "kv cache": (
         r"ownllm\.engine: KV cache \d+ tokens \(\d+ blocks of 16, [\d.]+ MiB\), "
-        r"max_model_len 512, max_num_seqs \d+$"
+        r"max_model_len 512, max_num_seqs \d+; queue bounds \d+ requests, \d+ sequences, "
+        r"\d+ tokens$"
     ),
     "worker": r"ownllm\.worker: fine-tuning worker started \(pid \d+\)$",
     "address": r"ownllm: listening on (?P<url>\S+), auth: open \(loopback, no API keys\)$",

@@ -9,7 +9,12 @@ from ownllm.backends.base import AdapterWeight, GenerateRequest, SamplingParams
 from ownllm.config import EngineConfig
 from ownllm.engine import cpu_kernels as cpu_kernels_module
 from ownllm.engine.llm_engine import LLMEngine
-from ownllm.errors import ContextLengthExceededError, ModelNotFoundError, OverloadedError
+from ownllm.errors import (
+    ContextLengthExceededError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    OverloadedError,
+)
 from tests.engine.tiny_models import (
     cat_adapters,
     hf_greedy,
@@ -264,6 +269,29 @@ def test_queue_full_is_overloaded(llama_dir):
     with pytest.raises(OverloadedError) as err:
         engine.add_request(greedy("c", PROMPTS[0]))
     assert err.value.retry_after
+
+
+def test_queued_work_is_bounded_in_sequences_and_tokens_not_only_requests(llama_dir):
+    engine = engine_for(llama_dir)  # KV cache 2048 tokens: the queue holds 4 x 2048
+    assert engine.waiting.bounds.max_tokens == 8192
+    assert engine.waiting.bounds.max_seqs == 8 * engine.config.max_num_seqs
+    whole_context = engine.max_model_len - len(PROMPTS[0])  # what an omitted max_tokens gets
+    huge = SamplingParams(max_tokens=whole_context, n=128)
+    with pytest.raises(InvalidRequestError, match="lower n or set a smaller max_tokens"):
+        engine.add_request(GenerateRequest("huge", PROMPTS[0], huge))
+    for i in range(4):  # small requests still get in: 15 tokens each
+        engine.add_request(greedy(f"small-{i}", PROMPTS[0]))
+    wide = SamplingParams(max_tokens=whole_context, n=16)  # 8147 tokens: fits alone, not now
+    with pytest.raises(OverloadedError) as err:
+        engine.add_request(GenerateRequest("wide", PROMPTS[0], wide))
+    assert err.value.retry_after
+    assert engine.stats()["waiting"] == 4 and engine.stats()["waiting_tokens"] == 60
+    engine.step()  # the four are admitted: the queue is free again
+    assert engine.stats()["waiting_tokens"] == 0
+    engine.add_request(GenerateRequest("wide", PROMPTS[0], wide))
+    engine.abort_request("wide")
+    engine.step()
+    assert engine.stats()["waiting"] == 0
 
 
 def test_context_too_long_is_rejected_before_any_work(llama_dir):
