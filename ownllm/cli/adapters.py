@@ -3,7 +3,7 @@
 Works on the data dir and database directly (no server needed); a running
 server sees the changes at once because it reads the same registry. The CLI
 acts as the operator: it sees every tenant's adapters, and `--tenant` picks
-the owner of what it creates (default: `default`).
+the owner of what it creates (default: the admin, tenant `@admin`).
 
     ownllm adapters import ./my-lora --name support-tone
     ownllm adapters compose --name mix --method ties --density 0.5 a:0.7 b:0.3
@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("import", help="import a PEFT adapter directory or .tar.gz/.zip archive")
     p.add_argument("path")
     p.add_argument("--name", required=True, help="model name clients will use")
-    p.add_argument("--tenant", default="default", help="owner tenant (default: default)")
+    p.add_argument("--tenant", help="owner tenant (default: the admin, @admin)")
     p.add_argument("--public", action="store_true", help="usable by every tenant")
     p.add_argument("--model", help="base model to check against (default: the configured one)")
     p = sub.add_parser("compose", help="compose adapters into a new one")
@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--density", type=float, help="fraction kept (ties, dare_*)")
     p.add_argument("--seed", type=int, default=0, help="random seed of dare_* (default 0)")
     p.add_argument("--majority-sign-method", default="total", choices=("total", "frequency"))
-    p.add_argument("--tenant", default="default", help="owner tenant (default: default)")
+    p.add_argument("--tenant", help="owner tenant (default: the admin, @admin)")
     p.add_argument("--public", action="store_true")
     p = sub.add_parser("export", help="export as a merged HF directory, merged GGUF or GGUF LoRA")
     p.add_argument("adapter")
@@ -110,7 +110,7 @@ def _base(config, model: str | None):
 def run(args: argparse.Namespace) -> int:
     from ownllm.adapters import operations, registry
     from ownllm.errors import OwnLLMError
-    from ownllm.gateway.principal import Principal
+    from ownllm.gateway.principal import ADMIN_TENANT, Principal
     from ownllm.models.catalog import ModelLoadError
     from ownllm.store.blobs import DataDir
     from ownllm.store.db import Database, DatabaseError
@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         db = Database.open(config.store.url)
     except (ValueError, DatabaseError) as e:
         return fail(str(e))
-    operator = Principal(tenant_id=getattr(args, "tenant", None) or "default", is_admin=True)
+    operator = Principal(tenant_id=getattr(args, "tenant", None) or ADMIN_TENANT, is_admin=True)
     try:
         if args.action == "list":
             records = registry.list_adapters(db, operator)

@@ -7,7 +7,7 @@ is as strong and keeps the lookup an indexed equality. The stored and the
 computed digest are compared with `hmac.compare_digest` anyway, and so is
 the admin key (`OWNLLM_ADMIN_KEY`, config `auth.admin_key`).
 
-Open development mode — every request is the `default` tenant with all
+Open development mode — every request is the admin (tenant `@admin`) with all
 scopes, whatever key it sends — holds only while the server listens on
 loopback and no key exists (no API key row, revoked ones included, and no
 admin key); a key created by another process (`ownllm keys create`) ends it
@@ -35,8 +35,8 @@ from starlette.concurrency import run_in_threadpool
 
 from ownllm.errors import AuthenticationError, PermissionDeniedError
 from ownllm.gateway.principal import (
+    ADMIN_TENANT,
     ALL_SCOPES,
-    DEFAULT_TENANT,
     OPEN_DEV_PRINCIPAL,
     Limits,
     Principal,
@@ -44,7 +44,7 @@ from ownllm.gateway.principal import (
 )
 
 KEY_PREFIX = "sk-"
-ADMIN_PRINCIPAL = Principal(tenant_id=DEFAULT_TENANT, key_id="admin", is_admin=True)
+ADMIN_PRINCIPAL = Principal(tenant_id=ADMIN_TENANT, key_id="admin", is_admin=True)
 CREATE_KEY_HINT = "ownllm keys create --tenant NAME --name NAME"
 _LAST_USED_EVERY_S = 60
 _CACHE_MAX = 10_000

@@ -8,6 +8,10 @@ never deleted, so the usage ledger always names a key that exists.
 Every function takes `tenant_id=None` for the admin view (all tenants) or a
 tenant id for that tenant's own view, where another tenant's key is a
 NotFoundError exactly like a key that does not exist.
+
+Tenant names never take the admin's identity: `@admin` (`ADMIN_TENANT`) is not a
+name at all, and `default`, the admin's tenant id before it, is refused for a new
+tenant, since an older database keeps what the admin stored under that id.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from ownllm.gateway.principal import ALL_SCOPES, NO_LIMITS, Limits
 from ownllm.store.schema import ApiKey, Tenant
 
 TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+RESERVED_TENANTS = frozenset({"default"})  # compared case-folded
 _PREFIX_LEN = 11  # "sk-" + 8 characters
 
 
@@ -78,6 +83,16 @@ def validate_tenant_id(tenant_id: str, param: str = "tenant") -> str:
             param=param,
         )
     return tenant_id
+
+
+def _refuse_reserved(tenant_id: str) -> None:
+    if tenant_id.casefold() in RESERVED_TENANTS:
+        raise InvalidRequestError(
+            f"Tenant name {tenant_id!r} is reserved: it was the admin's own tenant id, and "
+            "an older database may keep the admin's stored completions and files under it. "
+            "Pick another name.",
+            param="tenant",
+        )
 
 
 def validate_scopes(scopes: Any) -> tuple[str, ...]:
@@ -138,7 +153,8 @@ def create_tenant(
         if row is not None:
             if not exist_ok:
                 raise ConflictError(f"Tenant '{tenant_id}' already exists.", param="tenant")
-            return _tenant_info(row)
+            return _tenant_info(row)  # a tenant `default` made before the name was reserved
+        _refuse_reserved(tenant_id)
         row = Tenant(id=tenant_id, created_at=int(time.time()), capture_default=False)
         _set_limits(row, limits)
         session.add(row)

@@ -2,7 +2,7 @@
 
 `ownllm.gateway.auth.get_principal` is the FastAPI dependency every route
 takes. In open development mode (loopback, no key exists) every request is
-the `default` tenant with all scopes; otherwise the key is checked there.
+the admin (tenant `@admin`) with all scopes; otherwise the key is checked there.
 """
 
 from __future__ import annotations
@@ -11,7 +11,11 @@ import ipaddress
 from dataclasses import dataclass, field
 
 ALL_SCOPES = frozenset({"inference", "files", "fine-tuning", "adapters", "usage"})
-DEFAULT_TENANT = "default"
+# The tenant id of the admin key, open development mode and the CLI operator. '@' is not
+# allowed in a tenant name (`gateway.keys.TENANT_RE`), so no tenant can act as the admin:
+# read its stored completions and files, resolve its adapter names or share its
+# prefix-cache scope. (Before, the admin was tenant `default`, a legal name.)
+ADMIN_TENANT = "@admin"
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,10 @@ class Principal:
         return self.is_admin or is_public or owner_tenant_id == self.tenant_id
 
 
-OPEN_DEV_PRINCIPAL = Principal(tenant_id=DEFAULT_TENANT, is_admin=True)
+# Open mode is the admin, not an identity of its own: it is the operator at this machine
+# before any key exists, so what it stores (files, jobs, adapters) stays the admin's own
+# once `OWNLLM_ADMIN_KEY` is set.
+OPEN_DEV_PRINCIPAL = Principal(tenant_id=ADMIN_TENANT, is_admin=True)
 
 
 def is_loopback(host: str) -> bool:

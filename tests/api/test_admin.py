@@ -46,6 +46,17 @@ async def test_admin_creates_tenant_and_key_that_then_works(client, two_tenants)
     assert after.status_code == 401 and "revoked" in after.json()["error"]["message"]
 
 
+async def test_tenant_names_that_are_the_admins_are_refused(client, two_tenants):
+    admin = two_tenants.admin_headers
+    tenant = await client.post("/v1/admin/tenants", json={"id": "default"}, headers=admin)
+    assert tenant.status_code == 400 and tenant.json()["error"]["param"] == "tenant"
+    assert "reserved" in tenant.json()["error"]["message"]
+    key = await client.post("/v1/admin/keys", json={"tenant": "@admin", "name": "x"}, headers=admin)
+    assert key.status_code == 400 and key.json()["error"]["param"] == "tenant"
+    listed = await client.get("/v1/admin/tenants", headers=admin)
+    assert [t["id"] for t in listed.json()["data"]] == ["acme", "globex"]
+
+
 async def test_admin_routes_refuse_tenant_keys(client, two_tenants):
     for method, path in [
         ("GET", "/v1/admin/tenants"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from ownllm.errors import ContextLengthExceededError, OverloadedError
+from ownllm.gateway.principal import ADMIN_TENANT
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5}
 
@@ -44,7 +45,7 @@ async def test_chat_completion_shape(client, fake_state):
     }
     request = fake_state.backend.requests[0]
     assert request.prompt_token_ids == prompt_ids
-    assert request.cache_scope == "default"
+    assert request.cache_scope == ADMIN_TENANT  # open mode is the admin
     assert request.sampling.max_tokens == 5
 
 

@@ -65,6 +65,10 @@ def test_keys_bad_input_is_one_line(tmp_path, capsys):
     assert code == 2 and err.startswith("ownllm: error: Invalid tenant name")
     code, _, err = cli(capsys, "keys", "revoke", "key-nope", "--data-dir", str(tmp_path))
     assert code == 2 and "No API key" in err
+    code, _, err = cli(
+        capsys, "keys", "create", "--data-dir", str(tmp_path), "--tenant", "default", "--name", "ci"
+    )
+    assert code == 2 and err.startswith("ownllm: error: Tenant name 'default' is reserved")
 
 
 def test_usage_and_cost_read_the_ledger(tmp_path, capsys):

@@ -60,7 +60,7 @@ def test_capture_feedback_export_tune_serve(server, tmp_path):
         assert http.post(f"/v1/chat/completions/{cid}/feedback", json=body).status_code == 200
 
     out = tmp_path / "train.jsonl"
-    done = cli("data", "export", "--tenant", "default", "--min-rating", "4", "--out", str(out),
+    done = cli("data", "export", "--tenant", "@admin", "--min-rating", "4", "--out", str(out),
                "--upload", data_dir=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr
     file_id = done.stdout.strip()
