@@ -1,7 +1,8 @@
 """`ownllm keys`: create, list and revoke API keys; list tenants and set their limits.
 
 `create` prints the secret key once (on stdout, alone on its line, so scripts can capture
-it); only its hash is stored. Works on the database of the config (`--data-dir`,
+it); only its hash is stored. A new key gets `gateway.keys.DEFAULT_KEY_LIMITS` (rpm 60,
+tpm 100000, 4 in flight) for every limit not given; 0 removes one, `--unlimited` all. Works on the database of the config (`--data-dir`,
 OWNLLM_DATABASE_URL), so run it where the server's database is reachable.
 """
 
@@ -24,13 +25,28 @@ def _limit_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _default_limits_help() -> str:
+    from ownllm.gateway.keys import DEFAULT_KEY_LIMITS
+
+    return (
+        f"A new key is limited to {_limit_text(DEFAULT_KEY_LIMITS)} unless told otherwise: a "
+        "flag sets that limit, 0 removes it (e.g. --max-concurrent 0), --unlimited removes "
+        "every default."
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ownllm.cli.common import add_config_arguments
 
     common = argparse.ArgumentParser(add_help=False)
     add_config_arguments(common)  # on every action: `ownllm keys list --data-dir DIR`
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    create = sub.add_parser("create", parents=[common], help="create a key (and its tenant)")
+    create = sub.add_parser(
+        "create",
+        parents=[common],
+        help="create a key (and its tenant)",
+        description=f"Create a key (and its tenant). {_default_limits_help()}",
+    )
     create.add_argument("--tenant", required=True, help="tenant name, e.g. acme")
     create.add_argument("--name", required=True, help="what the key is for, e.g. ci")
     create.add_argument(
@@ -38,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated: inference,files,fine-tuning,adapters,usage (default: all)",
     )
     _limit_arguments(create)
+    create.add_argument(
+        "--unlimited", action="store_true", help="no default limits: only the limits given"
+    )
     listing = sub.add_parser("list", parents=[common], help="list keys (never their secrets)")
     listing.add_argument("--tenant", help="only this tenant's keys")
     listing.add_argument("--json", action="store_true", help="JSON lines instead of a table")
@@ -48,17 +67,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     who = limits.add_mutually_exclusive_group(required=True)
     who.add_argument("--tenant")
     who.add_argument("--key", metavar="KEY_ID")
-    limits.add_argument("--clear", action="store_true", help="remove limits not given")
+    limits.add_argument(
+        "--clear", action="store_true", help="remove limits not given (0 removes one)"
+    )
     _limit_arguments(limits)
 
 
-def _limits(args: argparse.Namespace, old=None):
+def _limits(args: argparse.Namespace, old):
+    """`old` with the limits given replaced; a limit given as 0 is removed (None)."""
     from ownllm.gateway.principal import Limits
 
     given = {name: getattr(args, name) for name in LIMIT_FLAGS}
-    if old is None or getattr(args, "clear", False):
-        return Limits(**given)
-    return Limits(**{n: given[n] if given[n] is not None else getattr(old, n) for n in given})
+    kept = {n: getattr(old, n) for n in LIMIT_FLAGS}
+    return Limits(**{n: (given[n] or None) if given[n] is not None else kept[n] for n in given})
 
 
 def _applies(config) -> str:
@@ -79,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
     from ownllm.cli.common import ConfigError, config_from_args, fail
     from ownllm.errors import OwnLLMError
     from ownllm.gateway import keys
+    from ownllm.gateway.principal import NO_LIMITS
     from ownllm.store.db import Database, DatabaseError
 
     try:
@@ -88,8 +110,9 @@ def run(args: argparse.Namespace) -> int:
         return fail(str(e))
     try:
         if args.action == "create":
+            start = NO_LIMITS if args.unlimited else keys.DEFAULT_KEY_LIMITS
             created = keys.create_key(
-                db, args.tenant, args.name, scopes=args.scopes, limits=_limits(args)
+                db, args.tenant, args.name, scopes=args.scopes, limits=_limits(args, start)
             )
             info = created.info
             print(
@@ -127,11 +150,11 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{t.id:<24} {_when(t.created_at):<17} {_limit_text(t.limits)}")
         elif args.action == "limits":
             if args.tenant:
-                old = keys.get_tenant(db, args.tenant).limits
+                old = NO_LIMITS if args.clear else keys.get_tenant(db, args.tenant).limits
                 info = keys.set_tenant_limits(db, args.tenant, _limits(args, old))
                 print(f"tenant {info.id}: {_limit_text(info.limits)}{_applies(config)}")
             else:
-                old = keys.get_key(db, args.key).limits
+                old = NO_LIMITS if args.clear else keys.get_key(db, args.key).limits
                 info = keys.set_key_limits(db, args.key, _limits(args, old))
                 print(f"key {info.id}: {_limit_text(info.limits)}{_applies(config)}")
     except OwnLLMError as e:

@@ -185,6 +185,15 @@ def set_tenant_limits(db: Any, tenant_id: str, limits: Limits) -> TenantInfo:
         return _tenant_info(row)
 
 
+# What `ownllm keys create` and POST /v1/admin/keys give a key unless told otherwise, so
+# a forgotten flag is not an unlimited key: a request a second sustained (rpm 60); 100k
+# tokens a minute, about a dozen requests that leave max_tokens out on an 8k context,
+# since admission counts prompt + n × max_tokens; 4 requests in flight, so one key holds
+# at most 1/16 of the engine's 64 batch slots. No monthly budget: that is a business
+# decision, made per tenant or key.
+DEFAULT_KEY_LIMITS = Limits(rpm=60, tpm=100_000, max_concurrent=4)
+
+
 def create_key(
     db: Any,
     tenant_id: str,
@@ -193,7 +202,10 @@ def create_key(
     scopes: Any = None,
     limits: Limits = NO_LIMITS,
 ) -> CreatedKey:
-    """Create a key (and its tenant when new). The secret is in the result only."""
+    """Create a key (and its tenant when new). The secret is in the result only.
+
+    `limits` are exactly the key's; the CLI and the admin route start from
+    `DEFAULT_KEY_LIMITS` and pass what the operator changed."""
     validate_tenant_id(tenant_id)
     if not isinstance(name, str) or not name.strip() or len(name) > 200:
         raise InvalidRequestError("A key needs a name of 1-200 characters.", param="name")

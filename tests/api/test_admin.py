@@ -57,6 +57,30 @@ async def test_tenant_names_that_are_the_admins_are_refused(client, two_tenants)
     assert [t["id"] for t in listed.json()["data"]] == ["acme", "globex"]
 
 
+async def test_a_new_key_gets_the_default_limits_unless_the_body_says_otherwise(
+    client, two_tenants
+):
+    admin = two_tenants.admin_headers
+
+    async def create(**body) -> dict:
+        created = await client.post(
+            "/v1/admin/keys", json={"tenant": "initech", "name": "ci", **body}, headers=admin
+        )
+        assert created.status_code == 200, created.text
+        item = created.json()
+        return {n: item[n] for n in ("rpm", "tpm", "max_concurrent", "monthly_tokens")}
+
+    assert await create() == {"rpm": 60, "tpm": 100000, "max_concurrent": 4, "monthly_tokens": None}
+    assert await create(rpm=5, max_concurrent=None) == {
+        "rpm": 5,
+        "tpm": 100000,
+        "max_concurrent": None,
+        "monthly_tokens": None,
+    }
+    unlimited = await create(rpm=None, tpm=None, max_concurrent=None)
+    assert set(unlimited.values()) == {None}
+
+
 async def test_admin_routes_refuse_tenant_keys(client, two_tenants):
     for method, path in [
         ("GET", "/v1/admin/tenants"),

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from ownllm.cli import main
 from ownllm.gateway.auth import hash_key
 from ownllm.gateway.usage import UsageLedger, UsageRow
@@ -69,6 +71,39 @@ def test_keys_bad_input_is_one_line(tmp_path, capsys):
         capsys, "keys", "create", "--data-dir", str(tmp_path), "--tenant", "default", "--name", "ci"
     )
     assert code == 2 and err.startswith("ownllm: error: Tenant name 'default' is reserved")
+
+
+def test_keys_create_limits_a_new_key_by_default_and_opts_out_explicitly(tmp_path, capsys):
+    d = str(tmp_path)
+
+    def create(name: str, *flags: str) -> str:
+        code, _, err = cli(
+            capsys, "keys", "create", "--data-dir", d, "--tenant", "acme", "--name", name, *flags
+        )
+        assert code == 0, err
+        return err
+
+    assert "limits: rpm=60,tpm=100000,max_concurrent=4)" in create("plain")
+    assert "limits: rpm=60,tpm=100000)" in create("zero", "--max-concurrent", "0")
+    assert "limits: unlimited)" in create("open", "--unlimited")
+    assert "limits: rpm=5)" in create("five", "--unlimited", "--rpm", "5")
+    _, out, _ = cli(capsys, "keys", "list", "--data-dir", d, "--json")
+    rows = {r["name"]: r for r in map(json.loads, out.splitlines())}
+    limits = {n: (r["rpm"], r["tpm"], r["max_concurrent"]) for n, r in rows.items()}
+    assert limits == {
+        "plain": (60, 100000, 4),
+        "zero": (60, 100000, None),
+        "open": (None, None, None),
+        "five": (5, None, None),
+    }
+    code, out, _ = cli(
+        capsys, "keys", "limits", "--data-dir", d, "--key", rows["plain"]["id"], "--tpm", "0"
+    )
+    assert code == 0 and "rpm=60,max_concurrent=4 " in out  # 0 removes a limit later too
+    with pytest.raises(SystemExit):
+        main(["keys", "create", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "limited to rpm=60,tpm=100000,max_concurrent=4 unless told otherwise" in help_text
 
 
 def test_usage_and_cost_read_the_ledger(tmp_path, capsys):

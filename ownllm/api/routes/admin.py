@@ -4,7 +4,8 @@ tenant's own keys.
 The admin (`OWNLLM_ADMIN_KEY`, or open development mode) creates tenants and keys, changes
 limits and revokes keys of any tenant. A tenant key lists its own tenant's keys and can
 revoke itself (a leaked key); another tenant's key id is a 404, as if it did not exist. A new key's secret is in the
-create response only.
+create response only. A new key gets `gateway.keys.DEFAULT_KEY_LIMITS` (rpm 60, tpm 100000,
+max_concurrent 4) for each limit the body leaves out; a limit sent as null is none.
 """
 
 from __future__ import annotations
@@ -89,13 +90,14 @@ async def update_tenant(
 
 @router.post("/v1/admin/keys", dependencies=[Depends(require_admin)])
 async def create_key(body: KeyBody, request: Request, state: AppState = Depends(get_state)) -> dict:
+    """Create a key; limits left out are rpm 60, tpm 100000, max_concurrent 4 (null: none)."""
     created = await run_in_threadpool(
         lambda: keys.create_key(
             _db(state),
             body.tenant,
             body.name,
             scopes=body.scopes,
-            limits=body.merged(Limits()),
+            limits=body.merged(keys.DEFAULT_KEY_LIMITS),
         )
     )
     _forget_keys(request)  # the first key ends open development mode at once
