@@ -13,7 +13,13 @@ the row count. A worker owns a job while its id is in `worker_id`; every
 write the worker makes is conditional on that, so a worker that lost its
 job (declared dead, job requeued) cannot overwrite the new owner's state.
 
-Left out: priorities and per-tenant fairness (jobs run oldest first).
+Claims are fair across tenants: the next job is the oldest queued job of the
+tenant with the fewest running jobs, ties going to the tenant whose last job
+started longest ago (a tenant never served first). So a tenant that queues
+fifty jobs holds one worker at a time while others have jobs waiting, and a
+single worker takes tenants in turn.
+
+Left out: priorities, and weights between tenants.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import uuid
 from typing import Any
 
 from sqlalchemy import func, select, update
+from sqlalchemy.orm import aliased
 
 from ownllm.store.db import Database
 from ownllm.store.schema import FineTuningJob, JobCheckpoint, JobEvent
@@ -73,8 +80,24 @@ def set_status(db: Database, job_id: str, status: str, *, worker_id: str | None 
         return s.execute(query.values(status=status, **values)).rowcount == 1
 
 
+def _next_queued():
+    """The id of the job to claim next: see "Claims are fair across tenants" above."""
+    job, other = FineTuningJob, aliased(FineTuningJob)
+    same_tenant = other.tenant_id == job.tenant_id
+    num_running = (
+        select(func.count()).where(same_tenant, other.status == "running").scalar_subquery()
+    )
+    last_started = select(func.max(other.started_at)).where(same_tenant).scalar_subquery()
+    return (
+        select(job.id)
+        .where(job.status == "queued")
+        .order_by(num_running, func.coalesce(last_started, -1), job.created_at, job.id)
+        .limit(1)
+    )
+
+
 def claim(db: Database, worker_id: str) -> FineTuningJob | None:
-    """Take the oldest queued job for `worker_id`, or None when there is none."""
+    """Take the next queued job (fair across tenants) for `worker_id`, or None when none."""
     now = time.time()
     values = {
         "status": "running",
@@ -83,18 +106,13 @@ def claim(db: Database, worker_id: str) -> FineTuningJob | None:
         "attempts": FineTuningJob.attempts + 1,
         "started_at": func.coalesce(FineTuningJob.started_at, int(now)),
     }
-    oldest = (
-        select(FineTuningJob.id)
-        .where(FineTuningJob.status == "queued")
-        .order_by(FineTuningJob.created_at, FineTuningJob.id)
-        .limit(1)
-    )
+    query = _next_queued()
     for _ in range(5):
         with db.session() as s:
             if db.is_postgres:
-                job_id = s.scalar(oldest.with_for_update(skip_locked=True))
+                job_id = s.scalar(query.with_for_update(of=FineTuningJob, skip_locked=True))
             else:
-                job_id = s.scalar(oldest)
+                job_id = s.scalar(query)
             if job_id is None:
                 return None
             done = s.execute(

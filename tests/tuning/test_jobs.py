@@ -6,7 +6,7 @@ from ownllm.store.schema import FineTuningJob
 from ownllm.tuning import jobs
 
 
-def _queued(db: Database, n: int) -> list[str]:
+def _queued(db: Database, n: int, tenant: str = "t", after: int = 0) -> list[str]:
     ids = []
     with db.session() as s:
         for i in range(n):
@@ -15,7 +15,7 @@ def _queued(db: Database, n: int) -> list[str]:
             s.add(
                 FineTuningJob(
                     id=job_id,
-                    tenant_id="t",
+                    tenant_id=tenant,
                     model="m",
                     base_model="m",
                     training_file="file-x",
@@ -24,7 +24,7 @@ def _queued(db: Database, n: int) -> list[str]:
                     seed=0,
                     status="queued",
                     result_files=[],
-                    created_at=int(time.time()) + i,
+                    created_at=int(time.time()) + after + i,
                     cancel_requested=False,
                     attempts=0,
                 )
@@ -76,4 +76,26 @@ def test_cancel_queued_is_immediate_and_running_is_flagged(db_url):
     assert jobs.request_cancel(db, queued) == "running"
     assert jobs.heartbeat(db, queued, "w") == (True, True)
     assert jobs.get_job(db, running).status == "cancelled"
+    db.close()
+
+
+def test_claims_are_fair_across_tenants(db_url):
+    db = Database.open(db_url)
+    a1, a2, a3 = _queued(db, 3, tenant="acme")
+    (b1,) = _queued(db, 1, tenant="globex", after=3)  # queued after all of acme's
+    assert jobs.claim(db, "w1").id == a1  # no one runs anything: the oldest job
+    assert jobs.claim(db, "w2").id == b1  # acme runs one job, globex none
+    assert jobs.claim(db, "w3").id == a2
+    db.close()
+
+
+def test_one_worker_takes_tenants_in_turn(db_url):
+    db = Database.open(db_url)
+    a1, a2 = _queued(db, 2, tenant="acme")
+    (b1,) = _queued(db, 1, tenant="globex", after=2)
+    order = []
+    while (job := jobs.claim(db, "w")) is not None:
+        order.append(job.id)
+        assert jobs.set_status(db, job.id, "succeeded", worker_id="w")
+    assert order == [a1, b1, a2]  # globex was never served: it goes before acme's second
     db.close()
