@@ -15,7 +15,9 @@ turns True, or EOS where the grammar accepts) parses and validates. A choice cut
 JSON is generated compact (no whitespace between tokens): free whitespace lets a small model
 loop on newlines until max_tokens. Schema keywords llguidance cannot enforce (e.g.
 `dependentSchemas`) are rejected with `InvalidRequestError(param="response_format")` rather
-than silently ignored, as are schemas that are not valid JSON Schema.
+than silently ignored, as are schemas that are not valid JSON Schema. A schema deeper than
+`MAX_SCHEMA_DEPTH` or larger than `MAX_SCHEMA_CHARS` is refused (param
+`response_format.json_schema`) before anything walks it recursively.
 
 The llguidance tokenizer (~0.2 s to build for a 50k vocabulary) is cached per tokenizer.
 
@@ -34,7 +36,16 @@ import torch
 from ownllm.errors import InvalidRequestError
 
 PARAM = "response_format"
+SCHEMA_PARAM = "response_format.json_schema"
 JSON_OPTIONS = {"whitespace_flexible": False}
+# Nested objects and arrays. OpenAI's structured outputs allow 10 levels of object nesting,
+# each 2 to 4 levels here (`properties`, `anyOf` lists), so 64 admits what OpenAI accepts
+# while jsonschema's recursive check (about 5 frames a level) stays far from the ~200 levels
+# where it exhausts Python's stack.
+MAX_SCHEMA_DEPTH = 64
+# Compact JSON characters. Real schemas are a few KB; checking one costs about 60 us a
+# character, so the bound caps the check near a second.
+MAX_SCHEMA_CHARS = 64 * 1024
 
 
 class JsonConstraint:
@@ -121,14 +132,49 @@ def _schema_text(schema: dict) -> str:
 
     if not isinstance(schema, dict):
         raise InvalidRequestError("a JSON schema must be an object", param=PARAM)
+    check_schema_bounds(schema)
     try:
         validator_for(schema).check_schema(schema)
     except SchemaError as e:
         raise InvalidRequestError(f"invalid JSON schema: {e.message}", param=PARAM) from None
+    except RecursionError:  # the bounds keep it out of reach; never a 500 if not
+        message = "the JSON schema is nested too deeply"
+        raise InvalidRequestError(message, param=SCHEMA_PARAM) from None
     try:
         return json.dumps(schema, sort_keys=True)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, RecursionError) as e:
         raise InvalidRequestError(f"invalid JSON schema: {e}", param=PARAM) from None
+
+
+def check_schema_bounds(schema: Any) -> None:
+    """Raise a 400 on `response_format.json_schema` when `schema` nests deeper than
+    MAX_SCHEMA_DEPTH or its compact JSON would pass MAX_SCHEMA_CHARS.
+
+    Walks with an explicit stack and stops at the first bound passed, so any input is cheap.
+    """
+    num_chars = 0
+    stack = [(schema, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            if depth > MAX_SCHEMA_DEPTH:
+                raise InvalidRequestError(
+                    f"the JSON schema is nested deeper than {MAX_SCHEMA_DEPTH} levels",
+                    param=SCHEMA_PARAM,
+                )
+            num_chars += 2 + max(len(value) - 1, 0)  # brackets and commas
+            if isinstance(value, dict):
+                num_chars += sum(len(str(k)) + 3 for k in value)  # "key":
+                stack.extend((v, depth + 1) for v in value.values())
+            else:
+                stack.extend((v, depth + 1) for v in value)
+        else:
+            num_chars += len(value) + 2 if isinstance(value, str) else len(repr(value))
+        if num_chars > MAX_SCHEMA_CHARS:
+            raise InvalidRequestError(
+                f"the JSON schema is longer than {MAX_SCHEMA_CHARS} characters of JSON",
+                param=SCHEMA_PARAM,
+            )
 
 
 @lru_cache(maxsize=256)
@@ -137,7 +183,7 @@ def _grammar(schema_text: str) -> str:
 
     try:
         grammar = llguidance.LLMatcher.grammar_from_json_schema(schema_text, overrides=JSON_OPTIONS)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise InvalidRequestError(f"invalid JSON schema: {e}", param=PARAM) from None
     is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
     if is_error:

@@ -109,3 +109,35 @@ async def test_a_server_fault_is_500_without_internals(client, fake_state):
     r = await client.post("/v1/chat/completions", json=CHAT)
     error = assert_openai_error(r, 500, None, "internal_error")
     assert "secret" not in r.text and error["type"] == "server_error"
+
+
+def _nested_schema(levels: int) -> dict:
+    schema: dict = {"type": "integer"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"a": schema}}
+    return schema
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        _nested_schema(400),
+        {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(5000)}},
+    ],
+    ids=["400 levels deep", "5000 properties"],
+)
+async def test_deep_or_huge_json_schema_is_400_naming_it(client, caplog, schema):
+    rf = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+    with caplog.at_level("ERROR"):
+        r = await client.post("/v1/chat/completions", json={**CHAT, "response_format": rf})
+    assert_openai_error(r, 400, "response_format.json_schema")
+    assert not [rec for rec in caplog.records if rec.levelname == "ERROR"]
+
+
+async def test_a_body_nested_past_the_json_parser_is_400(client):
+    deep = '{"a":' * 100_000 + "1" + "}" * 100_000
+    body = '{"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "metadata": ' + deep
+    r = await client.post(
+        "/v1/chat/completions", content=body + "}", headers={"content-type": "application/json"}
+    )
+    assert_openai_error(r, 400, None)

@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from ownllm.backends.base import SamplingParams
-from ownllm.engine.constraints import JsonConstraint, constraint_for_response_format
+from ownllm.engine.constraints import (
+    MAX_SCHEMA_CHARS,
+    MAX_SCHEMA_DEPTH,
+    JsonConstraint,
+    check_schema_bounds,
+    constraint_for_response_format,
+)
 from ownllm.engine.sampler import SamplingBatch, allocate_bitmask, fill_bitmask, sample
 from ownllm.errors import InvalidRequestError
 from ownllm.models.tokenizer import Tokenizer
@@ -130,6 +136,48 @@ def test_invalid_schema_is_a_400_on_response_format(tokenizer, schema):
     with pytest.raises(InvalidRequestError) as e:
         JsonConstraint.from_schema(tokenizer, schema)
     assert e.value.param == "response_format" and e.value.status_code == 400
+
+
+def nested(levels: int) -> dict:
+    """A schema of `levels` nested objects: 2 * levels + 1 levels of JSON."""
+    schema: dict = {"type": "integer"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"a": schema}, "required": ["a"]}
+    return schema
+
+
+def deep_list(levels: int) -> list:
+    value: list = []
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        nested(400),  # RecursionError inside jsonschema before the bound
+        nested(MAX_SCHEMA_DEPTH // 2),  # 2 levels each, and the innermost schema
+        {"enum": [deep_list(5000)]},
+        {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(4000)}},
+        {"type": "string", "description": "x" * MAX_SCHEMA_CHARS},
+    ],
+    ids=["400 levels", "just past the bound", "5000 levels in an enum", "4000 properties", "long"],
+)
+def test_deep_or_huge_schema_is_a_400_on_json_schema(tokenizer, schema):
+    with pytest.raises(InvalidRequestError) as e:
+        JsonConstraint.from_schema(tokenizer, schema)
+    assert e.value.param == "response_format.json_schema" and e.value.status_code == 400
+
+
+def test_schema_bounds_admit_what_openai_accepts(tokenizer):
+    ten_levels = nested(10)  # OpenAI's structured-outputs nesting limit
+    check_schema_bounds(ten_levels)
+    check_schema_bounds({"type": "array", "items": nested(MAX_SCHEMA_DEPTH // 2 - 1)})  # 64
+    assert JsonConstraint.from_schema(tokenizer, ten_levels) is not None
+    compact = json.dumps(PERSON, separators=(",", ":"))
+    padded = {**PERSON, "description": "x" * (MAX_SCHEMA_CHARS - len(compact) - 100)}
+    check_schema_bounds(padded)
 
 
 def test_response_format_dispatch(tokenizer):
