@@ -16,6 +16,16 @@ from hypothesis import strategies as st  # noqa: E402
 from tests.e2e.conftest import ADMIN_KEY  # noqa: E402
 
 SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+
+
+def nested(levels):
+    schema = {"type": "integer"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"a": schema}}
+    return schema
+
+
+HUGE = {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(5000)}}
 FORMATS = [
     None,
     {"type": "text"},
@@ -23,6 +33,8 @@ FORMATS = [
     {"type": "json_schema", "json_schema": {"name": "x", "schema": SCHEMA}},
     {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "array"}}},
     {"type": "json_schema", "json_schema": {"name": "x", "schema": {"minimum": "x"}}},
+    {"type": "json_schema", "json_schema": {"name": "x", "schema": nested(400)}},
+    {"type": "json_schema", "json_schema": {"name": "x", "schema": HUGE}},
     {"type": "yaml"},
 ]
 
