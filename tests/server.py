@@ -76,9 +76,9 @@ class Server:
         raise AssertionError(f"server not ready after {timeout} s: {self.log_text()[-2000:]}")
 
     def stop(self) -> None:
-        self.process.terminate()
+        self.process.terminate()  # a graceful stop flushes the ledger: give it time
         try:
-            self.process.wait(timeout=20)
+            self.process.wait(timeout=READY_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()

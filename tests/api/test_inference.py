@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import threading
 
 from ownllm.api.app import create_app
 from ownllm.errors import ContentPolicyError, RateLimitError
@@ -89,7 +91,7 @@ async def test_output_guard_cuts_a_choice_with_content_filter(client, fake_state
 
 async def test_client_disconnect_mid_stream_aborts_the_backend_request(fake_state):
     """Drive the ASGI app by hand: the client hangs up after the first content chunk."""
-    fake_state.backend.delay = 0.01
+    fake_state.backend.gate = threading.Semaphore(0)  # one token, then only the hang-up ends it
     app = create_app(fake_state, start_engine=False)
     body = json.dumps({**CHAT, "max_tokens": 100, "stream": True}).encode()
     scope = {
@@ -118,10 +120,10 @@ async def test_client_disconnect_mid_stream_aborts_the_backend_request(fake_stat
 
     async def send(message):
         sent.append(message)
-        if message.get("body", b"").count(b"content") and b'"content":""' not in message["body"]:
+        if re.search(rb'"content":"[^"]', message.get("body", b"")):  # a token's text
             gone.set()
 
-    await asyncio.wait_for(app(scope, receive, send), timeout=30)
+    await asyncio.wait_for(app(scope, receive, send), timeout=120)
     backend = fake_state.backend
     assert sent[0]["status"] == 200
     assert not any(b"[DONE]" in m.get("body", b"") for m in sent)
@@ -133,7 +135,8 @@ async def test_client_disconnect_mid_stream_aborts_the_backend_request(fake_stat
 
 
 async def test_client_disconnect_during_a_whole_response_aborts_it_too(fake_state):
-    fake_state.backend.delay = 0.05
+    backend = fake_state.backend
+    backend.gate = threading.Semaphore(0)  # one token, then only the hang-up ends it
     app = create_app(fake_state, start_engine=False)
     body = json.dumps({**CHAT, "max_tokens": 200}).encode()
     scope = {
@@ -143,21 +146,18 @@ async def test_client_disconnect_during_a_whole_response_aborts_it_too(fake_stat
         "headers": [(b"content-type", b"application/json"), (b"host", b"test")],
     }  # fmt: skip
     messages = [{"type": "http.request", "body": body, "more_body": False}]
-    gone = asyncio.Event()
-    asyncio.get_running_loop().call_later(0.3, gone.set)  # hangs up mid-answer
 
     async def receive():  # like uvicorn: a disconnect is returned without waiting
         if messages:
             return messages.pop()
-        if not gone.is_set():
-            await gone.wait()
+        while not backend.running:  # hangs up once the answer is under way
+            await asyncio.sleep(0.01)
         return {"type": "http.disconnect"}
 
     async def send(message):
         pass
 
-    await asyncio.wait_for(app(scope, receive, send), timeout=30)
-    backend = fake_state.backend
+    await asyncio.wait_for(app(scope, receive, send), timeout=120)
     assert backend.requests[0].request_id in backend.aborted and not backend.running
     assert fake_state.extras["metrics"].requests.labels("chat.completions", "499")._value.get() == 1
 

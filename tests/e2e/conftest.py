@@ -49,7 +49,7 @@ async def aclient(server):
 
 def metric(base_url: str, name: str, labels: str = "") -> float:
     """One sample of /metrics (`labels` as Prometheus writes them, e.g. 'endpoint="x"')."""
-    text = httpx.get(f"{base_url}/metrics").text
+    text = httpx.get(f"{base_url}/metrics", timeout=60).text
     key = f"{name}{{{labels}}}" if labels else name
     match = re.search(rf"^{re.escape(key)} (\S+)$", text, re.M)
     return float(match.group(1)) if match else 0.0

@@ -71,7 +71,7 @@ def test_a_client_that_disconnects_mid_stream_frees_its_engine_slot(server):
                 break
         assert metric(base, "ownllm_running_requests") == 1  # the slot is held while streaming
     # the connection is closed here, long before 4000 tokens
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120  # only bounds a hang
     while metric(base, "ownllm_running_requests") and time.monotonic() < deadline:
         time.sleep(0.05)
     assert metric(base, "ownllm_running_requests") == 0

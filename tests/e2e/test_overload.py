@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import openai
@@ -35,7 +36,9 @@ async def test_full_queue_is_503_with_retry_after(small_server):
             lines = running.aiter_lines()
             assert (await anext(lines)).startswith("data: ")  # holds the only slot
             queued = asyncio.create_task(http.post("/v1/chat/completions", json=SHORT))
+            deadline = time.monotonic() + 120  # only bounds a hang
             while metric(base, "ownllm_queue_depth") < 1:  # waits for the slot
+                assert time.monotonic() < deadline and not queued.done(), "never queued"
                 await asyncio.sleep(0.05)
             refused = await http.post("/v1/chat/completions", json=SHORT)
             assert refused.status_code == 503

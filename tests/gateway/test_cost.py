@@ -217,8 +217,10 @@ def test_served_traffic_and_engine_busy_time_reach_the_cost_account(tmp_path, ti
                     "model": "tiny",
                     "messages": [{"role": "user", "content": "hi"}],
                     "max_tokens": 8,
+                    "ignore_eos": True,  # 8 tokens each, whatever the random model says
                 },
             )
+            assert response.json()["usage"]["completion_tokens"] == 8
             seen += response.json()["usage"]["total_tokens"]
     finally:
         server.stop()

@@ -41,14 +41,24 @@ def start_worker(model_dir, data_dir, db_url, name: str) -> subprocess.Popen:
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def wait_for(predicate, timeout: float = 120.0):
+def wait_for(predicate, timeout: float = 120.0, poll_s: float = 0.1):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
-        time.sleep(0.1)
+        time.sleep(poll_s)
     raise AssertionError("timed out")
+
+
+def stopped_with_checkpoint(worker: subprocess.Popen, db, job_id: str):
+    """Stop `worker` (SIGSTOP), then look: its job's latest checkpoint, the worker left
+    stopped; or None, the worker let go on. What is seen stays true until the kill."""
+    os.kill(worker.pid, signal.SIGSTOP)
+    checkpoint = jobs.latest_checkpoint(db, job_id)
+    if checkpoint is None:
+        os.kill(worker.pid, signal.SIGCONT)
+    return checkpoint
 
 
 def messages(db, job_id) -> list[str]:
@@ -88,7 +98,9 @@ async def test_kill_9_mid_job_then_another_worker_resumes_from_the_checkpoint(
         job_id = r.json()["id"]
     first = start_worker(learnable_model_dir, tmp_path, db_url, "first")
     try:
-        wait_for(lambda: jobs.latest_checkpoint(state.db, job_id))
+        # it runs 10 ms at a time between looks: far too little for the 36 steps after the
+        # first checkpoint, however fast the machine
+        wait_for(lambda: stopped_with_checkpoint(first, state.db, job_id), poll_s=0.01)
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
