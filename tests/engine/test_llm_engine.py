@@ -360,11 +360,26 @@ def test_busy_seconds_and_tokens_generated(llama_dir):
 
 @pytest.mark.parametrize("dtype", ["bfloat16"])
 def test_bfloat16_runs_close_to_float32(llama_dir, base_reference, dtype):
-    engine = LLMEngine(llama_dir, EngineConfig(kv_cache_tokens=2048), dtype=dtype)
-    assert engine.dtype == torch.bfloat16
-    engine.add_request(greedy("r", PROMPTS[1]))
-    tokens = run_to_end(engine)["r"][0]
-    assert tokens[:3] == base_reference[1][:3]
+    # Distributions, not greedy tokens: float32's third token here leads by 0.17, within
+    # what bf16 rounding may move (about 0.1 on this machine, and other kernel builds round
+    # differently). Along float32's own path (fed as the prompt) the runs cannot diverge.
+    def next_logprobs(engine, request_id: str, prompt: list[int]) -> dict[int, float]:
+        engine.add_request(greedy(request_id, prompt, max_tokens=1, logprobs=20))
+        deltas = []
+        while engine.has_work():
+            deltas += [o.delta for o in engine.step() if o.delta is not None]
+        (logprob,) = [lp for d in deltas for lp in d.logprobs or ()]
+        return {token_id: value for token_id, _, value in logprob.top}
+
+    exact = engine_for(llama_dir)
+    rounded = LLMEngine(llama_dir, EngineConfig(kv_cache_tokens=2048), dtype=dtype)
+    assert rounded.dtype == torch.bfloat16
+    for k in range(3):
+        prompt = PROMPTS[1] + base_reference[1][:k]
+        want = next_logprobs(exact, f"r{k}", prompt)
+        got = next_logprobs(rounded, f"r{k}", prompt)
+        for token_id in sorted(want, key=want.get, reverse=True)[:5]:
+            assert got[token_id] == pytest.approx(want[token_id], abs=0.35), (k, token_id)
 
 
 def test_preemption_when_kv_runs_out_gives_the_same_tokens(llama_dir):
