@@ -2,7 +2,9 @@
 
 `Database.open(url)` creates the engine (SQLite with WAL and a busy timeout
 so a server and a worker process can share the file; PostgreSQL through
-psycopg 3) and upgrades the schema to the newest Alembic revision. Alembic's
+psycopg 3) and upgrades the schema to the newest Alembic revision. A SQLite file is
+created 0600 (its -wal and -shm files take the same mode) and an existing one is
+made so when this user owns it: it holds keys and stored completions. Alembic's
 own INFO lines (plugin setup, "Context impl") are kept out of the log: the
 migrations actually applied get one line, and errors still raise.
 """
@@ -10,6 +12,7 @@ migrations actually applied get one line, and errors still raise.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,15 +43,32 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path = url.split("///", 1)[-1].split("?", 1)[0]
+        if path and path != ":memory:" and not path.startswith("file:"):
+            _private_sqlite_file(Path(path))
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def _private_sqlite_file(path: Path) -> None:
+    """Create the database file 0600 before SQLite does; tighten the files of an old one."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    except OSError:
+        return  # SQLite reports the problem (read-only directory, ...) in its own words
+    owner = os.getuid() if hasattr(os, "getuid") else None
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            st = file.stat()
+        except FileNotFoundError:
+            continue
+        if st.st_uid == owner and st.st_mode & 0o077:
+            os.chmod(file, 0o600)
 
 
 def upgrade(engine: Engine) -> None:

@@ -1,4 +1,6 @@
 import logging
+import os
+import stat
 import time
 
 import pytest
@@ -72,3 +74,21 @@ def test_migrating_says_one_line_and_alembic_says_nothing(tmp_path, caplog):
     caplog.clear()
     Database.open(url).close()
     assert caplog.records == []  # nothing applied, nothing said
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX permissions")
+def test_the_sqlite_files_are_0600_even_when_an_old_one_was_0644(tmp_path):
+    old_umask = os.umask(0o022)
+    try:
+        path = tmp_path / "data" / "ownllm.db"
+        db = Database.open(f"sqlite:///{path}")
+        with db.session() as s:
+            s.add(Tenant(id="acme", created_at=0))
+        files = [path, path.with_name("ownllm.db-wal"), path.with_name("ownllm.db-shm")]
+        assert [stat.S_IMODE(f.stat().st_mode) for f in files] == [0o600] * 3
+        db.close()
+        os.chmod(path, 0o644)  # what older versions left
+        Database.open(f"sqlite:///{path}").close()
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    finally:
+        os.umask(old_umask)
