@@ -122,7 +122,7 @@ class Tokenizer:
         return self.hf.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        ids = self.hf.encode(text, add_special_tokens=add_special_tokens).ids
+        ids = _encode(self.hf, text, add_special_tokens).ids
         bos = self.bos_token_id
         if add_special_tokens and self.add_bos_token and bos is not None and ids[:1] != [bos]:
             ids = [bos, *ids]
@@ -239,7 +239,7 @@ class Tokenizer:
         Special tokens come from the template's text only; a marked piece (special-token
         text from a message) encodes as ordinary text, the mark dropped.
         """
-        encoding = self.hf.encode(text, add_special_tokens=False)
+        encoding = _encode(self.hf, text, add_special_tokens=False)
         ids, offsets = list(encoding.ids), list(encoding.offsets)
         if _MARK not in text:
             return ids, [start for start, _ in offsets]
@@ -255,7 +255,7 @@ class Tokenizer:
                 out_starts.extend(offsets[i][0] for i in run)
                 return
             plain, index = self._unmark(piece)
-            encoding = self._plain.encode(plain, add_special_tokens=False)
+            encoding = _encode(self._plain, plain, add_special_tokens=False)
             out_ids.extend(encoding.ids)
             out_starts.extend(run_start + index[start] for start, _ in encoding.offsets)
 
@@ -280,7 +280,10 @@ class Tokenizer:
         self, messages: list[dict[str, Any]], add_generation_prompt: bool = True
     ) -> list[int]:
         """Token ids of the chat: the template's special tokens, messages as ordinary text."""
-        text = self.render_chat(messages, add_generation_prompt=add_generation_prompt)
+        return self.encode_chat_text(self.render_chat(messages, add_generation_prompt))
+
+    def encode_chat_text(self, text: str) -> list[int]:
+        """Token ids of `render_chat` text, with the BOS token the model expects."""
         ids, _ = self.encode_rendered(text)
         if (
             self.add_bos_token
@@ -289,3 +292,72 @@ class Tokenizer:
         ):
             ids = [self.bos_token_id, *ids]
         return ids
+
+    @cached_property
+    def max_token_chars(self) -> int | None:
+        """The most characters of input one token can stand for, or None when this tokenizer
+        has no such bound (it drops or merges text: whitespace splitting, WordPiece, an
+        unknown token): `min_num_tokens` rests on it."""
+        return _max_token_chars(self.hf)
+
+    def min_num_tokens(self, text: str) -> int:
+        """A lower bound of the tokens `text` (plain or `render_chat` text) encodes to,
+        without encoding it; 0 when the tokenizer has no bound."""
+        per_token = self.max_token_chars
+        if not per_token:
+            return 0
+        num_chars = len(text) - text.count(_MARK)  # marks are dropped before encoding
+        return -(-num_chars // per_token)
+
+
+def _encode(hf: HFTokenizer, text: str, add_special_tokens: bool) -> Any:
+    """One encoding. `encode_batch` releases the GIL while it works and `encode` does not
+    (tokenizers 0.23): a thread tokenising a long prompt must leave the event loop running."""
+    return hf.encode_batch([text], add_special_tokens=add_special_tokens)[0]
+
+
+# Normalizers and pre-tokenizers that keep every character of the input (or replace it by
+# one or more): under them a token covers at most as many characters as its own text has.
+_KEEPS_TEXT = {"Prepend", "Lowercase", "NFD", "NFKD", "ByteLevel", "Metaspace", "Digits"}
+_KEEPS_TEXT |= {"UnicodeScripts", "Split", "Punctuation"}  # unless behavior is "Removed"
+
+
+def _keeps_text(part: dict | None) -> bool:
+    if part is None:
+        return True
+    kind = part.get("type")
+    if kind == "Sequence":
+        return all(map(_keeps_text, part.get("normalizers") or part.get("pretokenizers") or []))
+    if kind == "Replace":
+        pattern = part.get("pattern", {}).get("String")
+        return pattern is not None and len(part.get("content", "")) >= len(pattern)
+    return kind in _KEEPS_TEXT and part.get("behavior") != "Removed"
+
+
+def _max_token_chars(hf: HFTokenizer) -> int | None:
+    """Longest token text, when every input character reaches the model and becomes part of
+    a token no longer than its text: byte-level or byte-fallback BPE (a byte-level token of
+    k characters covers k bytes, so at most k characters), nothing dropping characters
+    before it (NFC and NFKC compose several into one, so they count as dropping), and no
+    added token that swallows the whitespace around it."""
+    spec = json.loads(hf.to_str())
+    model = spec.get("model") or {}
+    vocab = hf.get_vocab(with_added_tokens=True)
+    if model.get("type") != "BPE":
+        return None
+    if not (_keeps_text(spec.get("normalizer")) and _keeps_text(spec.get("pre_tokenizer"))):
+        return None
+    if any(t.lstrip or t.rstrip for t in hf.get_added_tokens_decoder().values()):
+        return None
+    byte_level = "ByteLevel" in json.dumps(spec.get("pre_tokenizer"))
+    if byte_level and all(c in vocab for c in _byte_alphabet()):
+        return max(map(len, vocab))
+    if model.get("byte_fallback") and all(f"<0x{b:02X}>" in vocab for b in range(256)):
+        return max(map(len, vocab))
+    return None  # a character missing from the vocabulary is dropped or becomes one unk
+
+
+def _byte_alphabet() -> list[str]:
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    return ByteLevel.alphabet()
