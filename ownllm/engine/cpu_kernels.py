@@ -16,10 +16,12 @@ Kernels (source: `csrc/cpu_kernels.c`):
 The source is compiled once per machine with the system C compiler
 (`cc -O3 -march=native -fopenmp`) into a cache directory keyed by the source,
 the compiler and the CPU (`$OWNLLM_KERNEL_CACHE`, default
-`~/.cache/ownllm/kernels`), written to a temporary name and renamed into place
-so concurrent starts never load a half-written library. OpenMP resolves to the
-libgomp torch has already loaded, so the kernels share torch's thread pool.
-Without a compiler (or on another device, or with `engine.cpu_kernels =
+`~/.cache/ownllm/kernels`, created 0700), written to a temporary name and renamed
+into place so concurrent starts never load a half-written library. A library is
+loaded only from a directory and file this user owns and no one else may write;
+otherwise it is compiled again, into a private directory (one log line says why).
+OpenMP resolves to the libgomp torch has already loaded, so the kernels share
+torch's thread pool. Without a compiler (or on another device, or with `engine.cpu_kernels =
 false`) the engine uses its torch path, which computes the same thing.
 
 Left out: prefill attention (compute-bound; SDPA does it well), fp16 (CPU models
@@ -34,6 +36,7 @@ import logging
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -90,11 +93,13 @@ def build(directory: Path | None = None, extra_flags: list[str] | None = None) -
     key = hashlib.sha256(
         b"\0".join([source, version.encode(), _cpu_signature().encode(), " ".join(flags).encode()])
     ).hexdigest()[:16]
-    directory = directory or cache_dir()
+    directory = _private_dir(directory or cache_dir())
     target = directory / f"cpu_kernels-{key}.so"
     if target.is_file():
-        return target
-    directory.mkdir(parents=True, exist_ok=True)
+        reason = _writable_by_others(target, follow=False)
+        if reason is None:
+            return target
+        log.warning("not loading %s (%s): compiling it again", target, reason)
     fd, tmp = tempfile.mkstemp(dir=directory, suffix=".so.tmp")
     os.close(fd)
     start = time.perf_counter()
@@ -110,6 +115,35 @@ def build(directory: Path | None = None, extra_flags: list[str] | None = None) -
             os.unlink(tmp)
     log.info("compiled the C kernels in %.1fs into %s", time.perf_counter() - start, target)
     return target
+
+
+def _writable_by_others(path: Path, *, follow: bool = True) -> str | None:
+    """Why another user may have written `path`, or None when only this user can have."""
+    st = os.stat(path, follow_symlinks=follow)
+    if stat.S_ISLNK(st.st_mode):
+        return "a symbolic link"
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        return f"owned by uid {st.st_uid}, not {os.getuid()}"
+    if st.st_mode & 0o022:
+        return f"mode {stat.S_IMODE(st.st_mode):o}: writable by group or others"
+    return None
+
+
+def _private_dir(directory: Path) -> Path:
+    """`directory` (created 0700) when no one else can write to it, else a fresh private one."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    reason = _writable_by_others(directory)
+    if reason is None:
+        return directory
+    private = Path(tempfile.mkdtemp(prefix="ownllm-kernels-"))
+    log.warning(
+        "kernel cache %s is not private (%s): compiling into %s; chmod go-w it or set "
+        "OWNLLM_KERNEL_CACHE",
+        directory,
+        reason,
+        private,
+    )
+    return private
 
 
 class CpuKernels:
