@@ -34,9 +34,12 @@ COLUMNS = (
     ("disconnected", 12),
     ("prompt_tokens", 13),
     ("completion_tokens", 17),
+    ("trained_tokens", 14),
+    ("bytes", 12),
     ("mean_latency_ms", 15),
     ("mean_ttft_ms", 12),
 )
+MEANS = ("mean_latency_ms", "mean_ttft_ms")  # no total
 
 
 def format_table(by: str, rows: list[dict]) -> str:
@@ -48,8 +51,7 @@ def format_table(by: str, rows: list[dict]) -> str:
             str(r[by]).ljust(width) + " ".join(c.rjust(w) for c, (_, w) in zip(cells, COLUMNS))
         )
     if rows:
-        total = {n: sum(r[n] for r in rows) for n, _ in COLUMNS[:7]}
-        cells = [str(total[n]) for n, _ in COLUMNS[:7]] + ["", ""]
+        cells = ["" if n in MEANS else str(sum(r[n] for r in rows)) for n, _ in COLUMNS]
         lines.append(
             "total".ljust(width) + " ".join(c.rjust(w) for c, (_, w) in zip(cells, COLUMNS))
         )

@@ -12,7 +12,13 @@ number of rows lost.
 `summarize()` is the one aggregation the CLI (`ownllm usage`) and the HTTP
 route (`GET /v1/usage`) share: group by day, model, key, tenant, status or
 endpoint (chat.completions, completions, embeddings), filtered by tenant and
-time. Left out: cost per row (computed in `ownllm.gateway.cost` from a price
+time.
+
+Work that is not a request has rows too, with their own measure and no
+prompt or completion tokens: a finished fine-tuning job (`fine_tuning.jobs`,
+`trained_tokens` over every epoch, written by `ownllm.tuning.jobs` with its
+final status) and an adapter export (`adapters.export`, `bytes` sent). They
+count as requests, and stay out of the mean latency and time to first token. Left out: cost per row (computed in `ownllm.gateway.cost` from a price
 table, so a price change re-prices history), retention.
 """
 
@@ -31,6 +37,7 @@ log = logging.getLogger("ownllm.usage")
 
 STATUSES = ("ok", "error", "cancelled", "disconnected")
 GROUPS = ("day", "model", "key", "tenant", "status", "endpoint")
+NOT_REQUESTS = ("fine_tuning.jobs", "adapters.export")  # endpoints of rows for other work
 _BATCH_MAX = 500
 _BATCH_WAIT_S = 0.1
 _RETRIES = 5
@@ -50,6 +57,8 @@ class UsageRow:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    trained_tokens: int = 0  # a fine-tuning job's row
+    bytes: int = 0  # an export's row
     ttft_ms: float | None = None
     latency_ms: float = 0.0
     http_status: int = 200
@@ -71,7 +80,9 @@ class BusySample:
 
 
 def day_of(wall: float) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(wall))
+    from ownllm.store.schema import usage_day
+
+    return usage_day(wall)
 
 
 class UsageLedger:
@@ -247,7 +258,8 @@ def summarize(
     since: float | None = None,
     until: float | None = None,
 ) -> list[dict[str, Any]]:
-    """Totals per group: requests, ok/error/cancelled/disconnected counts, tokens, latency."""
+    """Totals per group: requests, ok/error/cancelled/disconnected counts, tokens, trained
+    tokens, bytes, and latency (of requests: not of jobs and exports)."""
     from sqlalchemy import case, func, select
 
     from ownllm.errors import InvalidRequestError
@@ -266,6 +278,7 @@ def summarize(
     status_counts = [
         func.sum(case((U.status == status, 1), else_=0)).label(status) for status in STATUSES
     ]
+    is_request = U.endpoint.not_in(NOT_REQUESTS)
     query = select(
         column.label("group"),
         func.count().label("requests"),
@@ -273,8 +286,10 @@ def summarize(
         func.coalesce(func.sum(U.prompt_tokens), 0).label("prompt_tokens"),
         func.coalesce(func.sum(U.completion_tokens), 0).label("completion_tokens"),
         func.coalesce(func.sum(U.cached_tokens), 0).label("cached_tokens"),
-        func.avg(U.latency_ms).label("mean_latency_ms"),
-        func.avg(U.ttft_ms).label("mean_ttft_ms"),
+        func.coalesce(func.sum(U.trained_tokens), 0).label("trained_tokens"),
+        func.coalesce(func.sum(U.bytes), 0).label("bytes"),
+        func.avg(case((is_request, U.latency_ms))).label("mean_latency_ms"),
+        func.avg(case((is_request, U.ttft_ms))).label("mean_ttft_ms"),
         func.min(U.created_at).label("first_at"),
         func.max(U.created_at).label("last_at"),
     ).group_by(column)
@@ -296,7 +311,11 @@ def summarize(
             completion_tokens=completion,
             cached_tokens=int(r["cached_tokens"]),
             total_tokens=prompt + completion,
-            mean_latency_ms=round(float(r["mean_latency_ms"] or 0.0), 2),
+            trained_tokens=int(r["trained_tokens"]),
+            bytes=int(r["bytes"]),
+            mean_latency_ms=None  # a group of jobs and exports only
+            if r["mean_latency_ms"] is None
+            else round(float(r["mean_latency_ms"]), 2),
             mean_ttft_ms=None if r["mean_ttft_ms"] is None else round(float(r["mean_ttft_ms"]), 2),
             first_at=float(r["first_at"]),
             last_at=float(r["last_at"]),

@@ -12,6 +12,7 @@ migrations produce exactly this schema.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from sqlalchemy import (
@@ -100,6 +101,7 @@ class FineTuningJob(Base):
     seed: Mapped[int] = mapped_column(BigInteger)
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
     status: Mapped[str] = mapped_column(String(24), index=True)
+    key_id: Mapped[str | None] = mapped_column(String(40), nullable=True)  # who created it
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     fine_tuned_model: Mapped[str | None] = mapped_column(String(512), nullable=True)
     trained_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
@@ -161,6 +163,10 @@ class Adapter(Base):
 
 
 class UsageRecord(Base):
+    """One ledger row: an API request (tokens), or a finished fine-tuning job
+    (`trained_tokens`, endpoint `fine_tuning.jobs`) or adapter export (`bytes`,
+    endpoint `adapters.export`)."""
+
     __tablename__ = "usage"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     request_id: Mapped[str] = mapped_column(String(64), index=True)
@@ -174,11 +180,18 @@ class UsageRecord(Base):
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
     cached_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    trained_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     ttft_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
     status: Mapped[str] = mapped_column(String(24))  # ok | error | cancelled | disconnected
     http_status: Mapped[int] = mapped_column(Integer, default=200)
     error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+def usage_day(wall: float) -> str:
+    """The UTC day (YYYY-MM-DD) a usage row written at Unix time `wall` is grouped under."""
+    return time.strftime("%Y-%m-%d", time.gmtime(wall))
 
 
 class QuotaCounter(Base):

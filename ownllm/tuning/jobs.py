@@ -19,6 +19,13 @@ started longest ago (a tenant never served first). So a tenant that queues
 fifty jobs holds one worker at a time while others have jobs waiting, and a
 single worker takes tenants in turn.
 
+A job that ends (succeeded, failed, cancelled) with tokens trained writes one
+usage-ledger row in the same transaction as its final status, so it is
+metered exactly once: endpoint `fine_tuning.jobs`, the job's tenant and the
+key that created it, `trained_tokens` (every epoch's, as OpenAI bills them;
+a failed or cancelled job's count up to its last step, status error or
+cancelled).
+
 Left out: priorities, and weights between tenants.
 """
 
@@ -32,10 +39,12 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import aliased
 
 from ownllm.store.db import Database
-from ownllm.store.schema import FineTuningJob, JobCheckpoint, JobEvent
+from ownllm.store.schema import FineTuningJob, JobCheckpoint, JobEvent, UsageRecord, usage_day
 
 ACTIVE = ("validating_files", "queued", "running")
 FINAL = ("succeeded", "failed", "cancelled")
+USAGE_ENDPOINT = "fine_tuning.jobs"
+_USAGE_STATUS = {"succeeded": "ok", "failed": "error", "cancelled": "cancelled"}
 
 
 def new_id(prefix: str) -> str:
@@ -77,7 +86,32 @@ def set_status(db: Database, job_id: str, status: str, *, worker_id: str | None 
         values.setdefault("finished_at", int(time.time()))
         values.setdefault("estimated_finish", None)
     with db.session() as s:
-        return s.execute(query.values(status=status, **values)).rowcount == 1
+        done = s.execute(query.values(status=status, **values)).rowcount == 1
+        if done and status in FINAL:
+            _meter(s, s.get(FineTuningJob, job_id))
+        return done
+
+
+def _meter(session: Any, job: FineTuningJob) -> None:
+    """The ledger row of a job that just ended, in the transaction that ended it."""
+    if not job.trained_tokens:
+        return  # nothing was trained (refused files, cancelled while queued)
+    now = time.time()
+    session.add(
+        UsageRecord(
+            request_id=job.id,
+            created_at=now,
+            day=usage_day(now),
+            tenant_id=job.tenant_id,
+            key_id=job.key_id,
+            endpoint=USAGE_ENDPOINT,
+            model=job.model,
+            trained_tokens=job.trained_tokens,
+            latency_ms=max(0.0, now - (job.started_at or now)) * 1000,
+            status=_USAGE_STATUS[job.status],
+            error_code=(job.error or {}).get("code"),
+        )
+    )
 
 
 def _next_queued():
@@ -208,6 +242,8 @@ def recover_stale(db: Database, timeout_s: float, max_attempts: int) -> list[str
                 )
                 .values(**values)
             ).rowcount
+            if done and not retry:
+                _meter(s, s.get(FineTuningJob, job_id))
         if done:
             recovered.append(job_id)
             add_event(
@@ -232,6 +268,7 @@ def request_cancel(db: Database, job_id: str) -> str:
             job.status = "cancelled"
             job.finished_at = int(time.time())
             job.estimated_finish = None
+            _meter(s, job)  # a requeued job may have trained before
         status = job.status
     add_event(
         db, job_id, "Job cancellation requested." if status == "running" else "Job cancelled."

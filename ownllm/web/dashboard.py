@@ -93,15 +93,17 @@ def bucket_seconds(span_s: float, bucket: str) -> int:
 def usage_report(
     db: Any, *, tenant_id: str | None, since: float, until: float, size: int, by: str
 ) -> dict[str, Any]:
-    """Time series per group, latency percentiles and totals over [since, until)."""
+    """Time series per group, latency percentiles and totals over [since, until), of API
+    requests (the ledger's rows of fine-tuning jobs and exports are `ownllm usage`'s)."""
     from sqlalchemy import select
 
+    from ownllm.gateway.usage import NOT_REQUESTS
     from ownllm.store.schema import UsageRecord as U
 
     group = {"model": U.model, "key": U.key_id, "tenant": U.tenant_id}[by]
     query = select(
         U.created_at, group, U.prompt_tokens, U.completion_tokens, U.latency_ms, U.ttft_ms, U.status
-    ).where(U.created_at >= since, U.created_at < until)
+    ).where(U.created_at >= since, U.created_at < until, U.endpoint.not_in(NOT_REQUESTS))
     if tenant_id is not None:
         query = query.where(U.tenant_id == tenant_id)
     with db.session() as session:

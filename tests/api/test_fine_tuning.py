@@ -136,6 +136,11 @@ async def test_request_errors_name_the_field(ft):
         ),
         ({"training_file": train, "lora": {"target_modules": ["fc1"]}}, 400, "lora.target_modules"),
         ({"training_file": train, "lora": {"r": 0}}, 400, "lora.r"),
+        (
+            {"training_file": train, "method": {"supervised": {"hyperparameters": [None]}}},
+            400,
+            "method.supervised.hyperparameters",
+        ),
     ]
     for body, status, param in cases:
         r = await ft.post("/v1/fine_tuning/jobs", json={"model": "tiny", **body})
@@ -167,3 +172,21 @@ async def test_list_jobs_is_newest_first_with_a_cursor(ft):
     assert [j["id"] for j in page["data"]] == ids[:0:-1] and page["has_more"]
     rest = (await ft.get(f"/v1/fine_tuning/jobs?after={ids[1]}")).json()
     assert [j["id"] for j in rest["data"]] == ids[:1] and not rest["has_more"]
+
+
+async def test_training_is_metered_for_the_key_that_created_the_job(ft):
+    from ownllm.gateway.usage import summarize
+
+    acme = Principal(tenant_id="acme", key_id="key-acme")
+    ft._transport.app.dependency_overrides[get_principal] = lambda: acme
+    train = await upload(ft, PIRATE)
+    job = await create(ft, training_file=train, hyperparameters={"n_epochs": 2, "batch_size": 4})
+    assert worker_for(ft.state).run_once()
+    job = (await ft.get(f"/v1/fine_tuning/jobs/{job['id']}")).json()
+    assert job["status"] == "succeeded", job["error"]
+    (row,) = summarize(ft.state.db, by="key")
+    assert row["key"] == "key-acme" and row["requests"] == 1 and row["ok"] == 1
+    assert row["trained_tokens"] == job["trained_tokens"] > 0  # both epochs
+    assert row["total_tokens"] == 0 and row["mean_latency_ms"] is None  # not inference
+    (by_endpoint,) = summarize(ft.state.db, by="endpoint", tenant_id="acme")
+    assert by_endpoint["endpoint"] == "fine_tuning.jobs"

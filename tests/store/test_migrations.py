@@ -63,3 +63,40 @@ def test_0002_makes_adapter_names_unique_per_tenant(db_url):
     with pytest.raises(IntegrityError), engine.begin() as c:
         c.execute(insert(Adapter.__table__).values(adapter_row("adapter-04", "tone", "globex")))
     engine.dispose()
+
+
+def test_0003_adds_metering_columns_with_zero_for_existing_rows(db_url):
+    from sqlalchemy import column, select, table
+
+    from ownllm.store.schema import UsageRecord
+
+    migrate(db_url, "0002")
+    old = {
+        "request_id": "chatcmpl-1",
+        "created_at": 0.0,
+        "day": "1970-01-01",
+        "tenant_id": "acme",
+        "endpoint": "chat.completions",
+        "model": "tiny",
+        "prompt_tokens": 5,
+        "completion_tokens": 7,
+        "cached_tokens": 0,
+        "latency_ms": 1.0,
+        "status": "ok",
+        "http_status": 200,
+    }
+    usage_0002 = table("usage", *(column(name) for name in old))  # without the new columns
+    engine = make_engine(db_url)
+    with engine.begin() as c:
+        c.execute(insert(usage_0002).values(old))
+    engine.dispose()
+    db = Database.open(db_url)  # to head
+    with db.session() as s:
+        row = s.scalars(select(UsageRecord)).one()
+        assert (row.prompt_tokens, row.trained_tokens, row.bytes) == (5, 0, 0)
+    db.close()
+    migrate(db_url, "0002", down=True)
+    engine = make_engine(db_url)
+    with engine.begin() as c:
+        assert c.execute(select(usage_0002.c.prompt_tokens)).scalar_one() == 5
+    engine.dispose()

@@ -99,3 +99,37 @@ def test_one_worker_takes_tenants_in_turn(db_url):
         assert jobs.set_status(db, job.id, "succeeded", worker_id="w")
     assert order == [a1, b1, a2]  # globex was never served: it goes before acme's second
     db.close()
+
+
+def _ledger(db: Database) -> list[tuple]:
+    from sqlalchemy import select
+
+    from ownllm.store.schema import UsageRecord as U
+
+    with db.session() as s:
+        return s.execute(
+            select(U.request_id, U.endpoint, U.status, U.trained_tokens, U.prompt_tokens)
+        ).all()
+
+
+def test_a_job_that_ends_after_training_writes_one_ledger_row(db_url):
+    db = Database.open(db_url)
+    done, cancelled, lost, untouched = _queued(db, 4)
+    for worker_id in ("w1", "w2", "w3"):
+        job = jobs.claim(db, worker_id)
+        jobs.update_progress(db, job.id, worker_id, trained_tokens=100)
+    assert jobs.set_status(db, done, "succeeded", worker_id="w1", trained_tokens=300)
+    assert not jobs.set_status(db, done, "failed", worker_id="w1")  # ends once, metered once
+    assert jobs.set_status(db, cancelled, "cancelled", worker_id="w2")  # what it trained so far
+    time.sleep(0.05)
+    assert jobs.recover_stale(db, timeout_s=0.01, max_attempts=1) == [lost]  # failed for good
+    assert jobs.request_cancel(db, untouched) == "cancelled"  # never trained: no row
+    rows = sorted(_ledger(db))
+    assert rows == sorted(
+        [
+            (done, "fine_tuning.jobs", "ok", 300, 0),
+            (cancelled, "fine_tuning.jobs", "cancelled", 100, 0),
+            (lost, "fine_tuning.jobs", "error", 100, 0),
+        ]
+    )
+    db.close()

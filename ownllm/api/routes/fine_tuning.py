@@ -141,6 +141,7 @@ def _create(state: AppState, principal: Principal, body: CreateJob) -> FineTunin
     job = FineTuningJob(
         id=jobs.new_id("ftjob"),
         tenant_id=principal.tenant_id,
+        key_id=principal.key_id,  # the ledger row of its training names the key
         model=body.model,
         base_model=base,
         parent_adapter_id=parent,
