@@ -46,7 +46,7 @@ def test_sign_in_keeps_the_key_in_this_tab_only(server, page):
     sign_in(page, server.base_url, key="sk-my-secret")
     assert page.evaluate("sessionStorage.getItem('ownllm.apiKey')") == "sk-my-secret"
     assert page.evaluate("localStorage.length") == 0
-    assert "Tenant default" in page.locator("#who-text").text_content()
+    assert "Tenant @admin" in page.locator("#who-text").text_content()
     page.get_by_role("button", name="Sign out").click()
     page.get_by_label("API key").wait_for()
     assert page.evaluate("sessionStorage.getItem('ownllm.apiKey')") is None
@@ -140,7 +140,7 @@ def test_fine_tuning_job_runs_live_and_opens_in_the_playground(
     assert page.locator(".progress").get_attribute("aria-valuenow") == "100"
 
     model = page.locator("#job-result").text_content()
-    assert model.startswith("ft:tiny:default:trivia:ftjob-")
+    assert model.startswith("ft:tiny:@admin:trivia:ftjob-")
     page.get_by_role("link", name="Open in playground").click()
     page.wait_for_function(
         f"() => document.querySelector('select[name=model]').value === {model!r}"

@@ -65,6 +65,6 @@ def test_a_tenant_key_sees_its_tenant_and_a_revoked_key_signs_out(keyed_server, 
 
 def test_the_admin_key_sees_every_tenant(keyed_server, page):
     sign_in(page, keyed_server.base_url, key=ADMIN_KEY)
-    assert page.locator("#who-text").text_content() == "Tenant default (admin)"
+    assert page.locator("#who-text").text_content() == "Tenant @admin (admin)"
     page.goto(f"{keyed_server.base_url}/#/usage")
     page.locator("select[name=by] option[value=tenant]").wait_for(state="attached")
