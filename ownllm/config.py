@@ -322,6 +322,13 @@ class CostConfig:
         min=0,
     )
     replicas: int = setting(1, "Serving boxes you pay for (for the cost account).", min=1)
+    tenant_price_per_million: float = setting(
+        0.0,
+        "USD per million tokens (prompt + completion) a tenant's own cost view charges it "
+        "(0: a tenant sees what its tokens cost on each API but no self-hosted cost, since a "
+        "share of the hardware would reveal the server's total traffic).",
+        min=0,
+    )
     price_table: str = setting(
         "",
         "TOML price table of paid APIs and hardware presets (default: the shipped, dated "

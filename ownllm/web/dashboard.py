@@ -11,8 +11,9 @@ usage and files (another tenant's file is a 404), the admin sees every tenant. E
 else the dashboard shows comes from the OpenAI-shaped API any client uses.
 The usage view reads the window's ledger rows rather than a SQL aggregate, so its latency
 percentiles are exact; a window is capped at 400 buckets. The cost view prices a tenant's
-own tokens on each API and charges it the hardware in proportion to the tokens it was
-served (the admin sees the whole server). Left out: writes of any kind (the pages use the
+own tokens on each API and at the operator's `cost.tenant_price_per_million`, and reads
+nothing of other tenants' traffic (a share of the hardware by tokens served would tell a
+tenant the server's totals); the admin sees the whole server's account. Left out: writes of any kind (the pages use the
 public API for those), per-request drill-down.
 """
 
@@ -208,9 +209,9 @@ async def problems(
     return await run_in_threadpool(file_problems, state, principal, file_id)
 
 
-def _tenant_tokens(db: Any, tenant_id: str, since: float | None, until: float) -> tuple[int, ...]:
-    """(prompt, completion, requests, embedding tokens) of one tenant, as `observed_traffic`
-    counts them: embedding tokens apart from chat's."""
+def _tenant_tokens(db: Any, tenant_id: str, since: float | None, until: float) -> tuple:
+    """(prompt, completion, requests, embedding tokens, first request time or None) of one
+    tenant, as `observed_traffic` counts them: embedding tokens apart from chat's."""
     from sqlalchemy import case, func, select
 
     from ownllm.gateway.cost import EMBEDDINGS
@@ -222,16 +223,19 @@ def _tenant_tokens(db: Any, tenant_id: str, since: float | None, until: float) -
         func.coalesce(func.sum(case((is_chat, U.completion_tokens), else_=0)), 0),
         func.count(),
         func.coalesce(func.sum(case((is_chat, 0), else_=U.prompt_tokens)), 0),
+        func.min(U.created_at),
     ).where(U.tenant_id == tenant_id, U.created_at < until)
     if since is not None:
         query = query.where(U.created_at >= since)
     with db.session() as session:
-        return tuple(int(v) for v in session.execute(query).one())
+        *counts, first_at = session.execute(query).one()
+    return (*(int(v) for v in counts), first_at)
 
 
 def cost_report(state: AppState, principal: Principal, since: float | None) -> dict:
     """The cost account over [since, now): the whole server for the admin; for a tenant, its
-    own traffic priced on each API against its share of the hardware (by tokens served)."""
+    own traffic priced on each API and at `cost.tenant_price_per_million` (None when unset),
+    with nothing computed from other tenants' traffic."""
     from ownllm.gateway import cost
 
     until = time.time()
@@ -241,18 +245,23 @@ def cost_report(state: AppState, principal: Principal, since: float | None) -> d
     except cost.CostError as e:
         raise ServerError(f"The cost account is not configured: {e}") from None
     ledger_for(state).flush()
-    server = cost.observed_traffic(state.db, since, until, now=until)
-    acc = cost.account(server, hardware, table)
-    prompt, completion, requests = server.prompt_tokens, server.completion_tokens, server.requests
-    embedded = server.embedding_tokens
-    self_cost = acc.hardware_cost
-    if not principal.is_admin:
-        prompt, completion, requests, embedded = _tenant_tokens(
+    if principal.is_admin:
+        server = cost.observed_traffic(state.db, since, until, now=until)
+        acc = cost.account(server, hardware, table)
+        prompt, completion = server.prompt_tokens, server.completion_tokens
+        requests, embedded = server.requests, server.embedding_tokens
+        start = since if since is not None else until - server.window_s
+        self_cost: float | None = acc.hardware_cost
+        utilisation = acc.utilisation
+        cost_per_million = self_cost / (prompt + completion) * 1e6 if prompt + completion else None
+    else:
+        prompt, completion, requests, embedded, first_at = _tenant_tokens(
             state.db, principal.tenant_id, since, until
         )
-        share = (prompt + completion) / server.total_tokens if server.total_tokens else 0.0
-        self_cost = acc.hardware_cost * share
-    tokens = prompt + completion
+        start = since if since is not None else (first_at if first_at is not None else until)
+        rate = state.config.cost.tenant_price_per_million
+        self_cost = (prompt + completion) * rate / 1e6 if rate > 0 else None
+        utilisation, cost_per_million = None, rate if rate > 0 else None
     apis = []
     for api in table.apis:
         api_cost = api.cost(prompt, completion)
@@ -263,7 +272,7 @@ def cost_report(state: AppState, principal: Principal, since: float | None) -> d
                 "input_per_million": api.input,
                 "output_per_million": api.output,
                 "cost": api_cost,
-                "savings": api_cost - self_cost,
+                "savings": api_cost - self_cost if self_cost is not None else None,
                 "source": api.source,
                 "as_of": api.as_of,
             }
@@ -271,14 +280,14 @@ def cost_report(state: AppState, principal: Principal, since: float | None) -> d
     return {
         "object": "dashboard.cost",
         "scope": "server" if principal.is_admin else "tenant",
-        "since": since if since is not None else until - server.window_s,
+        "since": start,
         "until": until,
         "requests": requests,
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "self_hosted_cost": self_cost,
-        "cost_per_million": self_cost / tokens * 1e6 if tokens else None,
-        "utilisation": acc.utilisation,
+        "cost_per_million": cost_per_million,
+        "utilisation": utilisation,
         "hardware": {
             "name": hardware.name,
             "price_per_hour": hardware.price_per_hour,

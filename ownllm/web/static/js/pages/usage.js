@@ -68,12 +68,14 @@ export function mount(main, { me }) {
       h("h2", { id: "savings-title" }, "Savings to date"),
       h("p", { class: `big-number${saved < 0 ? " savings-negative" : ""}`, id: "savings-number" }, money(saved)),
       saved < 0 ? h("p", { class: "muted" }, "Negative: at this traffic the hardware costs more than the API would. Savings grow with volume.") : null,
+      cost.self_hosted_cost === null ? h("p", { class: "muted" }, "No price per token is set for tenants (cost.tenant_price_per_million), so only what your tokens cost on each API is shown.") : null,
       h("p", {}, `vs ${chosen.name} (${chosen.provider}) for the same ${fmtInt(cost.prompt_tokens)} input + ${fmtInt(cost.completion_tokens)} output tokens: ${money(chosen.cost)} there, ${money(cost.self_hosted_cost)} here.`),
       h(
         "p",
         { class: "muted" },
-        `Self-hosted: ${cost.hardware.name} at ${fmtMoney(cost.hardware.price_per_hour)}/h × ${cost.hardware.replicas}` +
-          (cost.scope === "tenant" ? ", your share by tokens served" : "") +
+        (cost.scope === "tenant"
+          ? `Self-hosted: ${money(cost.cost_per_million)} per 1M tokens, the price your operator charges tenants`
+          : `Self-hosted: ${cost.hardware.name} at ${fmtMoney(cost.hardware.price_per_hour)}/h × ${cost.hardware.replicas}`) +
           `. Prices as of ${cost.price_table_as_of}; check the sources before quoting.`,
       ),
       field("Compare with", versus),
