@@ -2,8 +2,9 @@
 
 This is the one place errors are mapped: `OwnLLMError` subclasses carry their
 status; request-validation errors become 400 with `param` naming the field
-(never FastAPI's default 422 body); anything unexpected is a 500 that says
-nothing about internals (the traceback goes to the log).
+(never FastAPI's default 422 body), and so does a malformed multipart upload;
+anything unexpected is a 500 that says nothing about internals (the traceback
+goes to the log).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from python_multipart.exceptions import MultipartParseError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ownllm.errors import OwnLLMError
@@ -124,6 +126,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = _validation_message(exc)
         return error_response(400, message, "invalid_request_error", param, "invalid_value")
+
+    @app.exception_handler(MultipartParseError)
+    async def _multipart(_request: Request, exc: MultipartParseError) -> JSONResponse:
+        message = f"The multipart/form-data body is malformed: {exc}."
+        return error_response(400, message, "invalid_request_error", "file", "invalid_value")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -81,3 +81,26 @@ async def test_another_tenants_file_is_404_and_unlisted(files_client):
     assert (await files_client.get(f"/v1/files/{file_id}/content")).status_code == 404
     assert (await files_client.delete(f"/v1/files/{file_id}")).status_code == 404
     assert (await files_client.get("/v1/files")).json()["data"] == []
+
+
+async def test_empty_pages_and_file_objects_have_the_shape_openais_spec_requires(files_client):
+    empty = (await files_client.get("/v1/files")).json()
+    # `first_id` and `last_id` are required strings in the spec: "" on an empty page, not null
+    assert (empty["data"], empty["first_id"], empty["last_id"]) == ([], "", "")
+    created = (await upload(files_client, b"x")).json()
+    listed = (await files_client.get("/v1/files")).json()["data"]
+    retrieved = (await files_client.get(f"/v1/files/{created['id']}")).json()
+    for file in (created, *listed, retrieved):
+        assert "status_details" not in file  # the spec allows a string there, never null
+        assert file["status"] == "processed"
+
+
+async def test_malformed_multipart_is_a_400_naming_the_file(files_client, tmp_path):
+    r = await files_client.post(
+        "/v1/files",
+        content=b"--BB\r\n\xa9\xff\r\n\r\nx\r\n--BB--\r\n",
+        headers={"content-type": "multipart/form-data; boundary=BB"},
+    )
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "file"
+    assert list((tmp_path / "files").glob("*")) == []
