@@ -149,9 +149,16 @@ def list_completions(
 
 
 def completion_object(row: StoredCompletion) -> dict[str, Any]:
-    """The stored chat.completion as OpenAI returns it, plus metadata and ownllm feedback."""
+    """The stored chat.completion as OpenAI returns it, plus metadata and ownllm feedback.
+
+    Messages carry `refusal: null` even where stored without it: the spec requires it."""
+    choices = [
+        {**choice, "message": {"refusal": None, **(choice.get("message") or {})}}
+        for choice in row.response.get("choices") or []
+    ]
     return {
         **row.response,
+        "choices": choices,
         "metadata": row.metadata_ or {},
         "request_id": row.id,
         "feedback": {"rating": row.rating, "correction": row.correction},

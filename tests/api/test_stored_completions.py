@@ -98,6 +98,7 @@ async def test_store_true_then_list_get_messages_feedback_delete(client, two_ten
     assert [c["id"] for c in listing["data"]] == [cid]
     assert (listing["first_id"], listing["last_id"], listing["has_more"]) == (cid, cid, False)
     stored = listing["data"][0]
+    assert stored["choices"][0]["message"]["refusal"] is None  # required by OpenAI's spec
     assert stored["choices"][0]["message"]["content"] == (
         "Sure: your card [CARD] is on file and we mail [EMAIL] today."
     )
@@ -107,11 +108,14 @@ async def test_store_true_then_list_get_messages_feedback_delete(client, two_ten
     )
     assert filtered.json()["data"] == []
     messages = (await client.get(f"/v1/chat/completions/{cid}/messages", headers=a)).json()
-    assert messages["data"] == [{"id": f"{cid}-0", "role": "user", "content": "My card is [CARD]"}]
+    assert messages["data"] == [
+        {"id": f"{cid}-0", "refusal": None, "role": "user", "content": "My card is [CARD]"}
+    ]
 
     # another tenant: not found, not listed, cannot rate or delete
     assert (await client.get(f"/v1/chat/completions/{cid}", headers=b)).status_code == 404
-    assert (await client.get("/v1/chat/completions", headers=b)).json()["data"] == []
+    empty = (await client.get("/v1/chat/completions", headers=b)).json()
+    assert (empty["data"], empty["first_id"], empty["last_id"]) == ([], "", "")
     r = await client.post(f"/v1/chat/completions/{cid}/feedback", headers=b, json={"rating": 1})
     assert r.status_code == 404 and r.json()["error"]["param"] == "completion_id"
     assert (await client.delete(f"/v1/chat/completions/{cid}", headers=b)).status_code == 404

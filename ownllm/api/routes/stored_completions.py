@@ -100,7 +100,11 @@ async def get_messages(
     state: AppState = Depends(get_state),
 ) -> dict:
     row = await run_in_threadpool(capture.get_completion, _db(state), principal, completion_id)
-    messages = [{"id": f"{row.id}-{i}", **m} for i, m in enumerate(capture.request_messages(row))]
+    # `refusal` is required by the spec's message schema; a request message never has one
+    messages = [
+        {"id": f"{row.id}-{i}", "refusal": None, **m}
+        for i, m in enumerate(capture.request_messages(row))
+    ]
     if order == "desc":
         messages.reverse()
     if after is not None:
