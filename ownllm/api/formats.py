@@ -119,7 +119,8 @@ class ChatFormat(Format):
                     ],
                 }
                 for lp in logprobs or ()
-            ]
+            ],
+            "refusal": None,  # required by OpenAI's spec, as the message's `refusal` is
         }
 
     def start_chunks(self, indices: list[int]) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_STOP_SEQUENCES = 4
@@ -27,7 +27,17 @@ CHAT_ROLES = ("system", "developer", "user", "assistant")
 
 
 class _Request(BaseModel):
+    """A null field counts as left out, so it gets its default: OpenAI's spec makes the
+    optional fields nullable (`"stream": null` is a spec-valid request, meaning no stream)."""
+
     model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_absent(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if value is not None}
+        return data
 
 
 # -- shared request parts --------------------------------------------------------------------

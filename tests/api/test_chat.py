@@ -109,7 +109,9 @@ async def test_logprobs(client):
     r = await client.post(
         "/v1/chat/completions", json={**CHAT, "logprobs": True, "top_logprobs": 2}
     )
-    content = r.json()["choices"][0]["logprobs"]["content"]
+    logprobs = r.json()["choices"][0]["logprobs"]
+    assert logprobs["refusal"] is None  # OpenAI's spec requires the key
+    content = logprobs["content"]
     assert [t["token"] for t in content] == ["Hello", " there", ",", " friend", "!"]
     assert content[0] == {
         "token": "Hello",
@@ -120,6 +122,17 @@ async def test_logprobs(client):
             {"token": "alt1", "logprob": -2.0, "bytes": list(b"alt1")},
         ],
     }
+
+
+async def test_null_fields_count_as_left_out(client):
+    """OpenAI's spec makes the optional fields nullable: `"stream": null` is a plain answer."""
+    nulls = {"stream": None, "stream_options": None, "n": None, "logprobs": None,
+             "temperature": None, "max_completion_tokens": None}  # fmt: skip
+    r = await client.post("/v1/chat/completions", json={**CHAT, **nulls})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    (choice,) = r.json()["choices"]
+    assert choice["logprobs"] is None and choice["finish_reason"] == "length"
 
 
 async def test_stream_matches_whole_response_and_ends_with_usage(client):
