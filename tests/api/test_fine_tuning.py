@@ -136,6 +136,11 @@ async def test_request_errors_name_the_field(ft):
         ),
         ({"training_file": train, "lora": {"target_modules": ["fc1"]}}, 400, "lora.target_modules"),
         ({"training_file": train, "lora": {"r": 0}}, 400, "lora.r"),
+        (
+            {"training_file": train, "method": {"supervised": {"hyperparameters": [None]}}},
+            400,
+            "method.supervised.hyperparameters",
+        ),
     ]
     for body, status, param in cases:
         r = await ft.post("/v1/fine_tuning/jobs", json={"model": "tiny", **body})

@@ -39,13 +39,25 @@ from ownllm.tuning.hyperparams import ALL_TARGETS, LoraSettings, check_requested
 router = APIRouter(prefix="/v1/fine_tuning", tags=["fine-tuning"])
 
 
+class SupervisedMethod(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    hyperparameters: dict[str, Any] | None = None
+
+
+class JobMethod(BaseModel):
+    """`method`: only `supervised.hyperparameters` is read (they override `hyperparameters`)."""
+
+    model_config = ConfigDict(extra="ignore")
+    supervised: SupervisedMethod | None = None
+
+
 class CreateJob(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model: str
     training_file: str
     validation_file: str | None = None
     hyperparameters: dict[str, Any] | None = None
-    method: dict[str, Any] | None = None
+    method: JobMethod | None = None
     suffix: str | None = Field(None, max_length=64)
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
     metadata: dict[str, str] | None = None
@@ -133,9 +145,9 @@ def _create(state: AppState, principal: Principal, body: CreateJob) -> FineTunin
         else None
     )
     requested = dict(body.hyperparameters or {})
-    supervised = ((body.method or {}).get("supervised") or {}).get("hyperparameters")
-    if supervised:
-        requested.update(supervised)
+    supervised = body.method.supervised if body.method else None
+    if supervised and supervised.hyperparameters:
+        requested.update(supervised.hyperparameters)
     requested = check_requested(requested)
     lora = lora_settings(body.lora, _default_lora(state))
     job = FineTuningJob(
