@@ -84,12 +84,16 @@ def test_truncated_cache_is_rebuilt(tmp_path, monkeypatch, tiny_model_dir):
 
 
 @pytest.mark.slow
-def test_shipped_default_model_dequantises_once_then_loads_from_cache(tmp_path):
+def test_shipped_default_model_dequantises_once_then_loads_from_cache(tmp_path, monkeypatch):
     source = resolve_model("smollm2-135m-instruct")
     first = prepare_model(source, tmp_path)
+
+    def dequantise_again(*args):
+        raise AssertionError("the cached model was dequantised again")
+
+    monkeypatch.setattr(cache, "_dequantise_gguf", dequantise_again)
     second = prepare_model(source, tmp_path)
-    assert not first.from_cache and second.from_cache
-    assert second.seconds * 3 < first.seconds
+    assert not first.from_cache and second.from_cache and second.path == first.path
     config = json.loads((first.path / "config.json").read_text())
     assert config["model_type"] == "llama" and "quantization_config" not in config
     tokenizer = Tokenizer.from_dir(first.path)
