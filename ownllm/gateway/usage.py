@@ -18,7 +18,9 @@ Work that is not a request has rows too, with their own measure and no
 prompt or completion tokens: a finished fine-tuning job (`fine_tuning.jobs`,
 `trained_tokens` over every epoch, written by `ownllm.tuning.jobs` with its
 final status) and an adapter export (`adapters.export`, `bytes` sent). They
-count as requests, and stay out of the mean latency and time to first token. Left out: cost per row (computed in `ownllm.gateway.cost` from a price
+count as requests, and stay out of the mean latency and time to first token.
+
+Left out: cost per row (computed in `ownllm.gateway.cost` from a price
 table, so a price change re-prices history), retention.
 """
 

@@ -376,3 +376,29 @@ async def test_names_cannot_squat_ids_and_are_per_tenant(api, archives):
     assert (await client.delete("/v1/adapters/tone", headers=a)).status_code == 200
     assert (await client.get("/v1/adapters/tone", headers=b)).json()["id"] == bobs["id"]
     assert (await client.get("/v1/adapters/tone", headers=admin)).json()["id"] == bobs["id"]
+
+
+async def test_exports_are_metered_in_bytes_for_the_caller(api, archives):
+    from ownllm.gateway.usage import ledger_for, summarize
+
+    client, tenants, state = api
+    a, b = tenants.a.headers, tenants.b.headers
+    assert (await upload(client, a, "r4", archives["r4"])).status_code == 200
+    lora = await client.post("/v1/adapters/r4/export", headers=a, json={"format": "gguf-lora"})
+    merged = await client.post("/v1/adapters/r4/export", headers=a, json={"format": "hf"})
+    assert lora.status_code == merged.status_code == 200
+    bad = await client.post("/v1/adapters/r4/export", headers=a, json={"format": "onnx"})
+    assert bad.status_code == 400
+    hidden = await client.post("/v1/adapters/r4/export", headers=b, json={"format": "hf"})
+    assert hidden.status_code == 404  # not theirs to see: no row
+    ledger_for(state).flush()
+    (row,) = summarize(state.db, by="key", tenant_id=tenants.a.tenant)
+    assert row["key"] == tenants.a.key_id and (row["requests"], row["ok"], row["error"]) == (
+        3,
+        2,
+        1,
+    )
+    assert row["bytes"] == len(lora.content) + len(merged.content)
+    assert row["total_tokens"] == 0
+    assert summarize(state.db, by="endpoint", tenant_id=tenants.b.tenant) == []
+    ledger_for(state).close()

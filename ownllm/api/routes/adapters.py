@@ -13,7 +13,8 @@ the tenant's storage quota (429 `insufficient_quota`).
     POST   /v1/adapters/compose           {"name", "method", "adapters": [{"id", "weight"}],
                                            "density", "seed", "majority_sign_method"}
     POST   /v1/adapters/{adapter}/export  {"format": "hf"|"gguf"|"gguf-lora", "type": "f16"|"q8_0"}
-                                          answers the file (GGUF) or a .tar.gz (hf)
+                                          answers the file (GGUF) or a .tar.gz (hf); one
+                                          usage-ledger row (adapters.export, bytes sent)
     DELETE /v1/adapters/{adapter}         also unloads it from the engine
 
 `adapter_models` gives the adapters as `/v1/models` entries (parent = base).
@@ -24,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import tarfile
+import time
 import uuid
 from pathlib import Path
 
@@ -47,6 +49,7 @@ from ownllm.api.state import AppState, get_state
 from ownllm.errors import InvalidRequestError, ModelNotFoundError, PayloadTooLargeError, ServerError
 from ownllm.gateway.auth import require_scope
 from ownllm.gateway.principal import Principal
+from ownllm.gateway.usage import UsageRow, ledger_for
 from ownllm.store.quota import StorageQuota, storage_quota
 
 router = APIRouter(prefix="/v1", tags=["adapters"])
@@ -195,9 +198,11 @@ async def export_route(
     state: AppState = Depends(get_state),
 ):
     _require_db(state)
-    scratch = state.data_dir.tmp / f"export-{uuid.uuid4().hex[:12]}"
+    export_id = f"export-{uuid.uuid4().hex[:12]}"
+    scratch = state.data_dir.tmp / export_id
     scratch.mkdir(parents=True)
     cleanup = BackgroundTask(shutil.rmtree, scratch, ignore_errors=True)
+    started, record = time.monotonic(), None
     try:
         record = await run_in_threadpool(registry.get_adapter, state.db, principal, ref)
         stem = record.name.replace("/", "_").replace(":", "_")
@@ -218,15 +223,36 @@ async def export_route(
         if body.format == "hf":
             packed = scratch / f"{stem}.tar.gz"
             await run_in_threadpool(_tar_dir, path, packed)
-            return FileResponse(
-                packed, media_type="application/gzip", filename=packed.name, background=cleanup
-            )
-        return FileResponse(
-            path, media_type="application/octet-stream", filename=path.name, background=cleanup
-        )
-    except BaseException:
+            path, media_type = packed, "application/gzip"
+        else:
+            media_type = "application/octet-stream"
+        _meter_export(state, principal, export_id, record, started, num_bytes=path.stat().st_size)
+        return FileResponse(path, media_type=media_type, filename=path.name, background=cleanup)
+    except BaseException as e:
         shutil.rmtree(scratch, ignore_errors=True)
+        if record is not None:  # a refused or failed export of an adapter the caller sees
+            _meter_export(state, principal, export_id, record, started, error=e)
         raise
+
+
+def _meter_export(state, principal, export_id, record, started, *, num_bytes=0, error=None):
+    """The export's ledger row: the bytes sent, or the error that stopped it."""
+    code = getattr(error, "status_code", 500) if error is not None else 200
+    ledger_for(state).record(
+        UsageRow(
+            request_id=export_id,
+            tenant_id=principal.tenant_id,
+            key_id=principal.key_id,
+            endpoint="adapters.export",
+            model=record.name,
+            adapter_id=record.id,
+            status="ok" if error is None else "error",
+            bytes=num_bytes,
+            latency_ms=(time.monotonic() - started) * 1000,
+            http_status=code,
+            error_code=None if error is None else getattr(error, "code", None) or "internal_error",
+        )
+    )
 
 
 def _tar_dir(directory: Path, out: Path) -> None:
