@@ -53,6 +53,12 @@ def default_home() -> str:
 class ServerConfig:
     host: str = setting("127.0.0.1", "Address to listen on.", env="OWNLLM_HOST")
     port: int = setting(8000, "TCP port to listen on.", env="OWNLLM_PORT", min=1, max=65535)
+    allowed_hosts: str = setting(
+        "",
+        "Host names a server on a loopback address answers besides localhost, 127.0.0.1 and "
+        "[::1] (comma-separated; e.g. the name a reverse proxy passes on; `*`: any, which turns "
+        "the DNS-rebinding guard off). Pages on these hosts may also post forms to it.",
+    )
     log_level: str = setting(
         "info", "Log level.", choices=("debug", "info", "warning", "error", "critical")
     )

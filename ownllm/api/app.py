@@ -185,4 +185,7 @@ def create_app(state: AppState, *, start_engine: bool = True) -> FastAPI:
 
     app.include_router(dashboard.router)
     app.include_router(routes.router)
+    from ownllm.api.origin import OriginCheck
+
+    app.add_middleware(OriginCheck, server=state.config.server)  # outermost: Host, Origin
     return app
