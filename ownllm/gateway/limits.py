@@ -16,9 +16,15 @@ How each limit holds:
   in memory. When the request ends the reservation is settled to the tokens
   actually used.
 
-tpm counts the same worst case at admission and is corrected to the real
-count at the end. Refused requests consume nothing. Left out: per-day
-limits, per-model limits, a shared (Redis) per-minute window.
+Admission has two stages, so that a request over its key's rate costs no more than a
+lookup, however large its prompt:
+1. `admit_request`, before the prompt is read: concurrency and rpm. The request
+   holds its slot, and counts toward rpm, from here on, whatever happens next
+   (a 400, a later 429): the gateway works on it.
+2. `admit_tokens`, once the prompt is tokenised: tpm and the monthly budget for
+   the worst case. tpm is corrected to the real count at the end.
+A request refused at a stage consumes nothing of that stage's limits. Left out:
+per-day limits, per-model limits, a shared (Redis) per-minute window.
 """
 
 from __future__ import annotations
@@ -74,6 +80,7 @@ class Admission:
 
     principal: Principal
     reserved_tokens: int
+    scopes: list[tuple[str, Limits]] = field(default_factory=list)  # with a window each
     windows: list[_Window] = field(default_factory=list)
     token_entries: list[_TokenEntry] = field(default_factory=list)
     budget_scopes: list[str] = field(default_factory=list)
@@ -107,16 +114,27 @@ class Limiter:
         self.budgets = MonthlyBudgets(db, clock=clock, wall_clock=wall_clock)
 
     async def admit(self, principal: Principal, estimated_tokens: int) -> Admission:
-        """Admit one request that may use up to `estimated_tokens`, or raise a 429 error."""
-        admission = self.admit_local(principal, estimated_tokens)
-        if budgets_of(principal):
+        """Both stages at once, for a caller that knows the tokens up front; a refusal at
+        the second gives the slot back at once."""
+        admission = self.admit_request(principal)
+        try:
+            await self.admit_tokens(admission, estimated_tokens)
+        except BaseException:
+            self._release_local(admission, actual_tokens=0)
+            raise
+        return admission
+
+    async def admit_tokens(self, admission: Admission, tokens: int) -> None:
+        """Stage 2: tpm and the monthly budgets for up to `tokens`, or a 429. A refusal
+        takes no tokens; the slot stays held until `finish`."""
+        self.admit_tokens_local(admission, tokens)
+        if budgets_of(admission.principal):
             try:
                 if not self.budgets.take_leased(admission):
                     await run_in_threadpool(self.budgets.reserve, admission)
             except BaseException:
-                self._release_local(admission, actual_tokens=0, drop_request=True)
+                self._settle_local(admission, actual_tokens=0)
                 raise
-        return admission
 
     async def finish(self, admission: Admission, actual_tokens: int) -> None:
         """Release the request's concurrency slot and settle its tokens (idempotent).
@@ -159,24 +177,47 @@ class Limiter:
 
     # -- per replica: rpm, tpm, concurrency ------------------------------------------
 
-    def admit_local(self, principal: Principal, tokens: int) -> Admission:
-        admission = Admission(principal, reserved_tokens=max(0, int(tokens)))
-        scopes = _scopes(principal)
-        if not scopes:
+    def admit_request(self, principal: Principal) -> Admission:
+        """Stage 1, before the prompt is read: a concurrency slot and an rpm count, or a
+        429. Give the slot back with `finish`, whatever happens after."""
+        admission = Admission(principal, reserved_tokens=0, scopes=_scopes(principal))
+        if not admission.scopes:
             return admission
         with self._lock:
             now = self._clock()
-            windows = [(name, limits, self._window(name, now)) for name, limits in scopes]
-            for name, limits, window in windows:
-                self._check(name, limits, window, admission.reserved_tokens, now)
-            for _, _, window in windows:
+            windows = [self._window(name, now) for name, _ in admission.scopes]
+            for (name, limits), window in zip(admission.scopes, windows):
+                _check_requests(name, limits, window, now)
+            for window in windows:
                 window.requests.append(now)
+                window.num_active += 1
+            admission.windows = windows
+        return admission
+
+    def admit_tokens_local(self, admission: Admission, tokens: int) -> None:
+        """The tpm part of stage 2 (memory only)."""
+        admission.reserved_tokens = max(0, int(tokens))
+        if not admission.windows:
+            return
+        with self._lock:
+            now = self._clock()
+            for (name, limits), window in zip(admission.scopes, admission.windows):
+                window.prune(now)
+                _check_tokens(name, limits, window, admission.reserved_tokens, now)
+            for window in admission.windows:
                 entry = _TokenEntry(now, admission.reserved_tokens)
                 window.tokens.append(entry)
                 window.num_tokens += admission.reserved_tokens
-                window.num_active += 1
-                admission.windows.append(window)
                 admission.token_entries.append(entry)
+
+    def admit_local(self, principal: Principal, tokens: int) -> Admission:
+        """Both per-replica stages at once (any thread)."""
+        admission = self.admit_request(principal)
+        try:
+            self.admit_tokens_local(admission, tokens)
+        except BaseException:
+            self._release_local(admission, actual_tokens=0)
+            raise
         return admission
 
     def _window(self, name: str, now: float) -> _Window:
@@ -186,66 +227,66 @@ class Limiter:
         window.prune(now)
         return window
 
-    @staticmethod
-    def _check(name: str, limits: Limits, window: _Window, tokens: int, now: float) -> None:
-        who = name.replace(":", " ", 1)
-        if limits.max_concurrent is not None and window.num_active >= limits.max_concurrent:
-            raise RateLimitError(
-                f"Too many concurrent requests for {who}: limit {limits.max_concurrent}. "
-                "Retry when one finishes.",
-                retry_after=1,
-            )
-        if limits.rpm is not None and len(window.requests) >= limits.rpm:
-            wait = window.requests[0] + WINDOW_S - now
-            raise RateLimitError(
-                f"Rate limit reached for requests per minute on {who}: limit {limits.rpm}, "
-                f"used {len(window.requests)}. Please try again in {wait:.1f}s.",
-                retry_after=max(1.0, wait),
-            )
-        if limits.tpm is not None and window.num_tokens + tokens > limits.tpm:
-            if tokens > limits.tpm:
-                raise RateLimitError(
-                    f"Request too large for tokens per minute on {who}: it may use {tokens} "
-                    f"tokens (prompt + max_tokens), the limit is {limits.tpm}. "
-                    "Lower max_tokens or shorten the prompt.",
-                    retry_after=WINDOW_S,
-                )
-            need, wait = window.num_tokens + tokens - limits.tpm, 1.0
-            for entry in window.tokens:
-                need -= entry.tokens
-                wait = entry.at + WINDOW_S - now
-                if need <= 0:
-                    break
-            raise RateLimitError(
-                f"Rate limit reached for tokens per minute on {who}: limit {limits.tpm}, "
-                f"used {window.num_tokens}, requested {tokens}. "
-                f"Please try again in {wait:.1f}s.",
-                retry_after=max(1.0, wait),
-            )
-
-    def _release_local(
-        self, admission: Admission, actual_tokens: int, drop_request: bool = False
-    ) -> None:
+    def _settle_local(self, admission: Admission, actual_tokens: int) -> None:
+        """Correct the tokens the request counts in each window to `actual_tokens`."""
         with self._lock:
-            if admission.is_finished:
-                return
             actual = max(0, int(actual_tokens))
             for window, entry in zip(admission.windows, admission.token_entries):
-                window.num_active -= 1
                 if entry.in_window:
                     window.num_tokens += actual - entry.tokens
                 entry.tokens = actual
-                if drop_request:
-                    _remove_last(window.requests, entry.at)
+
+    def _release_local(self, admission: Admission, actual_tokens: int) -> None:
+        """Give the concurrency slot back and settle the tokens (once)."""
+        with self._lock:
+            if admission.is_finished:
+                return
             admission.is_finished = True
+            for window in admission.windows:
+                window.num_active -= 1
+        self._settle_local(admission, actual_tokens)
 
 
-def _remove_last(times: deque, value: float) -> None:
-    """Drop one admission time (a request refused later does not count toward rpm)."""
-    for i in range(len(times) - 1, -1, -1):
-        if times[i] == value:
-            del times[i]
-            return
+def _check_requests(name: str, limits: Limits, window: _Window, now: float) -> None:
+    who = name.replace(":", " ", 1)
+    if limits.max_concurrent is not None and window.num_active >= limits.max_concurrent:
+        raise RateLimitError(
+            f"Too many concurrent requests for {who}: limit {limits.max_concurrent}. "
+            "Retry when one finishes.",
+            retry_after=1,
+        )
+    if limits.rpm is not None and len(window.requests) >= limits.rpm:
+        wait = window.requests[0] + WINDOW_S - now
+        raise RateLimitError(
+            f"Rate limit reached for requests per minute on {who}: limit {limits.rpm}, "
+            f"used {len(window.requests)}. Please try again in {wait:.1f}s.",
+            retry_after=max(1.0, wait),
+        )
+
+
+def _check_tokens(name: str, limits: Limits, window: _Window, tokens: int, now: float) -> None:
+    if limits.tpm is None or window.num_tokens + tokens <= limits.tpm:
+        return
+    who = name.replace(":", " ", 1)
+    if tokens > limits.tpm:
+        raise RateLimitError(
+            f"Request too large for tokens per minute on {who}: it may use {tokens} "
+            f"tokens (prompt + max_tokens), the limit is {limits.tpm}. "
+            "Lower max_tokens or shorten the prompt.",
+            retry_after=WINDOW_S,
+        )
+    need, wait = window.num_tokens + tokens - limits.tpm, 1.0
+    for entry in window.tokens:
+        need -= entry.tokens
+        wait = entry.at + WINDOW_S - now
+        if need <= 0:
+            break
+    raise RateLimitError(
+        f"Rate limit reached for tokens per minute on {who}: limit {limits.tpm}, "
+        f"used {window.num_tokens}, requested {tokens}. "
+        f"Please try again in {wait:.1f}s.",
+        retry_after=max(1.0, wait),
+    )
 
 
 def limiter_for(state: Any) -> Limiter:

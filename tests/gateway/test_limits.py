@@ -102,6 +102,28 @@ async def test_tpm_reserves_worst_case_then_settles_to_actual():
         await limiter.admit(principal, 101)
 
 
+async def test_the_request_stage_holds_a_slot_and_an_rpm_count_until_finish():
+    """Stage 1 (before the prompt is read) takes the slot and counts toward rpm; a refusal
+    at stage 2 (tokens) takes no tokens and keeps both until `finish`, which runs once."""
+    limiter = Limiter()
+    principal = key_principal(Limits(rpm=2, max_concurrent=1, tpm=100))
+    admission = limiter.admit_request(principal)
+    assert admission.reserved_tokens == 0 and admission.token_entries == []
+    with pytest.raises(RateLimitError, match="concurrent"):
+        limiter.admit_request(principal)
+    with pytest.raises(RateLimitError, match="Request too large"):
+        await limiter.admit_tokens(admission, 101)
+    with pytest.raises(RateLimitError, match="concurrent"):
+        limiter.admit_request(principal)  # still held: the request is not finished
+    await limiter.finish(admission, 0)
+    await limiter.finish(admission, 0)  # idempotent
+    second = limiter.admit_request(principal)
+    await limiter.admit_tokens(second, 100)  # the refused request took none of the 100
+    await limiter.finish(second, 100)
+    with pytest.raises(RateLimitError, match="requests per minute"):
+        limiter.admit_request(principal)  # both requests counted
+
+
 async def test_unlimited_principal_takes_the_fast_path():
     limiter = Limiter()
     admission = await limiter.admit(Principal(tenant_id="acme", key_id="k"), 10**9)
