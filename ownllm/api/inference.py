@@ -2,7 +2,9 @@
 
     parse (pydantic, in the route) → principal (dependency) → build the call (model,
     texts, parameters; `ownllm.api.calls`, `ownllm.api.routes.embeddings`)
-    → prepare (tokenise or count; check the context) → admit (limits)
+    → admit_request (rpm, concurrency) → check_text_size (a cap on characters)
+    → prepare (tokenise or count, long texts off the event loop; check the context)
+    → admit_tokens (tpm, monthly budget on the real count)
     → check_input (input guard; prepare again when it changed the text)
     → start (the backend) → respond (JSON or SSE; output guard per delta)
     → finish (usage ledger, capture, metrics: exactly once, whatever happened)
@@ -13,10 +15,14 @@ chat and completions, `EmbeddingRun` in the embeddings route. Admission, the gua
 error shape and `finish` exist only here, so no endpoint can skip them
 (tests/api/test_inference_routes.py walks the app's routes to prove it).
 
-The gateway stages are the small `admit`, `check_input`, `check_output` and `finish`
-functions below; each calls the hook objects in `AppState.inference_hooks` (see
-`ownllm.gateway.hooks`), so limits, guardrails, usage and capture plug in without touching
-the routes. What a generation endpoint writes is its `Format` (`ownllm.api.formats`).
+Nothing costly happens before `admit_request`: a key over its rate gets its 429 however
+large its prompt, and a prompt that cannot fit is refused by its characters before the
+tokenizer reads it.
+
+The gateway stages are the small `admit_request`, `admit_tokens`, `check_input`,
+`check_output` and `finish` functions below; each calls the hook objects in
+`AppState.inference_hooks` (see `ownllm.gateway.hooks`), so limits, guardrails, usage and
+capture plug in without touching the routes. What a generation endpoint writes is its `Format` (`ownllm.api.formats`).
 
 Streaming is OpenAI's server-sent events. The first delta is awaited before the response
 starts, so an error the backend raises at once (queue full, context too long) is a plain
@@ -38,7 +44,7 @@ import anyio
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from ownllm.api.calls import generate_requests, tokenise
+from ownllm.api.calls import check_text_size, generate_requests, tokenise
 from ownllm.api.errors import error_body
 from ownllm.api.formats import ChoiceText, Format, usage_body
 from ownllm.api.generation import ClientGoneError, Generation
@@ -61,9 +67,17 @@ def _hooks(state: AppState, method: str) -> list[Any]:
     return [fn for fn in (getattr(h, method, None) for h in hooks) if fn is not None]
 
 
-async def admit(state: AppState, call: InferenceCall) -> None:
-    """Limits (rpm, tpm, concurrency, quota): a hook raises RateLimitError to refuse."""
-    for hook in _hooks(state, "admit"):
+async def admit_request(state: AppState, call: InferenceCall) -> None:
+    """Request limits (rpm, concurrency), before the text is read: a hook raises
+    RateLimitError to refuse."""
+    for hook in _hooks(state, "admit_request"):
+        await hook(call)
+
+
+async def admit_tokens(state: AppState, call: InferenceCall) -> None:
+    """Token limits (tpm, monthly budget) on the tokenised call: a hook raises
+    RateLimitError or InsufficientQuotaError to refuse."""
+    for hook in _hooks(state, "admit_tokens"):
         await hook(call)
 
 
@@ -184,8 +198,10 @@ async def serve(state: AppState, request: Request, run: Run) -> Response:
     call = run.call
     metrics_for(state).in_progress.labels(call.endpoint).inc()
     try:
+        await admit_request(state, call)
+        check_text_size(call)
         await run.prepare()
-        await admit(state, call)
+        await admit_tokens(state, call)
         if await check_input(state, call):
             await run.prepare()
         await run.start()
@@ -214,7 +230,7 @@ class GenerationRun(Run):
         self._flushers = _hooks(state, "flush_output")
 
     async def prepare(self) -> None:
-        tokenise(self.state, self.call)
+        await tokenise(self.state, self.call)
 
     async def start(self) -> None:
         requests = await generate_requests(self.state, self.call)

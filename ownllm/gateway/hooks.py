@@ -4,8 +4,15 @@
 through the same stages and calls each hook object in `AppState.inference_hooks` (in
 order) at its stage:
 
-    parse → principal → resolve model → tokenise (or count)
-      → admit(call)            limits: raise RateLimitError / InsufficientQuotaError
+    parse → principal → resolve model
+      → admit_request(call)    request limits (rpm, concurrency), before the prompt is
+                               read: call.prompt_token_ids is still empty; raise
+                               RateLimitError
+      → a cap on characters; tokenise (or count), long prompts in a worker thread,
+        refused without tokenising when their characters cannot fit the context
+      → admit_tokens(call)     token limits (tpm, monthly budget) on the real count
+                               (call.max_total_tokens): raise RateLimitError /
+                               InsufficientQuotaError
       → check_input(call)      input guard: raise ContentPolicyError, or replace
                                call.messages / call.prompts / call.inputs (redaction;
                                re-tokenised)
@@ -99,7 +106,9 @@ class InferenceOutcome:
 class InferenceHooks(Protocol):
     """Any subset of these methods; see the module docstring for when each runs."""
 
-    async def admit(self, call: InferenceCall) -> None: ...
+    async def admit_request(self, call: InferenceCall) -> None: ...
+
+    async def admit_tokens(self, call: InferenceCall) -> None: ...
 
     async def check_input(self, call: InferenceCall) -> None: ...
 

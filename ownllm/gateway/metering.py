@@ -1,9 +1,11 @@
 """The gateway's inference hook for limits and the usage ledger.
 
-`MeteringHook.admit` asks the `Limiter` to admit the call for its worst-case
-token count (prompt + n × max_tokens); `finish` — which the pipeline calls
-once for every call, also after errors, 429s and disconnects — settles the
-limiter to the tokens actually used and queues one ledger row.
+`MeteringHook.admit_request` takes the call's concurrency slot and rpm count
+before its prompt is read; `admit_tokens` admits its worst-case token count
+(prompt + n × max_tokens) against tpm and the monthly budget once it is
+tokenised; `finish` — which the pipeline calls once for every call, also after
+errors, 429s and disconnects — gives the slot back, settles the limiter to the
+tokens actually used and queues one ledger row.
 
 Status of the row: `ok`; `disconnected` when the client went away;
 `cancelled` when the engine aborted a choice (finish_reason "abort", e.g. at
@@ -75,9 +77,13 @@ class MeteringHook:
         self.busy = busy
         self._admissions: dict[str, Admission] = {}
 
-    async def admit(self, call: InferenceCall) -> None:
-        admission = await self.limiter.admit(call.principal, call.max_total_tokens)
-        self._admissions[call.request_id] = admission
+    async def admit_request(self, call: InferenceCall) -> None:
+        self._admissions[call.request_id] = self.limiter.admit_request(call.principal)
+
+    async def admit_tokens(self, call: InferenceCall) -> None:
+        admission = self._admissions.get(call.request_id)
+        if admission is not None:
+            await self.limiter.admit_tokens(admission, call.max_total_tokens)
 
     async def finish(self, call: InferenceCall, outcome: InferenceOutcome) -> None:
         # A request refused by a limit, a guard or a validation error was never read by the

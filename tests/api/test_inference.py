@@ -16,8 +16,11 @@ class RecordingHook:
     def __init__(self) -> None:
         self.calls: list[tuple[str, object]] = []
 
-    async def admit(self, call) -> None:
-        self.calls.append(("admit", call.max_total_tokens))
+    async def admit_request(self, call) -> None:
+        self.calls.append(("admit_request", len(call.prompt_token_ids)))
+
+    async def admit_tokens(self, call) -> None:
+        self.calls.append(("admit_tokens", call.max_total_tokens))
 
     async def finish(self, call, outcome) -> None:
         self.calls.append(("finish", outcome))
@@ -28,8 +31,9 @@ async def test_hooks_run_in_order_and_finish_sees_the_outcome(client, fake_state
     fake_state.inference_hooks.append(hook)
     r = await client.post("/v1/chat/completions", json=CHAT)
     usage = r.json()["usage"]
-    (admit, max_total), (finish, outcome) = hook.calls
-    assert admit == "admit" and max_total == usage["prompt_tokens"] + 5
+    (request, num_prompts), (tokens, max_total), (finish, outcome) = hook.calls
+    assert request == "admit_request" and num_prompts == 0  # before the prompt is read
+    assert tokens == "admit_tokens" and max_total == usage["prompt_tokens"] + 5
     assert finish == "finish" and outcome.status_code == 200
     assert outcome.num_prompt_tokens == usage["prompt_tokens"]
     assert outcome.num_output_tokens == 5
@@ -39,7 +43,7 @@ async def test_hooks_run_in_order_and_finish_sees_the_outcome(client, fake_state
 
 async def test_a_refused_admission_is_429_and_still_finishes(client, fake_state):
     class Limit(RecordingHook):
-        async def admit(self, call) -> None:
+        async def admit_request(self, call) -> None:
             raise RateLimitError("Rate limit reached: 1 request per minute.", retry_after=30)
 
     hook = Limit()

@@ -2,9 +2,11 @@
 
 An embeddings call takes the same path as chat (`ownllm.api.inference.serve`): it counts
 against the key's and tenant's rpm, tpm (its input tokens), concurrency and monthly budget,
-passes the input guard, and writes one usage-ledger row whatever happens. `EmbeddingRun`
-says what is particular to it: `prepare` counts the tokens in the embedding model's own
-tokenizer and refuses over-long inputs, `start` embeds.
+passes the input guard, and writes one usage-ledger row whatever happens; rpm and
+concurrency are checked before the model loads or reads an input, tpm and the budget on the
+counted tokens. `EmbeddingRun` says what is particular to it: `prepare` counts the tokens
+in the embedding model's own tokenizer (in a thread) and refuses over-long inputs, `start`
+embeds.
 
 - Input guard: a block refuses the request as for chat (400 content_policy_violation,
   `param` input[i]); a redaction is embedded as redacted, so the vector never encodes
