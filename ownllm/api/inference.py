@@ -22,7 +22,8 @@ tokenizer reads it.
 The gateway stages are the small `admit_request`, `admit_tokens`, `check_input`,
 `check_output` and `finish` functions below; each calls the hook objects in
 `AppState.inference_hooks` (see `ownllm.gateway.hooks`), so limits, guardrails, usage and
-capture plug in without touching the routes. What a generation endpoint writes is its `Format` (`ownllm.api.formats`).
+capture plug in without touching the routes. What a generation endpoint writes is its
+`Format` (`ownllm.api.formats`).
 
 Streaming is OpenAI's server-sent events. The first delta is awaited before the response
 starts, so an error the backend raises at once (queue full, context too long) is a plain
