@@ -57,7 +57,7 @@ async def test_job_trains_registers_the_adapter_with_lineage_and_reports_progres
     assert worker_for(ft.state).run_once()
     job = (await ft.get(f"/v1/fine_tuning/jobs/{job['id']}")).json()
     assert job["status"] == "succeeded", job["error"]
-    assert job["fine_tuned_model"] == f"ft:tiny:default:pirate:{job['id']}"
+    assert job["fine_tuned_model"] == f"ft:tiny:@admin:pirate:{job['id']}"
     assert job["hyperparameters"] == {
         "n_epochs": 2,
         "batch_size": 4,

@@ -29,7 +29,7 @@ def test_tune_prints_the_model_and_jobs_shows_it(tmp_path, learnable_model_dir, 
         )
         assert out.returncode == 0, out.stderr
         model = out.stdout.strip()
-        assert model.startswith("ft:tiny:default:cli:ftjob-")
+        assert model.startswith("ft:tiny:@admin:cli:ftjob-")
         assert "step 10/10 loss" in out.stderr  # 20 examples, auto batch size 2
         job_id = model.rsplit(":", 1)[1]
         listed = ownllm("jobs", "list", *url)

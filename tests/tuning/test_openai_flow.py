@@ -62,7 +62,7 @@ def test_openai_client_flow_on_a_tiny_model(tmp_path, learnable_model_dir, reply
             seed=0,
             hyperparameters={"n_epochs": 8, "batch_size": 4, "learning_rate_multiplier": 10},
         )
-        assert job.fine_tuned_model == f"ft:tiny:default:pirate:{job.id}"
+        assert job.fine_tuned_model == f"ft:tiny:@admin:pirate:{job.id}"
         events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
         assert any(e.message.startswith("Step 40/40: training loss=") for e in events)
         # served at once, no restart; the training forward and the engine agree on the output

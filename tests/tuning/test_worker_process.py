@@ -108,7 +108,7 @@ async def test_kill_9_mid_job_then_another_worker_resumes_from_the_checkpoint(
     assert job.status == "running"  # its worker is gone mid-job
     killed_at = jobs.latest_checkpoint(state.db, job_id).step
     names = assert_registry_sound(state)
-    assert f"ft:tiny:default::{job_id}" not in names
+    assert f"ft:tiny:@admin::{job_id}" not in names
 
     second = start_worker(learnable_model_dir, tmp_path, db_url, "second")
     try:
