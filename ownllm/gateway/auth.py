@@ -26,7 +26,7 @@ import hmac
 import math
 import secrets
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +49,7 @@ CREATE_KEY_HINT = "ownllm keys create --tenant NAME --name NAME"
 _LAST_USED_EVERY_S = 60
 _CACHE_MAX = 10_000
 _OPEN_RECHECK_S = 1.0  # in open mode, a key created by another process closes it within this
+PRINCIPAL_SCOPE_KEY = "ownllm.principal"  # where the body gate leaves the resolved principal
 
 
 def generate_key() -> str:
@@ -218,20 +219,35 @@ def authenticator_for(state: Any) -> Authenticator:
 
 
 def bearer_token(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
+    return token_from_headers(request.headers)
+
+
+def token_from_headers(headers: Mapping[str, str]) -> str | None:
+    """The key a request sends: `Authorization: Bearer KEY`, else the Azure `api-key` header."""
+    header = headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
-    return request.headers.get("api-key") or None  # the Azure OpenAI header
+    return headers.get("api-key") or None
 
 
-async def get_principal(request: Request) -> Principal:
-    """FastAPI dependency: who is calling. Also stored as `request.state.principal`."""
-    auth = authenticator_for(request.app.state.ownllm)
-    token = bearer_token(request)
+async def authenticate(auth: Authenticator, token: str | None) -> Principal:
+    """The principal for `token`: from memory when known, else checked in a worker thread."""
     principal = auth.cached(token)
     if principal is None:
         principal = await run_in_threadpool(auth.resolve, token)
+    return principal
+
+
+async def get_principal(request: Request) -> Principal:
+    """FastAPI dependency: who is calling. Also stored as `request.state.principal`.
+
+    `ownllm.api.bodies` resolves it from the headers before the body is read and leaves it
+    in the scope under `PRINCIPAL_SCOPE_KEY`; then it is not resolved again."""
+    principal = request.scope.get(PRINCIPAL_SCOPE_KEY)
+    if principal is None:
+        auth = authenticator_for(request.app.state.ownllm)
+        principal = await authenticate(auth, bearer_token(request))
     request.state.principal = principal
     return principal
 
