@@ -65,6 +65,24 @@ class ServerConfig:
     run_worker: bool = setting(
         True, "Run one fine-tuning worker inside `ownllm serve`.", env="OWNLLM_SERVER_RUN_WORKER"
     )
+    # The largest legitimate JSON body: a prompt filling a 128k-token context is ~0.5 MiB of
+    # English, ~1.5 MiB of \u-escaped CJK; an embeddings batch of 300k tokens (OpenAI's cap)
+    # sent as token ids is ~2 MiB. 8 MiB leaves 4x over both.
+    max_json_body_bytes: int = setting(
+        8 << 20,
+        "Largest request body of a JSON route (chat, completions, embeddings, jobs, admin), in "
+        "bytes; larger is refused with 413 before it is read. Uploads have their own limits "
+        "(tuning.max_file_bytes; adapter archives 2 GiB).",
+        min=1024,
+        max=1 << 34,
+    )
+    body_timeout_s: float = setting(
+        60.0,
+        "Seconds a request body may send nothing before it is refused with 408 (as nginx's "
+        "client_body_timeout; 0: wait forever).",
+        min=0,
+        max=86400,
+    )
 
 
 @dataclass(frozen=True)

@@ -185,6 +185,9 @@ def create_app(state: AppState, *, start_engine: bool = True) -> FastAPI:
 
     app.include_router(dashboard.router)
     app.include_router(routes.router)
+    from ownllm.api.bodies import BodyGate
+
+    app.add_middleware(BodyGate, api=app, state=state)  # key and size checked before the body
     from ownllm.api.origin import OriginCheck
 
     app.add_middleware(OriginCheck, server=state.config.server)  # outermost: Host, Origin

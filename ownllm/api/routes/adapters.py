@@ -29,7 +29,7 @@ import time
 import uuid
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, File, Form, UploadFile
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel as Body
 from pydantic import Field
@@ -45,7 +45,10 @@ from ownllm.adapters.operations import (
     import_adapter,
     is_archive,
 )
+from ownllm.api.bodies import MULTIPART_SLACK, BodyLimit, upload_limit
 from ownllm.api.state import AppState, get_state
+from ownllm.api.uploads import multipart_boundary, read_form
+from ownllm.config import Config
 from ownllm.errors import InvalidRequestError, ModelNotFoundError, PayloadTooLargeError, ServerError
 from ownllm.gateway.auth import require_scope
 from ownllm.gateway.principal import Principal
@@ -54,6 +57,7 @@ from ownllm.store.quota import StorageQuota, storage_quota
 
 router = APIRouter(prefix="/v1", tags=["adapters"])
 MAX_UPLOAD_BYTES = 2 << 30
+TOO_LARGE = "the archive is larger than 2 GiB"
 
 
 class AdapterWeightBody(Body):
@@ -121,43 +125,107 @@ async def list_adapters(
     return {"object": "list", "data": [r.to_dict() for r in records]}
 
 
-@router.post("/adapters")
+def _archive_limit(_config: Config) -> BodyLimit:
+    return BodyLimit(
+        MAX_UPLOAD_BYTES + MULTIPART_SLACK, TOO_LARGE, code="file_too_large", param="file"
+    )
+
+
+class _Archive:
+    """The uploaded archive, written as it arrives into the route's scratch directory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.size = path, 0
+        self._f = open(path, "wb")  # noqa: SIM115 (closed in close/discard)
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > MAX_UPLOAD_BYTES:
+            raise PayloadTooLargeError(TOO_LARGE, param="file")
+        self._f.write(chunk)
+
+    def close(self) -> None:
+        self._f.close()
+
+    discard = close  # the route removes its scratch directory either way
+
+
+def _form_bool(value: str, param: str) -> bool:
+    text = value.strip().lower()
+    if text in ("1", "true", "t", "yes", "y", "on"):
+        return True
+    if text in ("", "0", "false", "f", "no", "n", "off"):
+        return False
+    raise InvalidRequestError(
+        f"Invalid value for '{param}': {value!r} is not a boolean.", param=param
+    )
+
+
+IMPORT_FORM = {  # the route reads its body as a stream, so FastAPI cannot describe it
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "name"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "a .tar.gz, .tgz, .tar or .zip of a PEFT adapter",
+                        },
+                        "name": {"type": "string"},
+                        "is_public": {"type": "boolean", "default": False},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post("/adapters", openapi_extra=IMPORT_FORM)
+@upload_limit(_archive_limit)
 async def import_adapter_route(
-    file: UploadFile = File(...),
-    name: str = Form(...),
-    is_public: bool = Form(False),
+    request: Request,
     principal: Principal = Depends(require_scope("adapters")),
     state: AppState = Depends(get_state),
 ) -> dict:
     _require_db(state)
-    filename = Path(file.filename or "adapter").name
-    if not is_archive(filename):
-        raise InvalidRequestError(
-            f"upload a {' or '.join(ARCHIVE_SUFFIXES)} archive of a PEFT adapter directory",
-            param="file",
-        )
+    boundary = multipart_boundary(request, "'file' and 'name'")
     scratch = state.data_dir.tmp / f"upload-{uuid.uuid4().hex[:12]}"
     scratch.mkdir(parents=True)
+
+    def open_archive(filename: str) -> _Archive:
+        filename = Path(filename or "adapter").name
+        if not is_archive(filename):
+            raise InvalidRequestError(
+                f"upload a {' or '.join(ARCHIVE_SUFFIXES)} archive of a PEFT adapter directory",
+                param="file",
+            )
+        return _Archive(scratch / filename)
+
     try:
-        archive = scratch / filename
-        with open(archive, "wb") as out:
-            size = 0
-            while chunk := await file.read(1 << 20):
-                size += len(chunk)
-                if size > MAX_UPLOAD_BYTES:
-                    raise PayloadTooLargeError("the archive is larger than 2 GiB", param="file")
-                out.write(chunk)
+        form = await read_form(request, boundary, open_archive)
+        archive = form.file
+        if archive is None:
+            raise InvalidRequestError("Missing required parameter: 'file'.", param="file")
+        archive.close()
+        name = form.fields.get("name", "")
+        if not name:
+            raise InvalidRequestError("Missing required parameter: 'name'.", param="name")
         record = await run_in_threadpool(
             import_adapter,
             state.db,
             state.data_dir,
             principal,
-            archive,
+            archive.path,
             name=name,
             base=_base(state),
             max_rank=state.config.engine.max_lora_rank,
             quota=_quota(state, principal),
-            is_public=is_public,
+            is_public=_form_bool(form.fields.get("is_public", ""), "is_public"),
         )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

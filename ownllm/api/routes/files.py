@@ -6,12 +6,12 @@
     GET    /v1/files/{file_id}/content
     DELETE /v1/files/{file_id}
 
-The upload body is parsed as it arrives (python-multipart's push parser): the
-file part goes chunk by chunk into a temporary file with its sha256, and an
-upload over `tuning.max_file_bytes` is refused with 413 as soon as it crosses
-the cap (or at once, from Content-Length), and one past the tenant's storage
-quota (`store.tenant_quota_bytes`) with 429 `insufficient_quota` as soon as it
-crosses that, leaving nothing on disk.
+The upload body is parsed as it arrives (`ownllm.api.uploads`): the file part
+goes chunk by chunk into a temporary file with its sha256, and an upload over
+`tuning.max_file_bytes` is refused with 413 as soon as it crosses the cap (or
+at once, from Content-Length, by `ownllm.api.bodies` before the body is read),
+and one past the tenant's storage quota (`store.tenant_quota_bytes`) with 429
+`insufficient_quota` as soon as it crosses that, leaving nothing on disk.
 """
 
 from __future__ import annotations
@@ -20,116 +20,50 @@ from typing import Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse
-from python_multipart import MultipartParser
-from python_multipart.multipart import parse_options_header
 from starlette.concurrency import run_in_threadpool
 
+from ownllm.api.bodies import MULTIPART_SLACK, BodyLimit, upload_limit
 from ownllm.api.pages import cursor_page
 from ownllm.api.state import AppState, get_state
-from ownllm.errors import InvalidRequestError, PayloadTooLargeError
+from ownllm.api.uploads import multipart_boundary, read_form
+from ownllm.config import Config
+from ownllm.errors import InvalidRequestError
 from ownllm.gateway.auth import require_scope
 from ownllm.gateway.principal import Principal
-from ownllm.store.quota import StorageQuota, storage_quota
+from ownllm.store.quota import storage_quota
 from ownllm.tuning import files as store
 
 router = APIRouter(prefix="/v1", tags=["files"])
-MAX_FIELD_BYTES = 4096
 
 
-class _Upload:
-    """Push-parser callbacks: the `file` part streams to a PartialFile, other parts are small."""
-
-    def __init__(self, state: AppState, quota: StorageQuota | None, used_bytes: int) -> None:
-        self.state, self.quota, self.used_bytes = state, quota, used_bytes
-        self.fields: dict[str, bytes] = {}
-        self.file: store.PartialFile | None = None
-        self.filename = "upload"
-        self._name: str | None = None
-        self._header_field = b""
-        self._header_value = b""
-        self._headers: dict[bytes, bytes] = {}
-        self.error: Exception | None = None
-
-    def callbacks(self) -> dict:
-        return {
-            "on_part_begin": self._begin,
-            "on_header_field": lambda d, s, e: setattr(
-                self, "_header_field", self._header_field + d[s:e]
-            ),
-            "on_header_value": lambda d, s, e: setattr(
-                self, "_header_value", self._header_value + d[s:e]
-            ),
-            "on_header_end": self._header_end,
-            "on_headers_finished": self._headers_finished,
-            "on_part_data": self._data,
-        }
-
-    def _begin(self) -> None:
-        self._headers, self._name = {}, None
-
-    def _header_end(self) -> None:
-        self._headers[self._header_field.lower()] = self._header_value
-        self._header_field, self._header_value = b"", b""
-
-    def _headers_finished(self) -> None:
-        _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
-        self._name = options.get(b"name", b"").decode("utf-8", "replace")
-        if self._name == "file":
-            if self.file is not None:
-                raise InvalidRequestError("Only one 'file' part is allowed.", param="file")
-            raw = options.get(b"filename", b"upload")
-            self.filename = raw.decode("utf-8", "replace") or "upload"
-            self.file = store.PartialFile(
-                self.state.data_dir,
-                self.state.config.tuning.max_file_bytes,
-                self.quota,
-                self.used_bytes,
-            )
-
-    def _data(self, data: bytes, start: int, end: int) -> None:
-        if self._name == "file" and self.file is not None:
-            self.file.write(data[start:end])
-        elif self._name:
-            value = self.fields.get(self._name, b"") + data[start:end]
-            if len(value) > MAX_FIELD_BYTES:
-                raise InvalidRequestError(f"'{self._name}' is too long.", param=self._name)
-            self.fields[self._name] = value
+def _file_limit(config: Config) -> BodyLimit:
+    cap = config.tuning.max_file_bytes
+    return BodyLimit(
+        cap + MULTIPART_SLACK,
+        f"The file is larger than the {cap:,}-byte limit (setting tuning.max_file_bytes).",
+        code="file_too_large",
+        param="file",
+    )
 
 
 @router.post("/files")
+@upload_limit(_file_limit)
 async def create_file(
     request: Request,
     principal: Principal = Depends(require_scope("files")),
     state: AppState = Depends(get_state),
 ) -> dict:
-    cap = state.config.tuning.max_file_bytes
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > cap + 64 * 1024:
-        raise PayloadTooLargeError(
-            f"The file is larger than the {cap:,}-byte limit (setting tuning.max_file_bytes).",
-            param="file",
-        )
-    content_type, options = parse_options_header(request.headers.get("content-type", ""))
-    if content_type != b"multipart/form-data" or b"boundary" not in options:
-        raise InvalidRequestError(
-            "Upload the file as multipart/form-data with 'file' and 'purpose' fields.",
-            param="file",
-        )
+    boundary = multipart_boundary(request, "'file' and 'purpose'")
     quota = storage_quota(principal, state.config.store.tenant_quota_bytes)
     used = await run_in_threadpool(quota.used, state.db) if quota is not None else 0
-    upload = _Upload(state, quota, used)
-    parser = MultipartParser(options[b"boundary"], upload.callbacks())
-    try:
-        async for chunk in request.stream():
-            parser.write(chunk)
-        parser.finalize()
-    except BaseException:
-        if upload.file is not None:
-            upload.file.discard()
-        raise
-    purpose = upload.fields.get("purpose", b"").decode("utf-8", "replace").strip()
+    cap = state.config.tuning.max_file_bytes
+    form = await read_form(
+        request, boundary, lambda _: store.PartialFile(state.data_dir, cap, quota, used)
+    )
+    upload = form.file
+    purpose = form.fields.get("purpose", "").strip()
     problem = None
-    if upload.file is None:
+    if upload is None:
         problem = InvalidRequestError("Missing required parameter: 'file'.", param="file")
     elif not purpose:
         problem = InvalidRequestError("Missing required parameter: 'purpose'.", param="purpose")
@@ -139,11 +73,11 @@ async def create_file(
             param="purpose",
         )
     if problem is not None:
-        if upload.file is not None:
-            upload.file.discard()
+        if upload is not None:
+            upload.discard()
         raise problem
     row = await run_in_threadpool(
-        upload.file.commit, state.db, principal.tenant_id, upload.filename, purpose
+        upload.commit, state.db, principal.tenant_id, form.filename or "upload", purpose
     )
     return store.file_object(row)
 
