@@ -37,12 +37,14 @@ def cli(*args, data_dir):
 def test_capture_feedback_export_tune_serve(server, tmp_path):
     client = openai.OpenAI(api_key="sk-dev", base_url=f"{server.base_url}/v1")
     http = httpx.Client(base_url=server.base_url, timeout=60)
-    ids = []
+    ids, answers = [], []
     for i, q in enumerate(QUESTIONS):
         content = q + (" My card is 4111 1111 1111 1111." if i == 0 else "")
         r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": content}],
-                                           max_tokens=8, store=True, metadata={"batch": "b1"})  # fmt: skip
+                                           max_tokens=8, store=True, metadata={"batch": "b1"},
+                                           extra_body={"ignore_eos": True})  # fmt: skip
         ids.append(r.id)
+        answers.append(r.choices[0].message.content)
     client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "not kept"}],
                                    max_tokens=4)  # fmt: skip
     stored = [c.id for c in client.chat.completions.list(metadata={"batch": "b1"}, limit=100)]
@@ -65,7 +67,9 @@ def test_capture_feedback_export_tune_serve(server, tmp_path):
     assert done.returncode == 0, done.stderr
     file_id = done.stdout.strip()
     examples = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(examples) == 12
+    # the two corrections, and every answer rated 5 but a blank one (8 random tokens may
+    # all be whitespace or special, and a blank answer teaches nothing)
+    assert len(examples) == 2 + sum(bool(answer.strip()) for answer in answers[2:])
     assert (
         examples[0]["messages"][-1]["content"] == "Orders of type 0 can be refunded within 30 days."
     )
