@@ -26,6 +26,8 @@ and header timeouts (the HTTP server's).
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -159,8 +161,7 @@ class BodyGate:
                 message = await receive()
             else:
                 try:
-                    with anyio.fail_after(self.timeout_s):
-                        message = await receive()
+                    message = await _receive_within(receive, self.timeout_s)
                 except TimeoutError:
                     return await answer(_timeout_response(self.timeout_s))
             if message["type"] == "http.request" and not body_done:
@@ -214,6 +215,14 @@ def _flat(routes: list[Any]) -> list[Any]:
     """Every route with its full path (FastAPI >= 0.16x keeps included routers nested)."""
     walk = getattr(fastapi.routing, "iter_route_contexts", None)
     return list(walk(routes)) if walk else list(routes)
+
+
+async def _receive_within(receive: Receive, seconds: float) -> Message:
+    if sys.version_info >= (3, 11):  # a third of anyio's cost, paid on every body
+        async with asyncio.timeout(seconds):
+            return await receive()
+    with anyio.fail_after(seconds):
+        return await receive()
 
 
 def _timeout_response(timeout_s: float) -> Response:
