@@ -57,7 +57,6 @@ if TYPE_CHECKING:
 
 MULTIPART_SLACK = 64 * 1024  # part headers and the small form fields beside the file
 _CACHE_MAX = 4096  # (method, path) -> rule; cleared when full (paths carry ids)
-_DISCONNECT: Message = {"type": "http.disconnect"}
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -151,12 +150,12 @@ class BodyGate:
                 response.headers["connection"] = "close"
                 await response(scope, receive, send)
             answered = True
-            return _DISCONNECT
+            return {"type": "http.disconnect"}
 
         async def capped_receive() -> Message:
             nonlocal received, body_done
             if answered:
-                return _DISCONNECT
+                return {"type": "http.disconnect"}
             if body_done or not self.timeout_s:
                 message = await receive()
             else:
