@@ -16,7 +16,9 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -236,6 +238,10 @@ def interactive(session: ChatSession, out: TextIO) -> int:
 def run(args: argparse.Namespace) -> int:
     from ownllm.cli.common import fail
 
+    if threading.current_thread() is threading.main_thread():
+        # Ctrl-C stops an answer, also when started with SIGINT ignored (as a script's
+        # background job is): Python then installs no KeyboardInterrupt handler of its own.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     client = Client(args.base_url, args.api_key)
     out = sys.stdout
     try:

@@ -66,15 +66,19 @@ def test_piped_turns_keep_history_and_commands_work(server, fake_state):  # noqa
     assert len(backend.requests) == 3
 
 
-def test_ctrl_c_stops_the_answer_not_the_program(server):
+@pytest.mark.parametrize("sigint", ["default", "ignored"])
+def test_ctrl_c_stops_the_answer_not_the_program(server, sigint):
     base_url, backend = server
     backend.gate = threading.Semaphore(0)  # "Hello", then the answer waits: only Ctrl-C ends it
+    # A script's background job starts with SIGINT ignored (and CI may run the suite as one).
+    disposition = signal.SIG_IGN if sigint == "ignored" else signal.SIG_DFL
     process = subprocess.Popen(
         [sys.executable, "-m", "ownllm", "chat", "--base-url", base_url, "--max-tokens", "200"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, disposition),
     )
     process.stdin.write("Tell me a long story\n")
     process.stdin.flush()
