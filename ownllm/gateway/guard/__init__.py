@@ -1,6 +1,7 @@
 """Guardrails: the company's own policy applied to prompts, completions and stored data.
 
     policy.py      rules from a TOML/YAML file, global with per-tenant overrides
+    rules.py       one rule table validated per detector, and the Rule it builds
     detectors.py   PII and secret patterns with checksums; custom regexes; deny-lists
     heuristics.py  prompt-injection, jailbreak, system-prompt-extraction, exfiltration
     stream.py      incremental span checking that holds back the least text

@@ -18,7 +18,8 @@ from typing import Any
 
 from ownllm.errors import ContentPolicyError
 from ownllm.gateway.guard.classifier import Classifier, classifier_hits
-from ownllm.gateway.guard.policy import Policy, PolicyError, Rule, RuleSet
+from ownllm.gateway.guard.policy import Policy, PolicyError, RuleSet
+from ownllm.gateway.guard.rules import Rule
 from ownllm.gateway.guard.stream import SpanChecker, check_spans
 
 # Heuristics look for attacks in what users and tools send, not in the developer's own

@@ -10,7 +10,9 @@ A rule names a detector, the stages it runs at and what happens on a hit:
 
 Tenants tighten or relax the global rules under `[tenants.NAME]`: `disable = [ids]`
 drops rules, and each `[[tenants.NAME.rules]]` entry either overrides fields of the
-global rule with the same id or adds a new rule. The shipped default policy is
+global rule with the same id or adds a new rule. Each rule table is validated by
+`rules.py`; a bad one is refused with one line naming the file, the rule's position and
+id, the key, its value and what is allowed. The shipped default policy is
 `default_policy.toml` next to this module.
 
 Left out: rule ordering priorities (every matching rule fires; block wins over redact
@@ -25,127 +27,18 @@ from pathlib import Path
 from typing import Any
 
 from ownllm.config import ConfigError
-from ownllm.gateway.guard.detectors import (
-    BUILTIN_PATTERNS,
-    SpanDetector,
-    builtin_detector,
-    deny_terms_detector,
-    make_span_detector,
-)
-from ownllm.gateway.guard.heuristics import (
-    HEURISTIC_DETECTORS,
-    HeuristicDetector,
-    heuristic_detector,
-)
+from ownllm.gateway.guard.rules import Rule, build_rule, show
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-ACTIONS = ("block", "redact", "flag")
-STAGES = ("input", "output", "capture")
 DEFAULT_POLICY_PATH = Path(__file__).with_name("default_policy.toml")
-_RULE_KEYS = {"id", "detector", "stages", "action", "placeholder", "pattern", "terms",
-              "ignore_case", "limit", "labels", "threshold", "message", "description"}  # fmt: skip
 
 
 class PolicyError(ConfigError):
     """The policy file cannot be used; the message names the file, the rule and the fix."""
-
-
-@dataclass(frozen=True)
-class Rule:
-    id: str
-    detector: str
-    action: str
-    stages: tuple[str, ...]
-    placeholder: str = "[REDACTED]"
-    message: str = ""
-    span: SpanDetector | None = None  # span detectors: built-in, regex, deny_terms
-    heuristic: HeuristicDetector | None = None
-    limit: int = 0  # max_chars
-    labels: tuple[str, ...] = ()  # classifier
-    threshold: float = 0.5
-    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
-
-    @property
-    def kind(self) -> str:
-        if self.span is not None:
-            return "span"
-        if self.heuristic is not None:
-            return "heuristic"
-        return self.detector  # max_chars | classifier
-
-
-def build_rule(raw: dict[str, Any]) -> Rule:
-    """Validate one rule table; raises ValueError with what to change."""
-    unknown = set(raw) - _RULE_KEYS
-    if unknown:
-        raise ValueError(
-            f"unknown key {sorted(unknown)[0]!r}; known: {', '.join(sorted(_RULE_KEYS))}"
-        )
-    rule_id = raw.get("id")
-    if not isinstance(rule_id, str) or not rule_id.strip():
-        raise ValueError("every rule needs an `id` string")
-    detector = raw.get("detector")
-    action = raw.get("action")
-    if action not in ACTIONS:
-        raise ValueError(f"action = {action!r}: must be one of {', '.join(ACTIONS)}")
-    stages = raw.get("stages", ["input"])
-    if isinstance(stages, str):
-        stages = [stages]
-    bad = [s for s in stages if s not in STAGES]
-    if bad or not stages:
-        raise ValueError(f"stages = {stages!r}: each must be one of {', '.join(STAGES)}")
-    common = dict(id=rule_id, detector=str(detector), action=action, stages=tuple(stages),
-                  message=str(raw.get("message", "")), raw=dict(raw))  # fmt: skip
-    placeholder = raw.get("placeholder")
-    if detector in BUILTIN_PATTERNS:
-        span = builtin_detector(detector)
-        return Rule(**common, span=span, placeholder=placeholder or span.placeholder)
-    if detector == "regex":
-        pattern = raw.get("pattern")
-        if not isinstance(pattern, str) or not pattern:
-            raise ValueError("detector 'regex' needs a `pattern` string")
-        flags = 2 if raw.get("ignore_case", False) else 0
-        span = make_span_detector(rule_id, pattern, placeholder or "[REDACTED]", flags=flags)
-        return Rule(**common, span=span, placeholder=span.placeholder)
-    if detector == "deny_terms":
-        terms = raw.get("terms")
-        if not isinstance(terms, list) or not all(isinstance(t, str) for t in terms):
-            raise ValueError("detector 'deny_terms' needs `terms`, a list of strings")
-        span = deny_terms_detector(rule_id, terms, placeholder or "[REDACTED]")
-        return Rule(**common, span=span, placeholder=span.placeholder)
-    if detector in HEURISTIC_DETECTORS:
-        if action == "redact":
-            raise ValueError(f"detector {detector!r} finds no span to redact: use block or flag")
-        if action == "block" and "output" in stages:
-            raise ValueError(f"detector {detector!r} can only flag at the output stage")
-        return Rule(**common, heuristic=heuristic_detector(detector))
-    if detector == "max_chars":
-        limit = raw.get("limit")
-        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-            raise ValueError("detector 'max_chars' needs `limit`, a positive integer")
-        if action == "redact":
-            raise ValueError("detector 'max_chars' can block or flag, not redact")
-        return Rule(**common, limit=limit)
-    if detector == "classifier":
-        labels = raw.get("labels")
-        threshold = raw.get("threshold", 0.5)
-        if not isinstance(labels, list) or not labels:
-            raise ValueError("detector 'classifier' needs `labels`, the unsafe label names")
-        if not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
-            raise ValueError("`threshold` must be a number between 0 and 1")
-        if action == "redact":
-            raise ValueError("detector 'classifier' can block or flag, not redact")
-        if action == "block" and "output" in stages:
-            raise ValueError("detector 'classifier' can only flag at the output stage")
-        return Rule(**common, labels=tuple(map(str, labels)), threshold=float(threshold))
-    known = sorted(BUILTIN_PATTERNS) + ["regex", "deny_terms", "max_chars", "classifier"]
-    raise ValueError(
-        f"detector = {detector!r}: must be one of {', '.join(known + list(HEURISTIC_DETECTORS))}"
-    )
 
 
 @dataclass(frozen=True)
@@ -176,14 +69,18 @@ class Policy:
 
 
 def _read(path: Path) -> dict[str, Any]:
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise PolicyError(f"policy file {str(path)!r} cannot be read: {e}") from None
     if path.suffix.lower() in (".yaml", ".yml"):
         import yaml
 
         try:
             data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as e:
-            raise PolicyError(f"policy file {str(path)!r} is not valid YAML: {e}") from None
+        except yaml.YAMLError as e:  # its message spans lines; a startup error is one
+            problem = " ".join(str(e).split())
+            raise PolicyError(f"policy file {str(path)!r} is not valid YAML: {problem}") from None
     else:
         try:
             data = tomllib.loads(text)
@@ -204,42 +101,52 @@ def _rules(raw_rules: Any, where: str) -> list[dict[str, Any]]:
 
 def parse_policy(data: dict[str, Any], source: str = "<policy>") -> Policy:
     """Build a Policy from parsed TOML/YAML; raises PolicyError naming the bad rule."""
-    unknown = set(data) - {"version", "rules", "tenants"}
+    where = f"policy {source!r}"
+    unknown = sorted(set(map(str, data)) - {"version", "rules", "tenants"})
     if unknown:
-        raise PolicyError(
-            f"policy {source!r}: unknown key {sorted(unknown)[0]!r}; known: version, rules, tenants"
-        )
-    raw_global = _rules(data.get("rules"), f"policy {source!r}")
-    global_rules = _build_all(raw_global, f"policy {source!r}")
-    tenants: dict[str, RuleSet] = {}
+        raise PolicyError(f"{where}: unknown key {unknown[0]!r}; known: version, rules, tenants")
+    raw_rules = _rules(data.get("rules"), where)
+    global_rules = _build_all([(f"rules[{i}]", raw) for i, raw in enumerate(raw_rules)], where)
     raw_tenants = data.get("tenants") or {}
     if not isinstance(raw_tenants, dict):
-        raise PolicyError(f"policy {source!r}: `tenants` must be a table of tenant names")
-    by_id = {r["id"]: r for r in raw_global}
-    for tenant, spec in raw_tenants.items():
-        where = f"policy {source!r}, tenant {tenant!r}"
-        if not isinstance(spec, dict) or set(spec) - {"disable", "rules"}:
-            raise PolicyError(f"{where}: allowed keys are `disable` (rule ids) and `rules`")
-        disabled = spec.get("disable", [])
-        missing = [d for d in disabled if d not in by_id]
-        if missing:
-            raise PolicyError(f"{where}: disable names unknown rule {missing[0]!r}")
-        merged = {rid: dict(r) for rid, r in by_id.items() if rid not in disabled}
-        for override in _rules(spec.get("rules"), where):
-            rid = override.get("id")
-            merged[rid] = {**merged.get(rid, {}), **override}
-        tenants[str(tenant)] = RuleSet(tuple(_build_all(list(merged.values()), where)))
+        raise PolicyError(f"{where}: `tenants` must be a table of tenant names")
+    by_id = {rule.id: rule.raw for rule in global_rules}
+    tenants = {
+        str(tenant): _tenant_rules(by_id, spec, f"{where}, tenant {tenant!r}")
+        for tenant, spec in raw_tenants.items()
+    }
     return Policy(source=source, rules=RuleSet(tuple(global_rules)), tenants=tenants)
 
 
-def _build_all(raw_rules: list[dict[str, Any]], where: str) -> list[Rule]:
+def _tenant_rules(by_id: dict[str, dict[str, Any]], spec: Any, where: str) -> RuleSet:
+    """The global rules less those `spec` disables, with its overrides merged in by id."""
+    if not isinstance(spec, dict) or set(spec) - {"disable", "rules"}:
+        raise PolicyError(f"{where}: allowed keys are `disable` (rule ids) and `rules`")
+    disabled = spec.get("disable", [])
+    if not isinstance(disabled, list) or not all(isinstance(d, str) for d in disabled):
+        raise PolicyError(f"{where}: disable = {show(disabled)}: must be a list of rule ids")
+    missing = [d for d in disabled if d not in by_id]
+    if missing:
+        raise PolicyError(f"{where}: disable names unknown rule {missing[0]!r}")
+    # (label, table) by id; an inherited table was valid as a global rule
+    merged = {rid: ("", raw) for rid, raw in by_id.items() if rid not in disabled}
+    for i, override in enumerate(_rules(spec.get("rules"), where)):
+        rid = override.get("id")
+        if not isinstance(rid, str):
+            raise PolicyError(f"{where}: rules[{i}]: every rule needs `id`, a non-empty string")
+        merged[rid] = (f"rules[{i}]", {**merged.get(rid, ("", {}))[1], **override})
+    return RuleSet(tuple(_build_all(list(merged.values()), where)))
+
+
+def _build_all(tables: list[tuple[str, dict[str, Any]]], where: str) -> list[Rule]:
+    """Each (label, rule table) built; the first bad one raises PolicyError naming it."""
     out, seen = [], set()
-    for i, raw in enumerate(raw_rules):
+    for label, raw in tables:
         try:
             rule = build_rule(raw)
         except ValueError as e:
             name = f" (id {raw.get('id')!r})" if raw.get("id") else ""
-            raise PolicyError(f"{where}: rules[{i}]{name}: {e}") from None
+            raise PolicyError(f"{where}: {label}{name}: {e}") from None
         if rule.id in seen:
             raise PolicyError(f"{where}: rule id {rule.id!r} appears twice")
         seen.add(rule.id)

@@ -30,7 +30,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from ownllm.gateway.guard.detectors import normalise
-from ownllm.gateway.guard.policy import Rule
+from ownllm.gateway.guard.rules import Rule
 
 
 class SpanChecker:

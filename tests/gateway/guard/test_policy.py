@@ -164,3 +164,49 @@ def test_classifier_rules_need_a_classifier():
     )
     with pytest.raises(PolicyError, match="guard.classifier_path"):
         Guard(policy)
+
+
+FIRST = {"id": "ok", "detector": "email", "action": "flag"}
+
+
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        ({"detector": "emial"}, "detector = 'emial': must be one of"),  # unknown detector
+        ({"colour": "red"}, "unknown key 'colour'; known:"),  # unknown field
+        ({"ignore_case": 1, "detector": "regex", "pattern": "ab"}, "ignore_case = 1: must be"),
+        ({"detector": "max_chars", "limit": 0}, "limit = 0: must be a positive integer"),
+        ({"detector": "regex", "pattern": "(ab"}, "pattern = '(ab': invalid regular expression"),
+    ],
+)
+def test_a_bad_rule_is_named_by_file_position_id_and_field(change, field):
+    rule = {"id": "no-pii", "detector": "email", "action": "block", **change}
+    with pytest.raises(PolicyError) as e:
+        parse_policy({"rules": [FIRST, rule]}, "p.toml")
+    assert str(e.value).startswith(f"policy 'p.toml': rules[1] (id 'no-pii'): {field}")
+
+
+@pytest.mark.parametrize(
+    "tenant,message",
+    [
+        ({"disable": 5}, "tenant 't': disable = 5: must be a list of rule ids"),
+        ({"disable": "ok"}, "tenant 't': disable = 'ok': must be a list of rule ids"),
+        ({"rules": [{"id": ["ok"]}]}, "tenant 't': rules[0]: every rule needs `id`"),
+        ({"rules": [{"id": "new", "detector": "email", "action": "flag"}, {"id": "ok", "action": "drop"}]},
+         "tenant 't': rules[1] (id 'ok'): action = 'drop': must be one of block, redact, flag"),
+    ],
+)  # fmt: skip
+def test_a_bad_tenant_override_is_named_by_its_own_position(tenant, message):
+    with pytest.raises(PolicyError) as e:
+        parse_policy({"rules": [FIRST], "tenants": {"t": tenant}}, "p.toml")
+    assert str(e.value).startswith(f"policy 'p.toml', {message}")
+
+
+def test_unreadable_and_malformed_files_are_one_line_errors(tmp_path):
+    (tmp_path / "latin1.toml").write_bytes(b'[[rules]]\nid = "caf\xe9"\n')
+    with pytest.raises(PolicyError, match="latin1.toml' cannot be read: 'utf-8' codec"):
+        load_policy(tmp_path / "latin1.toml")
+    (tmp_path / "bad.yaml").write_text("rules: [\n")
+    with pytest.raises(PolicyError, match="not valid YAML") as e:
+        load_policy(tmp_path / "bad.yaml")
+    assert "\n" not in str(e.value)
