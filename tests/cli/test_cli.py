@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -43,3 +44,23 @@ def test_serve_bad_config_exits_nonzero_with_one_line(tmp_path, args, message):
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0]
+
+
+@pytest.mark.parametrize(
+    "name,content,message",
+    [
+        ("policy.toml", b'[[rules]]\nid = "no-pii"\ndetector = "email"\naction = "drop"\n',
+         "rules[0] (id 'no-pii'): action = 'drop': must be one of block, redact, flag"),
+        ("policy.toml", b'[[rules]]\nid = "a"\ndetector = "email"\naction = "flag"\n'
+         b"[tenants.t]\ndisable = 5\n", "tenant 't': disable = 5: must be a list of rule ids"),
+        ("policy.yaml", b"rules: [\n", "is not valid YAML"),
+        ("policy.toml", b"\xff\xfe", "cannot be read"),
+    ],
+)  # fmt: skip
+def test_serve_bad_policy_file_exits_nonzero_with_one_line(tmp_path, name, content, message):
+    (tmp_path / name).write_bytes(content)
+    env = {**os.environ, "OWNLLM_GUARD_POLICY_FILE": str(tmp_path / name)}
+    result = run_cli("serve", "--data-dir", str(tmp_path), env=env)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
