@@ -1,4 +1,5 @@
-"""Shared pieces of the engine benchmarks (bench/engine_w1.py, engine_w2.py, engine_w3.py).
+"""Shared pieces of the engine benchmarks (bench/single_stream.py, many_adapters.py,
+adapter_scaling.py).
 
 The default model's cached HF directory, seeded random PEFT adapters, the
 request workloads (prompt/output lengths, adapters, arrival times), the

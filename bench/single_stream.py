@@ -1,6 +1,6 @@
 """W1, single stream: one greedy request (128-token prompt, 128 output tokens) at a time.
 
-    .venv/bin/python -m bench.engine_w1 [--reps 3] [--dtypes fp32,bf16] [--vllm-dtypes bf16]
+    .venv/bin/python -m bench.single_stream [--reps 3] [--dtypes fp32,bf16] [--vllm-dtypes bf16]
 
 Systems, all on the shipped default model (SmolLM2-135M-Instruct), in one run:
 ownllm's LLMEngine driven step by step, the same through EmbeddedBackend (the

@@ -1,6 +1,6 @@
 """W3, adapter scaling: W2's workload with 1, 8, 64 and 512 distinct adapters in the mix.
 
-    .venv/bin/python -m bench.engine_w3 [--counts 1,8,64,512] [--requests 64]
+    .venv/bin/python -m bench.adapter_scaling [--counts 1,8,64,512] [--requests 64]
         [--prompt-len 64,256] [--output-len 64,256] [--dtype bf16] [--max-loras 64]
 
 Every request carries an adapter (round robin over N random rank-8 q,k,v,o
@@ -112,7 +112,7 @@ def main() -> None:
     rows = []
     for count in [int(c) for c in args.counts.split(",") if c]:
         common.make_adapters(model, count)  # written before the timed child starts
-        cmd = [sys.executable, "-m", "bench.engine_w3", "--one", str(count)]
+        cmd = [sys.executable, "-m", "bench.adapter_scaling", "--one", str(count)]
         for flag in ("requests", "dtype", "max_loras", "threads"):
             cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
         cmd += ["--prompt-len", "{},{}".format(*args.prompt_len)]

@@ -1,6 +1,6 @@
 """W2, many adapters: 64 requests over 16 rank-8 adapters + the base model.
 
-    .venv/bin/python -m bench.engine_w2 [--requests 64] [--output-len 64,256]
+    .venv/bin/python -m bench.many_adapters [--requests 64] [--output-len 64,256]
         [--arrivals all,poisson] [--rate 2] [--dtypes fp32,bf16]
         [--baselines grouped-fp32,mixed-fp32,mixed-bf16] [--baseline-arrivals all,poisson]
 
