@@ -2,8 +2,9 @@
 directly, at 50 concurrent streams, measured in the same run and the same time window.
 
 One server process (uvicorn, loopback TCP) serves, on the same FastAPI app and the same
-`FakeBackend` instance (tests/fake_backend.py: `--tokens` tokens per request, one every
-`--token-delay-ms`, no model — the gateway is the edge being measured, not the engine):
+`ScriptedBackend` instance (ownllm/backends/scripted.py, counting: `--tokens` tokens per
+request, one every `--token-delay-ms`, no model — the gateway is the edge being measured,
+not the engine):
 
 - `direct`:  POST /direct — a bare Starlette endpoint that calls `backend.generate()` and
   streams each delta as an SSE frame: no auth, limits, tokenisation, pydantic, guard or
@@ -57,8 +58,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench._support import free_port
+
 MODES = ("direct", "gateway", "gateway+budget")
-FIRST_TOKEN = b"tok0"  # the fake backend's first token text, in both response shapes
+FIRST_TOKEN = b"tok0"  # the scripted backend's first token text, in both response shapes
 
 
 # -- server process ---------------------------------------------------------------------------
@@ -75,14 +78,14 @@ def serve(port: int, data_dir: str, token_delay_s: float, opts: dict, ready) -> 
     from ownllm.api.app import create_app
     from ownllm.api.state import AppState
     from ownllm.backends.base import GenerateRequest, SamplingParams
+    from ownllm.backends.scripted import counting_backend
     from ownllm.config import load_config
     from ownllm.gateway.keys import create_key
     from ownllm.gateway.principal import Limits
+    from ownllm.models.tiny import make_tokenizer
     from ownllm.models.tokenizer import Tokenizer
     from ownllm.store.blobs import DataDir
     from ownllm.store.db import Database
-    from tests.fake_backend import FakeBackend
-    from tests.tiny import make_tokenizer
 
     root = Path(data_dir)
     (root / "tok").mkdir()
@@ -98,7 +101,7 @@ def serve(port: int, data_dir: str, token_delay_s: float, opts: dict, ready) -> 
         limits=Limits(**{**limits.__dict__, "monthly_tokens": opts["budget"]}),
     ).secret
     config = load_config(env={}, overrides={"store": {"data_dir": data_dir}})
-    backend = FakeBackend(tokenizer, token_delay_s=token_delay_s)
+    backend = counting_backend(tokenizer, delay_s=token_delay_s)
     state = AppState(config=config, data_dir=DataDir(root).ensure(), db=db)
     state.backend, state.tokenizer = backend, tokenizer
     app = create_app(state, start_engine=False)
@@ -306,7 +309,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--tokens", type=int, default=16, help="tokens per response")
-    parser.add_argument("--token-delay-ms", type=float, default=20.0, help="fake decode pace")
+    parser.add_argument("--token-delay-ms", type=float, default=20.0, help="scripted decode pace")
     parser.add_argument(
         "--hooks",
         choices=("all", "metering"),
@@ -327,8 +330,6 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
-    from tests.server import free_port
-
     port = args.port or free_port()
     ctx = multiprocessing.get_context("spawn")
     ready = ctx.Queue()
@@ -367,7 +368,7 @@ def main() -> None:
     )
     print(
         f"{args.concurrency} concurrent streams, {args.tokens} tokens/response, "
-        f"{args.token_delay_ms:g} ms/token fake backend, {args.rounds} rounds"
+        f"{args.token_delay_ms:g} ms/token scripted backend, {args.rounds} rounds"
     )
     report_mixed(mixed, args)
     if args.block_requests:

@@ -10,20 +10,9 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
-from tests.server import Server
-
-
-def time_to_ready(data_dir: Path) -> float:
-    start = time.perf_counter()
-    server = Server(data_dir=data_dir)
-    try:
-        server.wait_ready(timeout=600)
-        return time.perf_counter() - start
-    finally:
-        server.stop()
+from bench._support import seconds_to_ready
 
 
 def main() -> None:
@@ -33,8 +22,8 @@ def main() -> None:
     firsts, seconds = [], []
     for _ in range(args.runs):
         with tempfile.TemporaryDirectory() as tmp:
-            firsts.append(time_to_ready(Path(tmp)))
-            seconds.append(time_to_ready(Path(tmp)))
+            firsts.append(seconds_to_ready(Path(tmp)))
+            seconds.append(seconds_to_ready(Path(tmp)))
     first, second = statistics.median(firsts), statistics.median(seconds)
     print(
         f"first start (dequantise + cache): median {first:.2f}s  runs {[round(x, 2) for x in firsts]}"

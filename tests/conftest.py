@@ -1,5 +1,7 @@
-"""Shared fixtures: a tiny random model directory and databases (SQLite always,
-PostgreSQL when OWNLLM_TEST_DATABASE_URL or OWNLLM_DATABASE_URL points at one)."""
+"""Fixtures shared across packages: tiny random model directories (one that can learn) and
+PEFT adapters on them, databases (SQLite always, PostgreSQL when OWNLLM_TEST_DATABASE_URL
+or OWNLLM_DATABASE_URL points at one), the two tenants, `fake_state` (an app state over a
+ScriptedBackend) and a chat file to tune on."""
 
 from __future__ import annotations
 
@@ -9,12 +11,58 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny import make_tiny_model
+from ownllm.models.tiny import make_tiny_model
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def learnable_model_dir(tmp_path_factory) -> Path:
+    """The tiny random Llama with embeddings scaled up (std 0.12 instead of 0.02).
+
+    With tied embeddings of std 0.02, logits can move by only ~±1 whatever the
+    hidden state is, so no adapter could drive the loss far down; scaled, a
+    rank-8 adapter learns a fixed reply in a few seconds. The row of token 2
+    (`<|im_end|>`, also the pad id, which transformers initialises to zeros) gets
+    random values too: a zero row in the tied lm_head could never be predicted,
+    so the model could not learn to stop.
+    """
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    out = make_tiny_model(tmp_path_factory.mktemp("learnable-model"))
+    weights = load_file(str(out / "model.safetensors"))
+    weights = {k: v * 6 if "embed_tokens" in k else v for k, v in weights.items()}
+    embed = weights["model.embed_tokens.weight"]
+    embed[2] = torch.randn(embed.shape[1], generator=torch.Generator().manual_seed(0)) * 0.12
+    save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
+    return out
+
+
+@pytest.fixture(scope="session")
+def adapter_a(tiny_model_dir, tmp_path_factory) -> Path:
+    from tests.adapters.conftest import make_peft_adapter
+
+    return make_peft_adapter(tiny_model_dir, tmp_path_factory.mktemp("adapter-a"), seed=1)
+
+
+@pytest.fixture(scope="session")
+def adapter_b(tiny_model_dir, tmp_path_factory) -> Path:
+    from tests.adapters.conftest import ALL, make_peft_adapter
+
+    out = tmp_path_factory.mktemp("adapter-b")
+    return make_peft_adapter(tiny_model_dir, out, r=8, alpha=4.0, targets=ALL, seed=2)
+
+
+@pytest.fixture
+def reply_file(tmp_path) -> Path:
+    """20 examples: whatever the user says, the assistant answers REPLY."""
+    from tests.tuning.conftest import REPLY, chat, write_jsonl
+
+    return write_jsonl(tmp_path / "reply.jsonl", [chat(f"question {i}", REPLY) for i in range(20)])
 
 
 def postgres_admin_url() -> str | None:
@@ -57,3 +105,24 @@ def two_tenants(db_url):
     db = Database.open(db_url)
     yield make_two_tenants(db, db_url)
     db.close()
+
+
+@pytest.fixture
+def fake_state(tmp_path, tiny_model_dir):
+    """An app state over a ScriptedBackend (GREETING) and the tiny model's tokenizer: no
+    database (open development mode), no engine, no torch."""
+    from ownllm.api.state import AppState
+    from ownllm.backends.scripted import ScriptedBackend
+    from ownllm.config import load_config
+    from ownllm.models.tokenizer import Tokenizer
+    from ownllm.store.blobs import DataDir
+
+    overrides = {"store": {"data_dir": str(tmp_path)}, "model": {"name": "tiny"}}
+    config = load_config(env={}, overrides=overrides)
+    state = AppState(
+        config=config,
+        data_dir=DataDir(tmp_path).ensure(),
+        tokenizer=Tokenizer.from_dir(tiny_model_dir),
+    )
+    state.backend = ScriptedBackend()
+    return state

@@ -84,17 +84,6 @@ def db(db_url):
     database.close()
 
 
-@pytest.fixture(scope="session")
-def adapter_a(tiny_model_dir, tmp_path_factory) -> Path:
-    return make_peft_adapter(tiny_model_dir, tmp_path_factory.mktemp("adapter-a"), seed=1)
-
-
-@pytest.fixture(scope="session")
-def adapter_b(tiny_model_dir, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("adapter-b")
-    return make_peft_adapter(tiny_model_dir, out, r=8, alpha=4.0, targets=ALL, seed=2)
-
-
 PROMPTS = [[5, 6, 7], list(range(40, 59)), [300, 17, 99, 4, 250, 11, 8]]
 MAX_TOKENS = 10
 

@@ -154,8 +154,8 @@ def test_qwen_gguf_exports_answer_like_ownllm(tmp_path, arch):
     from tokenizers import Tokenizer
     from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
+    from ownllm.models.tiny import make_tokenizer
     from tests.adapters.conftest import ALL, make_peft_adapter
-    from tests.tiny import make_tokenizer
 
     config_cls, model_cls = {
         "qwen2": (Qwen2Config, Qwen2ForCausalLM),

@@ -13,9 +13,9 @@ from ownllm.adapters import registry
 from ownllm.adapters.operations import BaseModel, compose_adapters, import_adapter
 from ownllm.errors import InsufficientQuotaError, InvalidRequestError
 from ownllm.gateway.principal import Principal
+from ownllm.models.tiny import make_tiny_model
 from ownllm.store.quota import StorageQuota
 from tests.adapters.conftest import engine_greedy, files_under, hf_greedy, write_lora, zip_dir
-from tests.tiny import make_tiny_model
 
 ALICE = Principal(tenant_id="alice")
 

@@ -17,8 +17,8 @@ from ownllm.adapters.peft_format import (
     read_adapter,
     read_layout,
 )
+from ownllm.models.tiny import make_tiny_model
 from tests.adapters.conftest import Q_PROJ, make_peft_adapter, write_lora
-from tests.tiny import make_tiny_model
 
 
 def test_reads_an_adapter_saved_by_peft(adapter_a, tiny_model_dir):

@@ -12,10 +12,10 @@ from ownllm.adapters import registry
 from ownllm.adapters.peft_format import ADAPTER_FILES, AdapterFormatError
 from ownllm.errors import ConflictError, InsufficientQuotaError, InvalidRequestError, NotFoundError
 from ownllm.gateway.principal import Principal
+from ownllm.models.tiny import make_tiny_model
 from ownllm.store.quota import StorageQuota
 from ownllm.store.schema import Adapter
 from tests.adapters.conftest import files_under, write_lora
-from tests.tiny import make_tiny_model
 
 ALICE = Principal(tenant_id="alice")
 BOB = Principal(tenant_id="bob")

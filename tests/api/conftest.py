@@ -1,8 +1,8 @@
-"""An in-process app over a scripted FakeBackend (no engine, no torch): fast API tests.
+"""An in-process app over a ScriptedBackend (no engine, no torch): fast API tests.
 
-`client` has no database (open development mode); `gateway` is an app on the
-`two_tenants` database — keys, limits, usage ledger — over tests/fake_backend.py's
-FakeBackend and the stub embedding model."""
+`client` is an app on `fake_state` (tests/conftest.py: no database, open development
+mode); `gateway` is an app on the `two_tenants` database — keys, limits, usage ledger —
+over a ScriptedBackend counting "tok0 tok1 …" and the stub embedding model."""
 
 from __future__ import annotations
 
@@ -10,27 +10,11 @@ import httpx
 import pytest
 
 from ownllm.api.app import create_app
-from ownllm.api.state import AppState
-from ownllm.config import load_config
+from ownllm.backends.scripted import counting_backend
 from ownllm.gateway.usage import ledger_for
 from ownllm.models.tokenizer import Tokenizer
-from ownllm.store.blobs import DataDir
-from tests.api.fake_backend import FakeBackend, StubEmbeddingModel
-from tests.fake_backend import FakeBackend as TokenBackend
+from tests.api.stub_embedding import StubEmbeddingModel
 from tests.tenants import gateway_state
-
-
-@pytest.fixture
-def fake_state(tmp_path, tiny_model_dir) -> AppState:
-    overrides = {"store": {"data_dir": str(tmp_path)}, "model": {"name": "tiny"}}
-    config = load_config(env={}, overrides=overrides)
-    state = AppState(
-        config=config,
-        data_dir=DataDir(tmp_path).ensure(),
-        tokenizer=Tokenizer.from_dir(tiny_model_dir),
-    )
-    state.backend = FakeBackend()
-    return state
 
 
 @pytest.fixture
@@ -49,7 +33,7 @@ def make_gateway(tmp_path, tiny_model_dir, two_tenants):
 
     def make(configure=None):
         tokenizer = Tokenizer.from_dir(tiny_model_dir)
-        state = gateway_state(tmp_path, two_tenants, backend=TokenBackend(tokenizer))
+        state = gateway_state(tmp_path, two_tenants, backend=counting_backend(tokenizer))
         state.tokenizer = tokenizer
         state.extras["embedding_model"] = StubEmbeddingModel()
         if configure is not None:

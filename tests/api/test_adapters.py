@@ -14,10 +14,10 @@ from sqlalchemy import func, select
 
 from ownllm.api.app import create_app
 from ownllm.models.cache import PreparedModel
+from ownllm.models.tiny import make_tiny_model
 from ownllm.store.schema import Adapter, File
 from tests.adapters.conftest import files_under, make_peft_adapter, write_lora, zip_dir
 from tests.tenants import gateway_state
-from tests.tiny import make_tiny_model
 
 
 class RecordingBackend:

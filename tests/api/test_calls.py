@@ -14,7 +14,6 @@ from ownllm.config import GenerationDefaults
 from ownllm.errors import InvalidRequestError, ModelNotFoundError
 from ownllm.gateway.principal import Principal
 from ownllm.store.db import Database
-from tests.adapters.conftest import adapter_a  # noqa: F401  (fixture)
 
 ACME = Principal(tenant_id="acme")
 OTHER = Principal(tenant_id="other")
@@ -22,7 +21,7 @@ FT_NAME = "ft:tiny:acme:tone:ftjob-abc"
 
 
 @pytest.fixture
-def with_adapter(fake_state, db_url, adapter_a):  # noqa: F811
+def with_adapter(fake_state, db_url, adapter_a):
     fake_state.db = Database.open(db_url)
     record = register_adapter(
         fake_state.db,

@@ -21,7 +21,7 @@ from ownllm.gateway.limits import limiter_for
 from ownllm.gateway.principal import Limits
 from ownllm.gateway.usage import ledger_for
 from ownllm.store.schema import StoredCompletion, UsageRecord
-from tests.api.fake_backend import StubEmbeddingModel
+from tests.api.stub_embedding import StubEmbeddingModel
 from tests.api.test_request_errors import assert_openai_error
 
 EMBED = {"model": "all-minilm-l6-v2", "input": "a b c d e f"}  # 6 words: 8 tokens

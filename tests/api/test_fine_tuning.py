@@ -9,11 +9,11 @@ from ownllm.adapters.registry import list_adapters
 from ownllm.gateway.auth import get_principal
 from ownllm.gateway.principal import OPEN_DEV_PRINCIPAL, Principal
 from tests.tuning.app_state import client_for, make_state, worker_for
-from tests.tuning.conftest import REPLY, chat, learnable_model_dir  # noqa: F401 (fixture)
+from tests.tuning.conftest import REPLY, chat
 
 
 @pytest.fixture
-async def ft(tmp_path, learnable_model_dir, db_url):  # noqa: F811 (the imported fixture)
+async def ft(tmp_path, learnable_model_dir, db_url):
     state = make_state(tmp_path, learnable_model_dir, db_url, max_seq_len=64)
     async with client_for(state) as client:
         client.state = state

@@ -10,9 +10,9 @@ import threading
 import httpx
 
 from ownllm.api.calls import MAX_REQUEST_CHARS
+from ownllm.backends.scripted import ScriptedBackend
 from ownllm.gateway.limits import limiter_for
 from ownllm.gateway.principal import Limits
-from tests.api.fake_backend import FakeBackend
 from tests.api.test_chat import CHAT
 from tests.api.test_inference_routes import ledger
 
@@ -143,7 +143,7 @@ async def test_a_request_over_the_character_cap_is_refused_unread(client, fake_s
 async def test_health_answers_while_a_long_prompt_is_tokenised(client, fake_state):
     """The tokenizer holds until /health has answered, which it can only do if the
     tokenisation runs off the event loop."""
-    fake_state.backend = FakeBackend(max_model_len=4096)
+    fake_state.backend = ScriptedBackend(max_model_len=4096)
     spy = spy_on(fake_state)
     spy.gate = threading.Event()
     answer = asyncio.create_task(client.post("/v1/chat/completions", json=chat(LONG)))
@@ -170,7 +170,7 @@ async def test_slots_and_counts_come_back_on_every_refusal(gateway, two_tenants)
             body = chat(content, model=state.model_id, max_tokens=max_tokens)
             return await client.post("/v1/chat/completions", json=body, headers=key.headers)
 
-        by_chars = await post("z" * 1_000_000, 5)  # the fake backend: 4,096 tokens
+        by_chars = await post("z" * 1_000_000, 5)  # the counting backend: 4,096 tokens
         assert by_chars.json()["error"]["code"] == "context_length_exceeded"
         assert spy.texts == []
         by_tokens = await post("hello", 4_090)  # its characters could fit; its tokens do not

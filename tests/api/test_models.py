@@ -9,7 +9,6 @@ from ownllm.adapters.registry import register_adapter
 from ownllm.config import GenerationDefaults
 from ownllm.models.cache import PreparedModel
 from ownllm.store.db import Database
-from tests.adapters.conftest import adapter_a  # noqa: F401  (fixture)
 
 OPENAI_FIELDS = {"id", "object", "created", "owned_by"}
 
@@ -41,7 +40,7 @@ async def test_adapters_show_the_base_models_defaults(
     fake_state,
     db_url,
     tiny_model_dir,
-    adapter_a,  # noqa: F811
+    adapter_a,
 ):
     fake_state.db = Database.open(db_url)
     fake_state.model = PreparedModel("tiny", tiny_model_dir, "", False, 0.0)

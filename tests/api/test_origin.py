@@ -12,8 +12,8 @@ import pytest
 
 from ownllm.api.app import create_app
 from ownllm.api.origin import OriginCheck, host_name
+from ownllm.backends.scripted import ScriptedBackend
 from ownllm.config import load_config
-from tests.api.fake_backend import FakeBackend
 from tests.tuning.app_state import make_state
 
 LOOPBACK = "http://127.0.0.1:8000"  # the in-process client's "socket" is then loopback
@@ -23,7 +23,7 @@ JSONL = b'{"messages": [{"role": "user", "content": "hi"}]}\n'
 @pytest.fixture
 def state(tmp_path, tiny_model_dir, db_url):
     state = make_state(tmp_path, tiny_model_dir, db_url)
-    state.backend = FakeBackend()
+    state.backend = ScriptedBackend()
     yield state
     state.db.close()
 

@@ -12,9 +12,8 @@ import pytest
 from sqlalchemy import text
 
 from ownllm.api.app import create_app
-from ownllm.backends.base import Delta
+from ownllm.backends.scripted import ScriptedBackend, reply
 from ownllm.models.tokenizer import Tokenizer
-from tests.api.fake_backend import FakeBackend
 from tests.tenants import gateway_state
 
 CARD, EMAIL = "4111 1111 1111 1111", "ana.lima@example.com"
@@ -42,23 +41,8 @@ action = "block"
 """
 
 
-class ScriptedBackend(FakeBackend):
-    """Answers every request with `answer`, one character per delta."""
-
-    def __init__(self, answer: str = ANSWER) -> None:
-        super().__init__()
-        self.answer = answer
-
-    async def generate(self, request):
-        self.requests.append(request)
-        for i, ch in enumerate(self.answer):
-            last = i == len(self.answer) - 1
-            yield Delta(index=0, text=ch, token_ids=[i], finish_reason="stop" if last else None,
-                        num_prompt_tokens=len(request.prompt_token_ids), num_output_tokens=i + 1)  # fmt: skip
-
-
 def make_client(tmp_path, tenants, tiny_model_dir, policy: str | None = None, answer=ANSWER):
-    state = gateway_state(tmp_path, tenants, backend=ScriptedBackend(answer))
+    state = gateway_state(tmp_path, tenants, backend=ScriptedBackend(reply(answer)))
     state.tokenizer = Tokenizer.from_dir(tiny_model_dir)
     state.config = replace(state.config, model=replace(state.config.model, name="tiny"))
     if policy is not None:
@@ -80,8 +64,12 @@ async def client(tmp_path, two_tenants, tiny_model_dir):
 
 
 def chat(question: str, **extra) -> dict:
-    return {"model": "tiny", "messages": [{"role": "user", "content": question}],
-            "max_tokens": 64, **extra}  # fmt: skip
+    return {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": question}],
+        "max_tokens": 128,
+        **extra,
+    }  # fmt: skip  (room for the whole answer)
 
 
 async def test_store_true_then_list_get_messages_feedback_delete(client, two_tenants):

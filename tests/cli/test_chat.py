@@ -12,14 +12,13 @@ import time
 import pytest
 
 from ownllm.api.app import create_app
-from tests.api.conftest import fake_state  # noqa: F401  (fixture)
 from tests.server import free_port, serve_app
 
 ANSWER = "Hello there, friend!"
 
 
 @pytest.fixture
-def server(fake_state):  # noqa: F811
+def server(fake_state):
     with serve_app(create_app(fake_state, start_engine=False), lifespan="off") as url:
         yield f"{url}/v1", fake_state.backend
 
@@ -46,7 +45,7 @@ def test_one_shot_prints_the_streamed_answer(server):
     assert request.sampling.seed == 3 and request.sampling.max_tokens == 5
 
 
-def test_piped_turns_keep_history_and_commands_work(server, fake_state):  # noqa: F811
+def test_piped_turns_keep_history_and_commands_work(server, fake_state):
     base_url, backend = server
     script = "Hi\nHow are you?\n/model nope\n/reset\nAgain\n/exit\nnever sent\n"
     done = chat("--base-url", base_url, "--max-tokens", "5", "--system", "Be brief.", stdin=script)

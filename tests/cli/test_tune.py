@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 from tests.server import Server
-from tests.tuning.conftest import learnable_model_dir, reply_file  # noqa: F401 (fixtures)
 from tests.tuning.test_openai_flow import WORKER_ENV
 
 
@@ -17,7 +16,7 @@ def ownllm(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_tune_prints_the_model_and_jobs_shows_it(tmp_path, learnable_model_dir, reply_file):  # noqa: F811
+def test_tune_prints_the_model_and_jobs_shows_it(tmp_path, learnable_model_dir, reply_file):
     server = Server(
         "--model", str(learnable_model_dir), "--name", "tiny", data_dir=tmp_path, env=WORKER_ENV
     )

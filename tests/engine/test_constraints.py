@@ -18,8 +18,8 @@ from ownllm.engine.constraints import (
 )
 from ownllm.engine.sampler import SamplingBatch, allocate_bitmask, fill_bitmask, sample
 from ownllm.errors import InvalidRequestError
+from ownllm.models.tiny import make_tokenizer
 from ownllm.models.tokenizer import Tokenizer
-from tests.tiny import make_tokenizer
 
 PERSON = {
     "type": "object",

@@ -10,8 +10,8 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from ownllm.engine.detokenizer import IncrementalDetokenizer, StopChecker, TokenTexts
+from ownllm.models.tiny import make_tokenizer
 from ownllm.models.tokenizer import Tokenizer
-from tests.tiny import make_tokenizer
 
 TEXTS = [
     "Hello world! How are you today?",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from tests.tiny import make_tokenizer
+from ownllm.models.tiny import make_tokenizer
 
 VOCAB = 512
 

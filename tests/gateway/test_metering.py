@@ -1,4 +1,4 @@
-"""Limits and the usage ledger on the real inference routes (a fake backend stands in for
+"""Limits and the usage ledger on the real inference routes (a scripted backend stands in for
 the engine): 429s under concurrency, one ledger row per request — ok, error, cancelled,
 disconnected — whose tokens match what the client saw."""
 
@@ -12,11 +12,11 @@ import httpx
 import pytest
 
 from ownllm.api.app import create_app
+from ownllm.backends.scripted import counting_backend
 from ownllm.gateway.principal import Limits
 from ownllm.gateway.usage import ledger_for
 from ownllm.models.tokenizer import Tokenizer
 from ownllm.store.schema import UsageRecord
-from tests.fake_backend import FakeBackend
 from tests.tenants import gateway_state
 
 
@@ -24,9 +24,9 @@ from tests.tenants import gateway_state
 def make_app(tmp_path, tiny_model_dir, two_tenants):
     states = []
 
-    def make(**backend_kw):
+    def make(**cues):
         tokenizer = Tokenizer.from_dir(tiny_model_dir)
-        state = gateway_state(tmp_path, two_tenants, backend=FakeBackend(tokenizer, **backend_kw))
+        state = gateway_state(tmp_path, two_tenants, backend=counting_backend(tokenizer, **cues))
         state.tokenizer = tokenizer
         states.append(state)
         return create_app(state, start_engine=False), state
@@ -172,7 +172,7 @@ def test_disconnected_stream_has_a_row_with_what_was_generated(make_app, two_ten
     from tests.server import serve_app
 
     # 500 tokens take over two minutes: only the hang-up ends this stream in time
-    app, state = make_app(token_delay_s=0.25)
+    app, state = make_app(delay_s=0.25)
     with serve_app(app) as base_url:
         seen = 0
         with httpx.stream(

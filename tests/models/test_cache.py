@@ -108,7 +108,7 @@ def _qwen2_dir(out_dir):
     from tokenizers import Tokenizer
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from tests.tiny import make_tokenizer
+    from ownllm.models.tiny import make_tokenizer
 
     out_dir.mkdir()
     make_tokenizer(out_dir)

@@ -12,7 +12,6 @@ import threading
 
 import pytest
 
-from tests.api.conftest import fake_state  # noqa: F401  (fixture)
 from tests.server import READY_TIMEOUT_S, Server, serve_app
 
 HOLD_AT_STEP = 3
@@ -74,8 +73,8 @@ def fine_tuning_worker(server, tiny_model_dir, monkeypatch):
 
 
 @pytest.fixture
-def scripted_server(fake_state):  # noqa: F811
-    """The dashboard and API over tests/api/fake_backend.py on real HTTP, with its `gate`
+def scripted_server(fake_state):
+    """The dashboard and API over a ScriptedBackend on real HTTP, with its `gate`
     set: each token after the first leaves only when the test releases it."""
     from ownllm.api.app import create_app
 

@@ -47,7 +47,7 @@ def run(tiny: bool) -> None:
     work = Path(tempfile.mkdtemp(prefix="ownllm-shots-"))
     args: list[str] = []
     if tiny:
-        from tests.tiny import make_tiny_model
+        from ownllm.models.tiny import make_tiny_model
 
         args = ["--model", str(make_tiny_model(work / "tiny")), "--name", "tiny"]
     server = Server(*args, data_dir=work, env={"OWNLLM_SERVER_RUN_WORKER": "true"})

@@ -12,7 +12,7 @@ import tarfile
 import httpx
 import pytest
 
-from tests.api.fake_backend import WORDS
+from ownllm.backends.scripted import WORDS
 from tests.web.browser import QUESTIONS, axe_violations, describe, new_context, sign_in
 from tests.web.conftest import HOLD_AT_STEP
 

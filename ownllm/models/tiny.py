@@ -1,4 +1,9 @@
-"""Tiny random Llama-family models with a ChatML tokenizer, built in-process in about a second."""
+"""Tiny random Llama-family models with a ChatML tokenizer, built in-process in about a second.
+
+For tests, benchmarks and demos: `make_tokenizer` alone gives a real chat template to a
+ScriptedBackend; `make_tiny_model` a model directory the engine loads like any other.
+The weights are random, so what the model says means nothing.
+"""
 
 from __future__ import annotations
 
