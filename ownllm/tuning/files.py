@@ -13,7 +13,7 @@ import hashlib
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 from sqlalchemy import select
@@ -111,26 +111,6 @@ class PartialFile:
             final.unlink(missing_ok=True)
             raise
         return row
-
-
-async def save_upload(
-    db: Database,
-    data_dir: DataDir,
-    chunks: AsyncIterator[bytes],
-    *,
-    tenant_id: str,
-    filename: str,
-    purpose: str,
-    max_bytes: int,
-) -> File:
-    part = PartialFile(data_dir, max_bytes)
-    try:
-        async for chunk in chunks:
-            part.write(chunk)
-    except BaseException:
-        part.discard()
-        raise
-    return part.commit(db, tenant_id, filename, purpose)
 
 
 def save_bytes(
