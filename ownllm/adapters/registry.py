@@ -52,6 +52,7 @@ from ownllm.adapters.peft_format import (
     read_layout,
 )
 from ownllm.errors import ConflictError, InvalidRequestError, NotFoundError
+from ownllm.ids import new_id
 from ownllm.store.blobs import DataDir
 from ownllm.store.db import Database
 from ownllm.store.quota import StorageQuota
@@ -228,7 +229,7 @@ def register_adapter(
             quota.check(s, size_bytes)
     check_finite(src_dir, layout)
     # milliseconds first, so ids (the tie-break of listings) sort in registration order
-    adapter_id = f"adapter-{time.time_ns() // 1_000_000:011x}{uuid.uuid4().hex[:13]}"
+    adapter_id = new_id("adapter")
     final = data_dir.adapters / adapter_id
     with data_dir.atomic_dir(final) as tmp:
         for file in ADAPTER_FILES:

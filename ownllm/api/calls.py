@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-import uuid
 from dataclasses import replace
 from typing import Any
 
@@ -42,6 +41,7 @@ from ownllm.errors import (
 )
 from ownllm.gateway.hooks import InferenceCall
 from ownllm.gateway.principal import Principal
+from ownllm.ids import new_id
 
 MAX_PROMPTS = 128
 MAX_CHOICES = 128
@@ -51,10 +51,6 @@ MAX_REQUEST_CHARS = 1 << 22
 # Shorter prompts are tokenised on the event loop (a fraction of a millisecond): the hop to
 # a worker thread and back costs more, 1-2 ms at p50 and tens at p99 under load.
 INLINE_MAX_CHARS = 2_000
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
 def system_fingerprint(state: AppState) -> str:

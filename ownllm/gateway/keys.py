@@ -17,7 +17,6 @@ tenant, since an older database keeps what the admin stored under that id.
 from __future__ import annotations
 
 import re
-import secrets
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -27,6 +26,7 @@ from sqlalchemy import select
 from ownllm.errors import ConflictError, InvalidRequestError, NotFoundError
 from ownllm.gateway.auth import generate_key, hash_key
 from ownllm.gateway.principal import ALL_SCOPES, NO_LIMITS, Limits
+from ownllm.ids import new_id
 from ownllm.store.schema import ApiKey, Tenant
 
 TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -214,7 +214,7 @@ def create_key(
     create_tenant(db, tenant_id, exist_ok=True)
     secret = generate_key()
     row = ApiKey(
-        id="key-" + secrets.token_hex(8),
+        id=new_id("key"),
         tenant_id=tenant_id,
         name=name.strip(),
         prefix=secret[:_PREFIX_LEN],

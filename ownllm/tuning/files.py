@@ -12,13 +12,13 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
 from sqlalchemy import select
 
 from ownllm.errors import NotFoundError, PayloadTooLargeError
+from ownllm.ids import new_id
 from ownllm.store.blobs import DataDir
 from ownllm.store.db import Database
 from ownllm.store.quota import StorageQuota
@@ -58,7 +58,7 @@ class PartialFile:
     ) -> None:
         self.data_dir, self.max_bytes = data_dir, max_bytes
         self.quota, self.used_bytes = quota, used_bytes
-        self.id = f"file-{time.time_ns():016x}{uuid.uuid4().hex[:8]}"  # sorts by creation
+        self.id = new_id("file")  # sorts by creation
         self.tmp = data_dir.tmp / f"{self.id}.part"
         self.tmp.parent.mkdir(parents=True, exist_ok=True)
         self._f = open(self.tmp, "wb")  # noqa: SIM115 (closed in commit/discard)

@@ -32,12 +32,12 @@ Left out: priorities, and weights between tenants.
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import aliased
 
+from ownllm.ids import new_id
 from ownllm.store.db import Database
 from ownllm.store.schema import FineTuningJob, JobCheckpoint, JobEvent, UsageRecord, usage_day
 
@@ -45,11 +45,6 @@ ACTIVE = ("validating_files", "queued", "running")
 FINAL = ("succeeded", "failed", "cancelled")
 USAGE_ENDPOINT = "fine_tuning.jobs"
 _USAGE_STATUS = {"succeeded": "ok", "failed": "error", "cancelled": "cancelled"}
-
-
-def new_id(prefix: str) -> str:
-    """`prefix-` + creation time (ns, hex) + randomness: ids sort in creation order."""
-    return f"{prefix}-{time.time_ns():016x}{uuid.uuid4().hex[:8]}"
 
 
 def add_event(

@@ -1,6 +1,7 @@
 import threading
 import time
 
+from ownllm.ids import new_id
 from ownllm.store.db import Database
 from ownllm.store.schema import FineTuningJob
 from ownllm.tuning import jobs
@@ -10,7 +11,7 @@ def _queued(db: Database, n: int, tenant: str = "t", after: int = 0) -> list[str
     ids = []
     with db.session() as s:
         for i in range(n):
-            job_id = jobs.new_id("ftjob")
+            job_id = new_id("ftjob")
             ids.append(job_id)
             s.add(
                 FineTuningJob(

@@ -53,6 +53,7 @@ from ownllm.errors import InvalidRequestError, ModelNotFoundError, PayloadTooLar
 from ownllm.gateway.auth import require_scope
 from ownllm.gateway.principal import Principal
 from ownllm.gateway.usage import UsageRow, ledger_for
+from ownllm.ids import new_id
 from ownllm.store.quota import StorageQuota, storage_quota
 
 router = APIRouter(prefix="/v1", tags=["adapters"])
@@ -266,7 +267,7 @@ async def export_route(
     state: AppState = Depends(get_state),
 ):
     _require_db(state)
-    export_id = f"export-{uuid.uuid4().hex[:12]}"
+    export_id = new_id("export")
     scratch = state.data_dir.tmp / export_id
     scratch.mkdir(parents=True)
     cleanup = BackgroundTask(shutil.rmtree, scratch, ignore_errors=True)

@@ -34,7 +34,6 @@ import time
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from ownllm.api.calls import new_id
 from ownllm.api.inference import Run, serve
 from ownllm.api.schemas import ERROR_RESPONSES, EmbeddingList, EmbeddingRequest
 from ownllm.api.state import AppState, get_state
@@ -42,6 +41,7 @@ from ownllm.errors import ContextLengthExceededError, InvalidRequestError, Model
 from ownllm.gateway.auth import require_scope
 from ownllm.gateway.hooks import InferenceCall, InferenceOutcome
 from ownllm.gateway.principal import Principal
+from ownllm.ids import new_id
 from ownllm.models.catalog import ModelLoadError
 from ownllm.models.embedding import EMBEDDING_MODEL_ID, EmbeddingModel, is_embedding_model
 

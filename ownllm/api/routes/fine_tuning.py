@@ -30,6 +30,7 @@ from ownllm.api.state import AppState, get_state
 from ownllm.errors import InvalidRequestError, ModelNotFoundError, NotFoundError
 from ownllm.gateway.auth import require_scope
 from ownllm.gateway.principal import Principal
+from ownllm.ids import new_id
 from ownllm.store.schema import FineTuningJob, JobCheckpoint, JobEvent
 from ownllm.tuning import files as file_store
 from ownllm.tuning import jobs
@@ -151,7 +152,7 @@ def _create(state: AppState, principal: Principal, body: CreateJob) -> FineTunin
     requested = check_requested(requested)
     lora = lora_settings(body.lora, _default_lora(state))
     job = FineTuningJob(
-        id=jobs.new_id("ftjob"),
+        id=new_id("ftjob"),
         tenant_id=principal.tenant_id,
         key_id=principal.key_id,  # the ledger row of its training names the key
         model=body.model,
@@ -224,7 +225,7 @@ async def list_jobs(
     query = select(FineTuningJob)
     if not principal.is_admin:
         query = query.where(FineTuningJob.tenant_id == principal.tenant_id)
-    # job ids sort in creation order (see jobs.new_id)
+    # job ids sort in creation order (see ownllm.ids.new_id)
     rows, more = await run_in_threadpool(
         _page, state, query, FineTuningJob, after, limit, FineTuningJob.id
     )

@@ -1,0 +1,17 @@
+"""Object ids: `prefix-` + 24 hex digits, the creation time (ns) then 32 random bits.
+
+Every id the project makes (`chatcmpl-…`, `file-…`, `ftjob-…`, `adapter-…`, `key-…`)
+comes from `new_id`, so ids of one kind sort in creation order and can serve
+as list cursors. Left out: ids that must be unguessable (API keys are secrets,
+made in `ownllm.gateway.auth`).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+
+def new_id(prefix: str) -> str:
+    """`prefix-` + creation time (ns, 16 hex digits) + 8 random hex digits."""
+    return f"{prefix}-{time.time_ns():016x}{secrets.token_hex(4)}"
