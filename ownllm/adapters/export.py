@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from ownllm.adapters.peft_format import PeftAdapter, read_adapter
 from ownllm.errors import InvalidRequestError
+from ownllm.formats.gguf_names import HF_TO_GGUF_ARCH, GgufNames, permute_rows
 
 if TYPE_CHECKING:
     import numpy as np
@@ -49,13 +50,6 @@ TOKENIZER_FILES = (
     "added_tokens.json",
     "generation_config.json",
 )
-# HF architecture -> (gguf arch name, whether q/k rows are permuted like convert_hf_to_gguf's Llama)
-_ARCHES = {
-    "LlamaForCausalLM": ("LLAMA", True),
-    "MistralForCausalLM": ("LLAMA", True),
-    "Qwen2ForCausalLM": ("QWEN2", False),
-    "Qwen3ForCausalLM": ("QWEN3", False),
-}
 
 
 @contextmanager
@@ -121,46 +115,20 @@ def export_hf(base_dir: str | Path, adapter_dir: str | Path | None, out_dir: str
     return out_dir
 
 
-def _permute_rows(weights: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """HF rotary layout -> llama.cpp's: within each head, interleave the two row halves."""
-    rows = weights.shape[0]
-    return (
-        weights.reshape(num_heads, 2, rows // num_heads // 2, *weights.shape[1:])
-        .swapaxes(1, 2)
-        .reshape(weights.shape)
-    )
+def _gguf_names(config: dict[str, Any]) -> GgufNames:
+    arch = (config.get("architectures") or ["?"])[0]
+    if arch not in HF_TO_GGUF_ARCH:
+        raise InvalidRequestError(f"GGUF export does not support architecture {arch}")
+    num_heads = config["num_attention_heads"]
+    num_kv_heads = config.get("num_key_value_heads") or num_heads
+    return GgufNames(HF_TO_GGUF_ARCH[arch], config["num_hidden_layers"], num_heads, num_kv_heads)
 
 
-class _GgufNames:
-    """HF tensor names -> GGUF names, and which rows to permute, for one base model."""
-
-    def __init__(self, config: dict[str, Any]) -> None:
-        import gguf
-
-        arch = (config.get("architectures") or ["?"])[0]
-        if arch not in _ARCHES:
-            raise InvalidRequestError(f"GGUF export does not support architecture {arch}")
-        arch_name, self.permutes = _ARCHES[arch]
-        self.arch = gguf.MODEL_ARCH[arch_name]
-        self.arch_name = gguf.MODEL_ARCH_NAMES[self.arch]
-        self.num_heads = config["num_attention_heads"]
-        self.num_kv_heads = config.get("num_key_value_heads") or self.num_heads
-        self.map = gguf.get_tensor_name_map(self.arch, config["num_hidden_layers"])
-
-    def name(self, hf_name: str) -> str:
-        new = self.map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        if new is None:
-            raise InvalidRequestError(f"GGUF export cannot map tensor {hf_name}")
-        return new
-
-    def heads_to_permute(self, hf_name: str) -> int | None:
-        if not self.permutes:
-            return None
-        if hf_name.endswith("q_proj.weight"):
-            return self.num_heads
-        if hf_name.endswith("k_proj.weight"):
-            return self.num_kv_heads
-        return None
+def _gguf_name(names: GgufNames, hf_name: str) -> str:
+    new = names.gguf_name(hf_name)
+    if new is None:
+        raise InvalidRequestError(f"GGUF export cannot map tensor {hf_name}")
+    return new
 
 
 def _add_hparams(writer: Any, config: dict[str, Any], file_type: int) -> None:
@@ -287,7 +255,7 @@ def export_gguf(
         raise InvalidRequestError(f"GGUF type must be one of {', '.join(GGUF_TYPES)}", param="type")
     base_dir, out_file = Path(base_dir), Path(out_file)
     config = _base_config(base_dir)
-    names = _GgufNames(config)
+    names = _gguf_names(config)
     adapter = read_adapter(adapter_dir) if adapter_dir is not None else None
     tensors = merged_weights(base_dir, adapter)
     file_type = (
@@ -300,11 +268,10 @@ def export_gguf(
         _add_hparams(writer, config, int(file_type))
         _add_tokenizer(writer, base_dir, config["vocab_size"])
         for hf_name, tensor in tensors.items():
-            heads = names.heads_to_permute(hf_name)
-            if heads is not None:
-                tensor = _permute_rows(tensor, heads)
+            if (heads := names.rotary_heads(hf_name)) is not None:
+                tensor = permute_rows(tensor, heads)
             data, raw = _to_numpy(tensor, outtype, tensor.dim() == 2)
-            writer.add_tensor(names.name(hf_name), data, raw_dtype=raw)
+            writer.add_tensor(_gguf_name(names, hf_name), data, raw_dtype=raw)
         _write(writer)
     return out_file
 
@@ -315,7 +282,7 @@ def export_gguf_lora(base_dir: str | Path, adapter_dir: str | Path, out_file: st
 
     base_dir, out_file = Path(base_dir), Path(out_file)
     config = _base_config(base_dir)
-    names = _GgufNames(config)
+    names = _gguf_names(config)
     adapter = read_adapter(adapter_dir)
     alpha = float(adapter.config["lora_alpha"])
     with _atomic_path(out_file) as tmp:
@@ -327,10 +294,9 @@ def export_gguf_lora(base_dir: str | Path, adapter_dir: str | Path, out_file: st
             hf_name = f"{module}.weight"
             # llama.cpp scales by alpha / rank of each tensor; fold in anything else (rsLoRA)
             b = b.float() * (adapter.scaling(module) * a.shape[0] / alpha)
-            heads = names.heads_to_permute(hf_name)
-            if heads is not None:
-                b = _permute_rows(b, heads)
-            gguf_name = names.name(hf_name)
+            if (heads := names.rotary_heads(hf_name)) is not None:
+                b = permute_rows(b, heads)
+            gguf_name = _gguf_name(names, hf_name)
             writer.add_tensor(f"{gguf_name}.lora_a", a.float().contiguous().numpy())
             writer.add_tensor(f"{gguf_name}.lora_b", b.contiguous().numpy())
         _write(writer)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ownllm.formats.gguf_names import GGUF_ARCHES, GgufNames, permute_rows
 from ownllm.models.catalog import ModelLoadError, ModelSource
 
 if TYPE_CHECKING:
@@ -73,11 +74,6 @@ def _check_manifest(cache_dir: Path) -> dict | None:
         return None
 
 
-# GGUF architectures the engine serves -> whether llama.cpp's convert_hf_to_gguf permuted
-# the q/k rows into its rotary layout (it does for Llama and Mistral, whose GGUF arch is "llama")
-_GGUF_ARCHES = {"llama": True, "qwen2": False, "qwen3": False}
-
-
 def _dequantise_gguf(gguf_path: Path, out_dir: Path) -> None:
     """Write config.json, model.safetensors and tokenizer files for a GGUF model."""
     import torch
@@ -107,7 +103,7 @@ def _read_gguf_weights(gguf_path: Path, hf_config: Any) -> tuple[dict, dict[str,
     (a runtime dependency for nothing else), and the architectures it moves to its
     newer path keep their weights packed in GGUF blocks when `kernels` is installed.
     HF tensor names come from a meta-device model of the config (no memory), mapped
-    to GGUF names by `gguf.get_tensor_name_map`, as convert_hf_to_gguf and
+    to GGUF names by `ownllm.formats.gguf_names`, as convert_hf_to_gguf and
     ownllm.adapters.export map them the other way.
     """
     import gguf
@@ -116,29 +112,25 @@ def _read_gguf_weights(gguf_path: Path, hf_config: Any) -> tuple[dict, dict[str,
     from transformers import AutoModelForCausalLM
 
     arch = hf_config.model_type
-    if arch not in _GGUF_ARCHES:
+    if arch not in GGUF_ARCHES:
         raise ValueError(
-            f"architecture {arch} is not supported (supported: {', '.join(_GGUF_ARCHES)})"
+            f"architecture {arch} is not supported (supported: {', '.join(GGUF_ARCHES)})"
         )
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(hf_config)
     hf_names = list(model.state_dict())
-    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], hf_config.num_hidden_layers)
-    to_hf = {name_map.get_name(n, try_suffixes=(".weight", ".bias")): n for n in hf_names}
     num_heads = hf_config.num_attention_heads
-    rotary_heads = {
-        "q_proj": num_heads,
-        "k_proj": getattr(hf_config, "num_key_value_heads", None) or num_heads,
-    }
+    num_kv_heads = getattr(hf_config, "num_key_value_heads", None) or num_heads
+    names = GgufNames(arch, hf_config.num_hidden_layers, num_heads, num_kv_heads)
+    to_hf = {names.gguf_name(n): n for n in hf_names}
     state: dict[str, np.ndarray] = {}
     for tensor in gguf.GGUFReader(gguf_path).tensors:
         hf_name = to_hf.get(tensor.name)
         if hf_name is None:
             raise ValueError(f"tensor {tensor.name} has no place in {type(model).__name__}")
         weights = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
-        module = hf_name.rsplit(".", 2)[-2]
-        if _GGUF_ARCHES[arch] and module in rotary_heads:
-            weights = _unpermute_rows(weights, rotary_heads[module])
+        if (heads := names.rotary_heads(hf_name)) is not None:
+            weights = permute_rows(weights, heads, inverse=True)
         state[hf_name] = np.array(weights, dtype=np.float32)  # a writable, contiguous copy
     expected = set(hf_names)
     if hf_config.tie_word_embeddings:  # lm_head is the embedding (the GGUF has no output.weight)
@@ -152,16 +144,6 @@ def _read_gguf_weights(gguf_path: Path, hf_config: Any) -> tuple[dict, dict[str,
     config["architectures"] = [type(model).__name__]
     config["dtype"] = "float32"
     return config, state
-
-
-def _unpermute_rows(weights: np.ndarray, num_heads: int) -> np.ndarray:
-    """llama.cpp's rotary row order -> HF's: the inverse of convert_hf_to_gguf's permute."""
-    rows = weights.shape[0]
-    return (
-        weights.reshape(num_heads, rows // num_heads // 2, 2, *weights.shape[1:])
-        .swapaxes(1, 2)
-        .reshape(weights.shape)
-    )
 
 
 def _write_manifest(out_dir: Path, source: Path, source_sha: str) -> dict:
