@@ -21,8 +21,8 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from ownllm.adapters.header import HeaderError, read_header
-from ownllm.adapters.peft_format import (
+from ownllm.errors import InvalidRequestError, PayloadTooLargeError
+from ownllm.formats.peft import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     AdapterFormatError,
@@ -31,7 +31,7 @@ from ownllm.adapters.peft_format import (
     parse_config,
     plan_layout,
 )
-from ownllm.errors import InvalidRequestError, PayloadTooLargeError
+from ownllm.formats.safetensors_header import HeaderError, read_header
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 MAX_CONFIG_BYTES = 1 << 20

@@ -24,8 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ownllm.adapters.peft_format import PeftAdapter, lora_config
 from ownllm.errors import InvalidRequestError
+from ownllm.formats.peft import PeftAdapter, lora_config
 
 if TYPE_CHECKING:
     import torch

@@ -30,9 +30,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ownllm.adapters.peft_format import PeftAdapter, read_adapter
 from ownllm.errors import InvalidRequestError
 from ownllm.formats.gguf_names import HF_TO_GGUF_ARCH, GgufNames, permute_rows
+from ownllm.formats.peft import PeftAdapter, read_adapter
 
 if TYPE_CHECKING:
     import numpy as np

@@ -22,14 +22,6 @@ from pathlib import Path
 
 from ownllm.adapters.archive import ARCHIVE_SUFFIXES, extract_adapter, is_archive
 from ownllm.adapters.compose import ComposeSpec, compose
-from ownllm.adapters.peft_format import (
-    AdapterLayout,
-    check_base,
-    check_rank,
-    read_adapter,
-    read_config,
-    write_adapter,
-)
 from ownllm.adapters.registry import (
     AdapterRecord,
     Viewer,
@@ -38,6 +30,14 @@ from ownllm.adapters.registry import (
     validate_name,
 )
 from ownllm.errors import InvalidRequestError, PermissionDeniedError
+from ownllm.formats.peft import (
+    AdapterLayout,
+    check_base,
+    check_rank,
+    read_adapter,
+    read_config,
+    write_adapter,
+)
 from ownllm.store.blobs import DataDir
 from ownllm.store.db import Database
 from ownllm.store.quota import StorageQuota

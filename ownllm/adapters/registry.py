@@ -44,14 +44,14 @@ from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ownllm.adapters.peft_format import (
+from ownllm.errors import ConflictError, InvalidRequestError, NotFoundError
+from ownllm.formats.peft import (
     ADAPTER_FILES,
     check_base,
     check_finite,
     check_rank,
     read_layout,
 )
-from ownllm.errors import ConflictError, InvalidRequestError, NotFoundError
 from ownllm.ids import new_id
 from ownllm.store.blobs import DataDir
 from ownllm.store.db import Database

@@ -1,4 +1,7 @@
-"""Multi-LoRA: PEFT adapters on disk, resident slot weights, one batched forward path.
+"""Multi-LoRA: PEFT adapters in host memory, resident slot weights, one batched forward path.
+
+Adapters are read and validated by `ownllm.formats.peft`; here each module is
+placed on its (layer, target) and checked against the model's shapes.
 
 Every token row of a step carries the slot of its adapter set (-1: the base
 model). Per fused base module (qkv, o, gate_up, down) the resident slots are
@@ -18,8 +21,6 @@ Left out: DoRA, LoRA on embeddings or lm_head, adapter bias.
 
 from __future__ import annotations
 
-import json
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,19 +29,20 @@ import torch
 
 from ownllm.engine.weights import ModelArgs
 from ownllm.errors import InvalidRequestError
+from ownllm.formats.peft import SUPPORTED_TARGETS, AdapterFormatError, read_adapter
 
 MODULES = ("qkv", "o", "gate_up", "down")
-# PEFT target -> (fused module, part index)
-TARGETS = {
-    "q_proj": ("qkv", 0),
-    "k_proj": ("qkv", 1),
-    "v_proj": ("qkv", 2),
-    "o_proj": ("o", 0),
-    "gate_proj": ("gate_up", 0),
-    "up_proj": ("gate_up", 1),
-    "down_proj": ("down", 0),
-}
-_KEY = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+_proj)\.lora_([AB])(?:\.\w+)?\.weight$")
+# PEFT target -> (fused module, part index), in SUPPORTED_TARGETS order
+_PARTS = (("qkv", 0), ("qkv", 1), ("qkv", 2), ("o", 0), ("gate_up", 0), ("gate_up", 1), ("down", 0))
+TARGETS = dict(zip(SUPPORTED_TARGETS, _PARTS, strict=True))
+_MLP_TARGETS = ("gate_proj", "up_proj", "down_proj")
+_MODULE = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+_proj)$")
+
+
+def module_path(layer: int, target: str) -> str:
+    """The base model's module a target of `layer` is (`model.layers.0.self_attn.q_proj`)."""
+    group = "mlp" if target in _MLP_TARGETS else "self_attn"
+    return f"model.layers.{layer}.{group}.{target}"
 
 
 def module_shapes(args: ModelArgs) -> dict[str, tuple[int, list[int]]]:
@@ -65,64 +67,34 @@ class LoraAdapter:
 
     @classmethod
     def from_dir(cls, adapter_id: str, path: str | Path, args: ModelArgs, max_rank: int):
-        path = Path(path)
-        config = read_adapter_config(adapter_id, path)
-        from safetensors.torch import load_file
-
-        file = path / "adapter_model.safetensors"
-        if not file.is_file():
-            raise InvalidRequestError(f"adapter {adapter_id!r}: {file} is missing")
-        tensors = load_file(str(file))
-        parts: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
-        for key, tensor in tensors.items():
-            m = _KEY.search(key)
-            if m is None:
-                raise InvalidRequestError(
-                    f"adapter {adapter_id!r}: unsupported tensor {key} (only LoRA A/B of "
-                    f"{', '.join(TARGETS)} are supported)"
-                )
-            parts.setdefault((int(m[1]), m[2]), {})[m[3]] = tensor.float()
+        """Read the PEFT adapter at `path` and place it on this model's layers."""
+        try:
+            adapter = read_adapter(path, max_rank)
+        except AdapterFormatError as e:
+            raise AdapterFormatError(
+                f"adapter {adapter_id!r}: {e.message}", param=e.param
+            ) from None
         shapes = module_shapes(args)
-        alpha, use_rslora = float(config["lora_alpha"]), bool(config.get("use_rslora"))
         weights, rank = {}, 0
-        for (layer, target), ab in parts.items():
-            if target not in TARGETS or layer >= args.num_layers or set(ab) != {"A", "B"}:
-                raise InvalidRequestError(f"adapter {adapter_id!r}: bad weights for {target}")
-            a, b = ab["A"], ab["B"]
-            module, part = TARGETS[target]
-            in_features, outs = shapes[module]
+        for module, (a, b) in adapter.modules.items():
+            m = _MODULE.search(module)
+            if m is None or m[2] not in TARGETS or int(m[1]) >= args.num_layers:
+                raise InvalidRequestError(
+                    f"adapter {adapter_id!r}: unsupported module {module} (only LoRA A/B of "
+                    f"{', '.join(TARGETS)} in this model's {args.num_layers} layers)"
+                )
+            layer, target = int(m[1]), m[2]
+            fused, part = TARGETS[target]
+            in_features, outs = shapes[fused]
             r = a.shape[0]
             if a.shape != (r, in_features) or b.shape != (outs[part], r):
                 raise InvalidRequestError(
                     f"adapter {adapter_id!r} does not fit this base model "
                     f"({target} A {tuple(a.shape)}, B {tuple(b.shape)})"
                 )
-            if r > max_rank:
-                raise InvalidRequestError(
-                    f"adapter {adapter_id!r} has rank {r}; the engine's max_lora_rank is "
-                    f"{max_rank} (raise engine.max_lora_rank)"
-                )
-            scaling = alpha / math.sqrt(r) if use_rslora else alpha / r
-            weights[(layer, target)] = (a, b, scaling)
+            weights[(layer, target)] = (a.float(), b.float(), adapter.scaling(module))
             rank = max(rank, r)
         return cls(adapter_id, rank, weights)
-
-
-def read_adapter_config(adapter_id: str, path: Path) -> dict:
-    file = Path(path) / "adapter_config.json"
-    try:
-        config = json.loads(file.read_text())
-    except (OSError, ValueError) as e:
-        raise InvalidRequestError(f"adapter {adapter_id!r}: cannot read {file}: {e}") from None
-    if config.get("use_dora"):
-        raise InvalidRequestError(f"adapter {adapter_id!r} uses DoRA, which is not supported")
-    if config.get("bias", "none") != "none" or config.get("modules_to_save"):
-        raise InvalidRequestError(
-            f"adapter {adapter_id!r} trains biases or whole modules; only LoRA A/B is supported"
-        )
-    if "r" not in config or "lora_alpha" not in config:
-        raise InvalidRequestError(f"adapter {adapter_id!r}: {file} lacks r or lora_alpha")
-    return config
 
 
 class LoraStacks:

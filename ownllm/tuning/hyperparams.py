@@ -13,11 +13,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ownllm.errors import InvalidRequestError
+from ownllm.formats.peft import SUPPORTED_TARGETS, lora_config
 
 BASE_LEARNING_RATE = 1e-3
 TARGET_EPOCHS, MIN_TARGET_EXAMPLES, MAX_TARGET_EXAMPLES = 3, 100, 25_000
 MIN_EPOCHS, MAX_EPOCHS = 1, 25
-ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+ALL_TARGETS = SUPPORTED_TARGETS  # a job may train every target the engine serves
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,29 @@ class LoraSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "target_modules": list(self.target_modules)}
+
+    def peft_config(self, base_model: str) -> dict[str, Any]:
+        """The adapter_config.json of an adapter trained with these settings."""
+        return lora_config(
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=list(self.target_modules),
+            base_model_name_or_path=base_model,
+        )
+
+    @classmethod
+    def from_peft_config(cls, config: dict[str, Any]) -> LoraSettings:
+        """The settings of an adapter's (validated) adapter_config.json, to continue training it."""
+        targets = config["target_modules"]
+        if isinstance(targets, str):
+            targets = [targets]
+        return cls(
+            r=int(config["r"]),
+            alpha=float(config["lora_alpha"]),
+            dropout=float(config.get("lora_dropout") or 0.0),
+            target_modules=tuple(t for t in ALL_TARGETS if t in targets),
+        )
 
 
 def auto_epochs(num_examples: int) -> int:

@@ -23,9 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ownllm.engine.lora import TARGETS, module_shapes
+from ownllm.engine.lora import TARGETS, module_path, module_shapes
 from ownllm.engine.model import _rope, rope_inv_freq
 from ownllm.engine.weights import ModelArgs, cpu_has_native_bf16, load_tensors, read_config
+from ownllm.formats.peft import tensor_key
 from ownllm.tuning.hyperparams import LoraSettings
 
 
@@ -247,11 +248,13 @@ class TrainableModel(nn.Module):
             for module, lora in modules.items():
                 names = [t for t in by_module[module] if TARGETS[t][1] in lora.parts]
                 for k, name in enumerate(names):
-                    group = "mlp" if name in ("gate_proj", "up_proj", "down_proj") else "self_attn"
-                    key = f"base_model.model.model.layers.{i}.{group}.{name}"
-                    a = lora.a[k * lora.r : (k + 1) * lora.r]
-                    out[f"{key}.lora_A.weight"] = a.detach().float().contiguous().clone()
-                    out[f"{key}.lora_B.weight"] = lora.b[k].detach().float().contiguous().clone()
+                    a, b = lora.a[k * lora.r : (k + 1) * lora.r], lora.b[k]
+                    out[tensor_key(module_path(i, name), "A")] = (
+                        a.detach().float().contiguous().clone()
+                    )
+                    out[tensor_key(module_path(i, name), "B")] = (
+                        b.detach().float().contiguous().clone()
+                    )
         return out
 
     def load_lora_state(self, state: dict[str, torch.Tensor]) -> None:
@@ -263,9 +266,6 @@ class TrainableModel(nn.Module):
                 for module, lora in modules.items():
                     names = [t for t in by_module[module] if TARGETS[t][1] in lora.parts]
                     for k, name in enumerate(names):
-                        group = (
-                            "mlp" if name in ("gate_proj", "up_proj", "down_proj") else "self_attn"
-                        )
-                        key = f"base_model.model.model.layers.{i}.{group}.{name}"
-                        lora.a[k * lora.r : (k + 1) * lora.r].copy_(state[f"{key}.lora_A.weight"])
-                        lora.b[k].copy_(state[f"{key}.lora_B.weight"])
+                        a = state[tensor_key(module_path(i, name), "A")]
+                        lora.a[k * lora.r : (k + 1) * lora.r].copy_(a)
+                        lora.b[k].copy_(state[tensor_key(module_path(i, name), "B")])

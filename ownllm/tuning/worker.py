@@ -202,13 +202,14 @@ class Worker:
         if not job.parent_adapter_id:
             return None
         from ownllm.adapters.registry import adapter_path
-        from ownllm.tuning.peft_format import read_adapter
+        from ownllm.formats.peft import read_adapter, state_dict
 
         path = adapter_path(self.db, self.data_dir, job.parent_adapter_id)
         if path is None:
             raise JobFailed("model_not_found", f"The model {job.model} no longer exists.", "model")
-        cfg, weights = read_adapter(path)
-        return cfg, weights, job.parent_adapter_id
+        adapter = read_adapter(path)
+        cfg = LoraSettings.from_peft_config(adapter.config)
+        return cfg, state_dict(adapter.modules), job.parent_adapter_id
 
     def _train(self, job: FineTuningJob, beat: Heartbeat) -> None:
         import torch
@@ -317,12 +318,12 @@ class Publisher:
 
     def _register(self, state: dict, name: str, source: str, metrics: dict):
         from ownllm.adapters.registry import register_adapter
-        from ownllm.tuning.peft_format import write_adapter
+        from ownllm.formats.peft import PeftAdapter, modules_of, write_adapter
 
         w = self.worker
         tmp = w.data_dir.tmp / f"train-{uuid.uuid4().hex[:12]}"
         try:
-            write_adapter(tmp, state, self.lora, w.base.id)
+            write_adapter(tmp, PeftAdapter(self.lora.peft_config(w.base.id), modules_of(state)))
             return register_adapter(
                 w.db,
                 w.data_dir,

@@ -54,7 +54,7 @@ def write_lora(out_dir: Path, r: int, *, module: str = Q_PROJ, fill: float = 0.0
     (zeros compress to almost nothing: the shape of an archive that amplifies)."""
     import torch
 
-    from ownllm.adapters.peft_format import PeftAdapter, lora_config, write_adapter
+    from ownllm.formats.peft import PeftAdapter, lora_config, write_adapter
 
     a = torch.full((r, shapes.get("in_features", 64)), fill)
     b = torch.full((shapes.get("out_features", 64), r), fill)

@@ -8,9 +8,9 @@ from sqlalchemy import func, select
 
 from ownllm.adapters.compose import ComposeSpec, compose
 from ownllm.adapters.operations import compose_adapters
-from ownllm.adapters.peft_format import read_adapter
 from ownllm.adapters.registry import register_adapter
 from ownllm.errors import InvalidRequestError, NotFoundError
+from ownllm.formats.peft import read_adapter
 from ownllm.gateway.principal import Principal
 from ownllm.store.schema import Adapter
 from tests.adapters.conftest import ALL, files_under, make_peft_adapter

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from ownllm.adapters.export import export_gguf, export_gguf_lora, export_hf
-from ownllm.adapters.peft_format import read_adapter
 from ownllm.errors import InvalidRequestError
+from ownllm.formats.peft import read_adapter
 from tests.adapters.conftest import MAX_TOKENS, PROMPTS, engine_greedy, hf_greedy
 
 MORE_PROMPTS = [*PROMPTS, [1, 50, 60, 70, 80], list(range(200, 232)), [9, 9, 9, 9]]

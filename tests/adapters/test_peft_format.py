@@ -8,8 +8,8 @@ import shutil
 import pytest
 import torch
 
-from ownllm.adapters import peft_format
-from ownllm.adapters.peft_format import (
+from ownllm.formats import peft as peft_format
+from ownllm.formats.peft import (
     AdapterFormatError,
     check_base,
     check_finite,

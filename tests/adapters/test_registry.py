@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import func, select
 
 from ownllm.adapters import registry
-from ownllm.adapters.peft_format import ADAPTER_FILES, AdapterFormatError
 from ownllm.errors import ConflictError, InsufficientQuotaError, InvalidRequestError, NotFoundError
+from ownllm.formats.peft import ADAPTER_FILES, AdapterFormatError
 from ownllm.gateway.principal import Principal
 from ownllm.models.tiny import make_tiny_model
 from ownllm.store.quota import StorageQuota

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from ownllm.adapters.peft_format import read_adapter
 from ownllm.adapters.registry import list_adapters
+from ownllm.formats.peft import read_adapter
 from ownllm.gateway.auth import get_principal
 from ownllm.gateway.principal import OPEN_DEV_PRINCIPAL, Principal
 from tests.tuning.app_state import client_for, make_state, worker_for

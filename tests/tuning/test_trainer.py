@@ -1,12 +1,16 @@
 import torch
 
+from ownllm.formats.peft import PeftAdapter, modules_of, write_adapter
 from ownllm.models.tokenizer import Tokenizer
 from ownllm.tuning.data import read_examples, tokenize
 from ownllm.tuning.hyperparams import Hyperparameters, LoraSettings
 from ownllm.tuning.model import TrainableModel, pack
-from ownllm.tuning.peft_format import write_adapter
 from ownllm.tuning.trainer import Trainer, TrainSettings
 from tests.tuning.conftest import REPLY
+
+
+def _write_adapter(path, model: TrainableModel, cfg: LoraSettings) -> None:
+    write_adapter(path, PeftAdapter(cfg.peft_config("tiny"), modules_of(model.lora_state())))
 
 
 def _greedy(model: TrainableModel, tok: Tokenizer, user: str, max_new: int = 24) -> str:
@@ -78,7 +82,7 @@ def test_adapter_loads_in_peft_with_the_same_logits(learnable_model_dir, reply_f
 
     _, trained, _ = _train(learnable_model_dir, reply_file, epochs=1)
     cfg = LoraSettings(r=8, alpha=16)
-    write_adapter(tmp_path / "adapter", trained.lora_state(), cfg, "tiny")
+    _write_adapter(tmp_path / "adapter", trained, cfg)
     ours = TrainableModel.from_dir(learnable_model_dir, cfg, dtype=torch.float32)
     ours.load_lora_state(trained.lora_state())
     hf = AutoModelForCausalLM.from_pretrained(learnable_model_dir, dtype=torch.float32)
@@ -104,7 +108,7 @@ def test_the_engine_serves_the_trained_adapter_with_the_training_forwards_logpro
 
     tok, trained, _ = _train(learnable_model_dir, reply_file, epochs=2)
     cfg = LoraSettings(r=8, alpha=16)
-    write_adapter(tmp_path / "adapter", trained.lora_state(), cfg, "tiny")
+    _write_adapter(tmp_path / "adapter", trained, cfg)
     ours = TrainableModel.from_dir(learnable_model_dir, cfg, dtype=torch.float32)
     ours.load_lora_state(trained.lora_state())
     prompt = tok.encode_chat([{"role": "user", "content": "hi there"}])

@@ -11,7 +11,7 @@ import time
 import pytest
 from sqlalchemy import select
 
-from ownllm.adapters.peft_format import read_adapter
+from ownllm.formats.peft import read_adapter
 from ownllm.store.schema import Adapter, JobEvent
 from ownllm.tuning import jobs
 from tests.api.test_fine_tuning import PIRATE, upload

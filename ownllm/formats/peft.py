@@ -1,6 +1,8 @@
 """PEFT LoRA adapters on disk: read and validate, check against a base model, write.
 
-An adapter directory holds `adapter_config.json` and `adapter_model.safetensors`
+The one reader and writer of the format: the registry imports and exports
+through it, the engine loads adapters with it and the trainer writes and
+continues them with it. An adapter directory holds `adapter_config.json` and `adapter_model.safetensors`
 exactly as `peft`'s `save_pretrained` writes them (axolotl and unsloth write
 the same), so adapters move between ownllm and the rest of the ecosystem as
 they are. Tensors are keyed `base_model.model.<module>.lora_{A,B}[.<name>].weight`;
@@ -26,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ownllm.adapters.header import HeaderError, TensorInfo, read_header_file
 from ownllm.errors import InvalidRequestError
+from ownllm.formats.safetensors_header import HeaderError, TensorInfo, read_header_file
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -35,7 +37,7 @@ ADAPTER_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS)
 _KEY = re.compile(
     r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[\w-]+)?\.weight$"
 )
-# projections the engine applies LoRA to (ownllm.engine.lora.TARGETS)
+# projections the engine applies LoRA to (ownllm.engine.lora.TARGETS maps each to its module)
 SUPPORTED_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 _SUPPORTED_ARCHITECTURES = (
@@ -117,6 +119,31 @@ class PeftAdapter:
         """The dense weight update `scaling * B @ A` of `module` ([out, in], fp32)."""
         a, b = self.modules[module]
         return self.scaling(module) * (b.float() @ a.float())
+
+
+def tensor_key(module: str, ab: str) -> str:
+    """The key PEFT saves `module`'s lora_A (`ab` "A") or lora_B ("B") under."""
+    return f"base_model.model.{module}.lora_{ab}.weight"
+
+
+def state_dict(modules: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Per-module (A, B) as PEFT-keyed fp32 tensors (keys without the adapter name)."""
+    tensors = {}
+    for module, (a, b) in modules.items():
+        tensors[tensor_key(module, "A")] = a.float().contiguous()
+        tensors[tensor_key(module, "B")] = b.float().contiguous()
+    return tensors
+
+
+def modules_of(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """PEFT-keyed tensors (with or without the adapter name) paired per module: (A, B)."""
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        m = _KEY.match(key)
+        if m is None:
+            raise ValueError(f"{key} is not a PEFT LoRA tensor key")
+        parts.setdefault(m["module"], {})[m["ab"]] = tensor
+    return {module: (ab["A"], ab["B"]) for module, ab in sorted(parts.items())}
 
 
 def _fail(message: str, param: str | None = None) -> AdapterFormatError:
@@ -240,9 +267,12 @@ def check_rank(layout: AdapterLayout, max_rank: int) -> None:
             raise _fail(f"the adapter's rank is {a[0]} (module {module}), above {limit}")
 
 
-def read_adapter(path: str | Path) -> PeftAdapter:
-    """Read and validate a PEFT LoRA adapter directory: the header, then each tensor."""
+def read_adapter(path: str | Path, max_rank: int | None = None) -> PeftAdapter:
+    """Read and validate a PEFT LoRA adapter directory: the header (and its rank against
+    `max_rank`, if given), then each tensor."""
     layout = read_layout(path)
+    if max_rank is not None:
+        check_rank(layout, max_rank)
     tensors = dict(_finite_tensors(path, layout))
     modules = {m: (tensors[a], tensors[b]) for m, (a, b) in layout.modules.items()}
     return PeftAdapter(layout.config, modules)
@@ -275,10 +305,7 @@ def write_adapter(out_dir: str | Path, adapter: PeftAdapter) -> None:
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tensors = {}
-    for module, (a, b) in adapter.modules.items():
-        tensors[f"base_model.model.{module}.lora_A.weight"] = a.float().contiguous()
-        tensors[f"base_model.model.{module}.lora_B.weight"] = b.float().contiguous()
+    tensors = state_dict(adapter.modules)
     save_file(tensors, str(out_dir / ADAPTER_WEIGHTS), metadata={"format": "pt"})
     (out_dir / ADAPTER_CONFIG).write_text(json.dumps(adapter.config, indent=2, sort_keys=True))
 
@@ -290,6 +317,7 @@ def lora_config(
     target_modules: list[str],
     base_model_name_or_path: str = "",
     rank_pattern: dict[str, int] | None = None,
+    lora_dropout: float = 0.0,
 ) -> dict[str, Any]:
     """A minimal adapter_config.json that `peft.PeftModel.from_pretrained` accepts."""
     return {
@@ -298,7 +326,7 @@ def lora_config(
         "base_model_name_or_path": base_model_name_or_path,
         "r": r,
         "lora_alpha": lora_alpha,
-        "lora_dropout": 0.0,
+        "lora_dropout": lora_dropout,
         "target_modules": sorted(target_modules),
         "bias": "none",
         "fan_in_fan_out": False,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ownllm.adapters.header import HeaderError, read_header, read_header_file
+from ownllm.formats.safetensors_header import HeaderError, read_header, read_header_file
 
 
 def test_reads_what_safetensors_writes(tmp_path):
