@@ -22,10 +22,6 @@ class AdapterSlots:
     def __contains__(self, key: tuple) -> bool:
         return key in self.key_to_slot
 
-    @property
-    def resident_keys(self) -> list[tuple]:
-        return list(self.key_to_slot)
-
     def acquire(self, key: tuple) -> tuple[int, bool] | None:
         """Pin a slot for `key`: (slot, needs_load), or None when every slot is pinned."""
         if key in self.stale:
