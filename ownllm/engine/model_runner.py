@@ -47,11 +47,7 @@ class ModelRunner:
     def prepare(self, plan: dict[Sequence, int]) -> tuple[StepInput, list[Sequence]]:
         """Step tensors for `plan`, and the sequences (in logits-row order) that sample."""
         bs = self.block_size
-        # decodes first, then chunks longest first; by LoRA slot within (base rows last)
-        ordered = sorted(
-            plan.items(),
-            key=lambda item: (item[1] != 1, -item[1], item[0].lora_slot % (1 << 30)),
-        )
+        ordered = sorted(plan.items(), key=row_order)
         ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
@@ -107,3 +103,11 @@ class ModelRunner:
         step, sampling = self.prepare(plan)
         logits = self.model.forward(step, self.kv_caches, self.lora)
         return logits, sampling
+
+
+def row_order(item: tuple[Sequence, int]) -> tuple[bool, int, bool, int]:
+    """Decodes first, then prompt chunks longest first; within those by LoRA slot,
+    base-model rows (slot -1) last."""
+    seq, num_tokens = item
+    is_base = seq.lora_slot < 0
+    return (num_tokens != 1, -num_tokens, is_base, seq.lora_slot)
