@@ -2,18 +2,17 @@
 
 Thread model: `add_request`, `abort_request`, `load_adapter` and
 `unload_adapter` may be called from any thread (the event loop); they
-validate at once (raising the typed errors) and leave a command in an inbox.
-`step()` runs on one engine thread: it applies the inbox, then schedules,
-runs the model and samples. Everything the scheduler touches is only ever
-touched by that thread.
+validate at once (raising the typed errors) and leave a command in an inbox. `step()` runs on one engine thread: it
+applies the inbox, then schedules, runs the model and samples. Everything the
+scheduler touches is only ever touched by that thread; the host copies of
+adapters (`host_adapters`) are shared and locked.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from ownllm.config import EngineConfig
 from ownllm.engine.adapter_slots import AdapterSlots
 from ownllm.engine.block_manager import BlockManager
 from ownllm.engine.detokenizer import TokenTexts
+from ownllm.engine.host_adapters import HostAdapters
 from ownllm.engine.lora import LoraAdapter, LoraStacks
 from ownllm.engine.messages import Delta, GenerateRequest
 from ownllm.engine.model import Model
@@ -33,15 +33,12 @@ from ownllm.engine.scheduler import Scheduler
 from ownllm.engine.sequence import Sequence
 from ownllm.engine.waiting import QueueBounds, WaitingWork
 from ownllm.engine.weights import ModelArgs, load_tensors, read_config, resolve_dtype
-from ownllm.errors import (
-    ContextLengthExceededError,
-    InvalidRequestError,
-    ModelNotFoundError,
-)
+from ownllm.errors import ContextLengthExceededError, InvalidRequestError
 
 log = logging.getLogger("ownllm.engine")
 
 MAX_STACKED_ADAPTERS = 4
+MIN_HOST_ADAPTERS = 8  # host copies kept: twice the LoRA slots, at least this many
 CPU_KV_CACHE_BYTES = 2 << 30  # default KV cache on CPU when kv_cache_tokens is 0
 QUEUE_SEQS_PER_BATCH_SEQ = 8  # max_queue_seqs 0: eight full batches may wait
 QUEUE_TOKENS_PER_KV_TOKEN = 4  # max_queue_tokens 0: four KV caches of worst-case work
@@ -104,10 +101,9 @@ class LLMEngine:
         )
         self.lora = LoraStacks(self.args, config.max_loras, self.dtype, self.device)
         self.runner = ModelRunner(self.model, num_blocks, config.block_size, self.lora)
-        self.adapter_resolver = adapter_resolver
-        self._adapter_paths: dict[str, str] = {}
-        self._host_adapters: OrderedDict[str, LoraAdapter] = OrderedDict()
-        self._adapter_lock = threading.Lock()
+        self.host_adapters = HostAdapters(
+            self._read_adapter, max(MIN_HOST_ADAPTERS, 2 * config.max_loras), adapter_resolver
+        )
         self._inbox: deque[tuple] = deque()
         self._requests: dict[str, RequestState] = {}
         self.waiting = WaitingWork(self._queue_bounds(num_blocks * config.block_size))
@@ -189,7 +185,7 @@ class LLMEngine:
                 f"at most {MAX_STACKED_ADAPTERS} adapters can be stacked on one request"
             )
         for aw in request.adapters:
-            self._host_adapter(aw.adapter_id)
+            self.host_adapters.get(aw.adapter_id)
         if request.request_id in self._requests:
             raise InvalidRequestError(f"request id {request.request_id!r} is already running")
         self.waiting.charge(request)  # 503 when the queue is full, 400 if it never fits
@@ -200,18 +196,11 @@ class LLMEngine:
 
     def load_adapter(self, adapter_id: str, path: str) -> None:
         """Register (or replace) adapter `adapter_id`, read from PEFT directory `path`."""
-        adapter = LoraAdapter.from_dir(adapter_id, path, self.args, self.config.max_lora_rank)
-        with self._adapter_lock:
-            self._adapter_paths[adapter_id] = str(path)
-            self._remember(adapter)
+        self.host_adapters.register(adapter_id, path)
         self._inbox.append(("evict", adapter_id))
 
     def unload_adapter(self, adapter_id: str) -> None:
-        with self._adapter_lock:
-            known = self._adapter_paths.pop(adapter_id, None) is not None
-            known |= self._host_adapters.pop(adapter_id, None) is not None
-        if not known:
-            raise ModelNotFoundError(f"adapter {adapter_id!r} is not loaded", param="model")
+        self.host_adapters.unregister(adapter_id)  # ModelNotFoundError when unknown
         self._inbox.append(("evict", adapter_id))
 
     def has_work(self) -> bool:
@@ -257,12 +246,7 @@ class LLMEngine:
             if kind == "add":
                 self._add(arg)
             elif kind == "abort":
-                self.waiting.release(arg)
-                state = self._requests.pop(arg, None)
-                if state is not None:
-                    for seq in state.unfinished():
-                        self.scheduler.finish(seq, "abort")
-                        outputs.append(RequestOutput(arg, state.final_delta(seq, "abort")))
+                self._abort(arg, outputs)
             elif kind == "evict":
                 for key in self.adapter_slots.keys_with(arg):
                     self.adapter_slots.discard(key)
@@ -288,10 +272,18 @@ class LLMEngine:
         )
         self.scheduler.add(seq)
 
+    def _abort(self, request_id: str, outputs: list[RequestOutput]) -> None:
+        self.waiting.release(request_id)
+        state = self._requests.pop(request_id, None)
+        if state is not None:
+            for seq in state.unfinished():
+                self.scheduler.finish(seq, "abort")
+                outputs.append(RequestOutput(request_id, state.final_delta(seq, "abort")))
+
     def _load_slots(self, sched, outputs: list[RequestOutput]) -> None:
         for key, slot in sched.new_slots:
             try:
-                parts = [(self._host_adapter(a), w) for a, w in key]
+                parts = [(self.host_adapters.get(a), w) for a, w in key]
                 self.lora.load_slot(slot, parts)
             except Exception as e:  # the adapter vanished or broke since it was validated
                 for seq in [s for s in sched.plan if s.adapter_key == key]:
@@ -355,32 +347,8 @@ class LLMEngine:
         self.runner.copy_blocks(copies)
         return children
 
-    # -- adapters -------------------------------------------------------------
-    def _host_adapter(self, adapter_id: str) -> LoraAdapter:
-        """The host copy of `adapter_id`, read from disk (registered or resolved) if needed."""
-        with self._adapter_lock:
-            adapter = self._host_adapters.get(adapter_id)
-            if adapter is not None:
-                self._host_adapters.move_to_end(adapter_id)
-                return adapter
-            path = self._adapter_paths.get(adapter_id)
-        if path is None and self.adapter_resolver is not None:
-            path = self.adapter_resolver(adapter_id)
-        if path is None or not Path(path).is_dir():
-            raise ModelNotFoundError(
-                f"The model or adapter {adapter_id!r} does not exist", param="model"
-            )
-        adapter = LoraAdapter.from_dir(adapter_id, path, self.args, self.config.max_lora_rank)
-        with self._adapter_lock:
-            self._adapter_paths[adapter_id] = str(path)
-            self._remember(adapter)
-        return adapter
-
-    def _remember(self, adapter: LoraAdapter) -> None:
-        self._host_adapters[adapter.adapter_id] = adapter
-        self._host_adapters.move_to_end(adapter.adapter_id)
-        while len(self._host_adapters) > max(8, 2 * self.config.max_loras):
-            self._host_adapters.popitem(last=False)
+    def _read_adapter(self, adapter_id: str, path: str) -> LoraAdapter:
+        return LoraAdapter.from_dir(adapter_id, path, self.args, self.config.max_lora_rank)
 
     def _num_kv_blocks(self) -> int:
         cfg, args = self.config, self.args
