@@ -2,7 +2,8 @@
 
 Thread model: `add_request`, `abort_request`, `load_adapter` and
 `unload_adapter` may be called from any thread (the event loop); they
-validate at once (raising the typed errors) and leave a command in an inbox. `step()` runs on one engine thread: it
+validate at once (raising the typed errors) and leave a command
+(`ownllm.engine.messages`) in an inbox. `step()` runs on one engine thread: it
 applies the inbox, then schedules, runs the model and samples. Everything the
 scheduler touches is only ever touched by that thread; the host copies of
 adapters (`host_adapters`) are shared and locked.
@@ -25,7 +26,14 @@ from ownllm.engine.block_manager import BlockManager
 from ownllm.engine.detokenizer import TokenTexts
 from ownllm.engine.host_adapters import HostAdapters
 from ownllm.engine.lora import LoraAdapter, LoraStacks
-from ownllm.engine.messages import Delta, GenerateRequest
+from ownllm.engine.messages import (
+    AbortRequest,
+    AddRequest,
+    Delta,
+    EngineCommand,
+    EvictAdapter,
+    GenerateRequest,
+)
 from ownllm.engine.model import Model
 from ownllm.engine.model_runner import ModelRunner
 from ownllm.engine.outputs import RequestState
@@ -104,7 +112,7 @@ class LLMEngine:
         self.host_adapters = HostAdapters(
             self._read_adapter, max(MIN_HOST_ADAPTERS, 2 * config.max_loras), adapter_resolver
         )
-        self._inbox: deque[tuple] = deque()
+        self._inbox: deque[EngineCommand] = deque()
         self._requests: dict[str, RequestState] = {}
         self.waiting = WaitingWork(self._queue_bounds(num_blocks * config.block_size))
         self._token_texts = _token_texts(tokenizer)
@@ -189,19 +197,19 @@ class LLMEngine:
         if request.request_id in self._requests:
             raise InvalidRequestError(f"request id {request.request_id!r} is already running")
         self.waiting.charge(request)  # 503 when the queue is full, 400 if it never fits
-        self._inbox.append(("add", request))
+        self._inbox.append(AddRequest(request))
 
     def abort_request(self, request_id: str) -> None:
-        self._inbox.append(("abort", request_id))
+        self._inbox.append(AbortRequest(request_id))
 
     def load_adapter(self, adapter_id: str, path: str) -> None:
         """Register (or replace) adapter `adapter_id`, read from PEFT directory `path`."""
         self.host_adapters.register(adapter_id, path)
-        self._inbox.append(("evict", adapter_id))
+        self._inbox.append(EvictAdapter(adapter_id))
 
     def unload_adapter(self, adapter_id: str) -> None:
         self.host_adapters.unregister(adapter_id)  # ModelNotFoundError when unknown
-        self._inbox.append(("evict", adapter_id))
+        self._inbox.append(EvictAdapter(adapter_id))
 
     def has_work(self) -> bool:
         return bool(self._inbox) or self.scheduler.has_work
@@ -242,14 +250,14 @@ class LLMEngine:
 
     def _apply_inbox(self, outputs: list[RequestOutput]) -> None:
         while self._inbox:
-            kind, arg = self._inbox.popleft()
-            if kind == "add":
-                self._add(arg)
-            elif kind == "abort":
-                self._abort(arg, outputs)
-            elif kind == "evict":
-                for key in self.adapter_slots.keys_with(arg):
-                    self.adapter_slots.discard(key)
+            match self._inbox.popleft():
+                case AddRequest(request):
+                    self._add(request)
+                case AbortRequest(request_id):
+                    self._abort(request_id, outputs)
+                case EvictAdapter(adapter_id):
+                    for key in self.adapter_slots.keys_with(adapter_id):
+                        self.adapter_slots.discard(key)
 
     def _add(self, request: GenerateRequest) -> None:
         if request.request_id in self._requests:

@@ -5,6 +5,9 @@ optional `TokenConstraint`) goes in; `Delta`s (whole UTF-8 text, token ids,
 logprobs, finish reason) come out. Plain dataclasses, no torch: the Backend
 protocol (`ownllm.backends.base`) re-exports them so every backend — embedded,
 vLLM, remote — speaks the same types.
+
+Inside the embedded engine, the caller's thread hands the engine thread
+`AddRequest`, `AbortRequest` and `EvictAdapter` commands through its inbox.
 """
 
 from __future__ import annotations
@@ -111,3 +114,29 @@ class ModelInfo:
     dtype: str
     architecture: str = "LlamaForCausalLM"
     weights_sha256: str = ""
+
+
+# -- the embedded engine's inbox: from any thread to the engine thread --------
+@dataclass(frozen=True)
+class AddRequest:
+    """Start `request` (validated and charged to the queue already)."""
+
+    request: GenerateRequest
+
+
+@dataclass(frozen=True)
+class AbortRequest:
+    """Finish every choice of `request_id` with "abort" and free its KV blocks."""
+
+    request_id: str
+
+
+@dataclass(frozen=True)
+class EvictAdapter:
+    """Drop the resident slots holding `adapter_id` (replaced or unloaded); pinned
+    slots go when their last sequence ends."""
+
+    adapter_id: str
+
+
+EngineCommand = AddRequest | AbortRequest | EvictAdapter
