@@ -13,6 +13,7 @@ ledger, not in a time series.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import asdict
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -22,7 +23,7 @@ from prometheus_client.registry import Collector
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
-# backend.stats() key -> (metric name, help); other numeric keys become ownllm_engine_<key>.
+# backend.stats() field -> (metric name, help); other fields become ownllm_engine_<field>.
 ENGINE_GAUGES = {
     "waiting": ("ownllm_queue_depth", "Requests waiting for an engine slot."),
     "running": ("ownllm_running_requests", "Sequences the engine is decoding now."),
@@ -38,12 +39,11 @@ class _EngineCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         backend = self._state.backend
-        stats = backend.stats() if backend is not None else {}
+        stats = asdict(backend.stats()) if backend is not None else {}
         for key, (name, help_) in ENGINE_GAUGES.items():
-            yield GaugeMetricFamily(name, help_, value=float(stats.get(key, 0)))
+            yield GaugeMetricFamily(name, help_, value=float(stats.pop(key, 0)))
         for key, value in stats.items():
-            if key not in ENGINE_GAUGES and isinstance(value, (int, float)):
-                yield GaugeMetricFamily(f"ownllm_engine_{key}", f"Engine stat {key}.", value=value)
+            yield GaugeMetricFamily(f"ownllm_engine_{key}", f"Engine stat {key}.", value=value)
 
 
 class Metrics:

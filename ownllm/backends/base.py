@@ -18,6 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 from ownllm.engine.messages import (
     AdapterWeight,
     Delta,
+    EngineStats,
     GenerateRequest,
     ModelInfo,
     SamplingParams,
@@ -29,6 +30,7 @@ __all__ = [
     "AdapterWeight",
     "Backend",
     "Delta",
+    "EngineStats",
     "GenerateRequest",
     "ModelInfo",
     "SamplingParams",
@@ -65,7 +67,7 @@ class Backend(Protocol):
 
     async def health(self) -> bool: ...
 
-    def stats(self) -> dict[str, float]: ...
+    def stats(self) -> EngineStats: ...
 
     async def start(self) -> None: ...
 

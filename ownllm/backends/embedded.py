@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from ownllm.backends.base import Delta, GenerateRequest, ModelInfo
+from ownllm.backends.base import Delta, EngineStats, GenerateRequest, ModelInfo
 from ownllm.config import EngineConfig
 from ownllm.errors import InvalidRequestError, ServerError
 
@@ -87,7 +87,7 @@ class EmbeddedBackend:
     async def health(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and self._failure is None
 
-    def stats(self) -> dict[str, float]:
+    def stats(self) -> EngineStats:
         return self.engine.stats()
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Delta]:

@@ -30,7 +30,13 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ownllm.backends.base import Delta, GenerateRequest, ModelInfo, TokenLogprob
+from ownllm.backends.base import (
+    Delta,
+    EngineStats,
+    GenerateRequest,
+    ModelInfo,
+    TokenLogprob,
+)
 
 WORDS = ["Hello", " there", ",", " friend", "!", " How", " are", " you", "?"]
 GATE_TIMEOUT_S = 120.0  # bounds a hang only: a gate the caller never releases
@@ -156,13 +162,8 @@ class ScriptedBackend:
     async def health(self) -> bool:
         return True
 
-    def stats(self) -> dict[str, float]:
-        return {
-            "running": len(self.running),
-            "waiting": 0,
-            "resident_adapters": 0,
-            "tokens_generated": self.num_generated,
-        }
+    def stats(self) -> EngineStats:
+        return EngineStats(running=len(self.running), tokens_generated=self.num_generated)
 
     async def start(self) -> None: ...
 

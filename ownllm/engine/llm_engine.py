@@ -31,6 +31,7 @@ from ownllm.engine.messages import (
     AddRequest,
     Delta,
     EngineCommand,
+    EngineStats,
     EvictAdapter,
     GenerateRequest,
 )
@@ -214,18 +215,18 @@ class LLMEngine:
     def has_work(self) -> bool:
         return bool(self._inbox) or self.scheduler.has_work
 
-    def stats(self) -> dict[str, float]:
-        return {
-            "running": len(self.scheduler.running),
-            "waiting": self.waiting.num_requests,
-            "waiting_seqs": self.waiting.num_seqs,
-            "waiting_tokens": self.waiting.num_tokens,
-            "kv_blocks_used": self.block_manager.num_used_blocks,
-            "kv_blocks_total": self.block_manager.num_blocks,
-            "resident_adapters": len(self.adapter_slots.key_to_slot),
-            "tokens_generated": self.num_generated_tokens,
-            "busy_seconds": self.busy_seconds,
-        }
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            running=len(self.scheduler.running),
+            waiting=self.waiting.num_requests,
+            waiting_seqs=self.waiting.num_seqs,
+            waiting_tokens=self.waiting.num_tokens,
+            kv_blocks_used=self.block_manager.num_used_blocks,
+            kv_blocks_total=self.block_manager.num_blocks,
+            resident_adapters=len(self.adapter_slots.key_to_slot),
+            tokens_generated=self.num_generated_tokens,
+            busy_seconds=self.busy_seconds,
+        )
 
     # -- engine thread --------------------------------------------------------
     def step(self) -> list[RequestOutput]:

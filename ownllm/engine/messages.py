@@ -2,9 +2,10 @@
 
 `GenerateRequest` (prompt ids, `SamplingParams`, adapters, cache scope, an
 optional `TokenConstraint`) goes in; `Delta`s (whole UTF-8 text, token ids,
-logprobs, finish reason) come out. Plain dataclasses, no torch: the Backend
-protocol (`ownllm.backends.base`) re-exports them so every backend — embedded,
-vLLM, remote — speaks the same types.
+logprobs, finish reason) come out, and `EngineStats` tells how busy the engine
+is. Plain dataclasses, no torch: the Backend protocol (`ownllm.backends.base`)
+re-exports them so every backend — embedded, vLLM, remote — speaks the same
+types.
 
 Inside the embedded engine, the caller's thread hands the engine thread
 `AddRequest`, `AbortRequest` and `EvictAdapter` commands through its inbox.
@@ -114,6 +115,21 @@ class ModelInfo:
     dtype: str
     architecture: str = "LlamaForCausalLM"
     weights_sha256: str = ""
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """How busy a backend is now; a backend leaves at 0 what it does not count."""
+
+    running: int = 0  # sequences in the running batch
+    waiting: int = 0  # requests queued for admission
+    waiting_seqs: int = 0  # their sequences (n per request)
+    waiting_tokens: int = 0  # the worst-case tokens they may need
+    kv_blocks_used: int = 0
+    kv_blocks_total: int = 0
+    resident_adapters: int = 0  # adapter sets in LoRA slots
+    tokens_generated: int = 0  # since the engine started
+    busy_seconds: float = 0.0  # time spent stepping since the engine started
 
 
 # -- the embedded engine's inbox: from any thread to the engine thread --------

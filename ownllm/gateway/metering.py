@@ -58,7 +58,7 @@ class BusyTracker:
         if not force and now - self._last_at < BUSY_SAMPLE_EVERY_S:
             return None
         backend = self._backend()
-        busy = float((backend.stats() if backend is not None else {}).get("busy_seconds", 0.0))
+        busy = backend.stats().busy_seconds if backend is not None else 0.0
         self._last_at = now
         delta, self._last_busy = busy - self._last_busy, busy
         if delta < 0:  # the engine restarted: its counter began again at 0

@@ -210,7 +210,7 @@ class QuotaCounter(Base):
 
 class EngineTime(Base):
     """Engine busy time per serving host and day (UTC), for the cost account: the gateway
-    adds the growth of `backend.stats()["busy_seconds"]` here every few seconds."""
+    adds the growth of `backend.stats().busy_seconds` here every few seconds."""
 
     __tablename__ = "engine_time"
     replica: Mapped[str] = mapped_column(String(128), primary_key=True)

@@ -8,6 +8,7 @@ import re
 import threading
 
 from ownllm.api.app import create_app
+from ownllm.backends.base import EngineStats
 from ownllm.errors import ContentPolicyError, RateLimitError
 from tests.api.test_chat import CHAT, sse_events
 
@@ -185,3 +186,31 @@ async def test_metrics_count_requests_tokens_and_engine_gauges(client):
     for gauge in ("ownllm_queue_depth", "ownllm_running_requests", "ownllm_resident_adapters"):
         assert f"\n{gauge} 0.0" in text
     assert 'ownllm_requests_in_progress{endpoint="chat.completions"} 0.0' in text
+
+
+async def test_every_engine_stat_is_a_gauge_under_its_metric_name(client, fake_state, monkeypatch):
+    stats = EngineStats(
+        running=3,
+        waiting=4,
+        waiting_seqs=5,
+        waiting_tokens=60,
+        kv_blocks_used=7,
+        kv_blocks_total=8,
+        resident_adapters=2,
+        tokens_generated=99,
+        busy_seconds=1.5,
+    )
+    monkeypatch.setattr(fake_state.backend, "stats", lambda: stats)
+    text = (await client.get("/metrics")).text
+    for line in (
+        "ownllm_queue_depth 4.0",
+        "ownllm_running_requests 3.0",
+        "ownllm_resident_adapters 2.0",
+        "ownllm_kv_cache_blocks_used 7.0",
+        "ownllm_kv_cache_blocks_total 8.0",
+        "ownllm_engine_waiting_seqs 5.0",
+        "ownllm_engine_waiting_tokens 60.0",
+        "ownllm_engine_tokens_generated 99.0",
+        "ownllm_engine_busy_seconds 1.5",
+    ):
+        assert f"\n{line}\n" in text, line

@@ -49,7 +49,7 @@ async def test_streams_the_greedy_tokens_and_their_text(backend, model_dir):
     assert "".join(d.text for d in deltas) == backend.tokenizer.decode(token_ids)
     assert deltas[-1].finish_reason == "length" and deltas[-1].num_output_tokens == 10
     assert all(d.finish_reason is None for d in deltas[:-1])
-    assert backend.stats()["tokens_generated"] == 10
+    assert backend.stats().tokens_generated == 10
 
 
 async def test_concurrent_requests_each_get_their_own_stream(backend, model_dir):
@@ -67,7 +67,7 @@ async def test_closing_the_iterator_aborts_and_frees_blocks(backend):
         break
     await stream.aclose()
     deadline = time.monotonic() + 120  # the engine thread frees them at its next step
-    while backend.stats()["kv_blocks_used"] or backend.stats()["running"]:
+    while backend.stats().kv_blocks_used or backend.stats().running:
         assert time.monotonic() < deadline, backend.stats()
         await asyncio.sleep(0.01)
 
@@ -90,7 +90,7 @@ async def test_errors_are_raised_before_any_work(backend):
     with pytest.raises(ModelNotFoundError):
         async for _ in backend.generate(bad):
             pass
-    assert backend.stats()["running"] == 0
+    assert backend.stats().running == 0
 
 
 async def test_adapters_load_and_unload(backend, model_dir, tmp_path):

@@ -57,7 +57,7 @@ async def test_abort_after_error_and_records():
     with pytest.raises(OverloadedError):
         await run(backend, request())
     assert len(backend.requests) == 1 and backend.running == set()
-    assert backend.stats()["tokens_generated"] == 2
+    assert backend.stats().tokens_generated == 2
 
 
 async def test_the_gate_holds_every_token_after_the_first():

@@ -237,7 +237,7 @@ def test_lru_eviction_and_reload_give_identical_output(llama_dir, adapters, lora
         tokens = run_to_end(engine)
         for name in ("qv4", "all8", "mlp2"):
             assert tokens[f"{name}{round_}"][0] == lora_reference[name]
-        assert engine.stats()["resident_adapters"] == 2
+        assert engine.stats().resident_adapters == 2
     assert set(resolved) == {"qv4", "all8", "mlp2"}
 
 
@@ -254,11 +254,11 @@ def test_abort_frees_kv_blocks_within_one_step(llama_dir):
     engine.add_request(greedy("r", PROMPTS[3], max_tokens=200))
     engine.step()
     engine.step()
-    assert engine.stats()["kv_blocks_used"] > 0
+    assert engine.stats().kv_blocks_used > 0
     engine.abort_request("r")
     outputs = engine.step()
     assert [o.delta.finish_reason for o in outputs] == ["abort"]
-    assert engine.stats()["kv_blocks_used"] == 0
+    assert engine.stats().kv_blocks_used == 0
     assert not engine.has_work()
 
 
@@ -285,13 +285,13 @@ def test_queued_work_is_bounded_in_sequences_and_tokens_not_only_requests(llama_
     with pytest.raises(OverloadedError) as err:
         engine.add_request(GenerateRequest("wide", PROMPTS[0], wide))
     assert err.value.retry_after
-    assert engine.stats()["waiting"] == 4 and engine.stats()["waiting_tokens"] == 60
+    assert engine.stats().waiting == 4 and engine.stats().waiting_tokens == 60
     engine.step()  # the four are admitted: the queue is free again
-    assert engine.stats()["waiting_tokens"] == 0
+    assert engine.stats().waiting_tokens == 0
     engine.add_request(GenerateRequest("wide", PROMPTS[0], wide))
     engine.abort_request("wide")
     engine.step()
-    assert engine.stats()["waiting"] == 0
+    assert engine.stats().waiting == 0
 
 
 def test_context_too_long_is_rejected_before_any_work(llama_dir):
@@ -328,7 +328,7 @@ def test_n_choices_share_the_prompt_and_follow_their_seeds(llama_dir):
     engine = engine_for(llama_dir)
     engine.add_request(GenerateRequest("r", PROMPTS[1], SamplingParams(max_tokens=8, n=3)))
     engine.step()  # the 19-token prompt fills one block and part of a second
-    assert engine.stats()["kv_blocks_used"] == 4  # shared full block + 3 partial ones
+    assert engine.stats().kv_blocks_used == 4  # shared full block + 3 partial ones
 
     three = sample(3, seed=7)
     assert sorted(three) == [0, 1, 2]
@@ -354,8 +354,8 @@ def test_busy_seconds_and_tokens_generated(llama_dir):
     engine.add_request(greedy("r", PROMPTS[0], max_tokens=5))
     run_to_end(engine)
     stats = engine.stats()
-    assert stats["tokens_generated"] == 5 and stats["busy_seconds"] > 0
-    assert stats["running"] == 0 and stats["waiting"] == 0
+    assert stats.tokens_generated == 5 and stats.busy_seconds > 0
+    assert stats.running == 0 and stats.waiting == 0
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16"])

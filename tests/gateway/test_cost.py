@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from ownllm.backends.base import EngineStats
 from ownllm.config import load_config
 from ownllm.gateway.cost import (
     CostError,
@@ -174,7 +175,7 @@ def test_busy_tracker_samples_growth_and_survives_engine_restart():
         busy = 0.0
 
         def stats(self):
-            return {"busy_seconds": self.busy}
+            return EngineStats(busy_seconds=self.busy)
 
     engine = Engine()
     tracker = BusyTracker(lambda: engine, replica="host-a")
