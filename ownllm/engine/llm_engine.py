@@ -37,6 +37,7 @@ from ownllm.engine.messages import (
 )
 from ownllm.engine.model import Model
 from ownllm.engine.model_runner import ModelRunner
+from ownllm.engine.ops import select_ops
 from ownllm.engine.outputs import RequestState
 from ownllm.engine.scheduler import Scheduler
 from ownllm.engine.sequence import Sequence
@@ -81,16 +82,8 @@ class LLMEngine:
         self.device = torch.device(device)
         self.args: ModelArgs = read_config(Path(model_dir))
         self.dtype = resolve_dtype(dtype, device)
-        kernels = None
-        if config.cpu_kernels:
-            from ownllm.engine import cpu_kernels
-
-            kernels = cpu_kernels.load(
-                self.dtype, self.device, self.args.num_heads, self.args.num_kv_heads
-            )
-        self.model = Model(
-            self.args, load_tensors(Path(model_dir)), self.dtype, self.device, kernels
-        )
+        ops = select_ops(self.args, self.dtype, self.device, config.cpu_kernels)
+        self.model = Model(self.args, load_tensors(Path(model_dir)), self.dtype, self.device, ops)
         if tokenizer is None:
             from ownllm.models.tokenizer import Tokenizer
 
@@ -119,15 +112,11 @@ class LLMEngine:
         self._token_texts = _token_texts(tokenizer)
         self.num_generated_tokens = 0
         self.busy_seconds = 0.0
-        self._log_startup(kernels, time.perf_counter() - start)
+        self._log_startup(time.perf_counter() - start)
 
-    def _log_startup(self, kernels, seconds: float) -> None:
+    def _log_startup(self, seconds: float) -> None:
         """Two lines for the operator: how the model computes, and how much it can hold."""
-        args, cfg = self.args, self.config
-        if kernels is not None:
-            path = kernels.path(args.head_dim, args.num_heads // args.num_kv_heads)
-        else:
-            path = "torch" if cfg.cpu_kernels else "torch (engine.cpu_kernels = false)"
+        cfg, path = self.config, self.model.ops.describe()
         dtype = str(self.dtype).removeprefix("torch.")
         device = str(self.device)
         if self.device.type == "cuda":

@@ -69,8 +69,6 @@ class ModelRunner:
                 sampling.append(seq)
         device = self.device
         pos = torch.tensor(positions, dtype=torch.long, device=device)
-        fused = self.model.kernels is not None
-        cos, sin = (None, None) if fused else self.model.rope(pos)
         args = self.model.args
         attention = AttentionMetadata(
             slot_mapping=torch.tensor(slots, dtype=torch.long, device=device),
@@ -81,7 +79,7 @@ class ModelRunner:
                 args.num_kv_heads,
                 device,
                 args.sliding_window,
-                fused_decode=fused,
+                fused_decode=self.model.ops.fused_decode,
             ),
         )
         lora = None
@@ -89,9 +87,7 @@ class ModelRunner:
             lora = build_lora_batch(row_slots, self.lora.num_slots, self.model.dtype, device)
         step = StepInput(
             input_ids=torch.tensor(ids, dtype=torch.long, device=device),
-            cos=cos,
-            sin=sin,
-            rope=self.model.rope_table(pos) if fused else None,
+            rotary=self.model.rotary_table(pos),
             attention=attention,
             lora=lora,
             logits_rows=torch.tensor(logits_rows, dtype=torch.long, device=device),

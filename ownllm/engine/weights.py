@@ -1,4 +1,5 @@
-"""Read a Hugging Face model directory: config.json into `ModelArgs`, *.safetensors into tensors.
+"""Read a Hugging Face model directory: config.json into `ModelArgs`, *.safetensors into tensors,
+and those into the fused per-layer weights (`fuse_weights`) the engine and the trainer share.
 
 Llama-family only (Llama, Mistral, Qwen2 with qkv bias, Qwen3 with q/k norms,
 SmolLM): the architectures whose decoder layer is RMSNorm → attention with
@@ -131,3 +132,70 @@ def load_tensors(model_dir: Path) -> dict[str, torch.Tensor]:
                 name = key.removeprefix("model.")
                 tensors[name] = f.get_tensor(key)
     return tensors
+
+
+@dataclass
+class LayerWeights:
+    """One decoder layer, q/k/v and gate/up fused in that order."""
+
+    input_norm: torch.Tensor  # [hidden]
+    qkv: torch.Tensor  # [(H + 2 Hkv) D, hidden]
+    qkv_bias: torch.Tensor | None  # [(H + 2 Hkv) D] (Qwen2)
+    q_norm: torch.Tensor | None  # [D] (Qwen3)
+    k_norm: torch.Tensor | None  # [D] (Qwen3)
+    o: torch.Tensor  # [hidden, H D]
+    post_norm: torch.Tensor  # [hidden]
+    gate_up: torch.Tensor  # [2 I, hidden]
+    down: torch.Tensor  # [hidden, I]
+
+
+@dataclass
+class LlamaWeights:
+    embed: torch.Tensor  # [V, hidden]
+    norm: torch.Tensor  # [hidden]
+    lm_head: torch.Tensor | None  # [V, hidden]; None: tied to `embed`
+    layers: list[LayerWeights]
+
+
+def fuse_weights(
+    args: ModelArgs,
+    tensors: dict[str, torch.Tensor],
+    dtype: torch.dtype,
+    device: torch.device | str = "cpu",
+) -> LlamaWeights:
+    """The model's weights in `dtype` on `device`, contiguous, fused per layer. Consumes
+    `tensors` (each is popped as it is converted, so peak memory stays near one copy)."""
+
+    def take(name: str) -> torch.Tensor:
+        if name not in tensors:
+            raise WeightsError(f"weights lack {name}")
+        return tensors.pop(name).to(device=device, dtype=dtype).contiguous()
+
+    def cat(*names: str) -> torch.Tensor:
+        return torch.cat([take(n) for n in names]).contiguous()
+
+    def maybe(name: str) -> torch.Tensor | None:
+        return take(name) if name in tensors else None
+
+    embed, layers = take("embed_tokens.weight"), []
+    for i in range(args.num_layers):
+        p, att = f"layers.{i}.", f"layers.{i}.self_attn."
+        has_bias = att + "q_proj.bias" in tensors
+        layers.append(
+            LayerWeights(
+                input_norm=take(p + "input_layernorm.weight"),
+                qkv=cat(att + "q_proj.weight", att + "k_proj.weight", att + "v_proj.weight"),
+                qkv_bias=cat(att + "q_proj.bias", att + "k_proj.bias", att + "v_proj.bias")
+                if has_bias
+                else None,
+                q_norm=maybe(att + "q_norm.weight"),
+                k_norm=maybe(att + "k_norm.weight"),
+                o=take(att + "o_proj.weight"),
+                post_norm=take(p + "post_attention_layernorm.weight"),
+                gate_up=cat(p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"),
+                down=take(p + "mlp.down_proj.weight"),
+            )
+        )
+    norm = take("norm.weight")
+    tied = args.tie_word_embeddings or "lm_head.weight" not in tensors
+    return LlamaWeights(embed, norm, None if tied else take("lm_head.weight"), layers)

@@ -4,7 +4,7 @@ Sequences of a micro-batch are concatenated into one flat `[T, hidden]` batch
 (padding-free packing): linear layers never see padding, rotary positions
 restart at every sequence, and attention runs causally inside each sequence
 (`cu_seqlens` boundaries). Base weights are frozen bf16 copies (q/k/v and
-gate/up fused as in `ownllm.engine.model`, using its rotary code), so backward
+gate/up fused by the engine's loader, rotated by its rotary code), so backward
 computes input gradients only; LoRA A/B are fp32 parameters applied in the
 same form the engine serves them: `y = x W + s · (x A) B`, one `x A` matmul per
 fused module for all of its targets. Logits are computed only for the rows
@@ -16,7 +16,7 @@ Left out: sliding-window attention (Mistral) and gradient checkpointing.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -24,8 +24,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ownllm.engine.lora import TARGETS, module_path, module_shapes
-from ownllm.engine.model import _rope, rope_inv_freq
-from ownllm.engine.weights import ModelArgs, cpu_has_native_bf16, load_tensors, read_config
+from ownllm.engine.rotary import Rotary, apply_rotary
+from ownllm.engine.weights import (
+    LayerWeights,
+    ModelArgs,
+    cpu_has_native_bf16,
+    fuse_weights,
+    load_tensors,
+    read_config,
+)
 from ownllm.formats.peft import tensor_key
 from ownllm.tuning.hyperparams import LoraSettings
 
@@ -107,41 +114,22 @@ class TrainableModel(nn.Module):
         super().__init__()
         self.args, self.cfg, self.dtype = args, cfg, dtype
 
-        def take(name: str) -> torch.Tensor:
-            return tensors.pop(name).to(dtype).contiguous()
-
-        def cat(*names: str) -> torch.Tensor:
-            return torch.cat([take(n) for n in names]).contiguous()
-
-        self.embed = take("embed_tokens.weight")
-        self.base: list[dict[str, torch.Tensor | None]] = []
-        for i in range(args.num_layers):
-            p, att = f"layers.{i}.", f"layers.{i}.self_attn."
-            bias = att + "q_proj.bias" in tensors
-            self.base.append(
-                {
-                    "input_norm": take(p + "input_layernorm.weight").float(),
-                    "qkv": cat(att + "q_proj.weight", att + "k_proj.weight", att + "v_proj.weight"),
-                    "qkv_bias": cat(att + "q_proj.bias", att + "k_proj.bias", att + "v_proj.bias")
-                    if bias
-                    else None,
-                    "q_norm": take(att + "q_norm.weight").float()
-                    if att + "q_norm.weight" in tensors
-                    else None,
-                    "k_norm": take(att + "k_norm.weight").float()
-                    if att + "k_norm.weight" in tensors
-                    else None,
-                    "o": take(att + "o_proj.weight"),
-                    "post_norm": take(p + "post_attention_layernorm.weight").float(),
-                    "gate_up": cat(p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"),
-                    "down": take(p + "mlp.down_proj.weight"),
-                }
+        weights = fuse_weights(args, tensors, dtype)
+        self.embed = weights.embed
+        # norms in float32: the residual stream is float32
+        self.base: list[LayerWeights] = [
+            replace(
+                w,
+                input_norm=w.input_norm.float(),
+                post_norm=w.post_norm.float(),
+                q_norm=None if w.q_norm is None else w.q_norm.float(),
+                k_norm=None if w.k_norm is None else w.k_norm.float(),
             )
-        self.norm = take("norm.weight").float()
-        has_head = "lm_head.weight" in tensors and not args.tie_word_embeddings
-        self.lm_head = take("lm_head.weight") if has_head else self.embed
-        inv_freq, self.rope_factor = rope_inv_freq(args)
-        self.inv_freq = inv_freq
+            for w in weights.layers
+        ]
+        self.norm = weights.norm.float()
+        self.lm_head = self.embed if weights.lm_head is None else weights.lm_head
+        self.rotary = Rotary(args)
         shapes = module_shapes(args)
         self.lora = nn.ModuleList()
         for _ in range(args.num_layers):
@@ -171,15 +159,8 @@ class TrainableModel(nn.Module):
             for lora in modules.values():
                 lora.reset(generator)
 
-    def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs = positions.float().unsqueeze(1) * self.inv_freq  # [T, D / 2]
-        cos, sin = freqs.cos() * self.rope_factor, freqs.sin() * self.rope_factor
-        cos = torch.cat([cos, cos], dim=-1).unsqueeze(1)
-        sin = torch.cat([-sin, sin], dim=-1).unsqueeze(1)
-        return cos.to(self.dtype), sin.to(self.dtype)
-
     def _linear(self, x: torch.Tensor, i: int, module: str, bias=None) -> torch.Tensor:
-        out = F.linear(x, self.base[i][module], bias)
+        out = F.linear(x, getattr(self.base[i], module), bias)
         lora = self.lora[i][module] if module in self.lora[i] else None  # noqa: SIM401
         return out if lora is None else out + lora.delta(x)
 
@@ -204,20 +185,20 @@ class TrainableModel(nn.Module):
             a.hidden_size,
         )
         x = self.embed[batch.input_ids].float()  # [T, hidden] residual stream in fp32
-        cos, sin = self._rope(batch.positions)
+        cos, sin = self.rotary.cos_sin(batch.positions, self.dtype)
         t = x.shape[0]
         for i, base in enumerate(self.base):
-            h = F.rms_norm(x, (hidden,), base["input_norm"], eps).to(self.dtype)
-            qkv = self._linear(h, i, "qkv", base["qkv_bias"]).view(t, nh + 2 * nkv, hd)
+            h = F.rms_norm(x, (hidden,), base.input_norm, eps).to(self.dtype)
+            qkv = self._linear(h, i, "qkv", base.qkv_bias).view(t, nh + 2 * nkv, hd)
             qk, v = qkv[:, : nh + nkv], qkv[:, nh + nkv :]
-            if base["q_norm"] is not None:
-                q = F.rms_norm(qk[:, :nh].float(), (hd,), base["q_norm"], eps)
-                k = F.rms_norm(qk[:, nh:].float(), (hd,), base["k_norm"], eps)
+            if base.q_norm is not None:
+                q = F.rms_norm(qk[:, :nh].float(), (hd,), base.q_norm, eps)
+                k = F.rms_norm(qk[:, nh:].float(), (hd,), base.k_norm, eps)
                 qk = torch.cat([q, k], dim=1).to(self.dtype)
-            qk = _rope(qk, cos, sin)
+            qk = apply_rotary(qk, cos, sin)
             attn = self._attention(qk[:, :nh], qk[:, nh:], v, batch.cu_seqlens)
             x = x + self._linear(attn, i, "o").float()
-            h = F.rms_norm(x, (hidden,), base["post_norm"], eps).to(self.dtype)
+            h = F.rms_norm(x, (hidden,), base.post_norm, eps).to(self.dtype)
             gate, up = self._linear(h, i, "gate_up").chunk(2, dim=-1)
             x = x + self._linear(F.silu(gate) * up, i, "down").float()
         return x

@@ -9,6 +9,7 @@ from ownllm.backends.base import AdapterWeight, GenerateRequest, SamplingParams
 from ownllm.config import EngineConfig
 from ownllm.engine import cpu_kernels as cpu_kernels_module
 from ownllm.engine.llm_engine import LLMEngine
+from ownllm.engine.ops import CKernelOps
 from ownllm.errors import (
     ContextLengthExceededError,
     InvalidRequestError,
@@ -113,7 +114,9 @@ def test_greedy_matches_transformers(tmp_path, arch, overrides, cpu_kernels):
     model_dir = make_model(tmp_path, arch=arch, **overrides)
     engine = engine_for(model_dir, cpu_kernels=cpu_kernels)
     if cpu_kernels and cpu_kernels_module._compiler() is not None:
-        assert engine.model.kernels is not None, "the C kernels did not build on this machine"
+        assert isinstance(engine.model.ops, CKernelOps), (
+            "the C kernels did not build on this machine"
+        )
     for i, prompt in enumerate(PROMPTS):
         engine.add_request(greedy(f"r{i}", prompt))
     tokens = run_to_end(engine)

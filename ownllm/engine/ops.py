@@ -1,0 +1,147 @@
+"""The operations of the forward that exist twice: in torch, and over ownllm's C kernels.
+
+`Ops` names them; `TorchOps` runs them with torch ops on any device,
+`CKernelOps` with the C kernels of `cpu_kernels.py` on CPU. One of the two is
+chosen once, when the model is built (`select_ops`), and the forward calls it
+the same way whichever it is. Both compute the same thing; each gives the
+same bits run after run.
+
+Left out: a mixed choice per operation (the kernels come as one library).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from ownllm.engine import cpu_kernels
+from ownllm.engine.attention import AttentionMetadata, attend, paged_attention
+from ownllm.engine.cpu_kernels import CpuKernels
+from ownllm.engine.lora import LoraBatch, add_lora
+from ownllm.engine.rotary import Rotary, apply_rotary
+from ownllm.engine.weights import ModelArgs
+
+LORA_KERNEL_MAX_ROWS = 128  # above: the tiled bmm path (the C loop is per row, 2-3x slower
+# than MKL's bmm on a 1024-row prefill step; at 64 decode rows it is 1.15x faster)
+
+
+class Ops(Protocol):
+    """What the forward needs beyond the linear layers, for one model's shapes and dtype."""
+
+    fused_decode: bool  # attention metadata builds the decode group for the C kernel
+
+    def describe(self) -> str:
+        """How this computes, for the startup log: "torch", "C (AVX-512 decode attention)"…"""
+        ...
+
+    def rotary_table(self, rotary: Rotary, positions: torch.Tensor) -> torch.Tensor:
+        """The step's rotary table for `positions` [T], in the layout `attention` takes."""
+        ...
+
+    def add_rms_norm(
+        self, x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float
+    ) -> torch.Tensor:
+        """x += delta (in place, when given); returns RMSNorm(x) * weight."""
+        ...
+
+    def attention(
+        self,
+        qkv: torch.Tensor,  # [T, (H + 2 Hkv) D]
+        rotary: torch.Tensor,  # from `rotary_table`
+        kv_cache: torch.Tensor,  # [2, blocks, block_size, Hkv, D] of this layer
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:  # [T, H D]
+        """Rotary on q and k, the step's k and v written to the cache, then paged attention."""
+        ...
+
+    def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """SiLU(gate) * up for gate_up [T, 2 I] (gate first): [T, I]."""
+        ...
+
+    def add_lora(
+        self, out: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, batch: LoraBatch
+    ) -> None:
+        """out += each row's adapter on x (see `lora.py`)."""
+        ...
+
+
+class TorchOps:
+    """The torch implementation: any device, any dtype."""
+
+    fused_decode = False
+
+    def __init__(self, args: ModelArgs, dtype: torch.dtype, note: str = "") -> None:
+        self.num_heads, self.num_kv_heads = args.num_heads, args.num_kv_heads
+        self.head_dim, self.dtype, self.note = args.head_dim, dtype, note
+
+    def describe(self) -> str:
+        return f"torch ({self.note})" if self.note else "torch"
+
+    def rotary_table(self, rotary: Rotary, positions: torch.Tensor) -> torch.Tensor:
+        return torch.stack(rotary.cos_sin(positions, self.dtype))  # [2, T, 1, D]: cos, sin
+
+    def add_rms_norm(self, x, delta, weight, eps):
+        if delta is not None:
+            x.add_(delta)
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)
+
+    def attention(self, qkv, rotary, kv_cache, meta):
+        num_heads, num_kv = self.num_heads, self.num_kv_heads
+        heads = qkv.view(qkv.shape[0], num_heads + 2 * num_kv, self.head_dim)
+        qk = apply_rotary(heads[:, : num_heads + num_kv], rotary[0], rotary[1])  # [T, H + Hkv, D]
+        return paged_attention(
+            qk[:, :num_heads], qk[:, num_heads:], heads[:, num_heads + num_kv :], kv_cache, meta
+        )
+
+    def silu_mul(self, gate_up):
+        gate, up = gate_up.chunk(2, dim=-1)
+        return F.silu(gate).mul_(up)
+
+    def add_lora(self, out, x, a, b, batch):
+        add_lora(out, x, a, b, batch)
+
+
+class CKernelOps:
+    """The C kernels (CPU, float32 or bfloat16); prompt-chunk attention and LoRA on many rows
+    stay in torch, where MKL and SDPA are faster."""
+
+    fused_decode = True
+
+    def __init__(self, kernels: CpuKernels, args: ModelArgs) -> None:
+        self.kernels = kernels
+        self.shape = (args.num_heads, args.num_kv_heads, args.head_dim)
+        self.window = args.sliding_window
+
+    def describe(self) -> str:
+        num_heads, num_kv_heads, head_dim = self.shape
+        return self.kernels.path(head_dim, num_heads // num_kv_heads)
+
+    def rotary_table(self, rotary: Rotary, positions: torch.Tensor) -> torch.Tensor:
+        return rotary.table(positions)  # [T, D] float32
+
+    def add_rms_norm(self, x, delta, weight, eps):
+        return self.kernels.add_rms_norm(x, delta, weight, eps)
+
+    def attention(self, qkv, rotary, kv_cache, meta):
+        self.kernels.rope_cache(qkv, rotary, meta.slot_mapping, kv_cache, *self.shape)
+        return attend(qkv, kv_cache, meta, self.kernels, *self.shape, self.window)
+
+    def silu_mul(self, gate_up):
+        return self.kernels.silu_mul(gate_up)
+
+    def add_lora(self, out, x, a, b, batch):
+        if x.shape[0] <= LORA_KERNEL_MAX_ROWS:
+            self.kernels.lora(out, x, a, b, batch.row_slots)
+        else:
+            add_lora(out, x, a, b, batch)
+
+
+def select_ops(args: ModelArgs, dtype: torch.dtype, device: torch.device, use_kernels: bool) -> Ops:
+    """The C kernels where asked for and they load (`cpu_kernels.load` logs why not), else
+    torch."""
+    if not use_kernels:
+        return TorchOps(args, dtype, "engine.cpu_kernels = false")
+    kernels = cpu_kernels.load(dtype, device, args.num_heads, args.num_kv_heads)
+    return TorchOps(args, dtype) if kernels is None else CKernelOps(kernels, args)
