@@ -20,6 +20,10 @@ the compiler and the CPU (`$OWNLLM_KERNEL_CACHE`, default
 into place so concurrent starts never load a half-written library. A library is
 loaded only from a directory and file this user owns and no one else may write;
 otherwise it is compiled again, into a private directory (one log line says why).
+The compiler gets `COMPILE_TIMEOUT_S`; past it the engine uses torch. Every
+wrapper checks the dtype, device, shape and memory layout the C code assumes and
+raises TypeError or ValueError before a pointer crosses over; the values (slot
+and block ids, lengths) are the caller's to keep in range.
 OpenMP resolves to the libgomp torch has already loaded, so the kernels share
 torch's thread pool. Without a compiler (or on another device, or with `engine.cpu_kernels =
 false`) the engine uses its torch path, which computes the same thing.
@@ -36,6 +40,7 @@ import logging
 import os
 import platform
 import shutil
+import signal
 import stat
 import subprocess
 import tempfile
@@ -49,7 +54,9 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.c"
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
+COMPILE_TIMEOUT_S = 300.0  # a first build takes ~10 s on a laptop; a hung compiler is killed
 _SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}
+_ENOMEM = 12  # what a kernel returns when its scratch allocation failed (OWNLLM_ENOMEM)
 _P, _I64, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
 # what the library's `decode_path` answers, as the startup log names it
 _DECODE_PATHS = {
@@ -86,9 +93,7 @@ def build(directory: Path | None = None, extra_flags: list[str] | None = None) -
     if compiler is None:
         raise RuntimeError("no C compiler found (set CC or install gcc)")
     source = SOURCE.read_bytes()
-    version = subprocess.run(
-        [compiler, "--version"], capture_output=True, text=True, check=False
-    ).stdout
+    version = _run([compiler, "--version"]).stdout
     flags = FLAGS + list(extra_flags or ())
     key = hashlib.sha256(
         b"\0".join([source, version.encode(), _cpu_signature().encode(), " ".join(flags).encode()])
@@ -104,9 +109,7 @@ def build(directory: Path | None = None, extra_flags: list[str] | None = None) -
     os.close(fd)
     start = time.perf_counter()
     try:
-        done = subprocess.run(
-            [compiler, *flags, "-o", tmp, str(SOURCE)], capture_output=True, text=True
-        )
+        done = _run([compiler, *flags, "-o", tmp, str(SOURCE)])
         if done.returncode != 0:
             raise RuntimeError(f"{compiler} failed: {done.stderr.strip()[-2000:]}")
         os.replace(tmp, target)
@@ -115,6 +118,26 @@ def build(directory: Path | None = None, extra_flags: list[str] | None = None) -
             os.unlink(tmp)
     log.info("compiled the C kernels in %.1fs into %s", time.perf_counter() - start, target)
     return target
+
+
+def _run(command: list[str]) -> subprocess.CompletedProcess:
+    """Run the compiler in its own process group, so a timeout kills its children too."""
+    with subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=COMPILE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            raise RuntimeError(
+                f"{command[0]} ran past {COMPILE_TIMEOUT_S:g}s and was stopped"
+            ) from None
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 def _writable_by_others(path: Path, *, follow: bool = True) -> str | None:
@@ -146,8 +169,33 @@ def _private_dir(directory: Path) -> Path:
     return private
 
 
+def _tensor(what: str, t: torch.Tensor, dtype: torch.dtype, ndim: int, rows: bool = False) -> None:
+    """Raise unless `t` is a CPU `dtype` tensor of `ndim` dimensions laid out as the C code
+    reads it: contiguous, or with `rows`, each row contiguous (the row stride is passed)."""
+    if not isinstance(t, torch.Tensor) or t.dtype != dtype or not t.is_cpu:
+        got = f"a {t.device.type} {t.dtype} tensor" if isinstance(t, torch.Tensor) else repr(t)
+        raise TypeError(f"{what}: the C kernels need a cpu {dtype} tensor, got {got}")
+    if t.dim() != ndim:
+        raise ValueError(f"{what}: expected {ndim} dimensions, got shape {list(t.shape)}")
+    if not t.is_contiguous() and not (rows and t.stride(-1) == 1):
+        layout = "rows contiguous" if rows else "contiguous"
+        raise ValueError(f"{what}: must be {layout}, got strides {t.stride()}")
+
+
+def _misfit(name: str, expected: str, **tensors: torch.Tensor | None) -> ValueError:
+    shapes = ", ".join(f"{k} {list(t.shape)}" for k, t in tensors.items() if t is not None)
+    return ValueError(f"{name}: shapes do not fit {expected}: got {shapes}")
+
+
+def _done(name: str, code: int) -> None:
+    if code == _ENOMEM:
+        raise MemoryError(f"the C kernel {name} could not allocate its scratch memory")
+    if code != 0:
+        raise RuntimeError(f"the C kernel {name} failed with code {code}")
+
+
 class CpuKernels:
-    """The loaded library for one dtype; methods take torch tensors."""
+    """The loaded library for one dtype; methods take torch tensors and check them."""
 
     def __init__(self, library: ctypes.CDLL, dtype: torch.dtype) -> None:
         suffix = _SUFFIX[dtype]
@@ -157,16 +205,16 @@ class CpuKernels:
         self._rope_cache.restype = None
         self._decode = getattr(library, f"decode_attention_{suffix}")
         self._decode.argtypes = [_P, _I64, _I, _I, _I, _I, _P, _P, _I, _P, _I, _P, _I, _F, _P, _I]
-        self._decode.restype = None
+        self._decode.restype = _I
         self._add_rms_norm = getattr(library, f"add_rms_norm_{suffix}")
         self._add_rms_norm.argtypes = [_P, _P, _P, _P, _I64, _I64, _F, _I]
         self._add_rms_norm.restype = None
         self._silu_mul = getattr(library, f"silu_mul_{suffix}")
-        self._silu_mul.argtypes = [_P, _P, _I64, _I64, _I]
+        self._silu_mul.argtypes = [_P, _I64, _P, _I64, _I64, _I]
         self._silu_mul.restype = None
         self._lora = getattr(library, f"lora_{suffix}")
         self._lora.argtypes = [_P, _I64, _P, _I64, _P, _I64, _P, _P, _I64, _I64, _I64, _I]
-        self._lora.restype = None
+        self._lora.restype = _I
         self.max_query_group = library.max_query_group()
         self._decode_path = library.decode_path
         self._decode_path.argtypes = [_I, _I, _I]
@@ -186,25 +234,63 @@ class CpuKernels:
         row_slots: torch.Tensor,  # [T] int32, -1: no adapter
     ) -> None:
         """out[t] += (x[t] a[s]) b[s] with s = row_slots[t], for every row with a slot."""
-        self._lora(
+        dtype = self.dtype
+        _tensor("lora x", x, dtype, 2, rows=True)
+        _tensor("lora out", out, dtype, 2, rows=True)
+        _tensor("lora a", a, dtype, 3)
+        _tensor("lora b", b, dtype, 3)
+        _tensor("lora row_slots", row_slots, torch.int32, 1)
+        (num_rows, in_features), (num_slots, _, rank) = x.shape, a.shape
+        out_features = out.shape[1]
+        if (
+            out.shape[0] != num_rows
+            or a.shape[1] != in_features
+            or b.shape != (num_slots, rank, out_features)
+            or row_slots.shape[0] != num_rows
+        ):
+            raise _misfit(
+                "lora",
+                "x [T, in], out [T, out], a [S, in, R], b [S, R, out], row_slots [T]",
+                x=x,
+                out=out,
+                a=a,
+                b=b,
+                row_slots=row_slots,
+            )
+        code = self._lora(
             x.data_ptr(),
             x.stride(0),
             out.data_ptr(),
             out.stride(0),
             row_slots.data_ptr(),
-            x.shape[0],
+            num_rows,
             a.data_ptr(),
             b.data_ptr(),
-            a.shape[1],
-            a.shape[2],
-            b.shape[2],
+            in_features,
+            rank,
+            out_features,
             torch.get_num_threads(),
         )
+        _done("lora", code)
 
     def add_rms_norm(
         self, x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float
     ) -> torch.Tensor:
-        """x += delta (in place, when given); returns RMSNorm(x) * weight. Rows contiguous."""
+        """x += delta (in place, when given); returns RMSNorm(x) * weight. x [T, hidden]
+        and delta contiguous, weight [hidden]."""
+        _tensor("add_rms_norm x", x, self.dtype, 2)
+        _tensor("add_rms_norm weight", weight, self.dtype, 1)
+        if delta is not None:
+            _tensor("add_rms_norm delta", delta, self.dtype, 2)
+        shape = x.shape
+        if weight.shape[0] != shape[1] or (delta is not None and delta.shape != shape):
+            raise _misfit(
+                "add_rms_norm",
+                "x [T, hidden], delta [T, hidden], weight [hidden]",
+                x=x,
+                delta=delta,
+                weight=weight,
+            )
         out = torch.empty_like(x)
         self._add_rms_norm(
             x.data_ptr(),
@@ -219,10 +305,20 @@ class CpuKernels:
         return out
 
     def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
-        """SiLU(gate) * up for gate_up [T, 2 I] (gate first): [T, I]."""
-        num_rows, inter = gate_up.shape[0], gate_up.shape[1] // 2
-        out = torch.empty(num_rows, inter, dtype=gate_up.dtype)
-        self._silu_mul(gate_up.data_ptr(), out.data_ptr(), num_rows, inter, torch.get_num_threads())
+        """SiLU(gate) * up for gate_up [T, 2 I] (gate first, rows contiguous): [T, I]."""
+        _tensor("silu_mul gate_up", gate_up, self.dtype, 2, rows=True)
+        num_rows, width = gate_up.shape
+        if width % 2:
+            raise ValueError(f"silu_mul gate_up: expected an even width, got {width}")
+        out = torch.empty(num_rows, width // 2, dtype=gate_up.dtype)
+        self._silu_mul(
+            gate_up.data_ptr(),
+            gate_up.stride(0),
+            out.data_ptr(),
+            num_rows,
+            width // 2,
+            torch.get_num_threads(),
+        )
         return out
 
     def rope_cache(
@@ -235,7 +331,19 @@ class CpuKernels:
         num_kv_heads: int,
         head_dim: int,
     ) -> None:
+        """Rotary on the q and k heads of qkv (in place); k and v written to their slots."""
         num_rows = qkv.shape[0]
+        self._check_qkv("rope_cache", qkv, kv_cache, num_heads, num_kv_heads, head_dim)
+        _tensor("rope_cache rope", rope, torch.float32, 2)
+        _tensor("rope_cache slots", slots, torch.int64, 1)
+        if rope.shape != (num_rows, head_dim) or slots.shape[0] != num_rows:
+            raise _misfit(
+                "rope_cache",
+                f"qkv [T, *], rope [T, {head_dim}], slots [T]",
+                qkv=qkv,
+                rope=rope,
+                slots=slots,
+            )
         if num_rows == 0:
             return
         self._rope_cache(
@@ -254,8 +362,8 @@ class CpuKernels:
 
     def decode_attention(
         self,
-        qkv: torch.Tensor,  # [B, ...]: the decoding rows, q heads first
-        kv_cache: torch.Tensor,
+        qkv: torch.Tensor,  # [B, (H + 2 Hkv) D]: the decoding rows, q heads first
+        kv_cache: torch.Tensor,  # [2, blocks, block_size, Hkv, D]
         tables: torch.Tensor,  # [B, max_blocks] int32
         ctx_lens: torch.Tensor,  # [B] int32
         num_heads: int,
@@ -263,9 +371,26 @@ class CpuKernels:
         head_dim: int,
         window: int | None,
     ) -> torch.Tensor:  # [B, H D]
+        """Each row's query heads over its sequence's cached keys and values."""
         num_seqs = qkv.shape[0]
+        if num_heads % num_kv_heads or num_heads // num_kv_heads > self.max_query_group:
+            raise ValueError(
+                f"decode_attention: {num_heads} query heads on {num_kv_heads} kv heads "
+                f"(a whole group of at most {self.max_query_group} per kv head)"
+            )
+        self._check_qkv("decode_attention", qkv, kv_cache, num_heads, num_kv_heads, head_dim)
+        _tensor("decode_attention tables", tables, torch.int32, 2)
+        _tensor("decode_attention ctx_lens", ctx_lens, torch.int32, 1)
+        if tables.shape[0] != num_seqs or ctx_lens.shape[0] != num_seqs:
+            raise _misfit(
+                "decode_attention",
+                "qkv [B, *], tables [B, *], ctx_lens [B]",
+                qkv=qkv,
+                tables=tables,
+                ctx_lens=ctx_lens,
+            )
         out = torch.empty(num_seqs, num_heads * head_dim, dtype=qkv.dtype)
-        self._decode(
+        code = self._decode(
             qkv.data_ptr(),
             qkv.stride(0),
             num_seqs,
@@ -283,7 +408,27 @@ class CpuKernels:
             out.data_ptr(),
             torch.get_num_threads(),
         )
+        _done("decode_attention", code)
         return out
+
+    def _check_qkv(self, name, qkv, kv_cache, num_heads, num_kv_heads, head_dim) -> None:
+        _tensor(f"{name} qkv", qkv, self.dtype, 2, rows=True)
+        _tensor(f"{name} kv_cache", kv_cache, self.dtype, 5)
+        cache = kv_cache.shape
+        if (
+            qkv.shape[1] != (num_heads + 2 * num_kv_heads) * head_dim
+            or cache[0] != 2
+            or cache[3] != num_kv_heads
+            or cache[4] != head_dim
+        ):
+            raise _misfit(
+                name,
+                f"{num_heads} + 2 x {num_kv_heads} heads of {head_dim}: qkv [*, "
+                f"{(num_heads + 2 * num_kv_heads) * head_dim}], kv_cache [2, *, *, "
+                f"{num_kv_heads}, {head_dim}]",
+                qkv=qkv,
+                kv_cache=kv_cache,
+            )
 
 
 @cache
@@ -293,13 +438,23 @@ def _library() -> ctypes.CDLL:
 
 def load(dtype: torch.dtype, device: torch.device, num_heads: int, num_kv_heads: int):
     """The kernels for this model, or None (with one log line saying why) to use torch."""
-    if device.type != "cpu" or dtype not in _SUFFIX:
+    if device.type != "cpu":
+        log.info("the C kernels are for CPU, using the torch path on %s", device)
+        return None
+    if dtype not in _SUFFIX:
+        log.info("the C kernels take float32 and bfloat16, using the torch path for %s", dtype)
         return None
     try:
         kernels = CpuKernels(_library(), dtype)
     except (OSError, RuntimeError, AttributeError) as e:
         log.warning("CPU kernels unavailable, using the torch path: %s", e)
         return None
-    if num_heads // num_kv_heads > kernels.max_query_group:
+    group = num_heads // num_kv_heads
+    if group > kernels.max_query_group:
+        log.info(
+            "%d query heads per kv head is above the C kernels' %d, using the torch path",
+            group,
+            kernels.max_query_group,
+        )
         return None
     return kernels

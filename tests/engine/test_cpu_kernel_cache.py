@@ -8,6 +8,7 @@ import shutil
 import stat
 
 import pytest
+import torch
 
 from ownllm.engine import cpu_kernels
 
@@ -72,3 +73,40 @@ def test_a_shared_cache_dir_is_not_used(tmp_path, caplog):
         assert f"kernel cache {shared} is not private" in caplog.text
     finally:
         shutil.rmtree(library.parent)
+
+
+def test_a_symbolic_link_in_the_cache_is_compiled_again(tmp_path, caplog):
+    library = cpu_kernels.build(tmp_path)
+    elsewhere = tmp_path / "elsewhere.so"
+    os.replace(library, elsewhere)
+    library.symlink_to(elsewhere)
+    with caplog.at_level(logging.WARNING, logger=cpu_kernels.__name__):
+        assert cpu_kernels.build(tmp_path) == library
+    assert not library.is_symlink() and "a symbolic link" in caplog.text
+
+
+def test_a_group_writable_cache_dir_is_not_used(tmp_path, caplog):
+    shared = tmp_path / "team"
+    shared.mkdir(mode=0o700)
+    os.chmod(shared, 0o770)
+    with caplog.at_level(logging.WARNING, logger=cpu_kernels.__name__):
+        library = cpu_kernels.build(shared)
+    try:
+        assert library.parent != shared and list(shared.iterdir()) == []
+        assert "writable by group or others" in caplog.text
+    finally:
+        shutil.rmtree(library.parent)
+
+
+def test_a_hung_compiler_is_stopped_and_torch_is_used(tmp_path, monkeypatch, caplog):
+    hung = tmp_path / "hung-cc"
+    hung.write_text('#!/bin/sh\n[ "$1" = --version ] && { echo hung-cc 1; exit 0; }\nsleep 600\n')
+    hung.chmod(0o755)
+    monkeypatch.setenv("CC", str(hung))
+    monkeypatch.setenv("OWNLLM_KERNEL_CACHE", str(tmp_path / "kernels"))
+    monkeypatch.setattr(cpu_kernels, "COMPILE_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(cpu_kernels, "_library", cpu_kernels._library.__wrapped__)
+    with caplog.at_level(logging.WARNING, logger=cpu_kernels.__name__):
+        assert cpu_kernels.load(torch.float32, torch.device("cpu"), 4, 2) is None
+    assert "ran past 0.5s" in caplog.text and "using the torch path" in caplog.text
+    assert list((tmp_path / "kernels").iterdir()) == [], "the temporary library was left behind"

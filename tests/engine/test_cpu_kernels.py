@@ -8,6 +8,7 @@ query-group sizes, block sizes, sliding windows and dtypes.
 from __future__ import annotations
 
 import ctypes
+import logging
 import math
 
 import pytest
@@ -222,3 +223,133 @@ def test_lora_matches_per_row_reference(kernels_by_build, dtype):
     tolerance = 1e-4 if dtype == torch.float32 else 5e-2
     torch.testing.assert_close(out.float(), want, atol=tolerance, rtol=tolerance)
     assert torch.equal(out[0].float(), want[0]) and torch.equal(out[4].float(), want[4])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_silu_mul_reads_rows_a_stride_apart(kernels_by_build, dtype):
+    kernels = kernels_by_build[dtype]
+    wide = torch.randn(7, 2 * 40 + 8, generator=torch.Generator().manual_seed(5)).to(dtype)
+    rows = wide[:, : 2 * 40]  # each row contiguous, rows 88 apart
+    assert torch.equal(kernels.silu_mul(rows), kernels.silu_mul(rows.contiguous()))
+
+
+def _misuse_cases(dtype):
+    """(call, the error it must raise, words of its message) for callers that get it wrong."""
+    other = torch.float32 if dtype == torch.bfloat16 else torch.bfloat16
+    num_heads, num_kv_heads, head_dim = 4, 2, 16
+    width = (num_heads + 2 * num_kv_heads) * head_dim
+    x, weight = torch.randn(6, 32, dtype=dtype), torch.randn(32, dtype=dtype)
+    qkv, cache = torch.randn(3, width, dtype=dtype), torch.zeros(2, 4, 8, 2, 16, dtype=dtype)
+    rope, slots = torch.randn(3, head_dim), torch.tensor([0, 1, 2])
+    tables, lens = torch.zeros(3, 2, dtype=torch.int32), torch.ones(3, dtype=torch.int32)
+    a, b = torch.randn(2, 32, 4, dtype=dtype), torch.randn(2, 4, 24, dtype=dtype)
+    out, row_slots = torch.randn(6, 24, dtype=dtype), torch.zeros(6, dtype=torch.int32)
+    shape = (num_heads, num_kv_heads, head_dim)
+    return {
+        "norm: strided x": (
+            lambda k: k.add_rms_norm(x.t().contiguous().t(), None, weight, 1e-5),
+            ValueError,
+            "contiguous",
+        ),
+        "norm: delta of another shape": (
+            lambda k: k.add_rms_norm(x, x[:5], weight, 1e-5),
+            ValueError,
+            "shapes do not fit",
+        ),
+        "norm: weight of another dtype": (
+            lambda k: k.add_rms_norm(x, None, weight.to(other), 1e-5),
+            TypeError,
+            str(dtype),
+        ),
+        "silu_mul: columns strided": (lambda k: k.silu_mul(x[:, ::2]), ValueError, "rows"),
+        "silu_mul: odd width": (lambda k: k.silu_mul(x[:, :31]), ValueError, "even"),
+        "silu_mul: 1-D": (lambda k: k.silu_mul(weight), ValueError, "2 dimensions"),
+        "rope_cache: int32 slots": (
+            lambda k: k.rope_cache(qkv, rope, slots.int(), cache, *shape),
+            TypeError,
+            "torch.int64",
+        ),
+        "rope_cache: bf16 rope table": (
+            lambda k: k.rope_cache(qkv, rope.bfloat16(), slots, cache, *shape),
+            TypeError,
+            "torch.float32",
+        ),
+        "rope_cache: qkv of other heads": (
+            lambda k: k.rope_cache(qkv, rope, slots, cache, 2, 2, 16),
+            ValueError,
+            "shapes do not fit",
+        ),
+        "rope_cache: too few slots": (
+            lambda k: k.rope_cache(qkv, rope, slots[:2], cache, *shape),
+            ValueError,
+            "shapes do not fit",
+        ),
+        "decode: non-contiguous cache": (
+            lambda k: k.decode_attention(qkv, cache.transpose(1, 2), tables, lens, *shape, None),
+            ValueError,
+            "contiguous",
+        ),
+        "decode: long tables": (
+            lambda k: k.decode_attention(qkv, cache, tables.long(), lens, *shape, None),
+            TypeError,
+            "torch.int32",
+        ),
+        "decode: fewer lengths than rows": (
+            lambda k: k.decode_attention(qkv, cache, tables, lens[:2], *shape, None),
+            ValueError,
+            "shapes do not fit",
+        ),
+        "decode: uneven query groups": (
+            lambda k: k.decode_attention(qkv, cache, tables, lens, 3, 2, 16, None),
+            ValueError,
+            "query heads",
+        ),
+        "lora: b for another rank": (
+            lambda k: k.lora(out, x, a, b[:, :3].contiguous(), row_slots),
+            ValueError,
+            "shapes do not fit",
+        ),
+        "lora: a transposed": (
+            lambda k: k.lora(out, x, a.transpose(1, 2), b, row_slots),
+            ValueError,
+            "contiguous",
+        ),
+        "lora: long row slots": (
+            lambda k: k.lora(out, x, a, b, row_slots.long()),
+            TypeError,
+            "torch.int32",
+        ),
+        "lora: out of another dtype": (
+            lambda k: k.lora(out.to(other), x, a, b, row_slots),
+            TypeError,
+            str(dtype),
+        ),
+    }
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("case", list(_misuse_cases(torch.float32)))
+def test_a_wrong_tensor_raises_before_the_kernel_runs(kernels_by_build, dtype, case):
+    call, error, words = _misuse_cases(dtype)[case]
+    with pytest.raises(error, match=words.replace(".", r"\.")):
+        call(kernels_by_build[dtype])
+
+
+def test_a_failed_allocation_is_a_memory_error():
+    with pytest.raises(MemoryError, match="decode_attention"):
+        cpu_kernels._done("decode_attention", cpu_kernels._ENOMEM)
+    cpu_kernels._done("decode_attention", 0)
+
+
+@pytest.mark.parametrize(
+    "dtype, device, heads, words",
+    [
+        (torch.float32, torch.device("meta"), (4, 2), "for CPU"),
+        (torch.float16, torch.device("cpu"), (4, 2), "float32 and bfloat16"),
+        (torch.float32, torch.device("cpu"), (130, 1), "130 query heads per kv head"),
+    ],
+)
+def test_load_says_why_it_uses_torch(caplog, dtype, device, heads, words):
+    with caplog.at_level(logging.INFO, logger=cpu_kernels.__name__):
+        assert cpu_kernels.load(dtype, device, *heads) is None
+    assert words in caplog.text and "using the torch path" in caplog.text

@@ -13,6 +13,10 @@
  *   k/v cache [num_slots, Hkv, D] (slot = block * block_size + offset)
  *   tables    [B, max_blocks] int32 block ids; ctx_lens [B] int32
  *   out       [B, H * D]
+ *
+ * Nothing here checks shapes, dtypes or strides: the Python wrappers do. The kernels
+ * that need scratch (decode_attention, lora) allocate it once per thread per call and
+ * return 0, or OWNLLM_ENOMEM when an allocation failed (their output is then partial).
  */
 #include <math.h>
 #include <stdint.h>
@@ -37,6 +41,8 @@ static inline float f32_id(float x) { return x; }
 
 #define TILE 16
 #define MAX_GROUP 64
+/* What a kernel that allocates returns when malloc fails (0: done). */
+#define OWNLLM_ENOMEM 12
 
 /* exp(x), relative error < 2e-7 for x in [-87, 88] (clamped outside), written so the
  * compiler vectorises it: exp(x) = 2^n * exp(r), |r| <= ln2 / 2, degree-6 polynomial. */
@@ -275,22 +281,39 @@ void rope_cache_##SUFFIX(T_ *qkv, int64_t num_rows, int64_t row_stride, int num_
  * and value row is read once. Keys are taken a tile of TILE positions at a time, transposed  \
  * to [D][TILE] so the dot products vectorise across positions. window > 0: attend only the   \
  * last `window` positions. */                                                                 \
-void decode_attention_##SUFFIX(const T_ *qkv, int64_t row_stride, int num_seqs,                \
-                               int num_heads, int num_kv_heads, int head_dim,                  \
-                               const T_ *k_cache, const T_ *v_cache, int block_size,           \
-                               const int32_t *tables, int max_blocks,                          \
-                               const int32_t *ctx_lens, int window, float scale, T_ *out,      \
-                               int num_threads) {                                              \
+int decode_attention_##SUFFIX(const T_ *qkv, int64_t row_stride, int num_seqs,                 \
+                              int num_heads, int num_kv_heads, int head_dim,                   \
+                              const T_ *k_cache, const T_ *v_cache, int block_size,            \
+                              const int32_t *tables, int max_blocks,                           \
+                              const int32_t *ctx_lens, int window, float scale, T_ *out,       \
+                              int num_threads) {                                               \
     const int group = num_heads / num_kv_heads;                                               \
     const int64_t kv_size = (int64_t)num_kv_heads * head_dim;                                  \
-    _Pragma("omp parallel for num_threads(num_threads) schedule(dynamic, 1)")                  \
+    /* one scratch per thread, sized for the longest context: q, acc, kt, scores */           \
+    int max_n = 0;                                                                             \
+    for (int b = 0; b < num_seqs; b++) {                                                       \
+        const int ctx = ctx_lens[b];                                                           \
+        const int n = (window > 0 && ctx > window) ? window : ctx;                             \
+        max_n = n > max_n ? n : max_n;                                                         \
+    }                                                                                          \
+    const size_t scratch = (size_t)group * head_dim * 2 + (size_t)head_dim * TILE              \
+                           + (size_t)group * ((max_n + TILE - 1) / TILE * TILE);               \
+    int failed = 0;                                                                            \
+    _Pragma("omp parallel num_threads(num_threads)")                                           \
+    {                                                                                          \
+    float *buffer = malloc(sizeof(float) * scratch);                                           \
+    if (buffer == NULL) {                                                                      \
+        _Pragma("omp atomic write")                                                            \
+        failed = 1;                                                                            \
+    }                                                                                          \
+    _Pragma("omp for schedule(dynamic, 1)")                                                    \
     for (int64_t task = 0; task < (int64_t)num_seqs * num_kv_heads; task++) {                  \
+        if (buffer == NULL) continue;                                                          \
         const int b = (int)(task / num_kv_heads), kvh = (int)(task % num_kv_heads);            \
         const int ctx = ctx_lens[b];                                                           \
         const int first = (window > 0 && ctx > window) ? ctx - window : 0;                     \
         const int n = ctx - first, padded = (n + TILE - 1) / TILE * TILE;                      \
-        float *restrict q = malloc(sizeof(float) * ((size_t)group * head_dim * 2              \
-                                   + (size_t)head_dim * TILE + (size_t)group * padded));       \
+        float *restrict q = buffer;                                                            \
         float *restrict acc = q + group * head_dim;                                            \
         float *restrict kt = acc + group * head_dim;                                           \
         float *restrict scores = kt + head_dim * TILE;                                         \
@@ -303,7 +326,6 @@ void decode_attention_##SUFFIX(const T_ *qkv, int64_t row_stride, int num_seqs, 
                                 (int64_t)kvh * head_dim, table, block_size, first, n,          \
                                 scores, acc);                                                  \
             for (int i = 0; i < group * head_dim; i++) o[i] = STORE(acc[i]);                   \
-            free(q);                                                                           \
             continue;                                                                          \
         }                                                                                      \
         for (int j0 = 0; j0 < n; j0 += TILE) {                                                 \
@@ -358,8 +380,10 @@ void decode_attention_##SUFFIX(const T_ *qkv, int64_t row_stride, int num_seqs, 
             for (int d = 0; d < head_dim; d++)                                                 \
                 o[g * head_dim + d] = STORE(acc[g * head_dim + d] * inv);                      \
         }                                                                                      \
-        free(q);                                                                               \
     }                                                                                          \
+    free(buffer);                                                                              \
+    }                                                                                          \
+    return failed ? OWNLLM_ENOMEM : 0;                                                         \
 }
 
 DEFINE_KERNELS(f32, float, f32_id, f32_id)
@@ -390,12 +414,12 @@ void add_rms_norm_##SUFFIX(T_ *x, const T_ *delta, const T_ *weight, T_ *out,   
     }                                                                                          \
 }                                                                                              \
                                                                                                \
-/* out[t, i] = silu(gu[t, i]) * gu[t, inter + i] for gu [T, 2 * inter]. */                      \
-void silu_mul_##SUFFIX(const T_ *gu, T_ *out, int64_t num_rows, int64_t inter,                \
-                       int num_threads) {                                                      \
+/* out[t, i] = silu(gu[t, i]) * gu[t, inter + i] for gu [T, 2 * inter] (rows gu_stride apart). */\
+void silu_mul_##SUFFIX(const T_ *gu, int64_t gu_stride, T_ *out, int64_t num_rows,            \
+                       int64_t inter, int num_threads) {                                       \
     _Pragma("omp parallel for num_threads(num_threads) if(num_rows > 16)")                     \
     for (int64_t t = 0; t < num_rows; t++) {                                                   \
-        const T_ *g = gu + t * 2 * inter, *u = g + inter;                                      \
+        const T_ *g = gu + t * gu_stride, *u = g + inter;                                      \
         T_ *o = out + t * inter;                                                               \
         _Pragma("omp simd")                                                                    \
         for (int64_t i = 0; i < inter; i++) {                                                  \
@@ -414,17 +438,22 @@ DEFINE_ELEMENTWISE(bf16, uint16_t, bf16_to_f32, f32_to_bf16)
  * into B). Rows are independent; the runner sorts them by slot, so consecutive rows reuse
  * the slot's A and B from cache. */
 #define DEFINE_LORA(SUFFIX, T_, LOAD, STORE)                                                   \
-void lora_##SUFFIX(const T_ *x, int64_t x_stride, T_ *out, int64_t out_stride,                \
-                   const int32_t *slots, int64_t num_rows, const T_ *a, const T_ *b,           \
-                   int64_t in_features, int64_t rank, int64_t out_features, int num_threads) { \
+int lora_##SUFFIX(const T_ *x, int64_t x_stride, T_ *out, int64_t out_stride,                 \
+                  const int32_t *slots, int64_t num_rows, const T_ *a, const T_ *b,            \
+                  int64_t in_features, int64_t rank, int64_t out_features, int num_threads) {  \
+    int failed = 0;                                                                            \
     _Pragma("omp parallel num_threads(num_threads) if(num_rows > 4)")                         \
     {                                                                                          \
         float *h = malloc(sizeof(float) * (rank + out_features));                              \
-        float *acc = h + rank;                                                                 \
+        float *acc = h == NULL ? NULL : h + rank;                                              \
+        if (h == NULL) {                                                                       \
+            _Pragma("omp atomic write")                                                        \
+            failed = 1;                                                                        \
+        }                                                                                      \
         _Pragma("omp for schedule(static)")                                                    \
         for (int64_t t = 0; t < num_rows; t++) {                                               \
             const int32_t s = slots[t];                                                        \
-            if (s < 0) continue;                                                               \
+            if (s < 0 || h == NULL) continue;                                                  \
             const T_ *xr = x + t * x_stride;                                                   \
             const T_ *as = a + (int64_t)s * in_features * rank;                                \
             const T_ *bs = b + (int64_t)s * rank * out_features;                               \
@@ -450,6 +479,7 @@ void lora_##SUFFIX(const T_ *x, int64_t x_stride, T_ *out, int64_t out_stride,  
         }                                                                                      \
         free(h);                                                                               \
     }                                                                                          \
+    return failed ? OWNLLM_ENOMEM : 0;                                                         \
 }
 
 DEFINE_LORA(f32, float, f32_id, f32_id)
