@@ -5,9 +5,10 @@
 - `adapter_slots`: which adapter set sits in which resident LoRA slot (LRU)
 - `host_adapters`: host copies of adapters, read from disk on first use (LRU, locked)
 - `scheduler`: the per-step plan {sequence: num_tokens} under a token budget
-- `weights`, `model`, `attention`, `lora`: the Llama-family forward with multi-LoRA
-- `cpu_kernels` (+ `csrc/cpu_kernels.c`): C kernels for the CPU hot path, compiled on
-  first use; the torch path computes the same where they are unavailable
+- `weights`, `rotary`, `model`, `attention`, `lora`: the Llama-family forward with
+  multi-LoRA; `weights` is also the trainer's loader, `rotary` its rotary
+- `ops`: the forward's operations, in torch or over `cpu_kernels` (+ `csrc/cpu_kernels.c`,
+  C kernels for the CPU hot path compiled on first use), chosen once per model
 - `model_runner`: plan -> tensors, owns the KV cache, runs the model
 - `sampler`, `detokenizer`, `constraints`, `outputs`: tokens -> deltas
 - `messages`: the typed requests, deltas, stats and inbox commands crossing into the engine

@@ -28,9 +28,13 @@ gather copies the context once per layer and group there).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from ownllm.engine.cpu_kernels import CpuKernels
 
 
 @dataclass
@@ -188,7 +192,7 @@ def attend(
     qkv: torch.Tensor,  # [T, (H + 2 Hkv) D], rotary applied, k/v already in the cache
     kv_cache: torch.Tensor,
     meta: AttentionMetadata,
-    kernels,  # cpu_kernels.CpuKernels
+    kernels: CpuKernels,
     num_heads: int,
     num_kv_heads: int,
     head_dim: int,

@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.c"
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
-COMPILE_TIMEOUT_S = 300.0  # a first build takes ~10 s on a laptop; a hung compiler is killed
+COMPILE_TIMEOUT_S = 300.0  # a first build takes seconds; past this the compiler is killed
 _SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}
 _ENOMEM = 12  # what a kernel returns when its scratch allocation failed (OWNLLM_ENOMEM)
 _P, _I64, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
