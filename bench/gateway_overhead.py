@@ -56,6 +56,7 @@ import random
 import resource
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from bench._support import free_port
@@ -80,6 +81,7 @@ def serve(port: int, data_dir: str, token_delay_s: float, opts: dict, ready) -> 
     from ownllm.backends.base import GenerateRequest, SamplingParams
     from ownllm.backends.scripted import counting_backend
     from ownllm.config import load_config
+    from ownllm.gateway.gateway import Gateway
     from ownllm.gateway.keys import create_key
     from ownllm.gateway.principal import Limits
     from ownllm.models.tiny import make_tokenizer
@@ -104,7 +106,10 @@ def serve(port: int, data_dir: str, token_delay_s: float, opts: dict, ready) -> 
     backend = counting_backend(tokenizer, delay_s=token_delay_s)
     state = AppState(config=config, data_dir=DataDir(root).ensure(), db=db)
     state.backend, state.tokenizer = backend, tokenizer
-    app = create_app(state, start_engine=False)
+    gateway = Gateway.build(config, db, backend=lambda: state.backend)
+    if opts["hooks"] == "metering":  # auth, limits and ledger only: drop guard and capture
+        gateway = replace(gateway, hooks=(gateway.metering,))
+    app = create_app(state, gateway=gateway, start_engine=False)
     prompt_ids = tokenizer.encode_chat([{"role": "user", "content": "Say hello."}])
 
     async def direct(request: Request) -> StreamingResponse:
@@ -163,11 +168,7 @@ def serve(port: int, data_dir: str, token_delay_s: float, opts: dict, ready) -> 
         Route("/direct", direct, methods=["POST"]),
         Route("/bench/stats", stats, methods=["GET"]),
     ]
-    if opts["hooks"] == "metering":  # auth, limits and ledger only: drop guard and capture
-        from ownllm.gateway.metering import metering_hook_for
-
-        state.inference_hooks[:] = [metering_hook_for(state)]
-    hook_names = [type(h).__name__ for h in state.inference_hooks]
+    hook_names = [type(h).__name__ for h in gateway.hooks]
     ready.put({"plain": plain, "budget": budget, "model": state.model_id, "hooks": hook_names})
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 

@@ -1,6 +1,7 @@
 """The app factory: `build_state(config)` prepares what the server needs (model
-cache, database) and fails fast with one-line errors; `create_app(state)`
-builds the FastAPI app whose lifespan starts and stops the backend.
+cache, database) and fails fast with one-line errors; `create_app(state)` builds
+the app's `Gateway` and the FastAPI app (its routers, the body gate, the origin
+check), whose lifespan starts and stops the backend and closes the gateway.
 No module-level state: two apps in one process do not share anything.
 """
 
@@ -14,16 +15,54 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from ownllm import __version__
+from ownllm.api.bodies import BodyGate
 from ownllm.api.errors import install_error_handlers
+from ownllm.api.origin import OriginCheck
+from ownllm.api.routes import (
+    adapters,
+    admin,
+    chat,
+    completions,
+    embeddings,
+    files,
+    fine_tuning,
+    health,
+    metrics,
+    models,
+    stored_completions,
+    usage,
+)
 from ownllm.api.state import AppState
 from ownllm.config import Config
+from ownllm.gateway.gateway import Gateway
+from ownllm.gateway.purge import start_retention
 from ownllm.models import prepare_model, resolve_model
 from ownllm.models.generation import generation_defaults
 from ownllm.models.tokenizer import Tokenizer
 from ownllm.store.blobs import DataDir
 from ownllm.store.db import Database
+from ownllm.web import dashboard
+from ownllm.web import routes as dashboard_files
+from ownllm.web.dashboard import Dashboard
 
 log = logging.getLogger("ownllm")
+
+ROUTERS = (  # in matching order: the dashboard's static routes stay last
+    health.router,
+    models.router,
+    chat.router,
+    completions.router,
+    embeddings.router,
+    metrics.router,
+    admin.router,
+    usage.router,
+    stored_completions.router,
+    adapters.router,
+    files.router,
+    fine_tuning.router,
+    dashboard.router,
+    dashboard_files.router,
+)
 
 
 def build_state(config: Config) -> AppState:
@@ -107,20 +146,27 @@ def freeze_startup_heap() -> None:
     gc.freeze()
 
 
-def create_app(state: AppState, *, start_engine: bool = True) -> FastAPI:
+def create_app(
+    state: AppState, *, gateway: Gateway | None = None, start_engine: bool = True
+) -> FastAPI:
+    """The app over `state`, with `gateway` (default: the one `state.config` describes).
+
+    Raises PolicyError when the guard's policy or classifier cannot be loaded."""
+    if gateway is None:
+        gateway = Gateway.build(state.config, state.db, backend=lambda: state.backend)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if start_engine and state.backend is None:
             state.backend = start_backend(state)
         if state.backend is not None:
             await state.backend.start()
+        worker = None
         if start_engine and state.config.server.run_worker and state.model is not None:
             from ownllm.tuning.process import start_worker_process
 
-            state.extras["worker"] = start_worker_process(state)
-        from ownllm.gateway.purge import start_retention
-
-        retention = start_retention(state)
+            worker = start_worker_process(state)
+        retention = start_retention(state.db, state.config.capture)
         freeze_startup_heap()
         try:
             yield
@@ -128,14 +174,13 @@ def create_app(state: AppState, *, start_engine: bool = True) -> FastAPI:
             gc.unfreeze()  # what this app built may become garbage again (tests, reloads)
             if retention is not None:
                 retention.cancel()
-            if "worker" in state.extras:
+            if worker is not None:
                 from ownllm.tuning.process import stop_worker_process
 
-                stop_worker_process(state.extras.pop("worker"))
+                stop_worker_process(worker)
             if state.backend is not None:
                 await state.backend.shutdown()
-            if "metering" in state.extras:  # the gateway's ledger: write queued rows first
-                state.extras["metering"].close()
+            gateway.close()  # the ledger: write queued rows first
             if state.db is not None:
                 state.db.close()
 
@@ -146,49 +191,11 @@ def create_app(state: AppState, *, start_engine: bool = True) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.ownllm = state
+    app.state.gateway = gateway
+    app.state.dashboard = Dashboard(state.db, state.data_dir, state.config.cost, state.model_id)
     install_error_handlers(app)
-
-    from ownllm.api.routes import health, models
-
-    app.include_router(health.router)
-    app.include_router(models.router)
-    from ownllm.api.routes import chat, completions, embeddings, metrics
-
-    app.include_router(chat.router)
-    app.include_router(completions.router)
-    app.include_router(embeddings.router)
-    app.include_router(metrics.router)
-    from ownllm.api.routes import admin, usage
-
-    app.include_router(admin.router)
-    app.include_router(usage.router)
-    from ownllm.gateway.metering import metering_hook_for
-
-    if metering_hook_for(state) not in state.inference_hooks:
-        state.inference_hooks.insert(0, metering_hook_for(state))  # limits before guards
-    from ownllm.api.routes import stored_completions
-    from ownllm.gateway.capture import capture_hook_for
-    from ownllm.gateway.guard.hooks import guard_hook_for
-
-    app.include_router(stored_completions.router)
-    for hook in (guard_hook_for(state), capture_hook_for(state) if state.db else None):
-        if hook is not None and hook not in state.inference_hooks:
-            state.inference_hooks.append(hook)  # after metering: guard, then capture
-    from ownllm.api.routes import adapters
-
-    app.include_router(adapters.router)
-    from ownllm.api.routes import files, fine_tuning
-
-    app.include_router(files.router)
-    app.include_router(fine_tuning.router)
-    from ownllm.web import dashboard, routes  # the dashboard's static routes stay last
-
-    app.include_router(dashboard.router)
-    app.include_router(routes.router)
-    from ownllm.api.bodies import BodyGate
-
-    app.add_middleware(BodyGate, api=app, state=state)  # key and size checked before the body
-    from ownllm.api.origin import OriginCheck
-
+    for router in ROUTERS:
+        app.include_router(router)
+    app.add_middleware(BodyGate, api=app, config=state.config, auth=gateway.auth)  # key, size
     app.add_middleware(OriginCheck, server=state.config.server)  # outermost: Host, Origin
     return app

@@ -44,16 +44,14 @@ from ownllm.config import Config
 from ownllm.errors import OwnLLMError, PayloadTooLargeError
 from ownllm.gateway.auth import (
     PRINCIPAL_SCOPE_KEY,
+    Authenticator,
     authenticate,
-    authenticator_for,
     get_principal,
     token_from_headers,
 )
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
-
-    from ownllm.api.state import AppState
 
 MULTIPART_SLACK = 64 * 1024  # part headers and the small form fields beside the file
 _CACHE_MAX = 4096  # (method, path) -> rule; cleared when full (paths carry ids)
@@ -111,11 +109,10 @@ def _calls(dependant: Any) -> set[Any]:
 class BodyGate:
     """ASGI middleware: authenticate, then cap and time the body, before the app reads it."""
 
-    def __init__(self, app: ASGIApp, *, api: FastAPI, state: AppState) -> None:
-        self.app, self.api, self.state = app, api, state
-        self.config = state.config
-        self.timeout_s = state.config.server.body_timeout_s
-        self._json = json_limit(state.config)
+    def __init__(self, app: ASGIApp, *, api: FastAPI, config: Config, auth: Authenticator) -> None:
+        self.app, self.api, self.config, self.auth = app, api, config, auth
+        self.timeout_s = config.server.body_timeout_s
+        self._json = json_limit(config)
         self._routes: list[tuple[Any, _Rule]] | None = None
         self._rules: dict[tuple[str, str], _Rule] = {}
 
@@ -128,7 +125,7 @@ class BodyGate:
         if rule.needs_key and get_principal not in self.api.dependency_overrides:
             try:
                 token = token_from_headers(headers)
-                principal = await authenticate(authenticator_for(self.state), token)
+                principal = await authenticate(self.auth, token)
             except OwnLLMError as exc:
                 await _early(ownllm_error_response(exc), headers, scope, receive, send)
                 return

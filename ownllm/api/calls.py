@@ -1,25 +1,16 @@
-"""From a parsed OpenAI request to an `InferenceCall`, its token ids and GenerateRequests.
+"""From a parsed OpenAI request to an `InferenceCall` (in the route, before the path).
 
-- `chat_call` / `completion_call`: the checks that span fields (each a 400 naming its
-  `param`), model resolution (base id, `ft:` model or adapter name, plus the `adapters`
-  extension) and the sampling parameters: what the request sends, else the served model's
-  generation defaults (`ownllm.models.generation`), else OpenAI's.
-- `check_text_size`: a cap on the characters of one request, before any is read.
-- `tokenise`: render the chat template (or encode the prompts), check the context length
-  and fill the default `max_tokens` (the rest of the context, as OpenAI does for chat).
-  A prompt whose characters certainly need more tokens than the context holds is refused
-  without tokenising it (`Tokenizer.min_num_tokens`); a long one is tokenised in a worker
-  thread, so other requests and /health keep being answered meanwhile.
-- `generate_requests`: one `GenerateRequest` per prompt, with the JSON constraint for
-  `response_format` built off the event loop.
+`chat_call` / `completion_call`: the checks that span fields (each a 400 naming its
+`param`), model resolution (base id, `ft:` model or adapter name, plus the `adapters`
+extension) and the sampling parameters: what the request sends, else the served model's
+generation defaults (`ownllm.models.generation`), else OpenAI's. The call then takes the
+inference path (`ownllm.api.inference.serve`); nothing here runs on it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
-from dataclasses import replace
 from typing import Any
 
 from ownllm import __version__
@@ -31,43 +22,22 @@ from ownllm.api.schemas import (
     SamplingFields,
 )
 from ownllm.api.state import AppState
-from ownllm.backends.base import AdapterWeight, GenerateRequest, SamplingParams
+from ownllm.backends.base import AdapterWeight, SamplingParams
 from ownllm.config import GenerationDefaults
-from ownllm.errors import (
-    ContextLengthExceededError,
-    InvalidRequestError,
-    ModelNotFoundError,
-    OverloadedError,
-)
+from ownllm.errors import InvalidRequestError, ModelNotFoundError
 from ownllm.gateway.hooks import InferenceCall
 from ownllm.gateway.principal import Principal
 from ownllm.ids import new_id
 
 MAX_PROMPTS = 128
 MAX_CHOICES = 128
-# Text of one request, whatever the model: beyond a 128k-token context of ordinary text
-# (~4 characters a token), and still a few seconds of tokeniser time in a worker thread.
-MAX_REQUEST_CHARS = 1 << 22
-# Shorter prompts are tokenised on the event loop (a fraction of a millisecond): the hop to
-# a worker thread and back costs more, 1-2 ms at p50 and tens at p99 under load.
-INLINE_MAX_CHARS = 2_000
 
 
 def system_fingerprint(state: AppState) -> str:
     """Changes when the weights or the ownllm version change (OpenAI's meaning)."""
-    fp = state.extras.get("system_fingerprint")
-    if fp is None:
-        info = state.backend.model_info if state.backend is not None else None
-        weights = (info.weights_sha256 if info else "") or state.model_id
-        fp = "fp_" + hashlib.sha256(f"{weights}:{__version__}".encode()).hexdigest()[:10]
-        state.extras["system_fingerprint"] = fp
-    return fp
-
-
-def max_model_len(state: AppState) -> int:
-    if state.backend is None:
-        raise OverloadedError("the model is still loading; retry shortly", retry_after=5)
-    return state.backend.model_info.max_model_len
+    info = state.backend.model_info if state.backend is not None else None
+    weights = (info.weights_sha256 if info else "") or state.model_id
+    return "fp_" + hashlib.sha256(f"{weights}:{__version__}".encode()).hexdigest()[:10]
 
 
 # -- models -----------------------------------------------------------------------------------
@@ -132,7 +102,7 @@ def _sampling(
 ) -> SamplingParams:
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     return SamplingParams(
-        max_tokens=max_tokens or 0,  # 0: the rest of the context, filled by tokenise()
+        max_tokens=max_tokens or 0,  # 0: the rest of the context (ownllm.api.tokens)
         temperature=_pick(body.temperature, defaults.temperature, 1.0),
         top_p=_pick(body.top_p, defaults.top_p, 1.0),
         top_k=_pick(body.top_k, defaults.top_k, 0),
@@ -227,109 +197,3 @@ def completion_call(
         user=body.user,
         started_at=time.monotonic(),
     )
-
-
-# -- tokens -----------------------------------------------------------------------------------
-
-
-def _text_param(call: InferenceCall) -> str:
-    if call.messages is not None:
-        return "messages"
-    return "prompt" if call.prompts is not None else "input"
-
-
-def num_text_chars(call: InferenceCall) -> int:
-    """Characters of the call's text: message contents, prompts or embedding inputs."""
-    if call.messages is not None:
-        return sum(len(m.get("content") or "") for m in call.messages)
-    return sum(map(len, call.prompts or call.inputs or ()))
-
-
-def check_text_size(call: InferenceCall) -> None:
-    """At most MAX_REQUEST_CHARS characters of text per request (400, as OpenAI words its
-    own cap), checked before the text is read."""
-    num_chars = num_text_chars(call)
-    if num_chars > MAX_REQUEST_CHARS:
-        param = _text_param(call)
-        raise InvalidRequestError(
-            f"Invalid '{param}': text too long. Expected at most {MAX_REQUEST_CHARS} "
-            f"characters per request, but got {num_chars} instead.",
-            param=param,
-            code="string_above_max_length",
-        )
-
-
-async def tokenise(state: AppState, call: InferenceCall) -> None:
-    """Fill `call.prompt_token_ids`; check the context; default max_tokens to the rest of it."""
-    limit = max_model_len(state)
-    if num_text_chars(call) <= INLINE_MAX_CHARS:
-        call.prompt_token_ids = _token_ids(state.tokenizer, call, limit)
-    else:
-        call.prompt_token_ids = await asyncio.to_thread(_token_ids, state.tokenizer, call, limit)
-    param = _text_param(call)
-    for i, ids in enumerate(call.prompt_token_ids if call.prompts is not None else ()):
-        if not ids:
-            where = "prompt" if len(call.prompt_token_ids) == 1 else f"prompt[{i}]"
-            raise InvalidRequestError("the prompt must not be empty", param=where)
-    longest = max(len(ids) for ids in call.prompt_token_ids)
-    max_tokens = call.sampling.max_tokens or limit - longest
-    if longest + max_tokens > limit or max_tokens < 1:
-        raise ContextLengthExceededError(
-            f"This model's maximum context length is {limit} tokens. However, you requested "
-            f"{longest + max(max_tokens, 1)} tokens ({longest} in the {param}, "
-            f"{max(max_tokens, 1)} for the completion). Please reduce the length of the "
-            f"{param} or of max_tokens.",
-            param=param,
-        )
-    if max_tokens != call.sampling.max_tokens:
-        call.sampling = replace(call.sampling, max_tokens=max_tokens)
-
-
-def _token_ids(tokenizer: Any, call: InferenceCall, limit: int) -> list[list[int]]:
-    """The prompts' token ids, after a bound from their characters (on the rendered chat:
-    a template may trim or drop text) says each can fit beside the completion."""
-    if call.messages is not None:
-        text = tokenizer.render_chat(call.messages)
-        _check_fits(tokenizer.min_num_tokens(text), call, limit, "messages")
-        return [tokenizer.encode_chat_text(text)]
-    prompts = call.prompts or []
-    for prompt in prompts:
-        _check_fits(tokenizer.min_num_tokens(prompt), call, limit, "prompt")
-    return [tokenizer.encode(p, add_special_tokens=True) for p in prompts]
-
-
-def _check_fits(min_tokens: int, call: InferenceCall, limit: int, param: str) -> None:
-    completion = call.sampling.max_tokens or 1
-    if min_tokens + completion > limit:
-        raise ContextLengthExceededError(
-            f"This model's maximum context length is {limit} tokens. However, you requested "
-            f"at least {min_tokens + completion} tokens (at least {min_tokens} in the "
-            f"{param}, {completion} for the completion). Please reduce the length of the "
-            f"{param} or of max_tokens.",
-            param=param,
-        )
-
-
-async def generate_requests(state: AppState, call: InferenceCall) -> list[GenerateRequest]:
-    constraint = None
-    if call.response_format is not None:
-        constraint = await asyncio.to_thread(_constraint, state, call.response_format)
-    ids = call.prompt_token_ids
-    return [
-        GenerateRequest(
-            request_id=call.request_id if len(ids) == 1 else f"{call.request_id}-{k}",
-            prompt_token_ids=prompt_ids,
-            sampling=call.sampling,
-            adapters=call.adapters,
-            cache_scope=call.principal.tenant_id,
-            constraint=constraint if k == 0 else constraint.fork() if constraint else None,
-        )
-        for k, prompt_ids in enumerate(ids)
-    ]
-
-
-def _constraint(state: AppState, response_format: dict[str, Any]) -> Any:
-    from ownllm.engine.constraints import constraint_for_response_format
-
-    vocab_size = state.backend.model_info.vocab_size
-    return constraint_for_response_format(state.tokenizer, response_format, vocab_size)

@@ -91,11 +91,3 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-def metrics_for(state: Any) -> Metrics:
-    """The app's Metrics, created on first use (kept in AppState.extras)."""
-    metrics = state.extras.get("metrics")
-    if metrics is None:
-        metrics = state.extras["metrics"] = Metrics(state)
-    return metrics

@@ -1,4 +1,9 @@
-"""The explicit application state, built once by the app factory (no module globals)."""
+"""The explicit application state, built once by the app factory (no module globals).
+
+What the api layer's routes read: the config, data dir and database, the prepared model and
+its tokenizer, the backend (set when the app starts), the metrics and the embedding model.
+The gateway's parts are not here: they are the app's `Gateway` (`ownllm.gateway.gateway`).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,10 @@ from typing import Any
 
 from fastapi import Request
 
+from ownllm.api.metrics import Metrics
 from ownllm.config import Config, GenerationDefaults
 from ownllm.models.cache import PreparedModel
+from ownllm.models.embedding import LazyEmbeddingModel
 from ownllm.store.blobs import DataDir
 from ownllm.store.db import Database
 
@@ -24,10 +31,13 @@ class AppState:
     backend: Any = None  # ownllm.backends.base.Backend once started
     # sampling values for fields a request leaves out (ownllm.models.generation)
     generation_defaults: GenerationDefaults = field(default_factory=GenerationDefaults)
-    # gateway plug points of the inference pipeline, in order (see ownllm.gateway.hooks)
-    inference_hooks: list[Any] = field(default_factory=list)
+    # the shipped embedding model, loaded on the first embeddings request
+    embedding_model: LazyEmbeddingModel = field(default_factory=LazyEmbeddingModel)
     started_at: float = field(default_factory=time.time)
-    extras: dict[str, Any] = field(default_factory=dict)
+    metrics: Metrics = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.metrics = Metrics(self)  # its engine gauges read `self.backend` at each scrape
 
     @property
     def model_id(self) -> str:

@@ -85,7 +85,7 @@ def _serve(app, state) -> bool:
         async def startup(self, sockets=None) -> None:
             await super().startup(sockets)
             if self.started:
-                log_listening(state)
+                log_listening(state, app.state.gateway.auth)
 
     cfg = state.config.server
     server = Server(
@@ -102,19 +102,19 @@ def _serve(app, state) -> bool:
     return server.started
 
 
-def log_listening(state) -> None:
-    """The address and who may call it, once the socket accepts connections."""
+def log_listening(state, auth) -> None:
+    """The address and who may call it (`auth`: the app's Authenticator), once the socket
+    accepts connections."""
     host, port = state.config.server.host, state.config.server.port
     address = f"[{host}]" if ":" in host else host
-    log.info("listening on http://%s:%d, auth: %s", address, port, auth_mode(state))
+    log.info("listening on http://%s:%d, auth: %s", address, port, auth_mode(state, auth))
 
 
-def auth_mode(state) -> str:
+def auth_mode(state, auth) -> str:
     """Open development mode (loopback, no key at all), or which keys are accepted."""
-    from ownllm.gateway.auth import authenticator_for
     from ownllm.gateway.keys import list_keys
 
-    if authenticator_for(state).is_open():
+    if auth.is_open():
         return "open (loopback, no API keys)"
     num_active = len(list_keys(state.db, include_revoked=False))
     accepted = [f"{num_active} active API key{'' if num_active == 1 else 's'}"]

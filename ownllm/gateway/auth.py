@@ -91,7 +91,7 @@ class _Cached:
 
 
 class Authenticator:
-    """Resolves bearer tokens to principals; one per app (kept in AppState.extras)."""
+    """Resolves bearer tokens to principals; one per app (the Gateway's)."""
 
     def __init__(
         self,
@@ -203,21 +203,6 @@ class Authenticator:
         return _Cached(principal, "", expires)
 
 
-def authenticator_for(state: Any) -> Authenticator:
-    """The app's Authenticator, created on first use from its config and database."""
-    auth = state.extras.get("auth")
-    if auth is None:
-        cfg = state.config
-        auth = Authenticator(
-            state.db,
-            admin_key=cfg.auth.admin_key,
-            loopback=is_loopback(cfg.server.host),
-            cache_seconds=cfg.auth.key_cache_seconds,
-        )
-        state.extras["auth"] = auth
-    return auth
-
-
 def bearer_token(request: Request) -> str | None:
     return token_from_headers(request.headers)
 
@@ -246,7 +231,7 @@ async def get_principal(request: Request) -> Principal:
     in the scope under `PRINCIPAL_SCOPE_KEY`; then it is not resolved again."""
     principal = request.scope.get(PRINCIPAL_SCOPE_KEY)
     if principal is None:
-        auth = authenticator_for(request.app.state.ownllm)
+        auth = request.app.state.gateway.auth  # the app's Gateway (`gateway.get_gateway`)
         principal = await authenticate(auth, bearer_token(request))
     request.state.principal = principal
     return principal

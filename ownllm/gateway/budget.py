@@ -93,6 +93,7 @@ class MonthlyBudgets:
         *,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        defer_write: Callable[[Callable[[Any], None]], None] | None = None,
     ) -> None:
         self.db = db
         self._clock = clock
@@ -100,8 +101,8 @@ class MonthlyBudgets:
         self._lock = threading.Lock()
         self._leases: dict[tuple[str, str], _Lease] = {}
         self._known_counters: set[tuple[str, str]] = set()  # counter rows that exist
-        # set to the usage ledger's `record`: give-backs ride its next batch
-        self.defer_write: Callable[[Callable[[Any], None]], None] | None = None
+        # the usage ledger's `record`, when given: give-backs ride its next batch
+        self.defer_write = defer_write
 
     def take_leased(self, admission: Any) -> bool:
         """Admit from this replica's leases without I/O; False when one lacks the tokens."""

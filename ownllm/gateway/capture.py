@@ -29,6 +29,7 @@ from sqlalchemy import and_, or_, select
 from ownllm.config import CaptureConfig
 from ownllm.errors import InvalidRequestError, NotFoundError
 from ownllm.gateway.guard.checks import Guard, events_for, record_events
+from ownllm.gateway.hooks import InferenceCall, InferenceHook, InferenceOutcome
 from ownllm.gateway.principal import Principal
 from ownllm.store.db import Database
 from ownllm.store.schema import ApiKey, StoredCompletion, Tenant
@@ -317,13 +318,13 @@ def completion_body(call: Any, outcome: Any) -> dict[str, Any]:
     }
 
 
-class CaptureHook:
+class CaptureHook(InferenceHook):
     """Stores finished chat completions whose request, key or tenant asks for it."""
 
     def __init__(self, db: Database, guard: Guard, config: CaptureConfig) -> None:
         self.db, self.guard, self.config = db, guard, config
 
-    async def finish(self, call: Any, outcome: Any) -> None:
+    async def finish(self, call: InferenceCall, outcome: InferenceOutcome) -> None:
         if call.endpoint != "chat.completions" or call.messages is None:
             return
         if outcome.status_code != 200 or outcome.is_client_gone or not outcome.choices:
@@ -351,13 +352,3 @@ class CaptureHook:
             params=params,
             metadata=call.metadata,
         )
-
-
-def capture_hook_for(state: Any) -> CaptureHook:
-    from ownllm.gateway.guard.hooks import guard_for
-
-    hook = state.extras.get("capture_hook")
-    if hook is None:
-        hook = CaptureHook(state.db, guard_for(state), state.config.capture)
-        state.extras["capture_hook"] = hook
-    return hook

@@ -1,8 +1,8 @@
 """Plug points of the inference pipeline: what limits, guardrails, usage and capture see.
 
 `ownllm.api.inference` runs every inference request (chat, completions, embeddings)
-through the same stages and calls each hook object in `AppState.inference_hooks` (in
-order) at its stage:
+through the same stages; at each one the `Gateway` (`ownllm.gateway.gateway`) calls its
+hooks, in order:
 
     parse → principal → resolve model
       → admit_request(call)    request limits (rpm, concurrency), before the prompt is
@@ -26,14 +26,15 @@ order) at its stage:
       → finish(call, outcome)  usage ledger, data capture, counters; always called once,
                                also after errors and client disconnects
 
-A hook implements any subset of these methods (missing ones are skipped), so each gateway
-part stays small. Hooks receive plain dataclasses: no FastAPI, no torch.
+A hook is an `InferenceHook` that overrides the stages it takes part in; the Gateway
+skips the others, so a stage no hook takes costs nothing per token. Hooks receive plain
+dataclasses: no FastAPI, no torch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from ownllm.backends.base import AdapterWeight, SamplingParams
 from ownllm.gateway.principal import Principal
@@ -65,6 +66,20 @@ class InferenceCall:
     @property
     def adapter_ids(self) -> tuple[str, ...]:
         return tuple(a.adapter_id for a in self.adapters)
+
+    @property
+    def text_param(self) -> str:
+        """The request field that holds the call's text, for errors about it."""
+        if self.messages is not None:
+            return "messages"
+        return "prompt" if self.prompts is not None else "input"
+
+    @property
+    def num_text_chars(self) -> int:
+        """Characters of the call's text: message contents, prompts or embedding inputs."""
+        if self.messages is not None:
+            return sum(len(m.get("content") or "") for m in self.messages)
+        return sum(map(len, self.prompts or self.inputs or ()))
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -103,17 +118,29 @@ class InferenceOutcome:
     latency_s: float = 0.0
 
 
-class InferenceHooks(Protocol):
-    """Any subset of these methods; see the module docstring for when each runs."""
+class InferenceHook:
+    """A gateway part on the inference path. Each method is one stage (see the module
+    docstring for when it runs); a subclass overrides those it takes part in, and the rest
+    stay these no-ops, which the Gateway does not call."""
 
-    async def admit_request(self, call: InferenceCall) -> None: ...
+    async def admit_request(self, call: InferenceCall) -> None:
+        return None
 
-    async def admit_tokens(self, call: InferenceCall) -> None: ...
+    async def admit_tokens(self, call: InferenceCall) -> None:
+        return None
 
-    async def check_input(self, call: InferenceCall) -> None: ...
+    async def check_input(self, call: InferenceCall) -> None:
+        return None
 
-    async def check_output(self, call: InferenceCall, index: int, text: str) -> str | None: ...
+    async def check_output(self, call: InferenceCall, index: int, text: str) -> str | None:
+        return text
 
-    async def flush_output(self, call: InferenceCall, index: int) -> tuple[str, bool]: ...
+    async def flush_output(self, call: InferenceCall, index: int) -> tuple[str, bool]:
+        return "", False
 
-    async def finish(self, call: InferenceCall, outcome: InferenceOutcome) -> None: ...
+    async def finish(self, call: InferenceCall, outcome: InferenceOutcome) -> None:
+        return None
+
+    def takes(self, stage: str) -> bool:
+        """Whether this hook overrides `stage` (one of the method names above)."""
+        return getattr(type(self), stage) is not getattr(InferenceHook, stage)

@@ -98,7 +98,8 @@ def _scopes(principal: Principal) -> list[tuple[str, Limits]]:
 
 
 class Limiter:
-    """One per app (AppState.extras["limiter"]); `db` is needed for monthly budgets."""
+    """One per app (the Gateway's); `db` is needed for monthly budgets, `defer_write` (the
+    usage ledger's `record`) queues what settling gives back to the database."""
 
     def __init__(
         self,
@@ -106,12 +107,15 @@ class Limiter:
         *,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        defer_write: Callable[[Callable[[Any], None]], None] | None = None,
     ) -> None:
         self.db = db
         self._clock = clock
         self._lock = threading.Lock()
         self._windows: dict[str, _Window] = {}
-        self.budgets = MonthlyBudgets(db, clock=clock, wall_clock=wall_clock)
+        self.budgets = MonthlyBudgets(
+            db, clock=clock, wall_clock=wall_clock, defer_write=defer_write
+        )
 
     async def admit(self, principal: Principal, estimated_tokens: int) -> Admission:
         """Both stages at once, for a caller that knows the tokens up front; a refusal at
@@ -287,11 +291,3 @@ def _check_tokens(name: str, limits: Limits, window: _Window, tokens: int, now: 
         f"Please try again in {wait:.1f}s.",
         retry_after=max(1.0, wait),
     )
-
-
-def limiter_for(state: Any) -> Limiter:
-    """The app's Limiter, created on first use."""
-    limiter = state.extras.get("limiter")
-    if limiter is None:
-        limiter = state.extras["limiter"] = Limiter(state.db)
-    return limiter

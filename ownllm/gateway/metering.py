@@ -24,9 +24,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ownllm.gateway.hooks import InferenceCall, InferenceOutcome
-from ownllm.gateway.limits import Admission, Limiter, limiter_for
-from ownllm.gateway.usage import BusySample, UsageLedger, UsageRow, ledger_for
+from ownllm.gateway.hooks import InferenceCall, InferenceHook, InferenceOutcome
+from ownllm.gateway.limits import Admission, Limiter
+from ownllm.gateway.usage import BusySample, UsageLedger, UsageRow
 
 BUSY_SAMPLE_EVERY_S = 10.0
 
@@ -66,7 +66,7 @@ class BusyTracker:
         return BusySample(self.replica, delta) if delta > 0 else None
 
 
-class MeteringHook:
+class MeteringHook(InferenceHook):
     """Limits at admission, ledger row and limiter settlement at the end."""
 
     def __init__(
@@ -125,15 +125,3 @@ class MeteringHook:
             self.ledger.record(sample)
         self.limiter.close()  # leases of monthly budgets go back with the last batch
         self.ledger.close()
-
-
-def metering_hook_for(state: Any) -> MeteringHook:
-    """The app's MeteringHook (one per app, sharing its Limiter and UsageLedger)."""
-    hook = state.extras.get("metering")
-    if hook is None:
-        busy = BusyTracker(lambda: state.backend)
-        limiter, ledger = limiter_for(state), ledger_for(state)
-        limiter.budgets.defer_write = ledger.record  # give-backs ride the ledger's batches
-        hook = MeteringHook(limiter, ledger, busy)
-        state.extras["metering"] = hook
-    return hook

@@ -27,6 +27,7 @@ from typing import Any
 from sqlalchemy import Table, delete, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
+from ownllm.config import CaptureConfig
 from ownllm.store.blobs import DataDir
 from ownllm.store.db import Database
 from ownllm.store.schema import Base, GuardEvent, StoredCompletion
@@ -152,9 +153,8 @@ def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def start_retention(state: Any) -> asyncio.Task | None:
+def start_retention(db: Database | None, config: CaptureConfig) -> asyncio.Task | None:
     """Start the periodic retention purge for an app (None when retention is off)."""
-    cfg = state.config.capture
-    if state.db is None or cfg.retention_days <= 0:
+    if db is None or config.retention_days <= 0:
         return None
-    return asyncio.create_task(retention_loop(state.db, cfg.retention_days, cfg.purge_interval_s))
+    return asyncio.create_task(retention_loop(db, config.retention_days, config.purge_interval_s))

@@ -212,14 +212,6 @@ class UsageLedger:
                 time.sleep(0.1 * 2**attempt)
 
 
-def ledger_for(state: Any) -> UsageLedger:
-    """The app's UsageLedger, created on first use."""
-    ledger = state.extras.get("usage")
-    if ledger is None:
-        ledger = state.extras["usage"] = UsageLedger(state.db)
-    return ledger
-
-
 # -- aggregation -----------------------------------------------------------------------
 
 _SINCE_RE = re.compile(r"^(\d+)([mhdw])$")

@@ -11,6 +11,7 @@ positions is refused, as OpenAI refuses over-long inputs), `dimensions` other th
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 from pathlib import Path
 from typing import Any
@@ -102,3 +103,19 @@ class EmbeddingModel:
                 mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # [B, D]
                 out += torch.nn.functional.normalize(mean, p=2, dim=1).tolist()
         return out
+
+
+class LazyEmbeddingModel:
+    """The app's embedding model: loaded by the first `get` (in a worker thread, a few
+    seconds), then kept. `model` is the loaded model, or None before."""
+
+    def __init__(self, model: EmbeddingModel | None = None) -> None:
+        self.model = model
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> EmbeddingModel:
+        """The model, loading it on the first call. Raises ModelLoadError."""
+        async with self._lock:
+            if self.model is None:
+                self.model = await asyncio.to_thread(EmbeddingModel.load)
+        return self.model

@@ -15,22 +15,30 @@ own tokens on each API and at the operator's `cost.tenant_price_per_million`, an
 nothing of other tenants' traffic (a share of the hardware by tokens served would tell a
 tenant the server's totals); the admin sees the whole server's account. Left out: writes of any kind (the pages use the
 public API for those), per-request drill-down.
+
+What the views read is a `Dashboard` (database, data dir, cost settings, served model id),
+built by the app factory beside the app's `Gateway` (auth for open mode, the ledger to
+flush before a report); this package imports nothing of `ownllm.api`.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from ownllm.api.state import AppState, get_state
+from ownllm.config import CostConfig
 from ownllm.errors import InvalidRequestError, ServerError
-from ownllm.gateway.auth import authenticator_for, get_principal, require_scope
+from ownllm.gateway.auth import get_principal, require_scope
+from ownllm.gateway.gateway import Gateway, get_gateway
 from ownllm.gateway.principal import Principal
-from ownllm.gateway.usage import ledger_for, parse_since
+from ownllm.gateway.usage import parse_since
+from ownllm.store.blobs import DataDir
+from ownllm.store.db import Database
 
 router = APIRouter(prefix="/v1/dashboard", tags=["dashboard"])
 
@@ -39,19 +47,40 @@ MAX_BUCKETS = 400
 PERCENTILES = (50, 90, 99)
 
 
+@dataclass(frozen=True)
+class Dashboard:
+    """What the dashboard's views read, built once by the app factory."""
+
+    db: Database | None
+    data_dir: DataDir
+    cost: CostConfig
+    model_id: str  # the served base model
+
+    def require_db(self, what: str) -> Database:
+        if self.db is None:
+            raise ServerError(f"This server has no database; {what}.")
+        return self.db
+
+
+async def get_dashboard(request: Request) -> Dashboard:
+    """FastAPI dependency: the app's Dashboard (async: no worker thread for a lookup)."""
+    return request.app.state.dashboard
+
+
 @router.get("/me")
 async def me(
-    principal: Principal = Depends(get_principal), state: AppState = Depends(get_state)
+    principal: Principal = Depends(get_principal),
+    dashboard: Dashboard = Depends(get_dashboard),
+    gateway: Gateway = Depends(get_gateway),
 ) -> dict:
-    auth = authenticator_for(state)
     return {
         "object": "dashboard.principal",
         "tenant": principal.tenant_id,
         "key_id": principal.key_id,
         "is_admin": principal.is_admin,
         "scopes": sorted(principal.scopes),
-        "open_mode": await run_in_threadpool(auth.is_open),
-        "model": state.model_id,
+        "open_mode": await run_in_threadpool(gateway.auth.is_open),
+        "model": dashboard.model_id,
     }
 
 
@@ -152,10 +181,10 @@ async def usage(
     by: str = Query("model", description="model | key | tenant"),
     tenant: str | None = Query(None, description="admin only: one tenant"),
     principal: Principal = Depends(require_scope("usage")),
-    state: AppState = Depends(get_state),
+    dashboard: Dashboard = Depends(get_dashboard),
+    gateway: Gateway = Depends(get_gateway),
 ) -> dict:
-    if state.db is None:
-        raise ServerError("This server has no database; the usage ledger needs one.")
+    db = dashboard.require_db("the usage ledger needs one")
     if by not in ("model", "key", "tenant"):
         raise InvalidRequestError(f"Invalid by {by!r}: one of model, key, tenant.", param="by")
     until = time.time()
@@ -164,22 +193,20 @@ async def usage(
     tenant_id = tenant if principal.is_admin else principal.tenant_id
 
     def query() -> dict:
-        ledger_for(state).flush()
-        return usage_report(
-            state.db, tenant_id=tenant_id, since=start, until=until, size=size, by=by
-        )
+        gateway.ledger.flush()
+        return usage_report(db, tenant_id=tenant_id, since=start, until=until, size=size, by=by)
 
     report = await run_in_threadpool(query)
     return {**report, "tenant": tenant_id}
 
 
-def file_problems(state: AppState, principal: Principal, file_id: str) -> dict:
+def file_problems(db: Database, data_dir: DataDir, principal: Principal, file_id: str) -> dict:
     from ownllm.tuning.data import Problem, parse_line
     from ownllm.tuning.files import file_path, get_file
 
-    row = get_file(state.db, principal, file_id)
+    row = get_file(db, principal, file_id)
     num_examples, problems = 0, []
-    with open(file_path(state.data_dir, row), encoding="utf-8", errors="replace") as f:
+    with open(file_path(data_dir, row), encoding="utf-8", errors="replace") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -202,11 +229,10 @@ def file_problems(state: AppState, principal: Principal, file_id: str) -> dict:
 async def problems(
     file_id: str,
     principal: Principal = Depends(require_scope("files")),
-    state: AppState = Depends(get_state),
+    dashboard: Dashboard = Depends(get_dashboard),
 ) -> dict:
-    if state.db is None:
-        raise ServerError("This server has no database; files need one.")
-    return await run_in_threadpool(file_problems, state, principal, file_id)
+    db = dashboard.require_db("files need one")
+    return await run_in_threadpool(file_problems, db, dashboard.data_dir, principal, file_id)
 
 
 def _tenant_tokens(db: Any, tenant_id: str, since: float | None, until: float) -> tuple:
@@ -232,7 +258,9 @@ def _tenant_tokens(db: Any, tenant_id: str, since: float | None, until: float) -
     return (*(int(v) for v in counts), first_at)
 
 
-def cost_report(state: AppState, principal: Principal, since: float | None) -> dict:
+def cost_report(
+    db: Database, config: CostConfig, principal: Principal, since: float | None
+) -> dict:
     """The cost account over [since, now): the whole server for the admin; for a tenant, its
     own traffic priced on each API and at `cost.tenant_price_per_million` (None when unset),
     with nothing computed from other tenants' traffic."""
@@ -240,13 +268,12 @@ def cost_report(state: AppState, principal: Principal, since: float | None) -> d
 
     until = time.time()
     try:
-        table = cost.load_price_table(state.config.cost.price_table or None)
-        hardware = cost.hardware_from_config(state.config.cost, table)
+        table = cost.load_price_table(config.price_table or None)
+        hardware = cost.hardware_from_config(config, table)
     except cost.CostError as e:
         raise ServerError(f"The cost account is not configured: {e}") from None
-    ledger_for(state).flush()
     if principal.is_admin:
-        server = cost.observed_traffic(state.db, since, until, now=until)
+        server = cost.observed_traffic(db, since, until, now=until)
         acc = cost.account(server, hardware, table)
         prompt, completion = server.prompt_tokens, server.completion_tokens
         requests, embedded = server.requests, server.embedding_tokens
@@ -256,10 +283,10 @@ def cost_report(state: AppState, principal: Principal, since: float | None) -> d
         cost_per_million = self_cost / (prompt + completion) * 1e6 if prompt + completion else None
     else:
         prompt, completion, requests, embedded, first_at = _tenant_tokens(
-            state.db, principal.tenant_id, since, until
+            db, principal.tenant_id, since, until
         )
         start = since if since is not None else (first_at if first_at is not None else until)
-        rate = state.config.cost.tenant_price_per_million
+        rate = config.tenant_price_per_million
         self_cost = (prompt + completion) * rate / 1e6 if rate > 0 else None
         utilisation, cost_per_million = None, rate if rate > 0 else None
     apis = []
@@ -316,9 +343,14 @@ def cost_report(state: AppState, principal: Principal, since: float | None) -> d
 async def cost_view(
     since: str | None = Query(None, description="window start; default: the first request"),
     principal: Principal = Depends(require_scope("usage")),
-    state: AppState = Depends(get_state),
+    dashboard: Dashboard = Depends(get_dashboard),
+    gateway: Gateway = Depends(get_gateway),
 ) -> dict:
-    if state.db is None:
-        raise ServerError("This server has no database; the cost account needs one.")
+    db = dashboard.require_db("the cost account needs one")
     start = parse_since(since)
-    return await run_in_threadpool(cost_report, state, principal, start)
+
+    def report() -> dict:
+        gateway.ledger.flush()
+        return cost_report(db, dashboard.cost, principal, start)
+
+    return await run_in_threadpool(report)

@@ -11,7 +11,7 @@ import pytest
 
 from ownllm.api.app import create_app
 from ownllm.backends.scripted import counting_backend
-from ownllm.gateway.usage import ledger_for
+from ownllm.models.embedding import LazyEmbeddingModel
 from ownllm.models.tokenizer import Tokenizer
 from tests.api.stub_embedding import StubEmbeddingModel
 from tests.tenants import gateway_state
@@ -29,21 +29,21 @@ async def client(fake_state):
 def make_gateway(tmp_path, tiny_model_dir, two_tenants):
     """Build (app, state) on the tenants' database; `configure(state)`, if given, runs
     before the app is made (a guard policy, capture defaults). Ledgers are closed after."""
-    states = []
+    apps = []
 
     def make(configure=None):
         tokenizer = Tokenizer.from_dir(tiny_model_dir)
         state = gateway_state(tmp_path, two_tenants, backend=counting_backend(tokenizer))
         state.tokenizer = tokenizer
-        state.extras["embedding_model"] = StubEmbeddingModel()
+        state.embedding_model = LazyEmbeddingModel(StubEmbeddingModel())
         if configure is not None:
             configure(state)
-        states.append(state)
-        return create_app(state, start_engine=False), state
+        apps.append(create_app(state, start_engine=False))
+        return apps[-1], state
 
     yield make
-    for state in states:
-        ledger_for(state).close()
+    for app in apps:
+        app.state.gateway.ledger.close()
 
 
 @pytest.fixture

@@ -61,6 +61,7 @@ async def api(tmp_path, tiny_model_dir, two_tenants):
     app = create_app(state, start_engine=False)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=60) as client:
+        client.gateway = app.state.gateway
         yield client, two_tenants, state
 
 
@@ -379,9 +380,10 @@ async def test_names_cannot_squat_ids_and_are_per_tenant(api, archives):
 
 
 async def test_exports_are_metered_in_bytes_for_the_caller(api, archives):
-    from ownllm.gateway.usage import ledger_for, summarize
+    from ownllm.gateway.usage import summarize
 
     client, tenants, state = api
+    ledger = client.gateway.ledger
     a, b = tenants.a.headers, tenants.b.headers
     assert (await upload(client, a, "r4", archives["r4"])).status_code == 200
     lora = await client.post("/v1/adapters/r4/export", headers=a, json={"format": "gguf-lora"})
@@ -391,7 +393,7 @@ async def test_exports_are_metered_in_bytes_for_the_caller(api, archives):
     assert bad.status_code == 400
     hidden = await client.post("/v1/adapters/r4/export", headers=b, json={"format": "hf"})
     assert hidden.status_code == 404  # not theirs to see: no row
-    ledger_for(state).flush()
+    ledger.flush()
     (row,) = summarize(state.db, by="key", tenant_id=tenants.a.tenant)
     assert row["key"] == tenants.a.key_id and (row["requests"], row["ok"], row["error"]) == (
         3,
@@ -401,4 +403,4 @@ async def test_exports_are_metered_in_bytes_for_the_caller(api, archives):
     assert row["bytes"] == len(lora.content) + len(merged.content)
     assert row["total_tokens"] == 0
     assert summarize(state.db, by="endpoint", tenant_id=tenants.b.tenant) == []
-    ledger_for(state).close()
+    ledger.close()

@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from ownllm.api.app import create_app
-from ownllm.gateway.usage import UsageRow, ledger_for
+from ownllm.gateway.usage import UsageRow
 from tests.tenants import gateway_state
 
 
@@ -16,9 +16,9 @@ async def client(tmp_path, two_tenants):
     app = create_app(state, start_engine=False)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
-        c.state = state
+        c.state, c.gateway = state, app.state.gateway
         yield c
-    ledger_for(state).close()
+    app.state.gateway.ledger.close()
 
 
 async def test_admin_creates_tenant_and_key_that_then_works(client, two_tenants):
@@ -133,7 +133,7 @@ async def test_a_tenant_key_revokes_itself_not_its_siblings(client, two_tenants)
 
 async def test_usage_rows_are_tenant_scoped(client, two_tenants):
     a, b = two_tenants.a, two_tenants.b
-    ledger = ledger_for(client.state)
+    ledger = client.gateway.ledger
     for who, tokens in ((a, 10), (a, 20), (b, 1000)):
         ledger.record(
             UsageRow(

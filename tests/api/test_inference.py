@@ -6,14 +6,28 @@ import asyncio
 import json
 import re
 import threading
+from dataclasses import replace
+
+import httpx
 
 from ownllm.api.app import create_app
 from ownllm.backends.base import EngineStats
 from ownllm.errors import ContentPolicyError, RateLimitError
+from ownllm.gateway.gateway import Gateway
+from ownllm.gateway.hooks import InferenceHook
 from tests.api.test_chat import CHAT, sse_events
 
 
-class RecordingHook:
+def client_with(state, hook: InferenceHook) -> httpx.AsyncClient:
+    """A client of an app whose gateway runs `hook` after its own hooks."""
+    gateway = Gateway.build(state.config, state.db, backend=lambda: state.backend)
+    gateway = replace(gateway, hooks=(*gateway.hooks, hook))
+    app = create_app(state, gateway=gateway, start_engine=False)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    return httpx.AsyncClient(transport=transport, base_url="http://test")
+
+
+class RecordingHook(InferenceHook):
     def __init__(self) -> None:
         self.calls: list[tuple[str, object]] = []
 
@@ -27,10 +41,10 @@ class RecordingHook:
         self.calls.append(("finish", outcome))
 
 
-async def test_hooks_run_in_order_and_finish_sees_the_outcome(client, fake_state):
+async def test_hooks_run_in_order_and_finish_sees_the_outcome(fake_state):
     hook = RecordingHook()
-    fake_state.inference_hooks.append(hook)
-    r = await client.post("/v1/chat/completions", json=CHAT)
+    async with client_with(fake_state, hook) as client:
+        r = await client.post("/v1/chat/completions", json=CHAT)
     usage = r.json()["usage"]
     (request, num_prompts), (tokens, max_total), (finish, outcome) = hook.calls
     assert request == "admit_request" and num_prompts == 0  # before the prompt is read
@@ -42,14 +56,14 @@ async def test_hooks_run_in_order_and_finish_sees_the_outcome(client, fake_state
     assert outcome.ttft_s is not None and outcome.latency_s >= outcome.ttft_s
 
 
-async def test_a_refused_admission_is_429_and_still_finishes(client, fake_state):
+async def test_a_refused_admission_is_429_and_still_finishes(fake_state):
     class Limit(RecordingHook):
         async def admit_request(self, call) -> None:
             raise RateLimitError("Rate limit reached: 1 request per minute.", retry_after=30)
 
     hook = Limit()
-    fake_state.inference_hooks.append(hook)
-    r = await client.post("/v1/chat/completions", json={**CHAT, "stream": True})
+    async with client_with(fake_state, hook) as client:
+        r = await client.post("/v1/chat/completions", json={**CHAT, "stream": True})
     assert r.status_code == 429 and r.headers["retry-after"] == "30"
     assert r.json()["error"]["code"] == "rate_limit_exceeded"
     ((name, outcome),) = hook.calls
@@ -58,8 +72,8 @@ async def test_a_refused_admission_is_429_and_still_finishes(client, fake_state)
     assert fake_state.backend.requests == []
 
 
-async def test_input_guard_can_block_or_redact(client, fake_state):
-    class Guard:
+async def test_input_guard_can_block_or_redact(fake_state):
+    class Guard(InferenceHook):
         async def check_input(self, call) -> None:
             if "bomb" in call.messages[-1]["content"]:
                 raise ContentPolicyError("blocked by policy", param="messages")
@@ -67,29 +81,28 @@ async def test_input_guard_can_block_or_redact(client, fake_state):
                 {**m, "content": m["content"].replace("4111", "[CARD]")} for m in call.messages
             ]
 
-    fake_state.inference_hooks.append(Guard())
-    r = await client.post(
-        "/v1/chat/completions", json={**CHAT, "messages": [{"role": "user", "content": "bomb"}]}
-    )
-    assert r.status_code == 400 and r.json()["error"]["code"] == "content_policy_violation"
-    messages = [{"role": "user", "content": "card 4111"}]
-    r = await client.post("/v1/chat/completions", json={**CHAT, "messages": messages})
+    async with client_with(fake_state, Guard()) as client:
+        bomb = [{"role": "user", "content": "bomb"}]
+        r = await client.post("/v1/chat/completions", json={**CHAT, "messages": bomb})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "content_policy_violation"
+        messages = [{"role": "user", "content": "card 4111"}]
+        r = await client.post("/v1/chat/completions", json={**CHAT, "messages": messages})
     assert r.status_code == 200
     redacted = fake_state.tokenizer.encode_chat([{"role": "user", "content": "card [CARD]"}])
     assert fake_state.backend.requests[-1].prompt_token_ids == redacted
 
 
-async def test_output_guard_cuts_a_choice_with_content_filter(client, fake_state):
-    class Guard:
+async def test_output_guard_cuts_a_choice_with_content_filter(fake_state):
+    class Guard(InferenceHook):
         async def check_output(self, call, index, text):
             return None if "friend" in text else text.upper()
 
-    fake_state.inference_hooks.append(Guard())
-    r = await client.post("/v1/chat/completions", json=CHAT)
-    choice = r.json()["choices"][0]
-    assert choice["message"]["content"] == "HELLO THERE,"
-    assert choice["finish_reason"] == "content_filter"
-    r = await client.post("/v1/chat/completions", json={**CHAT, "stream": True})
+    async with client_with(fake_state, Guard()) as client:
+        r = await client.post("/v1/chat/completions", json=CHAT)
+        choice = r.json()["choices"][0]
+        assert choice["message"]["content"] == "HELLO THERE,"
+        assert choice["finish_reason"] == "content_filter"
+        r = await client.post("/v1/chat/completions", json={**CHAT, "stream": True})
     chunks = sse_events(r.text)[1:-1]
     assert chunks[-1]["choices"][0]["finish_reason"] == "content_filter"
 
@@ -135,7 +148,7 @@ async def test_client_disconnect_mid_stream_aborts_the_backend_request(fake_stat
     assert backend.running == set()
     r_id = backend.requests[0].request_id
     assert r_id in backend.aborted
-    hook_outcomes = fake_state.extras["metrics"].finished.labels("chat.completions", "client_gone")
+    hook_outcomes = fake_state.metrics.finished.labels("chat.completions", "client_gone")
     assert hook_outcomes._value.get() == 1
 
 
@@ -164,7 +177,7 @@ async def test_client_disconnect_during_a_whole_response_aborts_it_too(fake_stat
 
     await asyncio.wait_for(app(scope, receive, send), timeout=120)
     assert backend.requests[0].request_id in backend.aborted and not backend.running
-    assert fake_state.extras["metrics"].requests.labels("chat.completions", "499")._value.get() == 1
+    assert fake_state.metrics.requests.labels("chat.completions", "499")._value.get() == 1
 
 
 async def test_metrics_count_requests_tokens_and_engine_gauges(client):

@@ -9,9 +9,8 @@ import threading
 
 import httpx
 
-from ownllm.api.calls import MAX_REQUEST_CHARS
+from ownllm.api.inference import MAX_REQUEST_CHARS
 from ownllm.backends.scripted import ScriptedBackend
-from ownllm.gateway.limits import limiter_for
 from ownllm.gateway.principal import Limits
 from tests.api.test_chat import CHAT
 from tests.api.test_inference_routes import ledger
@@ -88,7 +87,7 @@ async def test_a_key_over_its_rpm_gets_429_for_a_huge_prompt_without_tokenising_
             assert r.status_code == 429, r.text
             assert r.json()["error"]["code"] == "rate_limit_exceeded"
     assert spy.texts == []  # the limiter refused it before the tokenizer saw it
-    rows = [r for r in ledger(state) if r.key_id == key.key_id]
+    rows = [r for r in ledger(app) if r.key_id == key.key_id]
     assert [(r.http_status, r.prompt_tokens) for r in rows] == [(200, rows[0].prompt_tokens)] + [
         (429, 0)
     ] * 2
@@ -99,7 +98,7 @@ async def test_an_embedding_request_over_rpm_is_refused_before_its_tokens_are_co
 ):
     app, state = gateway
     key = two_tenants.add_key("acme", "one-rpm", limits=Limits(rpm=1))
-    model = state.extras["embedding_model"]
+    model = state.embedding_model.model
     counted: list[list[str]] = []
     count = model.token_ids
     model.token_ids = lambda texts: counted.append(texts) or count(texts)
@@ -180,8 +179,8 @@ async def test_slots_and_counts_come_back_on_every_refusal(gateway, two_tenants)
         assert too_large.status_code == 429 and "Request too large" in too_large.text
         ok = await post("hello", 5)
         assert ok.status_code == 200, ok.text
-    window = limiter_for(state)._windows[f"key:{key.key_id}"]
+    window = app.state.gateway.limiter._windows[f"key:{key.key_id}"]
     assert window.num_active == 0
     assert window.num_tokens == ok.json()["usage"]["total_tokens"]
-    rows = [r for r in ledger(state) if r.key_id == key.key_id]
+    rows = [r for r in ledger(app) if r.key_id == key.key_id]
     assert [r.http_status for r in rows] == [400, 400, 429, 200]  # one row each: finish ran once

@@ -23,7 +23,6 @@ from fastapi.routing import APIRoute
 
 from ownllm.gateway.auth import require_scope
 from ownllm.gateway.principal import Limits
-from ownllm.gateway.usage import ledger_for
 from ownllm.store.schema import UsageRecord
 
 EXAMPLES = {  # the smallest request that reaches the backend; "model" defaults to the base
@@ -65,15 +64,16 @@ def inference_routes(app) -> set[tuple[str, str]]:
     return found
 
 
-def ledger(state) -> list[UsageRecord]:
+def ledger(app) -> list[UsageRecord]:
+    """The ledger rows the app's gateway wrote, once its queue is written."""
     from sqlalchemy import select
 
-    ledger_for(state).flush()
-    with state.db.session() as session:
+    app.state.gateway.ledger.flush()
+    with app.state.ownllm.db.session() as session:
         return list(session.scalars(select(UsageRecord).order_by(UsageRecord.id)))
 
 
-async def prove_limited_and_metered(client, state, key, method: str, path: str, body: dict):
+async def prove_limited_and_metered(client, app, key, method: str, path: str, body: dict):
     first = await client.request(method, path, json=body, headers=key.headers)
     second = await client.request(method, path, json=body, headers=key.headers)
     where = f"{method} {path}"
@@ -81,7 +81,7 @@ async def prove_limited_and_metered(client, state, key, method: str, path: str, 
     assert second.status_code == 429, f"{where} is not limited: a 1-rpm key got {second}"
     assert second.json()["error"]["code"] == "rate_limit_exceeded"
     assert 1 <= int(second.headers["Retry-After"]) <= 60
-    rows = [r for r in ledger(state) if r.key_id == key.key_id]
+    rows = [r for r in ledger(app) if r.key_id == key.key_id]
     assert [(r.status, r.http_status) for r in rows] == [("ok", 200), ("error", 429)], (
         f"{where} is not metered: ledger rows {rows}"
     )
@@ -108,11 +108,11 @@ async def test_every_inference_route_is_limited_and_metered(gateway, two_tenants
         for i, (method, path) in enumerate(sorted(EXAMPLES)):
             key = two_tenants.add_key("acme", f"one-rpm-{i}", limits=Limits(rpm=1))
             body = {"model": state.model_id, **EXAMPLES[(method, path)]}
-            await prove_limited_and_metered(client, state, key, method, path, body)
+            await prove_limited_and_metered(client, app, key, method, path, body)
 
 
 async def test_the_walk_catches_a_route_that_bypasses_the_path(gateway, two_tenants):
-    app, state = gateway
+    app, _ = gateway
     bypass = APIRouter(prefix="/v1")
 
     @bypass.post("/responses")
@@ -124,4 +124,4 @@ async def test_the_walk_catches_a_route_that_bypasses_the_path(gateway, two_tena
     key = two_tenants.add_key("acme", "one-rpm", limits=Limits(rpm=1))
     async with client_for(app) as client:
         with pytest.raises(AssertionError, match="is not limited"):
-            await prove_limited_and_metered(client, state, key, "POST", "/v1/responses", {})
+            await prove_limited_and_metered(client, app, key, "POST", "/v1/responses", {})

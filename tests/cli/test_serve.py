@@ -90,6 +90,7 @@ def test_startup_log_says_what_an_operator_needs_and_nothing_else(tmp_path, tiny
 def test_auth_mode_says_who_may_call(tmp_path, host, admin_key, keys, expected):
     from ownllm.api.state import AppState
     from ownllm.config import load_config
+    from ownllm.gateway.gateway import Gateway
     from ownllm.gateway.keys import create_key, revoke_key
     from ownllm.store.blobs import DataDir
     from ownllm.store.db import Database
@@ -102,7 +103,8 @@ def test_auth_mode_says_who_may_call(tmp_path, host, admin_key, keys, expected):
         if name == "revoked":
             revoke_key(db, created.info.id)
     state = AppState(config=config, data_dir=DataDir(tmp_path).ensure(), db=db)
+    gateway = Gateway.build(config, db, backend=lambda: None)
     try:
-        assert auth_mode(state) == expected
+        assert auth_mode(state, gateway.auth) == expected
     finally:
         db.close()

@@ -203,15 +203,12 @@ async def test_serve_runs_the_retention_purge_periodically(db, guard, tmp_path):
     import asyncio
     from dataclasses import replace
 
-    from ownllm.api.state import AppState
     from ownllm.config import load_config
     from ownllm.gateway.purge import start_retention
-    from ownllm.store.blobs import DataDir
 
     config = load_config(env={}, overrides={"store": {"data_dir": str(tmp_path)}})
-    state = AppState(config=config, data_dir=DataDir(tmp_path), db=db)
     store(db, guard, "c-old", "q", "a", created=int(time.time() - 31 * 86400))
-    task = start_retention(state)
+    task = start_retention(db, config.capture)
     deadline = time.monotonic() + 120  # the first purge runs at start; this bounds a hang
     while time.monotonic() < deadline:
         await asyncio.sleep(0.05)
@@ -221,5 +218,4 @@ async def test_serve_runs_the_retention_purge_periodically(db, guard, tmp_path):
     task.cancel()
     with db.session() as s:
         assert s.get(StoredCompletion, "c-old") is None
-    off = replace(state, config=replace(config, capture=replace(config.capture, retention_days=0)))
-    assert start_retention(off) is None
+    assert start_retention(db, replace(config.capture, retention_days=0)) is None

@@ -14,7 +14,6 @@ import pytest
 from ownllm.api.app import create_app
 from ownllm.backends.scripted import counting_backend
 from ownllm.gateway.principal import Limits
-from ownllm.gateway.usage import ledger_for
 from ownllm.models.tokenizer import Tokenizer
 from ownllm.store.schema import UsageRecord
 from tests.tenants import gateway_state
@@ -22,25 +21,25 @@ from tests.tenants import gateway_state
 
 @pytest.fixture
 def make_app(tmp_path, tiny_model_dir, two_tenants):
-    states = []
+    apps = []
 
     def make(**cues):
         tokenizer = Tokenizer.from_dir(tiny_model_dir)
         state = gateway_state(tmp_path, two_tenants, backend=counting_backend(tokenizer, **cues))
         state.tokenizer = tokenizer
-        states.append(state)
-        return create_app(state, start_engine=False), state
+        apps.append(create_app(state, start_engine=False))
+        return apps[-1], state
 
     yield make
-    for state in states:
-        ledger_for(state).close()
+    for app in apps:
+        app.state.gateway.ledger.close()
 
 
-def rows(state) -> list[UsageRecord]:
+def rows(app) -> list[UsageRecord]:
     from sqlalchemy import select
 
-    ledger_for(state).flush()
-    with state.db.session() as session:
+    app.state.gateway.ledger.flush()
+    with app.state.ownllm.db.session() as session:
         return list(session.scalars(select(UsageRecord).order_by(UsageRecord.id)))
 
 
@@ -69,7 +68,7 @@ async def test_ok_rows_match_the_usage_the_client_saw(make_app, two_tenants):
     ]
     stream_usage = events[-1]["usage"]
     content = "".join(e["choices"][0]["delta"].get("content", "") for e in events if e["choices"])
-    first, second = rows(state)
+    first, second = rows(app)
     assert (first.status, first.tenant_id, first.key_id) == ("ok", "acme", a.key_id)
     seen = plain.json()["usage"]
     assert (first.prompt_tokens, first.completion_tokens) == (
@@ -99,7 +98,7 @@ async def test_fifty_parallel_requests_against_rpm_ten(make_app, two_tenants):
     refused = [r for r in responses if r.status_code == 429]
     assert all(r.json()["error"]["code"] == "rate_limit_exceeded" for r in refused)
     assert all(1 <= int(r.headers["Retry-After"]) <= 60 for r in refused)
-    ledger = rows(state)
+    ledger = rows(app)
     assert [r.status for r in ledger].count("ok") == 10
     assert {(r.status, r.http_status, r.error_code) for r in ledger if r.status != "ok"} == {
         ("error", 429, "rate_limit_exceeded")
@@ -122,17 +121,14 @@ async def test_monthly_budget_gives_insufficient_quota(make_app, two_tenants):
     assert second.json()["error"]["code"] == "insufficient_quota"
     assert int(second.headers["Retry-After"]) > 0
     used = first.json()["usage"]["total_tokens"]
-    from ownllm.gateway.limits import limiter_for
-
-    ledger_for(state).flush()  # the settlement rides the ledger's next batch
-    assert limiter_for(state).used_tokens(f"key:{budget.key_id}") == used
+    gateway = app.state.gateway
+    gateway.ledger.flush()  # the settlement rides the ledger's next batch
+    assert gateway.limiter.used_tokens(f"key:{budget.key_id}") == used
 
 
 async def test_large_budget_is_leased_and_exact_after_shutdown(make_app, two_tenants):
-    from ownllm.gateway.limits import limiter_for
-    from ownllm.gateway.metering import metering_hook_for
-
     app, state = make_app()
+    gateway = app.state.gateway
     key = two_tenants.add_key("globex", "big", limits=Limits(monthly_tokens=10**9))
     async with client_for(app) as client:
         responses = await asyncio.gather(
@@ -144,9 +140,9 @@ async def test_large_budget_is_leased_and_exact_after_shutdown(make_app, two_ten
     assert [r.status_code for r in responses] == [200] * 10
     used = sum(r.json()["usage"]["total_tokens"] for r in responses)
     counter = f"key:{key.key_id}"
-    assert limiter_for(state).used_tokens(counter) > used  # this replica still holds a lease
-    metering_hook_for(state).close()  # what the server does at shutdown
-    assert limiter_for(state).used_tokens(counter) == used
+    assert gateway.limiter.used_tokens(counter) > used  # this replica still holds a lease
+    gateway.close()  # what the server does at shutdown
+    assert gateway.limiter.used_tokens(counter) == used
 
 
 async def test_failed_and_cancelled_requests_have_rows(make_app, two_tenants):
@@ -158,7 +154,7 @@ async def test_failed_and_cancelled_requests_have_rows(make_app, two_tenants):
         )
         aborted = await client.post("/v1/chat/completions", json=chat(state, 10), headers=headers)
     assert too_long.status_code == 400 and aborted.status_code == 503
-    error, cancelled = rows(state)
+    error, cancelled = rows(app)
     assert (error.status, error.http_status, error.error_code) == (
         "error",
         400,
@@ -187,8 +183,8 @@ def test_disconnected_stream_has_a_row_with_what_was_generated(make_app, two_ten
                 if seen == 3:
                     break
         deadline = time.monotonic() + 120
-        while not rows(state) and time.monotonic() < deadline:
+        while not rows(app) and time.monotonic() < deadline:
             time.sleep(0.05)
-        [row] = rows(state)
+        [row] = rows(app)
     assert row.status == "disconnected" and row.tenant_id == "acme"
     assert seen <= row.completion_tokens < 500

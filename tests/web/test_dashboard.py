@@ -4,26 +4,35 @@ each scoped to the caller's tenant (the admin sees all)."""
 from __future__ import annotations
 
 import time
+from contextlib import asynccontextmanager
 from dataclasses import replace
 
 import httpx
 import pytest
 
 from ownllm.api.app import create_app
-from ownllm.gateway.usage import UsageRow, ledger_for
+from ownllm.gateway.usage import UsageRow
 from ownllm.tuning.files import save_bytes
 from ownllm.web.dashboard import percentiles
 from tests.tenants import gateway_state
 
 
-@pytest.fixture
-async def client(tmp_path, two_tenants):
+@asynccontextmanager
+async def dashboard_client(tmp_path, two_tenants, **cost):
+    """A client of the app on the tenants' database, with these `cost` settings."""
     state = gateway_state(tmp_path, two_tenants)
+    state.config = replace(state.config, cost=replace(state.config.cost, **cost))
     app = create_app(state, start_engine=False)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
-        c.state = state
+        c.state, c.gateway = state, app.state.gateway
         yield c
-    ledger_for(state).close()
+    app.state.gateway.ledger.close()
+
+
+@pytest.fixture
+async def client(tmp_path, two_tenants):
+    async with dashboard_client(tmp_path, two_tenants) as c:
+        yield c
 
 
 def _rows(tenant: str, key_id: str, model: str, latencies: list[float], at: float) -> list:
@@ -57,7 +66,7 @@ async def test_me_names_the_tenant_and_refuses_a_bad_key(client, two_tenants):
 
 async def test_usage_series_and_percentiles_are_tenant_scoped(client, two_tenants):
     now = time.time()
-    ledger = ledger_for(client.state)
+    ledger = client.gateway.ledger
     ledger.write_now(_rows("acme", two_tenants.a.key_id, "tiny", [100, 200, 300, 400], now - 60))
     ledger.write_now(_rows("globex", two_tenants.b.key_id, "other", [5000], now - 60))
 
@@ -115,7 +124,7 @@ def test_percentiles_are_nearest_rank():
 
 async def test_cost_prices_a_tenant_on_its_own_tokens(client, two_tenants):
     now = time.time()
-    ledger = ledger_for(client.state)
+    ledger = client.gateway.ledger
     ledger.write_now(_rows("acme", two_tenants.a.key_id, "tiny", [100] * 3, now - 60))
     ledger.write_now(_rows("globex", two_tenants.b.key_id, "tiny", [100], now - 60))
 
@@ -133,24 +142,23 @@ async def test_cost_prices_a_tenant_on_its_own_tokens(client, two_tenants):
     assert acme["utilisation"] is None and acme["cost_per_million"] is None
 
 
-async def test_a_tenants_cost_view_reads_nothing_of_other_tenants_traffic(client, two_tenants):
-    config = client.state.config
-    client.state.config = replace(config, cost=replace(config.cost, tenant_price_per_million=0.5))
+async def test_a_tenants_cost_view_reads_nothing_of_other_tenants_traffic(tmp_path, two_tenants):
     now = time.time()
-    ledger = ledger_for(client.state)
-    ledger.write_now(_rows("acme", two_tenants.a.key_id, "tiny", [100] * 3, now - 60))
-    ledger.write_now(_rows("globex", two_tenants.b.key_id, "tiny", [100], now - 600))
 
     def without_clock(view: dict) -> dict:
         return {k: v for k, v in view.items() if k != "until"}
 
-    before = (await client.get("/v1/dashboard/cost", headers=two_tenants.a.headers)).json()
-    globex = [
-        replace(row, request_id=f"more-{i}", prompt_tokens=10_000)
-        for i, row in enumerate(_rows("globex", two_tenants.b.key_id, "tiny", [100] * 50, now))
-    ]
-    ledger.write_now(globex)
-    after = (await client.get("/v1/dashboard/cost", headers=two_tenants.a.headers)).json()
+    async with dashboard_client(tmp_path, two_tenants, tenant_price_per_million=0.5) as client:
+        ledger = client.gateway.ledger
+        ledger.write_now(_rows("acme", two_tenants.a.key_id, "tiny", [100] * 3, now - 60))
+        ledger.write_now(_rows("globex", two_tenants.b.key_id, "tiny", [100], now - 600))
+        before = (await client.get("/v1/dashboard/cost", headers=two_tenants.a.headers)).json()
+        globex = [
+            replace(row, request_id=f"more-{i}", prompt_tokens=10_000)
+            for i, row in enumerate(_rows("globex", two_tenants.b.key_id, "tiny", [100] * 50, now))
+        ]
+        ledger.write_now(globex)
+        after = (await client.get("/v1/dashboard/cost", headers=two_tenants.a.headers)).json()
     assert without_clock(after) == without_clock(before)
     assert after["self_hosted_cost"] == pytest.approx(45 * 0.5 / 1e6)
     assert after["cost_per_million"] == 0.5

@@ -8,7 +8,6 @@ import httpx
 import pytest
 
 from ownllm.api.app import create_app
-from ownllm.gateway.usage import ledger_for
 from ownllm.web.routes import STATIC_DIR
 from tests.tenants import gateway_state
 
@@ -19,7 +18,7 @@ async def client(tmp_path, two_tenants):
     app = create_app(state, start_engine=False)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
         yield c
-    ledger_for(state).close()
+    app.state.gateway.ledger.close()
 
 
 async def test_index_is_the_dashboard_with_a_strict_policy(client):

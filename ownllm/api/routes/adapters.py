@@ -51,8 +51,9 @@ from ownllm.api.uploads import multipart_boundary, read_form
 from ownllm.config import Config
 from ownllm.errors import InvalidRequestError, ModelNotFoundError, PayloadTooLargeError, ServerError
 from ownllm.gateway.auth import require_scope
+from ownllm.gateway.gateway import Gateway, get_gateway
 from ownllm.gateway.principal import Principal
-from ownllm.gateway.usage import UsageRow, ledger_for
+from ownllm.gateway.usage import UsageLedger, UsageRow
 from ownllm.ids import new_id
 from ownllm.store.quota import StorageQuota, storage_quota
 
@@ -265,6 +266,7 @@ async def export_route(
     body: ExportBody,
     principal: Principal = Depends(require_scope("adapters")),
     state: AppState = Depends(get_state),
+    gateway: Gateway = Depends(get_gateway),
 ):
     _require_db(state)
     export_id = new_id("export")
@@ -295,19 +297,23 @@ async def export_route(
             path, media_type = packed, "application/gzip"
         else:
             media_type = "application/octet-stream"
-        _meter_export(state, principal, export_id, record, started, num_bytes=path.stat().st_size)
+        _meter_export(
+            gateway.ledger, principal, export_id, record, started, num_bytes=path.stat().st_size
+        )
         return FileResponse(path, media_type=media_type, filename=path.name, background=cleanup)
     except BaseException as e:
         shutil.rmtree(scratch, ignore_errors=True)
         if record is not None:  # a refused or failed export of an adapter the caller sees
-            _meter_export(state, principal, export_id, record, started, error=e)
+            _meter_export(gateway.ledger, principal, export_id, record, started, error=e)
         raise
 
 
-def _meter_export(state, principal, export_id, record, started, *, num_bytes=0, error=None):
+def _meter_export(
+    ledger: UsageLedger, principal, export_id, record, started, *, num_bytes=0, error=None
+):
     """The export's ledger row: the bytes sent, or the error that stopped it."""
     code = getattr(error, "status_code", 500) if error is not None else 200
-    ledger_for(state).record(
+    ledger.record(
         UsageRow(
             request_id=export_id,
             tenant_id=principal.tenant_id,

@@ -10,14 +10,15 @@ max_concurrent 4) for each limit the body leaves out; a limit sent as null is no
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from ownllm.api.state import AppState, get_state
 from ownllm.errors import PermissionDeniedError, ServerError
 from ownllm.gateway import keys
-from ownllm.gateway.auth import authenticator_for, get_principal, require_admin
+from ownllm.gateway.auth import get_principal, require_admin
+from ownllm.gateway.gateway import Gateway, get_gateway
 from ownllm.gateway.principal import Limits, Principal
 
 router = APIRouter(tags=["admin"])
@@ -53,10 +54,6 @@ def _db(state: AppState):
     return state.db
 
 
-def _forget_keys(request: Request) -> None:
-    authenticator_for(request.app.state.ownllm).forget()
-
-
 @router.post("/v1/admin/tenants", dependencies=[Depends(require_admin)])
 async def create_tenant(body: TenantBody, state: AppState = Depends(get_state)) -> dict:
     limits = body.merged(Limits())
@@ -77,19 +74,24 @@ async def get_tenant(tenant_id: str, state: AppState = Depends(get_state)) -> di
 
 @router.patch("/v1/admin/tenants/{tenant_id}", dependencies=[Depends(require_admin)])
 async def update_tenant(
-    tenant_id: str, body: LimitsBody, request: Request, state: AppState = Depends(get_state)
+    tenant_id: str,
+    body: LimitsBody,
+    state: AppState = Depends(get_state),
+    gateway: Gateway = Depends(get_gateway),
 ) -> dict:
     def update() -> keys.TenantInfo:
         old = keys.get_tenant(_db(state), tenant_id)
         return keys.set_tenant_limits(_db(state), tenant_id, body.merged(old.limits))
 
     info = await run_in_threadpool(update)
-    _forget_keys(request)
+    gateway.auth.forget()
     return info.to_dict()
 
 
 @router.post("/v1/admin/keys", dependencies=[Depends(require_admin)])
-async def create_key(body: KeyBody, request: Request, state: AppState = Depends(get_state)) -> dict:
+async def create_key(
+    body: KeyBody, state: AppState = Depends(get_state), gateway: Gateway = Depends(get_gateway)
+) -> dict:
     """Create a key; limits left out are rpm 60, tpm 100000, max_concurrent 4 (null: none)."""
     created = await run_in_threadpool(
         lambda: keys.create_key(
@@ -100,7 +102,7 @@ async def create_key(body: KeyBody, request: Request, state: AppState = Depends(
             limits=body.merged(keys.DEFAULT_KEY_LIMITS),
         )
     )
-    _forget_keys(request)  # the first key ends open development mode at once
+    gateway.auth.forget()  # the first key ends open development mode at once
     return {**created.info.to_dict(), "key": created.secret}
 
 
@@ -119,23 +121,26 @@ async def get_any_key(key_id: str, state: AppState = Depends(get_state)) -> dict
 
 @router.patch("/v1/admin/keys/{key_id}", dependencies=[Depends(require_admin)])
 async def update_key(
-    key_id: str, body: LimitsBody, request: Request, state: AppState = Depends(get_state)
+    key_id: str,
+    body: LimitsBody,
+    state: AppState = Depends(get_state),
+    gateway: Gateway = Depends(get_gateway),
 ) -> dict:
     def update() -> keys.KeyInfo:
         old = keys.get_key(_db(state), key_id)
         return keys.set_key_limits(_db(state), key_id, body.merged(old.limits))
 
     info = await run_in_threadpool(update)
-    _forget_keys(request)
+    gateway.auth.forget()
     return info.to_dict()
 
 
 @router.delete("/v1/admin/keys/{key_id}", dependencies=[Depends(require_admin)])
 async def revoke_any_key(
-    key_id: str, request: Request, state: AppState = Depends(get_state)
+    key_id: str, state: AppState = Depends(get_state), gateway: Gateway = Depends(get_gateway)
 ) -> dict:
     info = await run_in_threadpool(keys.revoke_key, _db(state), key_id)
-    _forget_keys(request)
+    gateway.auth.forget()
     return {**info.to_dict(), "deleted": True}
 
 
@@ -164,9 +169,9 @@ async def get_own_key(
 @router.delete("/v1/keys/{key_id}")
 async def revoke_own_key(
     key_id: str,
-    request: Request,
     principal: Principal = Depends(get_principal),
     state: AppState = Depends(get_state),
+    gateway: Gateway = Depends(get_gateway),
 ) -> dict:
     tenant_id = _own_tenant(principal)
     if tenant_id is not None and key_id != principal.key_id:
@@ -177,5 +182,5 @@ async def revoke_own_key(
             param="key_id",
         )
     info = await run_in_threadpool(keys.revoke_key, _db(state), key_id, tenant_id)
-    _forget_keys(request)
+    gateway.auth.forget()
     return {**info.to_dict(), "deleted": True}

@@ -9,10 +9,12 @@ from fastapi.responses import Response
 
 from ownllm.api.calls import chat_call, system_fingerprint
 from ownllm.api.formats import ChatFormat
-from ownllm.api.inference import GenerationRun, serve
+from ownllm.api.generation import GenerationRun
+from ownllm.api.inference import serve
 from ownllm.api.schemas import ERROR_RESPONSES, ChatCompletion, ChatCompletionRequest
 from ownllm.api.state import AppState, get_state
 from ownllm.gateway.auth import require_scope
+from ownllm.gateway.gateway import Gateway, get_gateway
 from ownllm.gateway.principal import Principal
 
 router = APIRouter(prefix="/v1", tags=["inference"])
@@ -29,6 +31,7 @@ async def create_chat_completion(
     body: ChatCompletionRequest,
     request: Request,
     state: AppState = Depends(get_state),
+    gateway: Gateway = Depends(get_gateway),
     principal: Principal = Depends(require_scope("inference")),
 ) -> Response:
     """OpenAI chat completions: JSON, or server-sent events with `stream: true`."""
@@ -41,4 +44,4 @@ async def create_chat_completion(
         has_logprobs=body.logprobs,
         include_usage=bool(body.stream_options and body.stream_options.include_usage),
     )
-    return await serve(state, request, GenerationRun(state, call, fmt))
+    return await serve(GenerationRun(call, fmt, state, gateway), request)

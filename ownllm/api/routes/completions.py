@@ -9,11 +9,13 @@ from fastapi.responses import Response
 
 from ownllm.api.calls import completion_call, system_fingerprint
 from ownllm.api.formats import CompletionFormat
-from ownllm.api.inference import GenerationRun, serve
+from ownllm.api.generation import GenerationRun
+from ownllm.api.inference import serve
 from ownllm.api.routes.chat import STREAM_RESPONSE
 from ownllm.api.schemas import ERROR_RESPONSES, Completion, CompletionRequest
 from ownllm.api.state import AppState, get_state
 from ownllm.gateway.auth import require_scope
+from ownllm.gateway.gateway import Gateway, get_gateway
 from ownllm.gateway.principal import Principal
 
 router = APIRouter(prefix="/v1", tags=["inference"])
@@ -28,6 +30,7 @@ async def create_completion(
     body: CompletionRequest,
     request: Request,
     state: AppState = Depends(get_state),
+    gateway: Gateway = Depends(get_gateway),
     principal: Principal = Depends(require_scope("inference")),
 ) -> Response:
     """OpenAI legacy completions: `prompt` is a string or a list of strings."""
@@ -42,4 +45,4 @@ async def create_completion(
         echo_prompts=call.prompts if body.echo else None,
         n=body.n,
     )
-    return await serve(state, request, GenerationRun(state, call, fmt))
+    return await serve(GenerationRun(call, fmt, state, gateway), request)

@@ -39,6 +39,7 @@ from ownllm.api.schemas import ERROR_RESPONSES, EmbeddingList, EmbeddingRequest
 from ownllm.api.state import AppState, get_state
 from ownllm.errors import ContextLengthExceededError, InvalidRequestError, ModelNotFoundError
 from ownllm.gateway.auth import require_scope
+from ownllm.gateway.gateway import Gateway, get_gateway
 from ownllm.gateway.hooks import InferenceCall, InferenceOutcome
 from ownllm.gateway.principal import Principal
 from ownllm.ids import new_id
@@ -52,17 +53,11 @@ ENDPOINT = "embeddings"
 
 
 async def embedding_model(state: AppState) -> EmbeddingModel:
-    """The app's embedding model, loaded once on first use."""
-    lock = state.extras.setdefault("embedding_lock", asyncio.Lock())
-    async with lock:
-        model = state.extras.get("embedding_model")
-        if model is None:
-            try:
-                model = await asyncio.to_thread(EmbeddingModel.load)
-            except ModelLoadError as e:
-                raise ModelNotFoundError(str(e), param="model") from None
-            state.extras["embedding_model"] = model
-    return model
+    """The app's embedding model (loaded on first use); a 404 when it is not installed."""
+    try:
+        return await state.embedding_model.get()
+    except ModelLoadError as e:
+        raise ModelNotFoundError(str(e), param="model") from None
 
 
 def _texts(body: EmbeddingRequest) -> list[str]:
@@ -114,8 +109,11 @@ def _encode(vector: list[float], encoding_format: str) -> list[float] | str:
 class EmbeddingRun(Run):
     """An embeddings call on the shared path; the embedding model is its backend."""
 
-    def __init__(self, state: AppState, call: InferenceCall, body: EmbeddingRequest) -> None:
-        super().__init__(state, call)
+    def __init__(
+        self, call: InferenceCall, body: EmbeddingRequest, state: AppState, gateway: Gateway
+    ) -> None:
+        super().__init__(call, gateway, state.metrics)
+        self.state = state
         self.encoding_format = body.encoding_format
         self.dimensions = body.dimensions
         self.model: EmbeddingModel | None = None
@@ -173,8 +171,9 @@ async def create_embeddings(
     body: EmbeddingRequest,
     request: Request,
     state: AppState = Depends(get_state),
+    gateway: Gateway = Depends(get_gateway),
     principal: Principal = Depends(require_scope("inference")),
 ) -> Response:
     """Embed a string or a list of strings; vectors are unit length (cosine = dot)."""
     call = embedding_call(principal, body)
-    return await serve(state, request, EmbeddingRun(state, call, body))
+    return await serve(EmbeddingRun(call, body, state, gateway), request)

@@ -6,7 +6,6 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from ownllm.api.metrics import metrics_for
 from ownllm.api.state import AppState, get_state
 
 router = APIRouter(tags=["health"])
@@ -15,4 +14,4 @@ router = APIRouter(tags=["health"])
 @router.get("/metrics", response_class=Response)
 async def metrics(state: AppState = Depends(get_state)) -> Response:
     """Request counts, tokens, latency histograms and engine gauges."""
-    return Response(metrics_for(state).render(), media_type=CONTENT_TYPE_LATEST)
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -24,7 +24,7 @@ from ownllm.api.state import AppState, get_state
 from ownllm.errors import InvalidRequestError, ServerError
 from ownllm.gateway import capture
 from ownllm.gateway.auth import require_scope
-from ownllm.gateway.guard.hooks import guard_for
+from ownllm.gateway.gateway import Gateway, get_gateway
 from ownllm.gateway.principal import Principal
 
 router = APIRouter(prefix="/v1/chat/completions", tags=["stored completions"])
@@ -145,11 +145,12 @@ async def give_feedback(
     body: Feedback,
     principal: Principal = Depends(require_scope("inference")),
     state: AppState = Depends(get_state),
+    gateway: Gateway = Depends(get_gateway),
 ) -> dict:
     row = await run_in_threadpool(
         lambda: capture.set_feedback(
             _db(state),
-            guard_for(state),
+            gateway.guard,
             principal,
             completion_id,
             rating=body.rating,

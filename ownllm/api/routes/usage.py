@@ -13,8 +13,9 @@ from starlette.concurrency import run_in_threadpool
 from ownllm.api.state import AppState, get_state
 from ownllm.errors import ServerError
 from ownllm.gateway.auth import require_scope
+from ownllm.gateway.gateway import Gateway, get_gateway
 from ownllm.gateway.principal import Principal
-from ownllm.gateway.usage import ledger_for, parse_since, summarize
+from ownllm.gateway.usage import parse_since, summarize
 
 router = APIRouter(prefix="/v1", tags=["usage"])
 
@@ -27,6 +28,7 @@ async def usage(
     tenant: str | None = Query(None, description="admin only: one tenant"),
     principal: Principal = Depends(require_scope("usage")),
     state: AppState = Depends(get_state),
+    gateway: Gateway = Depends(get_gateway),
 ) -> dict:
     if state.db is None:
         raise ServerError("This server has no database; the usage ledger needs one.")
@@ -34,7 +36,7 @@ async def usage(
     start, end = parse_since(since), parse_since(until)
 
     def query() -> list[dict]:
-        ledger_for(state).flush()
+        gateway.ledger.flush()
         return summarize(state.db, by=by, tenant_id=tenant_id, since=start, until=end)
 
     rows = await run_in_threadpool(query)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from ownllm.config import GuardConfig
 from ownllm.errors import ContentPolicyError
 from ownllm.gateway.guard.checks import (
     Decision,
@@ -24,13 +25,15 @@ from ownllm.gateway.guard.checks import (
     texts_of,
 )
 from ownllm.gateway.guard.policy import PolicyError, load_policy
-from ownllm.gateway.hooks import InferenceCall, InferenceOutcome
+from ownllm.gateway.hooks import InferenceCall, InferenceHook, InferenceOutcome
 
 INLINE_MAX_CHARS = 2_000  # longer prompts are checked in a thread
 _UNSET: Any = object()
 
 
-class GuardHook:
+class GuardHook(InferenceHook):
+    """The tenant's guard rules at the input, on each output delta, and in guard_events."""
+
     def __init__(self, guard: Guard, db: Any) -> None:
         self.guard = guard
         self.db = db
@@ -124,27 +127,17 @@ async def _check_texts(
     return [m["content"] for m in checked], decision
 
 
-def guard_for(state: Any) -> Guard:
-    """The app's Guard, built once from `guard.policy_file` and `guard.classifier_path`.
+def load_guard(config: GuardConfig) -> Guard:
+    """The Guard of `guard.policy_file` (the shipped policy when unset) and, when set,
+    `guard.classifier_path`.
 
     Raises PolicyError (a ConfigError) with one line when the policy cannot be used."""
-    guard = state.extras.get("guard")
-    if guard is None:
-        cfg = state.config.guard
-        classifier = None
-        if cfg.classifier_path:
-            from ownllm.gateway.guard.classifier import load_classifier
+    classifier = None
+    if config.classifier_path:
+        from ownllm.gateway.guard.classifier import load_classifier
 
-            try:
-                classifier = load_classifier(cfg.classifier_path)
-            except ValueError as e:
-                raise PolicyError(str(e)) from None
-        guard = state.extras["guard"] = Guard(load_policy(cfg.policy_file or None), classifier)
-    return guard
-
-
-def guard_hook_for(state: Any) -> GuardHook:
-    hook = state.extras.get("guard_hook")
-    if hook is None:
-        hook = state.extras["guard_hook"] = GuardHook(guard_for(state), state.db)
-    return hook
+        try:
+            classifier = load_classifier(config.classifier_path)
+        except ValueError as e:
+            raise PolicyError(str(e)) from None
+    return Guard(load_policy(config.policy_file or None), classifier)
