@@ -70,8 +70,8 @@ class Gateway:
         limiter = Limiter(db, defer_write=ledger.record)  # give-backs ride the ledger
         metering = MeteringHook(limiter, ledger, BusyTracker(backend))
         guard = load_guard(config.guard)
-        capture = CaptureHook(db, guard, config.capture) if db is not None else None
-        hooks = (metering, GuardHook(guard, db), *((capture,) if capture else ()))
+        capture = (CaptureHook(db, guard, config.capture),) if db is not None else ()
+        hooks = (metering, GuardHook(guard, db), *capture)  # limits, the guard, capture last
         return cls(auth, limiter, ledger, metering, guard, hooks)
 
     def close(self) -> None:
