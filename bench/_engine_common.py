@@ -378,3 +378,24 @@ def forward_matmul_flops(model: Path, dtype: torch.dtype, batch: int, seconds: f
             step()
             n += 1
     return 2 * num_params(model) * batch * n / (time.perf_counter() - start)
+
+
+def print_header(title: str, model: Path, params: int, tokens_per_step: int) -> dict[str, float]:
+    """Print the run's first lines (machine, matmul roofline, the linear layers' ceiling at
+    `tokens_per_step`) and return the roofline in FLOP/s per dtype name."""
+    print(f"{title}; {machine_line()}")
+    flops = {d: matmul_flops(dtype_of(d)) for d in ("fp32", "bf16")}
+    print(
+        f"model {model.name}: {params / 1e6:.1f}M matmul params; matmul roofline "
+        + ", ".join(f"{d} {f / 1e9:.0f} GFLOP/s" for d, f in flops.items())
+    )
+    ceiling = {
+        d: forward_matmul_flops(model, dtype_of(d), tokens_per_step) / (2 * params)
+        for d in ("fp32", "bf16")
+    }
+    print(
+        f"the model's linear layers alone, {tokens_per_step} token(s) a step: "
+        + ", ".join(f"{d} {t:.0f} tok/s" for d, t in ceiling.items()),
+        flush=True,
+    )
+    return flops

@@ -62,21 +62,7 @@ def main() -> None:
     model = common.model_dir()
     params = common.num_params(model)
     adapters = common.make_adapters(model, args.adapters)
-    print(f"W2 many adapters; {common.machine_line()}")
-    flops = {d: common.matmul_flops(common.dtype_of(d)) for d in ("fp32", "bf16")}
-    print(
-        f"model {model.name}: {params / 1e6:.1f}M matmul params; matmul roofline "
-        + ", ".join(f"{d} {f / 1e9:.0f} GFLOP/s" for d, f in flops.items())
-    )
-    ceiling = {
-        d: common.forward_matmul_flops(model, common.dtype_of(d), 64) / (2 * params)
-        for d in ("fp32", "bf16")
-    }
-    print(
-        "the model's linear layers alone, 64 token(s) a step: "
-        + ", ".join(f"{d} {t:.0f} tok/s" for d, t in ceiling.items()),
-        flush=True,
-    )
+    flops = common.print_header("W2 many adapters", model, params, 64)
     patterns = [p for p in args.arrivals.split(",") if p]
     shape = dict(prompt_len=args.prompt_len, output_len=args.output_len, seed=7)
     loads = {

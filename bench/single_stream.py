@@ -77,21 +77,7 @@ def main() -> None:
     dtypes = [d for d in args.dtypes.split(",") if d]
     model = common.model_dir()
     params = common.num_params(model)
-    print(f"W1 single stream; {common.machine_line()}")
-    flops = {d: common.matmul_flops(common.dtype_of(d)) for d in ("fp32", "bf16")}
-    print(
-        f"model {model.name}: {params / 1e6:.1f}M matmul params; matmul roofline "
-        + ", ".join(f"{d} {f / 1e9:.0f} GFLOP/s" for d, f in flops.items())
-    )
-    ceiling = {
-        d: common.forward_matmul_flops(model, common.dtype_of(d), 1) / (2 * params)
-        for d in ("fp32", "bf16")
-    }
-    print(
-        "the model's linear layers alone, 1 token(s) a step: "
-        + ", ".join(f"{d} {t:.0f} tok/s" for d, t in ceiling.items()),
-        flush=True,
-    )
+    flops = common.print_header("W1 single stream", model, params, 1)
     config = EngineConfig(max_num_seqs=8, kv_cache_tokens=4096)
     systems: dict[tuple[str, str], callable] = {}
     for d in dtypes:
