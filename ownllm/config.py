@@ -362,6 +362,87 @@ class CostConfig:
 
 
 @dataclass(frozen=True)
+class HybridPolicy:
+    """Where one tenant's requests for one model may go; a `[[routing.policy]]` table.
+
+    The most specific entry wins: tenant and model named, then the tenant's `*`, then the
+    model's `*` tenant, then `*`/`*`; with none, `local_only`."""
+
+    tenant: str = setting("*", "Tenant id this entry applies to (`*`: every tenant).")
+    model: str = setting("*", "Model id the client names (`*`: every model).")
+    mode: str = setting(
+        "local_only",
+        "local_only: never leaves the premises; overflow: to `remote` when every local "
+        "replica's queue is past `queue_threshold`; fallback: to `remote` when no local "
+        "replica is healthy; route: the model is served only by `remote`.",
+        choices=("local_only", "overflow", "fallback", "route"),
+    )
+    remote: str = setting("", "Name of the `remote = true` backend (not for local_only).")
+    queue_threshold: int = setting(
+        16, "overflow: requests queued on the least-loaded local replica.", min=0, max=1 << 20
+    )
+
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    """How the gateway picks a replica (`ownllm.gateway.routing` has the formula)."""
+
+    strategy: str = setting(
+        "affinity",
+        "affinity: score adapter residency, tenant-scoped prefix reuse and load; round_robin; "
+        "least_loaded: the fewest queued and running requests.",
+        choices=("affinity", "round_robin", "least_loaded"),
+    )
+    adapter_weight: float = setting(
+        1.0, "Score for a replica where the request's adapter is resident.", min=0, max=100
+    )
+    prefix_weight: float = setting(
+        2.0, "Score for a replica holding the whole prompt prefix (scaled by the share).",
+        min=0, max=100,
+    )  # fmt: skip
+    queue_weight: float = setting(
+        3.0, "Penalty for load: weight x q / (q + queue_scale), q = queued + running.",
+        min=0, max=100,
+    )  # fmt: skip
+    kv_weight: float = setting(
+        1.0, "Penalty for KV-cache use (0..1, scraped from the replica).", min=0, max=100
+    )
+    queue_scale: float = setting(
+        8.0, "Requests at which the load penalty reaches half its weight.", min=0.1, max=1 << 20
+    )
+    prefix_block_tokens: int = setting(
+        16, "Prompt tokens per hashed prefix block (vLLM's block size).", min=1, max=4096
+    )
+    prefix_index_blocks: int = setting(
+        200_000, "Prefix blocks remembered per replica (an approximate LRU index).",
+        min=1, max=1 << 26,
+    )  # fmt: skip
+    adapter_slots: int = setting(
+        8, "Adapters a replica is assumed to hold resident (its --max-loras).", min=1, max=4096
+    )
+    health_interval_s: float = setting(
+        5.0, "Seconds between health checks and metric scrapes of each replica.", min=0.05,
+        max=3600,
+    )  # fmt: skip
+    health_timeout_s: float = setting(
+        2.0, "Seconds a health check or scrape may take.", min=0.05, max=600
+    )
+    failure_threshold: int = setting(
+        3, "Consecutive failures that open a replica's circuit.", min=1, max=1000
+    )
+    cooldown_s: float = setting(
+        15.0, "Seconds an open circuit waits before one half-open probe request.", min=0,
+        max=86400,
+    )  # fmt: skip
+    max_attempts: int = setting(
+        3, "Replicas tried for a request that fails before its first token.", min=1, max=64
+    )
+    policy: tuple[HybridPolicy, ...] = setting(
+        (), "Hybrid policies, `[[routing.policy]]` tables (see HybridPolicy)."
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -372,6 +453,7 @@ class Config:
     tuning: TuningConfig = field(default_factory=TuningConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
 
 
 _SECTION_TYPES = {
@@ -384,7 +466,11 @@ _SECTION_TYPES = {
     "tuning": TuningConfig,
     "guard": GuardConfig,
     "capture": CaptureConfig,
+    "routing": RoutingConfig,
 }
+
+# fields that hold a list of tables (`[[routing.policy]]`): the dataclass of one entry
+_LIST_TABLES = {("routing", "policy"): HybridPolicy}
 
 
 _TYPES = {"int": int, "bool": bool, "str": str, "float": float}
@@ -500,6 +586,10 @@ def _build(
                 nested, table, from_file.get(name, {}), env, overrides.get(name), path
             )
             continue
+        entry_cls = _LIST_TABLES.get((section, name))
+        if entry_cls is not None:
+            values[name] = _build_list(f"{section}.{name}", entry_cls, from_file.get(name), path)
+            continue
         value, source = f.default, None
         if name in from_file:
             value, source = from_file[name], str(path)
@@ -511,6 +601,17 @@ def _build(
             value, source = given, f"--{name.replace('_', '-')}"
         values[name] = value if source is None else _coerce(f"{section}.{name}", f, value, source)
     return cls(**values)
+
+
+def _build_list(name: str, cls: type, from_file: Any, path: Path) -> tuple[Any, ...]:
+    """A list of tables from the file only (no environment variable can hold one)."""
+    if from_file is None:
+        return ()
+    if not isinstance(from_file, list):
+        raise ConfigError(f"config file {str(path)!r}: {name} must be a list of [[{name}]] tables")
+    return tuple(
+        _build(f"{name}[{i}]", cls, entry, {}, None, path) for i, entry in enumerate(from_file)
+    )
 
 
 def settings_table() -> str:
@@ -528,12 +629,15 @@ def _table_rows(section: str, cls: type) -> list[str]:
         if table is not None:
             rows.extend(_table_rows(f"{section}.{f.name}", table))
             continue
+        entry_cls = _LIST_TABLES.get((section, f.name))
+        if entry_cls is not None:
+            rows.extend(_table_rows(f"{section}.{f.name}[]", entry_cls))
+            continue
         default = {"": "(empty)", None: "(unset)"}.get(f.default, f.default)
         allowed = f.metadata.get("choices")
         help_text = f.metadata["help"]
         if allowed:
             help_text += " One of: " + ", ".join(str(c) for c in allowed) + "."
-        rows.append(
-            f"| `{section}.{f.name}` | `{env_name(section, f)}` | `{default}` | {help_text} |"
-        )
+        env = "(file only)" if "[" in section else f"`{env_name(section, f)}`"
+        rows.append(f"| `{section}.{f.name}` | {env} | `{default}` | {help_text} |")
     return rows

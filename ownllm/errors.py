@@ -110,3 +110,11 @@ class ServerError(OwnLLMError):
     status_code = 500
     type = "server_error"
     code = "internal_error"
+
+
+class ReplicaFailedError(ServerError):
+    """The replica serving a request failed after its answer began (a stream cannot move
+    to another replica mid-way): the answer is incomplete."""
+
+    status_code = 502
+    code = "replica_failed"

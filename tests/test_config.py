@@ -113,3 +113,37 @@ def test_bad_model_generation_is_one_line(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(path, env={})
+
+
+def test_routing_section_and_its_policy_tables(tmp_path):
+    path = tmp_path / "ownllm.toml"
+    path.write_text(
+        '[routing]\nstrategy = "least_loaded"\nprefix_weight = 3\n'
+        '[[routing.policy]]\ntenant = "acme"\nmode = "overflow"\nremote = "paid"\n'
+        "queue_threshold = 4\n"
+        '[[routing.policy]]\nmodel = "gpt-4o-mini"\nmode = "route"\nremote = "paid"\n'
+    )
+    routing = load_config(path, env={"OWNLLM_ROUTING_QUEUE_WEIGHT": "5"}).routing
+    assert (routing.strategy, routing.prefix_weight, routing.queue_weight) == (
+        "least_loaded", 3.0, 5.0,
+    )  # fmt: skip
+    assert [(p.tenant, p.model, p.mode, p.remote, p.queue_threshold) for p in routing.policy] == [
+        ("acme", "*", "overflow", "paid", 4),
+        ("*", "gpt-4o-mini", "route", "paid", 16),
+    ]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('[routing]\npolicy = "x"\n', "routing.policy must be a list"),
+        ('[[routing.policy]]\nmode = "sometimes"\n', r"routing.policy\[0\].mode = 'sometimes'"),
+        ('[[routing.policy]]\ncolour = "red"\n', r"unknown setting routing.policy\[0\].colour"),
+        ('[routing]\nstrategy = "random"\n', "must be one of affinity, round_robin, least_loaded"),
+    ],
+)
+def test_bad_routing_settings_name_what_is_wrong(tmp_path, text, message):
+    path = tmp_path / "ownllm.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path, env={})

@@ -145,6 +145,7 @@ async def generate_requests(
             sampling=call.sampling,
             adapters=call.adapters,
             cache_scope=call.principal.tenant_id,
+            model=call.model,
             constraint=constraint if k == 0 else constraint.fork() if constraint else None,
         )
         for k, prompt_ids in enumerate(ids)

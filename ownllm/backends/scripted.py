@@ -11,6 +11,9 @@ Cues a caller sets, on construction or between requests:
 - `abort_after`: abort every choice after that many tokens, as the engine does at shutdown;
 - `error`: raised before any work, as the engine raises ContextLengthExceededError or
   OverloadedError;
+- `fail_after`: raise ConnectionError after that many tokens of each request, as a remote
+  replica whose connection breaks mid-stream (0: before the first token);
+- `is_healthy`: what `health()` answers (a replica a test takes down);
 - `gate`: a semaphore that holds every token after a request's first until one
   `gate.release()` (from any thread), so a test sees what a client shows mid-stream,
   whatever the speed of the machine.
@@ -88,6 +91,8 @@ class ScriptedBackend:
         self.delay_s = delay_s
         self.abort_after = abort_after
         self.error: Exception | None = None
+        self.fail_after: int | None = None
+        self.is_healthy = True
         self.gate: threading.Semaphore | None = None
         self.requests: list[GenerateRequest] = []
         self.aborted: list[str] = []
@@ -106,6 +111,8 @@ class ScriptedBackend:
         try:
             for step in range(num_steps):
                 await asyncio.sleep(self.delay_s)  # 0 still yields to the event loop
+                if self.fail_after is not None and step >= self.fail_after:
+                    raise ConnectionError("scripted: the connection to the replica broke")
                 if self.gate is not None and step > 0:
                     await _acquire(self.gate)
                 if self.abort_after is not None and step >= self.abort_after:
@@ -160,7 +167,7 @@ class ScriptedBackend:
     async def unload_adapter(self, adapter_id: str) -> None: ...
 
     async def health(self) -> bool:
-        return True
+        return self.is_healthy
 
     def stats(self) -> EngineStats:
         return EngineStats(running=len(self.running), tokens_generated=self.num_generated)

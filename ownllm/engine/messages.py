@@ -75,6 +75,7 @@ class GenerateRequest:
     cache_scope: str = ""
     constraint: TokenConstraint | None = None
     priority: int = 0
+    model: str = ""  # the model id the client named (routing policy); empty: the base model
 
 
 @dataclass(frozen=True)

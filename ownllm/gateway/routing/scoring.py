@@ -1,0 +1,114 @@
+"""Pick one replica for a request: the score, and the round-robin and least-loaded settings.
+
+For each healthy candidate replica r serving the requested base model (affinity strategy):
+
+    score(r) = w_adapter · A(r) + w_prefix · P(r) − w_queue · Q(r) − w_kv · K(r)
+
+    A(r) = 1 when the request's adapter set is resident on r (the router's index of what it
+           routed there, corrected by the adapters r reports), else 0; 0 for the base model
+    P(r) = matched / total: the share of the prompt's full blocks (tenant-scoped hash chain,
+           `ownllm.gateway.routing.prefix`) that r is thought to hold
+    Q(r) = q / (q + queue_scale), q = the larger of r's scraped queued + running requests
+           and the requests this gateway has in flight on r (fresh between scrapes)
+    K(r) = r's KV-cache use, 0..1 (vllm:kv_cache_usage_perc; ownllm's blocks used / total)
+
+Defaults: w_adapter = 1, w_prefix = 2, w_queue = 3, w_kv = 1, queue_scale = 8 (`[routing]`).
+The highest score wins; ties go to the lower q, then round robin. The load penalty keeps a
+hot adapter or a shared system prompt from piling onto one replica: at q = queue_scale an
+affinity of 1.5 points is used up, so a request leaves a full-prefix replica once that one
+runs about 8 more requests than an idle peer (bench/routing_sim.py measures the trade).
+
+`round_robin` takes the candidates in turn; `least_loaded` takes the lowest q (then the
+lowest K). Pure functions over `ReplicaView`s, no I/O: the router and the routing
+simulation (bench/routing_sim.py) call the same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ownllm.gateway.routing.prefix import AdapterIndex, PrefixIndex
+
+
+@dataclass(frozen=True)
+class Weights:
+    adapter: float = 1.0
+    prefix: float = 2.0
+    queue: float = 3.0
+    kv: float = 1.0
+    queue_scale: float = 8.0
+
+
+@dataclass
+class ReplicaView:
+    """What the router knows of one replica when it scores it."""
+
+    name: str
+    prefixes: PrefixIndex
+    adapters: AdapterIndex
+    num_waiting: int = 0  # scraped: queued in the replica
+    num_running: int = 0  # scraped: running in the replica
+    kv_usage: float = 0.0  # scraped: 0..1
+    num_in_flight: int = 0  # this gateway's requests on it now
+
+    @property
+    def load(self) -> int:
+        return max(self.num_waiting + self.num_running, self.num_in_flight)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The replica picked, and what it was picked for (counted in /metrics)."""
+
+    index: int
+    is_adapter_hit: bool
+    num_prefix_blocks: int  # blocks of the prompt it is thought to hold
+
+
+def score(view: ReplicaView, adapter_key: tuple[str, ...], hashes: Sequence[int], w: Weights):
+    """(score, matched prefix blocks, adapter hit) of `view` for one request."""
+    is_hit = bool(adapter_key) and adapter_key in view.adapters
+    matched = view.prefixes.num_matched(hashes) if hashes else 0
+    share = matched / len(hashes) if hashes else 0.0
+    q = view.load
+    value = (
+        w.adapter * is_hit
+        + w.prefix * share
+        - w.queue * q / (q + w.queue_scale)
+        - w.kv * min(max(view.kv_usage, 0.0), 1.0)
+    )
+    return value, matched, is_hit
+
+
+def choose(
+    views: Sequence[ReplicaView],
+    adapter_key: tuple[str, ...],
+    hashes: Sequence[int],
+    *,
+    strategy: str,
+    weights: Weights,
+    turn: int,
+) -> Choice:
+    """The replica for one request among `views` (non-empty); `turn` is a counter the caller
+    advances per request (round robin, and the last tie-break)."""
+    n = len(views)
+    if strategy == "round_robin":
+        i = turn % n
+        return _choice(views, i, adapter_key, hashes)
+    if strategy == "least_loaded":
+        i = min(range(n), key=lambda j: (views[j].load, views[j].kv_usage, (j - turn) % n))
+        return _choice(views, i, adapter_key, hashes)
+    best = None
+    for j, view in enumerate(views):
+        value, matched, is_hit = score(view, adapter_key, hashes, weights)
+        key = (-value, view.load, (j - turn) % n)
+        if best is None or key < best[0]:
+            best = (key, Choice(j, is_hit, matched))
+    return best[1]
+
+
+def _choice(views, i, adapter_key, hashes) -> Choice:
+    view = views[i]
+    is_hit = bool(adapter_key) and adapter_key in view.adapters
+    return Choice(i, is_hit, view.prefixes.num_matched(hashes) if hashes else 0)
