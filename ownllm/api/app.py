@@ -29,6 +29,7 @@ from ownllm.api.routes import (
     health,
     metrics,
     models,
+    responses,
     stored_completions,
     usage,
 )
@@ -52,6 +53,7 @@ ROUTERS = (  # in matching order: the dashboard's static routes stay last
     models.router,
     chat.router,
     completions.router,
+    responses.router,
     embeddings.router,
     metrics.router,
     admin.router,

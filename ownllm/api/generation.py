@@ -65,7 +65,7 @@ class GenerationRun(Run):
     async def respond(self, request: Request) -> Response:
         if self.call.is_stream:
             return EventStreamResponse(_sse(self), headers=SSE_HEADERS)
-        return await _collect(self, request)
+        return await collect(self, request)
 
     async def events(self) -> AsyncIterator[tuple[ChoiceText, str, list, str | None]]:
         """(choice, new text, new logprobs, finish_reason) as the client should see them."""
@@ -101,6 +101,10 @@ class GenerationRun(Run):
             yield choice, text, delta.logprobs or [], finish_reason
             if all(c.finish_reason is not None for c in self.choices):
                 return
+
+    async def final_body(self) -> dict[str, Any]:
+        """The JSON body of the finished call (not streamed)."""
+        return self.fmt.response(self.choices, self.usage())
 
     def usage(self) -> dict[str, Any]:
         num_output = sum(c.num_output_tokens for c in self.choices)
@@ -161,7 +165,7 @@ def _constraint(tokenizer: Any, response_format: dict[str, Any], vocab_size: int
 # -- the response -----------------------------------------------------------------------------
 
 
-async def _collect(run: GenerationRun, request: Request) -> JSONResponse:
+async def collect(run: GenerationRun, request: Request) -> JSONResponse:
     watcher = asyncio.create_task(_watch_disconnect(run, request))
     try:
         async for _ in run.events():
@@ -176,7 +180,7 @@ async def _collect(run: GenerationRun, request: Request) -> JSONResponse:
     finally:
         watcher.cancel()
         await run.close()
-    return JSONResponse(run.fmt.response(run.choices, run.usage()))
+    return JSONResponse(await run.final_body())
 
 
 async def _watch_disconnect(run: GenerationRun, request: Request) -> None:

@@ -318,14 +318,21 @@ def completion_body(call: Any, outcome: Any) -> dict[str, Any]:
     }
 
 
+# Responses calls are captured as the chat completions they ran as; their `store: true`
+# (OpenAI's default there) keeps the response for previous_response_id, so it leaves
+# capture to the key's, tenant's or server's default, and `store: false` opts out.
+CAPTURED = ("chat.completions", "responses")
+
+
 class CaptureHook(InferenceHook):
-    """Stores finished chat completions whose request, key or tenant asks for it."""
+    """Stores finished chat completions (and Responses calls) whose request, key or tenant
+    asks for it."""
 
     def __init__(self, db: Database, guard: Guard, config: CaptureConfig) -> None:
         self.db, self.guard, self.config = db, guard, config
 
     async def finish(self, call: InferenceCall, outcome: InferenceOutcome) -> None:
-        if call.endpoint != "chat.completions" or call.messages is None:
+        if call.endpoint not in CAPTURED or call.messages is None:
             return
         if outcome.status_code != 200 or outcome.is_client_gone or not outcome.choices:
             return

@@ -1,6 +1,6 @@
 """Deleting data: the retention purge of captured traffic, and erasing a whole tenant.
 
-`purge_expired` deletes stored completions and guard events older than
+`purge_expired` deletes stored completions, stored responses and guard events older than
 `capture.retention_days`; `ownllm serve` runs it every `capture.purge_interval_s`
 (`retention_loop`). `purge_tenant` deletes every row a tenant owns — in every
 table with a `tenant_id` column, in tables whose foreign keys point at those
@@ -30,7 +30,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from ownllm.config import CaptureConfig
 from ownllm.store.blobs import DataDir
 from ownllm.store.db import Database
-from ownllm.store.schema import Base, GuardEvent, StoredCompletion
+from ownllm.store.schema import Base, GuardEvent, StoredCompletion, StoredResponse
 
 log = logging.getLogger("ownllm.purge")
 DAY_S = 86400
@@ -45,8 +45,15 @@ def purge_expired(db: Database, retention_days: int, now: float | None = None) -
         completions = session.execute(
             delete(StoredCompletion).where(StoredCompletion.created_at < cutoff)
         ).rowcount
+        responses = session.execute(
+            delete(StoredResponse).where(StoredResponse.created_at < cutoff)
+        ).rowcount
         events = session.execute(delete(GuardEvent).where(GuardEvent.created_at < cutoff)).rowcount
-    return {"stored_completions": completions or 0, "guard_events": events or 0}
+    return {
+        "stored_completions": completions or 0,
+        "stored_responses": responses or 0,
+        "guard_events": events or 0,
+    }
 
 
 async def retention_loop(db: Database, retention_days: int, interval_s: float) -> None:

@@ -235,6 +235,24 @@ class StoredCompletion(Base):
     correction: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
+class StoredResponse(Base):
+    """A Responses API response kept for `GET /v1/responses/{id}` and for conversations
+    continued with `previous_response_id` (OpenAI's `store`, true by default)."""
+
+    __tablename__ = "stored_responses"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # resp-…
+    tenant_id: Mapped[str] = mapped_column(String(64), index=True)
+    key_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    model: Mapped[str] = mapped_column(String(512))
+    created_at: Mapped[int] = mapped_column(BigInteger, index=True)
+    previous_response_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    response: Mapped[dict[str, Any]] = mapped_column(JSON)  # the response object
+    input_items: Mapped[list[Any]] = mapped_column(JSON)  # this request's items, with ids
+    # the conversation so far as chat messages (history, this input, this output), which
+    # a response continuing it starts from; without the instructions, as OpenAI does
+    conversation: Mapped[list[Any]] = mapped_column(JSON)
+
+
 class GuardEvent(Base):
     __tablename__ = "guard_events"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

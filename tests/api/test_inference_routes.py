@@ -32,6 +32,7 @@ EXAMPLES = {  # the smallest request that reaches the backend; "model" defaults 
     },
     ("POST", "/v1/completions"): {"prompt": "hi", "max_tokens": 2},
     ("POST", "/v1/embeddings"): {"model": "all-minilm-l6-v2", "input": "hi there"},
+    ("POST", "/v1/responses"): {"input": "hi", "max_output_tokens": 2},
 }
 STORED = "reads or edits the tenant's stored completions; reaches no model"
 NOT_INFERENCE = {
@@ -41,6 +42,9 @@ NOT_INFERENCE = {
     ("POST", "/v1/chat/completions/{completion_id}"): STORED,
     ("DELETE", "/v1/chat/completions/{completion_id}"): STORED,
     ("POST", "/v1/chat/completions/{completion_id}/feedback"): STORED,
+    ("GET", "/v1/responses/{response_id}"): "reads the tenant's stored responses",
+    ("DELETE", "/v1/responses/{response_id}"): "deletes a stored response",
+    ("GET", "/v1/responses/{response_id}/input_items"): "reads a stored response's input",
 }
 
 
@@ -85,9 +89,11 @@ async def prove_limited_and_metered(client, app, key, method: str, path: str, bo
     assert [(r.status, r.http_status) for r in rows] == [("ok", 200), ("error", 429)], (
         f"{where} is not metered: ledger rows {rows}"
     )
-    usage = first.json()["usage"]
-    assert rows[0].prompt_tokens == usage["prompt_tokens"] > 0
-    assert rows[0].completion_tokens == usage.get("completion_tokens", 0)
+    usage = first.json()["usage"]  # the Responses API counts input and output tokens
+    assert rows[0].prompt_tokens == usage.get("prompt_tokens", usage.get("input_tokens")) > 0
+    assert rows[0].completion_tokens == usage.get(
+        "completion_tokens", usage.get("output_tokens", 0)
+    )
 
 
 def client_for(app) -> httpx.AsyncClient:
@@ -115,13 +121,13 @@ async def test_the_walk_catches_a_route_that_bypasses_the_path(gateway, two_tena
     app, _ = gateway
     bypass = APIRouter(prefix="/v1")
 
-    @bypass.post("/responses")
+    @bypass.post("/shortcut")
     async def answer_without_the_gateway(principal=Depends(require_scope("inference"))) -> dict:
         return {"usage": {"prompt_tokens": 1}}
 
     app.include_router(bypass)
-    assert ("POST", "/v1/responses") in inference_routes(app) - EXAMPLES.keys()
+    assert ("POST", "/v1/shortcut") in inference_routes(app) - EXAMPLES.keys()
     key = two_tenants.add_key("acme", "one-rpm", limits=Limits(rpm=1))
     async with client_for(app) as client:
         with pytest.raises(AssertionError, match="is not limited"):
-            await prove_limited_and_metered(client, app, key, "POST", "/v1/responses", {})
+            await prove_limited_and_metered(client, app, key, "POST", "/v1/shortcut", {})

@@ -193,7 +193,11 @@ def test_retention_purge_deletes_only_expired_rows(db, guard):
         s.add(GuardEvent(created_at=now - 40 * 86400, tenant_id="acme", request_id="c-old",
                          stage="input", action="flag", rule_ids=["x"], counts={"x": 1}))  # fmt: skip
     assert purge_expired(db, 0, now) == {}  # 0 keeps everything
-    assert purge_expired(db, 30, now) == {"stored_completions": 1, "guard_events": 1}
+    assert purge_expired(db, 30, now) == {
+        "stored_completions": 1,
+        "stored_responses": 0,
+        "guard_events": 1,
+    }
     with db.session() as s:
         assert [r.id for r in s.query(StoredCompletion).all()] == ["c-new"]
         assert all(e.created_at > now - 30 * 86400 for e in s.query(GuardEvent).all())
