@@ -20,14 +20,10 @@ from typing import Any
 
 import torch
 
+from ownllm.formats.architectures import LLAMA_FAMILY
 from ownllm.models.catalog import ModelLoadError
 
-SUPPORTED_ARCHITECTURES = (
-    "LlamaForCausalLM",
-    "MistralForCausalLM",
-    "Qwen2ForCausalLM",
-    "Qwen3ForCausalLM",
-)
+SUPPORTED_ARCHITECTURES = LLAMA_FAMILY
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

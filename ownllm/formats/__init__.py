@@ -1,5 +1,6 @@
 """File formats shared by the engine, adapters, tuning and models layers.
 
+`architectures` names the model families every layer accepts,
 `safetensors_header` reads a safetensors header without loading a tensor,
 `peft` reads, validates and writes PEFT LoRA adapter directories, and
 `gguf_names` maps Hugging Face tensor names to GGUF's with llama.cpp's

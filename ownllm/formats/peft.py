@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ownllm.errors import InvalidRequestError
+from ownllm.formats.architectures import LLAMA_FAMILY
 from ownllm.formats.safetensors_header import HeaderError, TensorInfo, read_header_file
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -40,12 +41,6 @@ _KEY = re.compile(
 # projections the engine applies LoRA to (ownllm.engine.lora.TARGETS maps each to its module)
 SUPPORTED_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
-_SUPPORTED_ARCHITECTURES = (
-    "LlamaForCausalLM",
-    "MistralForCausalLM",
-    "Qwen2ForCausalLM",
-    "Qwen3ForCausalLM",
-)
 
 
 if TYPE_CHECKING:
@@ -361,7 +356,7 @@ def check_base(adapter: AdapterLayout | PeftAdapter, base_dir: str | Path) -> No
     except (OSError, ValueError) as e:
         raise _fail(f"cannot read the base model's config.json: {e}") from None
     arch = (config.get("architectures") or ["?"])[0]
-    if arch not in _SUPPORTED_ARCHITECTURES:
+    if arch not in LLAMA_FAMILY:
         raise _fail(f"the base model's architecture {arch} does not take LoRA adapters here")
     shapes = base_weight_shapes(base_dir)
     for module, (a, b) in adapter.shapes().items():

@@ -44,6 +44,21 @@ static inline float f32_id(float x) { return x; }
 /* What a kernel that allocates returns when malloc fails (0: done). */
 #define OWNLLM_ENOMEM 12
 
+/* Every kernel family is defined for both storage types: fp32, and bf16 widened to fp32 in
+ * registers. DEFINE takes (SUFFIX, storage type, LOAD to fp32, STORE from fp32). */
+#define FOR_EACH_DTYPE(DEFINE)                                                                 \
+    DEFINE(f32, float, f32_id, f32_id)                                                         \
+    DEFINE(bf16, uint16_t, bf16_to_f32, f32_to_bf16)
+
+/* Per-thread fp32 scratch inside an OpenMP region. When malloc fails the pointer is NULL and
+ * FAILED is set: the thread skips its share of the loop and the kernel returns OWNLLM_ENOMEM. */
+#define THREAD_SCRATCH(PTR, COUNT, FAILED)                                                     \
+    float *PTR = malloc(sizeof(float) * (COUNT));                                              \
+    if (PTR == NULL) {                                                                         \
+        _Pragma("omp atomic write")                                                            \
+        FAILED = 1;                                                                            \
+    }
+
 /* exp(x), relative error < 2e-7 for x in [-87, 88] (clamped outside), written so the
  * compiler vectorises it: exp(x) = 2^n * exp(r), |r| <= ln2 / 2, degree-6 polynomial. */
 static inline float fast_exp(float x) {
@@ -60,6 +75,18 @@ static inline float fast_exp(float x) {
     union { uint32_t u; float f; } scale;
     scale.u = (uint32_t)((int32_t)n + 127) << 23;
     return p * scale.f;
+}
+
+/* The unnormalised softmax of n scores in place: s[j] = exp(s[j] - max s); returns the sum. */
+static inline float exp_shifted(float *restrict s, int n) {
+    float m = -INFINITY, sum = 0.f;
+    for (int j = 0; j < n; j++) m = s[j] > m ? s[j] : m;
+#pragma omp simd reduction(+ : sum)
+    for (int j = 0; j < n; j++) {
+        s[j] = fast_exp(s[j] - m);
+        sum += s[j];
+    }
+    return sum;
 }
 
 
@@ -91,17 +118,22 @@ static inline __m512 hsum16(const __m512 a[16]) {
     return _mm512_add_ps(_mm512_shuffle_f32x4(w0, w1, 0x88), _mm512_shuffle_f32x4(w0, w1, 0xdd));
 }
 
+/* The body of qk16_*: 16 q.k dot products as fp32 FMAs into a[16], LOADK widening 16 keys to
+ * fp32, then one transposed reduction. */
+#define QK16_FMA(LOADK)                                                                        \
+    for (int j = 0; j < 16; j++) {                                                             \
+        __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(q), LOADK(k[j]));                           \
+        for (int c = 1; c < chunks; c++)                                                       \
+            acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + c * 16), LOADK(k[j] + c * 16), acc);     \
+        a[j] = acc;                                                                            \
+    }                                                                                          \
+    return hsum16(a);
+
 /* Scores of one query head against 16 key rows `k[j]`, float32 cache: q pre-scaled. */
 static inline __m512 qk16_f32(const float *q, const uint16_t *qb, const float *const k[16],
                               int chunks, float scale) {
     __m512 a[16];
-    for (int j = 0; j < 16; j++) {
-        __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(q), _mm512_loadu_ps(k[j]));
-        for (int c = 1; c < chunks; c++)
-            acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + c * 16), _mm512_loadu_ps(k[j] + c * 16), acc);
-        a[j] = acc;
-    }
-    return hsum16(a);
+    QK16_FMA(load16_f32)
 }
 
 /* The same for a bfloat16 cache: with AVX512-BF16 the bf16 query (unscaled, `qb`) and keys
@@ -121,13 +153,7 @@ static inline __m512 qk16_bf16(const float *q, const uint16_t *qb, const uint16_
         return _mm512_mul_ps(hsum16(a), _mm512_set1_ps(scale));
     }
 #endif
-    for (int j = 0; j < 16; j++) {
-        __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(q), load16_bf16(k[j]));
-        for (int c = 1; c < chunks; c++)
-            acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + c * 16), load16_bf16(k[j] + c * 16), acc);
-        a[j] = acc;
-    }
-    return hsum16(a);
+    QK16_FMA(load16_bf16)
 }
 
 /* One (sequence, kv head) of decode attention, AVX-512: q [group][D] (scaled, float32),
@@ -156,14 +182,8 @@ static inline __attribute__((always_inline)) void decode_task_avx512_inline_##SU
                                            + g * head_dim, k, chunks, scale));                 \
     }                                                                                          \
     for (int g = 0; g < group; g++) {                                                          \
-        float *sg = scores + g * padded, m = -INFINITY, sum = 0.f;                                  \
-        for (int j = 0; j < n; j++) m = sg[j] > m ? sg[j] : m;                                 \
-        _Pragma("omp simd reduction(+ : sum)")                                                 \
-        for (int j = 0; j < n; j++) {                                                          \
-            sg[j] = fast_exp(sg[j] - m);                                                \
-            sum += sg[j];                                                                      \
-        }                                                                                      \
-        const float inv = 1.f / sum;                                                           \
+        float *sg = scores + g * padded;                                                       \
+        const float inv = 1.f / exp_shifted(sg, n);                                            \
         for (int j = 0; j < n; j++) sg[j] *= inv;                                              \
     }                                                                                          \
     if (group * chunks <= 24) {                                                                \
@@ -301,11 +321,7 @@ int decode_attention_##SUFFIX(const T_ *qkv, int64_t row_stride, int num_seqs,  
     int failed = 0;                                                                            \
     _Pragma("omp parallel num_threads(num_threads)")                                           \
     {                                                                                          \
-    float *buffer = malloc(sizeof(float) * scratch);                                           \
-    if (buffer == NULL) {                                                                      \
-        _Pragma("omp atomic write")                                                            \
-        failed = 1;                                                                            \
-    }                                                                                          \
+    THREAD_SCRATCH(buffer, scratch, failed)                                                    \
     _Pragma("omp for schedule(dynamic, 1)")                                                    \
     for (int64_t task = 0; task < (int64_t)num_seqs * num_kv_heads; task++) {                  \
         if (buffer == NULL) continue;                                                          \
@@ -353,16 +369,8 @@ int decode_attention_##SUFFIX(const T_ *qkv, int64_t row_stride, int num_seqs,  
             }                                                                                  \
         }                                                                                      \
         float total[MAX_GROUP];                                                                \
-        for (int g = 0; g < group; g++) {                                                      \
-            float *sg = scores + (size_t)g * padded, m = -INFINITY, sum = 0.f;                \
-            for (int j = 0; j < n; j++) m = sg[j] > m ? sg[j] : m;                             \
-            _Pragma("omp simd reduction(+ : sum)")                                             \
-            for (int j = 0; j < n; j++) {                                                      \
-                sg[j] = fast_exp(sg[j] - m);                                            \
-                sum += sg[j];                                                                  \
-            }                                                                                  \
-            total[g] = sum;                                                                    \
-        }                                                                                      \
+        for (int g = 0; g < group; g++)                                                        \
+            total[g] = exp_shifted(scores + (size_t)g * padded, n);                            \
         memset(acc, 0, sizeof(float) * group * head_dim);                                     \
         for (int j = 0; j < n; j++) {                                                          \
             const int p = first + j;                                                           \
@@ -386,8 +394,7 @@ int decode_attention_##SUFFIX(const T_ *qkv, int64_t row_stride, int num_seqs,  
     return failed ? OWNLLM_ENOMEM : 0;                                                         \
 }
 
-DEFINE_KERNELS(f32, float, f32_id, f32_id)
-DEFINE_KERNELS(bf16, uint16_t, bf16_to_f32, f32_to_bf16)
+FOR_EACH_DTYPE(DEFINE_KERNELS)
 
 
 /* Elementwise kernels, per dtype: the residual add + RMSNorm and SiLU(gate) * up. */
@@ -429,8 +436,7 @@ void silu_mul_##SUFFIX(const T_ *gu, int64_t gu_stride, T_ *out, int64_t num_row
     }                                                                                          \
 }
 
-DEFINE_ELEMENTWISE(f32, float, f32_id, f32_id)
-DEFINE_ELEMENTWISE(bf16, uint16_t, bf16_to_f32, f32_to_bf16)
+FOR_EACH_DTYPE(DEFINE_ELEMENTWISE)
 
 
 /* Multi-LoRA for a step: out[t] += (x[t] A[s]) B[s] for every row t whose slot s = slots[t]
@@ -444,12 +450,8 @@ int lora_##SUFFIX(const T_ *x, int64_t x_stride, T_ *out, int64_t out_stride,   
     int failed = 0;                                                                            \
     _Pragma("omp parallel num_threads(num_threads) if(num_rows > 4)")                         \
     {                                                                                          \
-        float *h = malloc(sizeof(float) * (rank + out_features));                              \
+        THREAD_SCRATCH(h, rank + out_features, failed)                                         \
         float *acc = h == NULL ? NULL : h + rank;                                              \
-        if (h == NULL) {                                                                       \
-            _Pragma("omp atomic write")                                                        \
-            failed = 1;                                                                        \
-        }                                                                                      \
         _Pragma("omp for schedule(static)")                                                    \
         for (int64_t t = 0; t < num_rows; t++) {                                               \
             const int32_t s = slots[t];                                                        \
@@ -482,8 +484,7 @@ int lora_##SUFFIX(const T_ *x, int64_t x_stride, T_ *out, int64_t out_stride,   
     return failed ? OWNLLM_ENOMEM : 0;                                                         \
 }
 
-DEFINE_LORA(f32, float, f32_id, f32_id)
-DEFINE_LORA(bf16, uint16_t, bf16_to_f32, f32_to_bf16)
+FOR_EACH_DTYPE(DEFINE_LORA)
 
 /* The largest query-group size decode_attention supports (num_heads / num_kv_heads). */
 int max_query_group(void) { return MAX_GROUP; }
