@@ -295,6 +295,42 @@ class TuningConfig:
 
 
 @dataclass(frozen=True)
+class BatchConfig:
+    run_worker: bool = setting(
+        True, "Answer `/v1/batches` lines inside `ownllm serve` (at batch priority)."
+    )
+    max_lines: int = setting(
+        50_000, "Most requests in one batch input file (OpenAI's cap).", min=1, max=1 << 24
+    )
+    max_file_bytes: int = setting(
+        200 * 1024 * 1024,
+        "Largest batch input file (OpenAI's cap: 200 MB); a larger one fails the batch.",
+        min=1,
+        max=1 << 40,
+    )
+    max_concurrent_lines: int = setting(
+        0,
+        "Lines one server runs at once (0: engine.max_num_seqs, a full batch of rows that "
+        "interactive requests preempt).",
+        min=0,
+        max=4096,
+    )
+    lease_s: float = setting(
+        60.0,
+        "A line or batch whose worker has not renewed its claim for this long is taken "
+        "over by another worker (a worker renews every quarter of it).",
+        min=1,
+        max=86400,
+    )
+    poll_interval_s: float = setting(
+        1.0, "Seconds an idle batch worker waits between looks for work.", min=0.01, max=600
+    )
+    max_attempts: int = setting(
+        3, "Times a line is started before a lost worker fails it for good.", min=1, max=100
+    )
+
+
+@dataclass(frozen=True)
 class GuardConfig:
     policy_file: str = setting(
         "",
@@ -454,6 +490,7 @@ class Config:
     guard: GuardConfig = field(default_factory=GuardConfig)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
 
 
 _SECTION_TYPES = {
@@ -467,6 +504,7 @@ _SECTION_TYPES = {
     "guard": GuardConfig,
     "capture": CaptureConfig,
     "routing": RoutingConfig,
+    "batch": BatchConfig,
 }
 
 # fields that hold a list of tables (`[[routing.policy]]`): the dataclass of one entry

@@ -12,6 +12,7 @@ import secrets
 import time
 
 
-def new_id(prefix: str) -> str:
-    """`prefix-` + creation time (ns, 16 hex digits) + 8 random hex digits."""
-    return f"{prefix}-{time.time_ns():016x}{secrets.token_hex(4)}"
+def new_id(prefix: str, sep: str = "-") -> str:
+    """`prefix-` + creation time (ns, 16 hex digits) + 8 random hex digits. `sep` is "_"
+    where OpenAI's ids of the kind have one (`batch_…`, `batch_req_…`)."""
+    return f"{prefix}{sep}{time.time_ns():016x}{secrets.token_hex(4)}"

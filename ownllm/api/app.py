@@ -21,6 +21,7 @@ from ownllm.api.origin import OriginCheck
 from ownllm.api.routes import (
     adapters,
     admin,
+    batches,
     chat,
     completions,
     embeddings,
@@ -61,6 +62,7 @@ ROUTERS = (  # in matching order: the dashboard's static routes stay last
     stored_completions.router,
     adapters.router,
     files.router,
+    batches.router,
     fine_tuning.router,
     dashboard.router,
     dashboard_files.router,
@@ -168,6 +170,11 @@ def create_app(
             from ownllm.tuning.process import start_worker_process
 
             worker = start_worker_process(state)
+        if state.config.batch.run_worker and state.db is not None:
+            from ownllm.api.batch_worker import BatchWorker
+
+            state.batch_worker = BatchWorker(state, gateway)
+            state.batch_worker.start()
         retention = start_retention(state.db, state.config.capture)
         freeze_startup_heap()
         try:
@@ -176,6 +183,9 @@ def create_app(
             gc.unfreeze()  # what this app built may become garbage again (tests, reloads)
             if retention is not None:
                 retention.cancel()
+            if state.batch_worker is not None:
+                await state.batch_worker.stop()  # running lines go back to the queue
+                state.batch_worker = None
             if worker is not None:
                 from ownllm.tuning.process import stop_worker_process
 

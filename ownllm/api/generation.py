@@ -31,7 +31,7 @@ from ownllm.api.formats import ChoiceText, Format, usage_body
 from ownllm.api.inference import Run
 from ownllm.api.state import AppState
 from ownllm.api.tokens import max_model_len, tokenise
-from ownllm.backends.base import GenerateRequest
+from ownllm.backends.base import PRIORITY_BATCH, PRIORITY_INTERACTIVE, GenerateRequest
 from ownllm.errors import OverloadedError
 from ownllm.gateway.gateway import Gateway
 from ownllm.gateway.hooks import ChoiceOutcome, InferenceCall, InferenceOutcome
@@ -151,6 +151,7 @@ async def generate_requests(
             cache_scope=call.principal.tenant_id,
             model=call.model,
             constraint=constraint if k == 0 else constraint.fork() if constraint else None,
+            priority=PRIORITY_BATCH if call.batch_id else PRIORITY_INTERACTIVE,
         )
         for k, prompt_ids in enumerate(ids)
     ]

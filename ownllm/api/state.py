@@ -34,6 +34,7 @@ class AppState:
     # the shipped embedding model, loaded on the first embeddings request
     embedding_model: LazyEmbeddingModel = field(default_factory=LazyEmbeddingModel)
     started_at: float = field(default_factory=time.time)
+    batch_worker: Any = None  # ownllm.api.batch_worker.BatchWorker once the app started
     metrics: Metrics = field(init=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol, runtime_checkable
 
 from ownllm.engine.messages import (
+    PRIORITY_BATCH,
+    PRIORITY_INTERACTIVE,
     AdapterWeight,
     Delta,
     EngineStats,
@@ -27,6 +29,8 @@ from ownllm.engine.messages import (
 )
 
 __all__ = [
+    "PRIORITY_BATCH",
+    "PRIORITY_INTERACTIVE",
     "AdapterWeight",
     "Backend",
     "Delta",

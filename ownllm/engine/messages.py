@@ -63,10 +63,17 @@ class TokenConstraint(Protocol):
     def fork(self) -> TokenConstraint: ...
 
 
+# Priority classes, lower first: the scheduler serves interactive rows before batch rows,
+# which fill the rest of each step and are preempted when interactive work needs room.
+PRIORITY_INTERACTIVE = 0
+PRIORITY_BATCH = 1
+
+
 @dataclass
 class GenerateRequest:
     """One generation request. `cache_scope` isolates prefix-cache reuse
-    (the tenant id): a cached prefix is only reused within the same scope."""
+    (the tenant id): a cached prefix is only reused within the same scope.
+    `priority` is its class (`PRIORITY_INTERACTIVE`, `PRIORITY_BATCH`)."""
 
     request_id: str
     prompt_token_ids: list[int]
@@ -74,7 +81,7 @@ class GenerateRequest:
     adapters: tuple[AdapterWeight, ...] = ()  # empty: the base model
     cache_scope: str = ""
     constraint: TokenConstraint | None = None
-    priority: int = 0
+    priority: int = PRIORITY_INTERACTIVE
     model: str = ""  # the model id the client named (routing policy); empty: the base model
 
 

@@ -62,6 +62,7 @@ class InferenceCall:
     store: bool | None = None  # OpenAI `store`; None: the key/tenant/server default decides
     response_format: dict[str, Any] | None = None
     started_at: float = 0.0  # time.monotonic() when the request arrived
+    batch_id: str | None = None  # a line of this batch: batch priority, marked in the ledger
 
     @property
     def adapter_ids(self) -> tuple[str, ...]:

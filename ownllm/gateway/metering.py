@@ -111,6 +111,7 @@ class MeteringHook(InferenceHook):
                     latency_ms=outcome.latency_s * 1000.0,
                     http_status=outcome.status_code,
                     error_code=outcome.error_code,
+                    batch_id=call.batch_id,
                 )
             )
             sample = self.busy.take() if self.busy is not None else None

@@ -65,6 +65,7 @@ class UsageRow:
     latency_ms: float = 0.0
     http_status: int = 200
     error_code: str | None = None
+    batch_id: str | None = None  # a batch line's row: its batch
     created_at: float = field(default_factory=time.time)
 
     def __post_init__(self) -> None:

@@ -187,6 +187,7 @@ class UsageRecord(Base):
     status: Mapped[str] = mapped_column(String(24))  # ok | error | cancelled | disconnected
     http_status: Mapped[int] = mapped_column(Integer, default=200)
     error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    batch_id: Mapped[str | None] = mapped_column(String(40), nullable=True)  # a batch's line
 
 
 def usage_day(wall: float) -> str:
@@ -265,5 +266,59 @@ class GuardEvent(Base):
     counts: Mapped[dict[str, Any]] = mapped_column(JSON)  # {rule_id: n}; never the text
 
 
+class Batch(Base):
+    """One `/v1/batches` object. Its lines are `BatchLine` rows once validated; its counts
+    are read from them. `worker_id` / `lease_until` are the claim of whichever worker is
+    validating or finalizing it (lines carry their own)."""
+
+    __tablename__ = "batches"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # batch_…
+    tenant_id: Mapped[str] = mapped_column(String(64), index=True)
+    key_id: Mapped[str | None] = mapped_column(String(40), nullable=True)  # who created it
+    endpoint: Mapped[str] = mapped_column(String(64))
+    input_file_id: Mapped[str] = mapped_column(String(40))
+    completion_window: Mapped[str] = mapped_column(String(8))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
+    errors: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)  # validation errors
+    output_file_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    error_file_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    num_lines: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[int] = mapped_column(BigInteger, index=True)
+    expires_at: Mapped[int] = mapped_column(BigInteger)
+    in_progress_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    finalizing_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    completed_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    failed_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    expired_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    cancelling_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    cancelled_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    worker_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_until: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class BatchLine(Base):
+    """One request of a batch, and once answered its result, durably: the output file is
+    assembled from these rows at finalize, so a worker killed mid-batch loses nothing and
+    its successor answers only the lines still open.
+
+    status: pending → running (claimed: `worker_id`, `lease_until`) → done | failed,
+    or expired / cancelled when the batch ended first."""
+
+    __tablename__ = "batch_lines"
+    __table_args__ = (UniqueConstraint("batch_id", "line", name="uq_batch_lines_batch_id_line"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id"), index=True)
+    line: Mapped[int] = mapped_column(Integer)  # 1-based line of the input file
+    custom_id: Mapped[str] = mapped_column(String(512))
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(12), index=True)
+    worker_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_until: Mapped[float | None] = mapped_column(Float, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # the output line
+
+
+Index("ix_batch_lines_batch_status", BatchLine.batch_id, BatchLine.status)
 Index("ix_usage_tenant_created", UsageRecord.tenant_id, UsageRecord.created_at)
 Index("ix_stored_completions_tenant_stored", StoredCompletion.tenant_id, StoredCompletion.stored_at)

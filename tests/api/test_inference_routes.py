@@ -35,7 +35,15 @@ EXAMPLES = {  # the smallest request that reaches the backend; "model" defaults 
     ("POST", "/v1/responses"): {"input": "hi", "max_output_tokens": 2},
 }
 STORED = "reads or edits the tenant's stored completions; reaches no model"
+BATCHES = (
+    "creates, reads or cancels a batch; its lines reach the model later, each through "
+    "ownllm.api.inference.serve (tests/api/test_batches.py proves them metered)"
+)
 NOT_INFERENCE = {
+    ("POST", "/v1/batches"): BATCHES,
+    ("GET", "/v1/batches"): BATCHES,
+    ("GET", "/v1/batches/{batch_id}"): BATCHES,
+    ("POST", "/v1/batches/{batch_id}/cancel"): BATCHES,
     ("GET", "/v1/chat/completions"): STORED,
     ("GET", "/v1/chat/completions/{completion_id}"): STORED,
     ("GET", "/v1/chat/completions/{completion_id}/messages"): STORED,

@@ -35,6 +35,13 @@ async def create_chat_completion(
     principal: Principal = Depends(require_scope("inference")),
 ) -> Response:
     """OpenAI chat completions: JSON, or server-sent events with `stream: true`."""
+    return await serve(chat_run(state, gateway, principal, body), request)
+
+
+def chat_run(
+    state: AppState, gateway: Gateway, principal: Principal, body: ChatCompletionRequest
+) -> GenerationRun:
+    """The run of one chat request (a live one, or a batch line)."""
     call = chat_call(state, principal, body)
     fmt = ChatFormat(
         call.request_id,
@@ -44,4 +51,4 @@ async def create_chat_completion(
         has_logprobs=body.logprobs,
         include_usage=bool(body.stream_options and body.stream_options.include_usage),
     )
-    return await serve(GenerationRun(call, fmt, state, gateway), request)
+    return GenerationRun(call, fmt, state, gateway)

@@ -34,6 +34,13 @@ async def create_completion(
     principal: Principal = Depends(require_scope("inference")),
 ) -> Response:
     """OpenAI legacy completions: `prompt` is a string or a list of strings."""
+    return await serve(completion_run(state, gateway, principal, body), request)
+
+
+def completion_run(
+    state: AppState, gateway: Gateway, principal: Principal, body: CompletionRequest
+) -> GenerationRun:
+    """The run of one completions request (a live one, or a batch line)."""
     call = completion_call(state, principal, body)
     fmt = CompletionFormat(
         call.request_id,
@@ -45,4 +52,4 @@ async def create_completion(
         echo_prompts=call.prompts if body.echo else None,
         n=body.n,
     )
-    return await serve(GenerationRun(call, fmt, state, gateway), request)
+    return GenerationRun(call, fmt, state, gateway)

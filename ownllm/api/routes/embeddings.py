@@ -175,5 +175,11 @@ async def create_embeddings(
     principal: Principal = Depends(require_scope("inference")),
 ) -> Response:
     """Embed a string or a list of strings; vectors are unit length (cosine = dot)."""
-    call = embedding_call(principal, body)
-    return await serve(EmbeddingRun(call, body, state, gateway), request)
+    return await serve(embedding_run(state, gateway, principal, body), request)
+
+
+def embedding_run(
+    state: AppState, gateway: Gateway, principal: Principal, body: EmbeddingRequest
+) -> EmbeddingRun:
+    """The run of one embeddings request (a live one, or a batch line)."""
+    return EmbeddingRun(embedding_call(principal, body), body, state, gateway)
