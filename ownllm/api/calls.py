@@ -18,10 +18,12 @@ from ownllm.api.schemas import (
     MAX_ADAPTERS,
     AdapterRef,
     ChatCompletionRequest,
+    ChatMessage,
     CompletionRequest,
     SamplingFields,
 )
 from ownllm.api.state import AppState
+from ownllm.api.tools import history_tool_calls, parse_tools
 from ownllm.backends.base import AdapterWeight, SamplingParams
 from ownllm.config import GenerationDefaults
 from ownllm.errors import InvalidRequestError, ModelNotFoundError
@@ -120,19 +122,18 @@ def _sampling(
 
 def chat_call(state: AppState, principal: Principal, body: ChatCompletionRequest) -> InferenceCall:
     _common_checks(body)
-    if body.tools:
-        raise InvalidRequestError("tools (function calling) are not supported yet", param="tools")
+    tools = parse_tools(body.tools, body.tool_choice, body.parallel_tool_calls)
     if body.top_logprobs is not None and not body.logprobs:
         raise InvalidRequestError("top_logprobs requires logprobs to be true", param="top_logprobs")
-    messages = []
-    for i, m in enumerate(body.messages):
-        if m.content is None and m.role != "assistant":
-            raise InvalidRequestError(
-                f"messages[{i}].content is required for role {m.role!r}",
-                param=f"messages[{i}].content",
-            )
-        role = "system" if m.role == "developer" else m.role
-        messages.append({"role": role, "content": m.text()})
+    messages = [_chat_message(i, m) for i, m in enumerate(body.messages)]
+    rf_type = body.response_format.type if body.response_format is not None else "text"
+    if tools is not None and rf_type != "text":
+        raise InvalidRequestError(
+            "response_format json_object or json_schema cannot be combined with tools: "
+            "a tool call's arguments follow the tool's schema already; leave tools out "
+            "for a JSON answer",
+            param="response_format",
+        )
     response_format = None
     if body.response_format is not None and body.response_format.type != "text":
         rf = body.response_format
@@ -163,8 +164,37 @@ def chat_call(state: AppState, principal: Principal, body: ChatCompletionRequest
         metadata=dict(body.metadata or {}),
         store=body.store,
         response_format=response_format,
+        tools=tools,
         started_at=time.monotonic(),
     )
+
+
+def _chat_message(i: int, m: ChatMessage) -> dict[str, Any]:
+    """One request message as the renderer takes it (developer is system)."""
+    if m.content is None and m.role != "assistant":
+        raise InvalidRequestError(
+            f"messages[{i}].content is required for role {m.role!r}",
+            param=f"messages[{i}].content",
+        )
+    message: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role}
+    message["content"] = m.text()
+    if m.tool_calls is not None:
+        if m.role != "assistant":
+            raise InvalidRequestError(
+                f"messages[{i}].tool_calls is only allowed on assistant messages",
+                param=f"messages[{i}].tool_calls",
+            )
+        message["tool_calls"] = history_tool_calls(m.tool_calls, f"messages[{i}].tool_calls")
+    if m.role == "tool":
+        if not m.tool_call_id:
+            raise InvalidRequestError(
+                f"messages[{i}].tool_call_id is required for role 'tool'",
+                param=f"messages[{i}].tool_call_id",
+            )
+        message["tool_call_id"] = m.tool_call_id
+    if m.name is not None and m.role == "tool":
+        message["name"] = m.name
+    return message
 
 
 def completion_call(

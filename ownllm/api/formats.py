@@ -6,6 +6,12 @@ objects, `CompletionFormat` writes `text_completion` objects, both exactly as Op
 (first chat chunk of each choice carries the role, `finish_reason` rides on the last
 content chunk, the usage chunk has empty `choices`, `usage` is null on the other chunks
 when usage was asked for).
+
+With tools, `ChatFormat` reads each choice's text as content and tool calls
+(`ownllm.api.tools.ToolAnswer`) and streams the calls as OpenAI does: the first delta of a
+call carries its `index`, `id`, `type` and `function.name` (with empty `arguments`), the
+next ones `function.arguments` in fragments, and the last chunk `finish_reason:
+"tool_calls"` with an empty delta.
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ownllm.api.tools import ToolAnswer
 from ownllm.backends.base import TokenLogprob
+from ownllm.models.tool_format import CallEvent, CallSyntax
 
 
 @dataclass
@@ -96,6 +104,12 @@ class Format:
     ) -> dict[str, Any]:
         raise NotImplementedError
 
+    def delta_chunks(
+        self, index: int, text: str, logprobs: list[TokenLogprob] | None, finish: str | None
+    ) -> list[dict[str, Any]]:
+        """The chunks of one delta (one, unless an endpoint splits it)."""
+        return [self.delta_chunk(index, text, logprobs, finish)]
+
     def choice(self, choice: ChoiceText) -> dict[str, Any]:
         raise NotImplementedError
 
@@ -103,6 +117,11 @@ class Format:
 class ChatFormat(Format):
     object_name = "chat.completion"
     chunk_object = "chat.completion.chunk"
+
+    def __init__(self, *args: Any, tool_syntax: CallSyntax | None = None, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.tool_syntax = tool_syntax  # None: the request has no tools
+        self._answers: dict[int, ToolAnswer] = {}  # streamed choices read as calls
 
     def _logprobs(self, logprobs: list[TokenLogprob] | None) -> dict[str, Any] | None:
         if not self.has_logprobs:
@@ -150,12 +169,56 @@ class ChatFormat(Format):
         }
         return self.chunk([choice])
 
+    def delta_chunks(
+        self, index: int, text: str, logprobs: list[TokenLogprob] | None, finish: str | None
+    ) -> list[dict[str, Any]]:
+        if self.tool_syntax is None:
+            return [self.delta_chunk(index, text, logprobs, finish)]
+        answer = self._answers.setdefault(index, ToolAnswer(self.tool_syntax))
+        events = answer.feed(text) if text else []
+        if finish is not None:
+            events += answer.finish()
+        deltas = [self._tool_delta(answer, e) for e in events]
+        if logprobs and not deltas:
+            deltas.append({})
+        chunks = []
+        for k, delta in enumerate(deltas):
+            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": None}
+            if k == 0 and logprobs:
+                choice["logprobs"] = self._logprobs(logprobs)
+            chunks.append(self.chunk([choice]))
+        if finish is not None:
+            reason = "tool_calls" if answer.ids and finish == "stop" else finish
+            last = {"index": index, "delta": {}, "logprobs": None, "finish_reason": reason}
+            chunks.append(self.chunk([last]))
+        return chunks
+
+    @staticmethod
+    def _tool_delta(answer: ToolAnswer, event: CallEvent) -> dict[str, Any]:
+        if event.kind == "content":
+            return {"content": event.text}
+        if event.kind == "open":
+            function = {"name": event.text, "arguments": ""}
+            call = {"index": event.index, "id": answer.ids[event.index], "type": "function"}
+            return {"tool_calls": [{**call, "function": function}]}
+        return {"tool_calls": [{"index": event.index, "function": {"arguments": event.text}}]}
+
     def choice(self, choice: ChoiceText) -> dict[str, Any]:
+        message = {"role": "assistant", "content": choice.text, "refusal": None}
+        finish = choice.finish_reason
+        if self.tool_syntax is not None:
+            answer = ToolAnswer(self.tool_syntax)
+            answer.feed(choice.text)
+            answer.finish()
+            if answer.ids:
+                message["content"] = answer.content.strip() or None
+                message["tool_calls"] = answer.calls
+                finish = "tool_calls" if finish == "stop" else finish
         return {
             "index": choice.index,
-            "message": {"role": "assistant", "content": choice.text, "refusal": None},
+            "message": message,
             "logprobs": self._logprobs(choice.logprobs),
-            "finish_reason": choice.finish_reason,
+            "finish_reason": finish,
         }
 
 

@@ -31,6 +31,7 @@ from ownllm.api.formats import ChoiceText, Format, usage_body
 from ownllm.api.inference import Run
 from ownllm.api.state import AppState
 from ownllm.api.tokens import max_model_len, tokenise
+from ownllm.api.tools import tool_constraint
 from ownllm.backends.base import PRIORITY_BATCH, PRIORITY_INTERACTIVE, GenerateRequest
 from ownllm.errors import OverloadedError
 from ownllm.gateway.gateway import Gateway
@@ -135,11 +136,15 @@ class GenerationRun(Run):
 async def generate_requests(
     call: InferenceCall, tokenizer: Any, backend: Any
 ) -> list[GenerateRequest]:
-    """One GenerateRequest per prompt; the `response_format` constraint built in a thread."""
+    """One GenerateRequest per prompt; the `response_format` or tools constraint built in
+    a thread."""
     constraint = None
-    if call.response_format is not None:
+    vocab_size = backend.model_info.vocab_size
+    if call.tools is not None:
+        constraint = await asyncio.to_thread(tool_constraint, call.tools, tokenizer, vocab_size)
+    elif call.response_format is not None:
         constraint = await asyncio.to_thread(
-            _constraint, tokenizer, call.response_format, backend.model_info.vocab_size
+            _constraint, tokenizer, call.response_format, vocab_size
         )
     ids = call.prompt_token_ids
     return [
@@ -206,7 +211,8 @@ async def _sse(run: GenerationRun) -> AsyncIterator[bytes]:
     try:
         async for choice, text, logprobs, finish_reason in run.events():
             if text or logprobs or finish_reason:  # a token that ends mid-character says nothing
-                pending += _frame(fmt.delta_chunk(choice.index, text, logprobs, finish_reason))
+                for chunk in fmt.delta_chunks(choice.index, text, logprobs, finish_reason):
+                    pending += _frame(chunk)
                 if not finish_reason or any(c.finish_reason is None for c in run.choices):
                     yield pending
                     pending = b""

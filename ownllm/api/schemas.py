@@ -8,9 +8,13 @@ one field (top_logprobs without logprobs, stream_options without stream) live in
 Extensions beyond OpenAI (vLLM names where vLLM has one): `adapters` stacks up to four
 LoRA adapters with weights, `top_k`, `min_p`, `repetition_penalty`, `ignore_eos`.
 
-Unknown fields are ignored, as OpenAI does for forward compatibility. Left out: tools and
-function calling, audio and image inputs, `logit_bias`, `prediction`; a request that uses
-them gets a 400 naming the field instead of being silently half-served.
+Function tools (`tools`, `tool_choice`, `parallel_tool_calls`, assistant `tool_calls` and
+`tool` messages) are checked in `ownllm.api.tools`, which names the exact `param`.
+
+Unknown fields are ignored, as OpenAI does for forward compatibility. Left out: the
+deprecated `functions` / `function_call`, audio and image inputs, `prediction`; a request
+that uses a known one of them gets a 400 naming the field instead of being silently
+half-served.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_STOP_SEQUENCES = 4
 MAX_TOP_LOGPROBS = 20
 MAX_ADAPTERS = 4
-CHAT_ROLES = ("system", "developer", "user", "assistant")
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
 class _Request(BaseModel):
@@ -113,6 +117,8 @@ class ChatMessage(_Request):
     role: str
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # assistant; checked in ownllm.api.tools
+    tool_call_id: str | None = Field(None, max_length=256)  # tool
 
     @field_validator("role")
     @classmethod
@@ -212,17 +218,29 @@ class ChoiceLogprobs(BaseModel):
     content: list[TokenLogprobOut] | None = None
 
 
+class FunctionCallOut(BaseModel):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCallOut(BaseModel):
+    id: str  # call_…
+    type: Literal["function"] = "function"
+    function: FunctionCallOut
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
     refusal: str | None = None
+    tool_calls: list[ToolCallOut] | None = None
 
 
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
     logprobs: ChoiceLogprobs | None = None
-    finish_reason: Literal["stop", "length", "content_filter"]
+    finish_reason: Literal["stop", "length", "tool_calls", "content_filter"]
 
 
 class ChatCompletion(BaseModel):

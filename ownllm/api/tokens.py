@@ -16,6 +16,7 @@ from typing import Any
 
 from ownllm.errors import ContextLengthExceededError, InvalidRequestError, OverloadedError
 from ownllm.gateway.hooks import InferenceCall
+from ownllm.models.tool_format import render_conversation
 
 # Shorter prompts are tokenised on the event loop (a fraction of a millisecond): the hop to
 # a worker thread and back costs more, 1-2 ms at p50 and tens at p99 under load.
@@ -59,7 +60,8 @@ def _token_ids(tokenizer: Any, call: InferenceCall, limit: int) -> list[list[int
     """The prompts' token ids, after a bound from their characters (on the rendered chat:
     a template may trim or drop text) says each can fit beside the completion."""
     if call.messages is not None:
-        text = tokenizer.render_chat(call.messages)
+        tools = call.tools.tools if call.tools is not None else None
+        text = render_conversation(tokenizer, call.messages, tools)
         _check_fits(tokenizer.min_num_tokens(text), call, limit, "messages")
         return [tokenizer.encode_chat_text(text)]
     prompts = call.prompts or []

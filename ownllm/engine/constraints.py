@@ -28,6 +28,7 @@ tokens, rollback for speculative decoding.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -65,14 +66,21 @@ class JsonConstraint:
     ) -> JsonConstraint:
         """A JSON document valid under `schema`. `vocab_size`: the model's logits width
         (default: the tokenizer's vocabulary); bitmasks must be [B, ceil(vocab_size / 32)]."""
+
+        return cls.from_grammar(tokenizer, _grammar(_schema_text(schema)), vocab_size)
+
+    @classmethod
+    def from_grammar(
+        cls, tokenizer: Any, grammar: str, vocab_size: int | None = None, param: str = PARAM
+    ) -> JsonConstraint:
+        """Text valid under an llguidance grammar (Lark, or one from a JSON schema)."""
         import llguidance
 
-        grammar = _grammar(_schema_text(schema))
         lltokenizer = _lltokenizer(tokenizer, vocab_size)
         matcher = llguidance.LLMatcher(lltokenizer, grammar, log_level=0)
         if matcher.is_error():
             raise InvalidRequestError(
-                f"this JSON schema cannot be enforced: {matcher.get_error()}", param=PARAM
+                f"this grammar cannot be enforced: {matcher.get_error()}", param=param
             )
         return cls(matcher)
 
@@ -126,29 +134,29 @@ def constraint_for_response_format(
     )
 
 
-def _schema_text(schema: dict) -> str:
+def _schema_text(schema: dict, param: str = PARAM, bounds_param: str = SCHEMA_PARAM) -> str:
     from jsonschema import SchemaError
     from jsonschema.validators import validator_for
 
     if not isinstance(schema, dict):
-        raise InvalidRequestError("a JSON schema must be an object", param=PARAM)
-    check_schema_bounds(schema)
+        raise InvalidRequestError("a JSON schema must be an object", param=param)
+    check_schema_bounds(schema, bounds_param)
     try:
         validator_for(schema).check_schema(schema)
     except SchemaError as e:
-        raise InvalidRequestError(f"invalid JSON schema: {e.message}", param=PARAM) from None
+        raise InvalidRequestError(f"invalid JSON schema: {e.message}", param=param) from None
     except RecursionError:  # the bounds keep it out of reach; never a 500 if not
         message = "the JSON schema is nested too deeply"
-        raise InvalidRequestError(message, param=SCHEMA_PARAM) from None
+        raise InvalidRequestError(message, param=bounds_param) from None
     try:
         return json.dumps(schema, sort_keys=True)
     except (TypeError, ValueError, RecursionError) as e:
-        raise InvalidRequestError(f"invalid JSON schema: {e}", param=PARAM) from None
+        raise InvalidRequestError(f"invalid JSON schema: {e}", param=param) from None
 
 
-def check_schema_bounds(schema: Any) -> None:
-    """Raise a 400 on `response_format.json_schema` when `schema` nests deeper than
-    MAX_SCHEMA_DEPTH or its compact JSON would pass MAX_SCHEMA_CHARS.
+def check_schema_bounds(schema: Any, param: str = SCHEMA_PARAM) -> None:
+    """Raise a 400 on `param` when `schema` nests deeper than MAX_SCHEMA_DEPTH or its
+    compact JSON would pass MAX_SCHEMA_CHARS.
 
     Walks with an explicit stack and stops at the first bound passed, so any input is cheap.
     """
@@ -160,7 +168,7 @@ def check_schema_bounds(schema: Any) -> None:
             if depth > MAX_SCHEMA_DEPTH:
                 raise InvalidRequestError(
                     f"the JSON schema is nested deeper than {MAX_SCHEMA_DEPTH} levels",
-                    param=SCHEMA_PARAM,
+                    param=param,
                 )
             num_chars += 2 + max(len(value) - 1, 0)  # brackets and commas
             if isinstance(value, dict):
@@ -173,23 +181,32 @@ def check_schema_bounds(schema: Any) -> None:
         if num_chars > MAX_SCHEMA_CHARS:
             raise InvalidRequestError(
                 f"the JSON schema is longer than {MAX_SCHEMA_CHARS} characters of JSON",
-                param=SCHEMA_PARAM,
+                param=param,
             )
 
 
+def _grammar(schema_text: str, param: str = PARAM) -> str:
+    try:
+        return _cached_grammar(schema_text)
+    except _GrammarError as e:
+        raise InvalidRequestError(str(e), param=param) from None
+
+
+class _GrammarError(ValueError):
+    pass
+
+
 @lru_cache(maxsize=256)
-def _grammar(schema_text: str) -> str:
+def _cached_grammar(schema_text: str) -> str:
     import llguidance
 
     try:
         grammar = llguidance.LLMatcher.grammar_from_json_schema(schema_text, overrides=JSON_OPTIONS)
     except (ValueError, RecursionError) as e:
-        raise InvalidRequestError(f"invalid JSON schema: {e}", param=PARAM) from None
+        raise _GrammarError(f"invalid JSON schema: {e}") from None
     is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
     if is_error:
-        raise InvalidRequestError(
-            f"this JSON schema cannot be enforced: {messages[0]}", param=PARAM
-        )
+        raise _GrammarError(f"this JSON schema cannot be enforced: {messages[0]}")
     return grammar
 
 
@@ -206,3 +223,97 @@ def _cached_lltokenizer(hf: Any, vocab_size: int | None, eos_token_ids: tuple[in
     return llguidance.LLTokenizer(
         hf.to_str(), n_vocab=vocab_size, eos_token=list(eos_token_ids) or None
     )
+
+
+# -- tool calls -------------------------------------------------------------------------------
+
+TOOLS_PARAM = "tools"
+
+
+@dataclass(frozen=True)
+class ToolCallSpec:
+    """What a tool-call constraint allows: the functions (name, parameters schema), the
+    tool_choice mode ("none", "auto", "required"; a named function is "required" over that
+    one tool), whether several calls may follow each other, and how the model writes a
+    call (`ownllm.models.tool_format.CallSyntax`: open, close, arguments key, separator).
+    """
+
+    functions: tuple[tuple[str, str], ...]  # (name, parameters schema as JSON text)
+    mode: str = "auto"
+    is_parallel: bool = True
+    open: str = "<tool_call>"
+    close: str = "</tool_call>"
+    arguments_key: str = "arguments"
+    separator: str = "\n"
+
+
+def check_tool_schema(schema: Any, param: str) -> str:
+    """The parameters schema of one tool as JSON text, checked as `response_format` schemas
+    are (valid JSON Schema, within the bounds, enforceable by llguidance); a 400 on
+    `param` (e.g. `tools[1].function.parameters`) if not."""
+    text = _schema_text(schema, param, param)
+    _grammar(text, param)
+    return text
+
+
+def tool_call_grammar(spec: ToolCallSpec) -> str:
+    """The Lark grammar of an answer under `spec`.
+
+    - required: one call, or several separated by `separator` when parallel;
+    - auto: free text, or text then calls: once the text opens a call (`open`, a lazy
+      trigger), the call is forced to name a function and give arguments valid under its
+      schema, then `close`; text after a call only when parallel (more calls may follow);
+    - none: free text that never opens a call.
+    A call is `{"name": <one of the functions>, "<arguments_key>": {...}}`, compact JSON,
+    name first.
+    """
+    text = "TEXT: /(?s:.*)/ & ~/(?s:.*)" + _regex_escape(spec.open) + "(?s:.*)/"
+    if spec.mode == "none":
+        return "%llguidance {}\nstart: TEXT\n" + text + "\n"
+    options = [
+        {
+            "type": "object",
+            "properties": {"name": {"const": name}, spec.arguments_key: json.loads(schema)},
+            "required": ["name", spec.arguments_key],
+            "additionalProperties": False,
+        }
+        for name, schema in spec.functions
+    ]
+    call_schema = {"anyOf": options} if len(options) > 1 else options[0]
+    call_schema["x-guidance"] = JSON_OPTIONS
+    body = "%json " + json.dumps(call_schema)
+    json_open = spec.open.startswith("{")  # Llama 3: the opening is the JSON object's own
+    head = "" if json_open else json.dumps(spec.open) + " "
+    tail = " " + json.dumps(spec.close) if spec.close else ""
+    sep = json.dumps(spec.separator) + " " if spec.separator else ""
+    lines = ["%llguidance {}"]
+    if spec.mode == "required":
+        lines.append("start: call (" + sep + "call)*" if spec.is_parallel else "start: call")
+        lines.append(f"call: {head}{body}{tail}")
+    else:
+        if json_open:
+            lines.append("start: FREE | call")
+            lines.append(f"call: {body}")
+            lines.append("FREE: /[^{](?s:.*)/")
+            return "\n".join(lines) + "\n"
+        # the lazy head ends at the first `open`: from there the call is forced
+        lines.append("start: call* TEXT" if spec.is_parallel else "start: TEXT | call")
+        lines.append(f"head[lazy]: TEXT {json.dumps(spec.open)}")
+        lines.append(f"call: head {body}{tail}")
+    lines.append(text)
+    return "\n".join(lines) + "\n"
+
+
+def constraint_for_tools(
+    tokenizer: Any, spec: ToolCallSpec, vocab_size: int | None = None
+) -> JsonConstraint:
+    """The constraint of an answer with tools (see `tool_call_grammar`)."""
+    return JsonConstraint.from_grammar(
+        tokenizer, tool_call_grammar(spec), vocab_size, param=TOOLS_PARAM
+    )
+
+
+def _regex_escape(text: str) -> str:
+    """`text` as a literal inside an llguidance /regex/: letters and digits as they are,
+    every other character as a `\\x{..}` escape (no slash, newline or metacharacter left)."""
+    return "".join(c if c.isascii() and c.isalnum() else f"\\x{{{ord(c):x}}}" for c in text)

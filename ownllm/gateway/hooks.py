@@ -38,6 +38,7 @@ from typing import Any
 
 from ownllm.backends.base import AdapterWeight, SamplingParams
 from ownllm.gateway.principal import Principal
+from ownllm.models.tool_format import ToolRequest
 
 
 @dataclass
@@ -51,7 +52,8 @@ class InferenceCall:
     base_model: str
     adapters: tuple[AdapterWeight, ...]  # registry ids and weights; empty: the base model
     sampling: SamplingParams | None  # None: the call generates nothing (embeddings)
-    messages: list[dict[str, str]] | None = None  # chat: [{"role", "content"}]
+    # chat: [{"role", "content"}], an assistant's "tool_calls" and a tool's "tool_call_id" too
+    messages: list[dict[str, Any]] | None = None
     prompts: list[str] | None = None  # completions
     inputs: list[str] | None = None  # embeddings: the texts to embed
     # one list per prompt or input, in the tokenizer of the model that reads it
@@ -61,6 +63,7 @@ class InferenceCall:
     metadata: dict[str, str] = field(default_factory=dict)
     store: bool | None = None  # OpenAI `store`; None: the key/tenant/server default decides
     response_format: dict[str, Any] | None = None
+    tools: ToolRequest | None = None  # function tools the model is shown and may call
     started_at: float = 0.0  # time.monotonic() when the request arrived
     batch_id: str | None = None  # a line of this batch: batch priority, marked in the ledger
 
@@ -79,7 +82,10 @@ class InferenceCall:
     def num_text_chars(self) -> int:
         """Characters of the call's text: message contents, prompts or embedding inputs."""
         if self.messages is not None:
-            return sum(len(m.get("content") or "") for m in self.messages)
+            num_chars = sum(len(m.get("content") or "") for m in self.messages)
+            if self.tools is not None:  # the schemas are shown to the model too
+                num_chars += sum(map(len, self.tools.schemas.values()))
+            return num_chars
         return sum(map(len, self.prompts or self.inputs or ()))
 
     @property

@@ -220,10 +220,11 @@ class Tokenizer:
         return value
 
     def render_chat(
-        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True
+        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, **kwargs: Any
     ) -> str:
         """The chat as `encode_rendered` reads it: the template's text, with special-token
-        text inside messages marked so that it encodes as ordinary text.
+        text inside messages (and the template's other inputs, such as `tools`) marked so
+        that it encodes as ordinary text.
 
         Without such text this is `apply_chat_template` exactly.
         """
@@ -231,7 +232,10 @@ class Tokenizer:
             {k: v if k == "role" else self._mark(v) for k, v in message.items()}
             for message in messages
         ]
-        return self.apply_chat_template(marked, add_generation_prompt=add_generation_prompt)
+        extra = {k: self._mark(v) for k, v in kwargs.items()}
+        return self.apply_chat_template(
+            marked, add_generation_prompt=add_generation_prompt, **extra
+        )
 
     def encode_rendered(self, text: str) -> tuple[list[int], list[int]]:
         """Token ids of `render_chat` text and the character in `text` where each starts.

@@ -33,7 +33,10 @@ CHAT_CASES = [
         {"response_format": {"type": "json_schema", "json_schema": {"schema": {"type": 5}}}},
         "response_format",
     ),
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    (
+        {"tools": [{"type": "function", "function": {"name": "f", "parameters": []}}]},
+        "tools[0].function.parameters",
+    ),  # fmt: skip
     ({"logit_bias": {"50256": -100}}, "logit_bias"),
     ({"seed": 2**70}, "seed"),
     ({"adapters": [{"id": "a"}] * 5}, "adapters"),

@@ -16,6 +16,7 @@ from ownllm.api.state import AppState, get_state
 from ownllm.gateway.auth import require_scope
 from ownllm.gateway.gateway import Gateway, get_gateway
 from ownllm.gateway.principal import Principal
+from ownllm.models.tool_format import call_syntax
 
 router = APIRouter(prefix="/v1", tags=["inference"])
 
@@ -50,5 +51,6 @@ def chat_run(
         system_fingerprint(state),
         has_logprobs=body.logprobs,
         include_usage=bool(body.stream_options and body.stream_options.include_usage),
+        tool_syntax=call_syntax(state.tokenizer) if call.tools is not None else None,
     )
     return GenerationRun(call, fmt, state, gateway)
