@@ -11,8 +11,15 @@ is already in the prefix cache starts from its cached blocks.
 
 The result is a plan `{sequence: num_tokens}` (vLLM v1 style): no prefill
 and decode phases. When KV blocks run out, the most recently admitted
-sequence is preempted: its blocks are freed and it waits to be recomputed
-(mostly from the prefix cache).
+sequence of the lowest class is preempted: its blocks are freed and it waits
+to be recomputed (mostly from the prefix cache).
+
+Priority classes (`GenerateRequest.priority`, lower first: interactive, then
+batch) are planned in turn: a class's running sequences, then its waiting
+ones, with what the classes above left of the budget. So batch rows fill the
+rest of each step, and a waiting interactive sequence that finds no seat or
+no KV blocks preempts running batch sequences (newest first) to get them;
+nothing of a lower class is admitted while a higher one waits for room.
 """
 
 from __future__ import annotations
@@ -89,48 +96,65 @@ class Scheduler:
         self.add(seq)
 
     def schedule(self) -> SchedulerOutput:
+        """The plan of one step: each priority class in turn (interactive first), its
+        running sequences then its waiting ones, so a lower class gets only what the
+        classes above it left of the token budget, seats and KV blocks."""
         out = SchedulerOutput()
-        budget = self.max_num_batched_tokens
+        self._budget = self.max_num_batched_tokens
+        classes = sorted({s.priority for s in self.running} | {s.priority for s in self.waiting})
+        for priority in classes:
+            self._schedule_running(priority, out)
+            if not self._admit_waiting(priority, out):
+                break  # a sequence of this class waits for room: none below it takes it
+        return out
+
+    def _schedule_running(self, priority: int, out: SchedulerOutput) -> None:
         bm = self.block_manager
-        for seq in list(self.running):
-            if budget == 0:
-                break
+        for seq in [s for s in self.running if s.priority == priority]:
+            if self._budget == 0:
+                return
             if seq.status is not SequenceStatus.RUNNING:
                 continue  # preempted below, earlier in this loop
-            num_new = min(seq.num_uncomputed_tokens, budget)
+            num_new = min(seq.num_uncomputed_tokens, self._budget)
             while not bm.can_allocate(seq, num_new):
-                victim = self.running[-1]
+                victim = self._victim()
                 self._preempt(victim, out)
-                out.plan.pop(victim, None)
+                self._budget += out.plan.pop(victim, 0)
                 if victim is seq:
                     break
             if seq.status is not SequenceStatus.RUNNING:
                 continue
             bm.allocate(seq, num_new)
             out.plan[seq] = num_new
-            budget -= num_new
+            self._budget -= num_new
 
-        num_seqs = len(self.running) + sum(s.num_forks for s in self.running)
-        for seq in list(self.waiting):
-            if budget == 0 or num_seqs >= self.max_num_seqs:
-                break
-            if self.running and num_seqs + 1 + seq.num_forks > self.max_num_seqs:
-                break
+    def _admit_waiting(self, priority: int, out: SchedulerOutput) -> bool:
+        """Admit waiting sequences of `priority`, preempting lower classes for seats and KV
+        blocks; False when one is left waiting for room (not for its adapter slot)."""
+        bm = self.block_manager
+        for seq in [s for s in self.waiting if s.priority == priority]:
+            if self._budget == 0:
+                return False
             needs_load = False
             if seq.adapter_key:
                 acquired = self.adapter_slots.acquire(seq.adapter_key)
                 if acquired is None:
                     continue  # every slot is pinned: try a sequence on a resident adapter
                 seq.lora_slot, needs_load = acquired
-            cached = bm.find_cached_blocks(seq)
-            num_new = min(seq.num_tokens - len(cached) * bm.block_size, budget)
-            if not bm.can_allocate(seq, num_new, cached):
+            fits = self._make_room(seq, out)
+            while fits:
+                cached = bm.find_cached_blocks(seq)
+                num_new = min(seq.num_tokens - len(cached) * bm.block_size, self._budget)
+                if bm.can_allocate(seq, num_new, cached):
+                    break
+                fits = self._preempt_below(seq, out)
+            if not fits:
                 if seq.adapter_key:
                     self.adapter_slots.release(seq.adapter_key)
                     if needs_load:
                         self.adapter_slots.discard(seq.adapter_key)
                     seq.lora_slot = -1
-                break
+                return False
             if needs_load:
                 out.new_slots.append((seq.adapter_key, seq.lora_slot))
             bm.allocate(seq, num_new, cached)
@@ -138,9 +162,40 @@ class Scheduler:
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             out.plan[seq] = num_new
-            budget -= num_new
-            num_seqs += 1 + seq.num_forks
-        return out
+            self._budget -= num_new
+        return True
+
+    def _has_seat(self, seq: Sequence) -> bool:
+        num_seqs = len(self.running) + sum(s.num_forks for s in self.running)
+        if num_seqs >= self.max_num_seqs:
+            return False
+        return not self.running or num_seqs + 1 + seq.num_forks <= self.max_num_seqs
+
+    def _make_room(self, seq: Sequence, out: SchedulerOutput) -> bool:
+        """A seat for `seq`, preempting lower classes for it; False when none is left."""
+        while not self._has_seat(seq):
+            if not self._preempt_below(seq, out):
+                return False
+        return True
+
+    def _preempt_below(self, seq: Sequence, out: SchedulerOutput) -> bool:
+        """Preempt one running sequence of a class below `seq`'s; False when none runs."""
+        victim = self._victim(below=seq.priority)
+        if victim is None:
+            return False
+        self._preempt(victim, out)
+        self._budget += out.plan.pop(victim, 0)
+        return True
+
+    def _victim(self, below: int | None = None) -> Sequence | None:
+        """The running sequence to preempt: of the lowest class, the last admitted; only
+        classes lower than `below` when given."""
+        candidates = [
+            (s.priority, i, s)
+            for i, s in enumerate(self.running)
+            if below is None or s.priority > below
+        ]
+        return max(candidates, key=lambda c: c[:2])[2] if candidates else None
 
     def on_step_done(self, out: SchedulerOutput) -> None:
         """Advance progress of the sequences that ran and publish their full blocks."""

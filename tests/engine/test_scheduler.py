@@ -106,3 +106,88 @@ def test_finish_frees_blocks_and_slot_pin():
     assert s.block_manager.num_used_blocks == 0
     assert s.adapter_slots.pins == [0]
     assert not s.has_work
+
+
+# -- priority classes: interactive (0) first, batch (1) fills the rest --------------------
+
+INTERACTIVE, BATCH = 0, 1
+
+
+def test_interactive_rows_take_the_budget_first_and_batch_rows_fill_the_rest():
+    s = make(budget=16)
+    bulk = seq(40, priority=BATCH)
+    s.add(bulk)
+    assert step(s) == {bulk: 16}  # alone, the batch prompt takes the whole budget
+    chat = seq(10, priority=INTERACTIVE, first=100)
+    s.add(chat)
+    assert step(s) == {chat: 10, bulk: 6}  # admitted ahead of the running batch chunk
+    assert step(s) == {chat: 1, bulk: 15}  # its decode first, the batch the other 15
+
+
+def test_a_waiting_interactive_sequence_preempts_the_newest_batch_row_for_a_seat():
+    s = make(max_num_seqs=2)
+    old, new = seq(3, priority=BATCH), seq(3, priority=BATCH, first=10)
+    s.add(old)
+    s.add(new)
+    step(s)
+    chat = seq(3, priority=INTERACTIVE, first=20)
+    s.add(chat)
+    out = s.schedule()
+    assert out.preempted == [new]
+    assert set(out.plan) == {chat, old}
+    assert new.status is SequenceStatus.WAITING and new.num_computed_tokens == 0
+    s.on_step_done(out)
+    s.finish(chat, "stop")
+    assert new in step(s)  # back once the interactive one is done
+
+
+def test_a_waiting_interactive_sequence_preempts_batch_rows_for_kv_blocks():
+    s = make(num_blocks=4, block_size=4, budget=64)
+    bulk = [seq(8, priority=BATCH, first=10 * i) for i in range(2)]  # 2 blocks each
+    for q in bulk:
+        s.add(q)
+    step(s, sample=False)
+    assert s.block_manager.num_free_blocks == 0
+    chat = seq(6, priority=INTERACTIVE, first=100)
+    s.add(chat)
+    out = s.schedule()
+    assert out.preempted == [bulk[1]]  # the newest batch row, and only as many as needed
+    assert out.plan == {bulk[0]: 0, chat: 6}  # bulk[0] has nothing left to compute
+    assert chat.status is SequenceStatus.RUNNING and bulk[0].status is SequenceStatus.RUNNING
+
+
+def test_no_batch_row_is_admitted_while_an_interactive_one_waits_for_room():
+    s = make(max_num_seqs=1)
+    chat = seq(3, priority=INTERACTIVE)
+    s.add(chat)
+    step(s)
+    waiting_chat = seq(3, priority=INTERACTIVE, first=10)
+    bulk = seq(3, priority=BATCH, first=20)
+    s.add(waiting_chat)
+    s.add(bulk)
+    plan = step(s)
+    assert plan == {chat: 1}  # interactive work is never preempted for its own class
+    assert waiting_chat.status is SequenceStatus.WAITING
+    assert bulk.status is SequenceStatus.WAITING
+
+
+def test_running_out_of_blocks_preempts_a_batch_row_before_a_newer_interactive_one():
+    s = make(num_blocks=4, block_size=4, budget=64)
+    bulk = seq(7, priority=BATCH)
+    chat = seq(7, priority=INTERACTIVE, first=50)
+    s.add(bulk)
+    step(s)  # bulk: 2 blocks
+    s.add(chat)
+    step(s)  # chat: 2 blocks; every block is used, both decoding
+    assert s.block_manager.num_free_blocks == 0
+    out = s.schedule()  # both need a third block: only one can have it
+    assert out.preempted == [bulk]
+    assert chat in out.plan and bulk not in out.plan
+
+
+def test_with_one_class_the_plan_is_as_before():
+    s = make(budget=8)
+    a, b = seq(5, priority=BATCH), seq(5, priority=BATCH, first=10)
+    s.add(a)
+    s.add(b)
+    assert step(s) == {a: 5, b: 3}
