@@ -56,7 +56,7 @@ from ownllm.ids import new_id
 from ownllm.store.blobs import DataDir
 from ownllm.store.db import Database
 from ownllm.store.quota import StorageQuota
-from ownllm.store.schema import Adapter
+from ownllm.store.schema import Adapter, ModelAlias
 
 SOURCES = ("trained", "imported", "composed", "checkpoint")
 ID_PREFIX = "adapter-"
@@ -174,7 +174,14 @@ def validate_name(name: str) -> str:
 
 
 def _name_taken(db: Database, tenant_id: str, name: str) -> bool:
-    return own_adapter(db, tenant_id, name) is not None
+    return own_adapter(db, tenant_id, name) is not None or _is_alias(db, tenant_id, name)
+
+
+def _is_alias(db: Database, tenant_id: str, name: str) -> bool:
+    """Whether the tenant has a model alias `name` (`ownllm.adapters.aliases`)."""
+    query = select(ModelAlias.id).where(ModelAlias.tenant_id == tenant_id, ModelAlias.name == name)
+    with db.session() as s:
+        return s.scalar(query) is not None
 
 
 def own_adapter(db: Database, tenant_id: str, name: str) -> AdapterRecord | None:
@@ -222,7 +229,9 @@ def register_adapter(
     if base_dir is not None:
         check_base(layout, base_dir)
     if _name_taken(db, tenant_id, name):
-        raise ConflictError(f"you already have an adapter named {name!r}", param="name")
+        raise ConflictError(
+            f"you already have an adapter or model alias named {name!r}", param="name"
+        )
     size_bytes = sum((Path(src_dir) / file).stat().st_size for file in ADAPTER_FILES)
     if quota is not None:
         with db.session() as s:
@@ -369,13 +378,24 @@ def list_adapters(
 def delete_adapter(db: Database, data_dir: DataDir, principal: Viewer, ref: str) -> AdapterRecord:
     """Delete the principal's own adapter (the admin: any): its row first, then its files.
 
-    Another tenant's adapter, public or not, is NotFoundError; the caller unloads
-    the returned adapter from a running engine.
+    Another tenant's adapter, public or not, is NotFoundError; one that a model alias
+    points at is ConflictError (409: the alias's clients would lose their model). The
+    caller unloads the returned adapter from a running engine.
     """
     with db.session() as s:
         row = _find(s, principal, ref)
         if row is None or not (principal.is_admin or row.tenant_id == principal.tenant_id):
             raise NotFoundError(f"no adapter {ref!r}", param="adapter")
+        if db.is_postgres:  # a promotion to it waits for this delete, or this for it
+            s.execute(select(Adapter.id).where(Adapter.id == row.id).with_for_update())
+        query = select(ModelAlias.tenant_id, ModelAlias.name).where(ModelAlias.target == row.id)
+        aliases = [f"{t}/{n}" if t != principal.tenant_id else n for t, n in s.execute(query)]
+        if aliases:
+            raise ConflictError(
+                f"adapter {ref!r} cannot be deleted: model alias {', '.join(sorted(aliases))} "
+                "points at it; promote or roll back the alias to another version first",
+                param="adapter",
+            )
         record = AdapterRecord.from_row(row)
         s.delete(row)
     _remove_dir(data_dir, data_dir.resolve(record.path))

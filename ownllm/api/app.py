@@ -21,6 +21,7 @@ from ownllm.api.origin import OriginCheck
 from ownllm.api.routes import (
     adapters,
     admin,
+    aliases,
     batches,
     chat,
     completions,
@@ -61,6 +62,7 @@ ROUTERS = (  # in matching order: the dashboard's static routes stay last
     usage.router,
     stored_completions.router,
     adapters.router,
+    aliases.router,
     files.router,
     batches.router,
     fine_tuning.router,

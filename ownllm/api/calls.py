@@ -1,8 +1,8 @@
 """From a parsed OpenAI request to an `InferenceCall` (in the route, before the path).
 
 `chat_call` / `completion_call`: the checks that span fields (each a 400 naming its
-`param`), model resolution (base id, `ft:` model or adapter name, plus the `adapters`
-extension) and the sampling parameters: what the request sends, else the served model's
+`param`), model resolution (base id, the tenant's model alias, `ft:` model or adapter name,
+plus the `adapters` extension) and the sampling parameters: what the request sends, else the served model's
 generation defaults (`ownllm.models.generation`), else OpenAI's. The call then takes the
 inference path (`ownllm.api.inference.serve`); nothing here runs on it.
 """
@@ -58,13 +58,26 @@ def _resolve_adapter(state: AppState, principal: Principal, name: str, param: st
     return record.id
 
 
+def _resolve_model(state: AppState, principal: Principal, model: str) -> list[AdapterWeight]:
+    """The adapters `model` runs: the version the caller's alias `model` points at, read
+    once here so the request finishes on it whatever a promotion does meanwhile (none for
+    an alias of the base), else the adapter `model` names."""
+    if state.db is not None:
+        from ownllm.adapters.aliases import find_alias
+
+        alias = find_alias(state.db, principal.tenant_id, model)
+        if alias is not None:
+            return [AdapterWeight(alias.target)] if alias.target is not None else []
+    return [AdapterWeight(_resolve_adapter(state, principal, model, "model"))]
+
+
 def resolve_adapters(
     state: AppState, principal: Principal, model: str, extra: list[AdapterRef] | None
 ) -> tuple[AdapterWeight, ...]:
     """The adapters a request runs with: `model` itself when it names one, then `adapters`."""
     adapters = []
     if model != state.model_id:
-        adapters.append(AdapterWeight(_resolve_adapter(state, principal, model, "model")))
+        adapters.extend(_resolve_model(state, principal, model))
     for i, ref in enumerate(extra or ()):
         adapter_id = _resolve_adapter(state, principal, ref.id, f"adapters[{i}].id")
         adapters.append(AdapterWeight(adapter_id, ref.weight))

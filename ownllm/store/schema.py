@@ -254,6 +254,105 @@ class StoredResponse(Base):
     conversation: Mapped[list[Any]] = mapped_column(JSON)
 
 
+class ModelAlias(Base):
+    """A stable model id of a tenant (`support`) that points at a version: an adapter
+    (`target`, trained or composed) or the base model (`target` None). Promotion and
+    rollback move it with one conditional UPDATE on `version`, so replicas sharing the
+    database never see half a move; `history` is the stack of earlier targets that
+    `rollback` pops."""
+
+    __tablename__ = "model_aliases"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "name", name="uq_model_aliases_tenant_id_name"),
+    )
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # alias-…
+    tenant_id: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str] = mapped_column(String(256))
+    target: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    history: Mapped[list[Any]] = mapped_column(JSON, default=list)  # earlier targets, oldest first
+    gate: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    version: Mapped[int] = mapped_column(Integer, default=1)  # moves so far, the first is 1
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class AliasMove(Base):
+    """One move of an alias: who, when, from and to, and the gate's figures."""
+
+    __tablename__ = "alias_moves"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    alias_id: Mapped[str] = mapped_column(ForeignKey("model_aliases.id"), index=True)
+    tenant_id: Mapped[str] = mapped_column(String(64), index=True)
+    version: Mapped[int] = mapped_column(Integer)  # the alias's version after the move
+    action: Mapped[str] = mapped_column(String(16))  # create | promote | rollback | refused
+    from_target: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    to_target: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    actor: Mapped[str] = mapped_column(String(128))  # key id, `cli`, or `job:<ftjob id>`
+    created_at: Mapped[float] = mapped_column(Float)
+    gate: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # figures and verdict
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class EvalDefinition(Base):
+    """An eval (OpenAI's Evals API): how items look and how samples are graded. `kind`
+    is `eval`, or `redteam` for the shipped red-team suite's evals."""
+
+    __tablename__ = "evals"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # eval_…
+    tenant_id: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str] = mapped_column(String(256), index=True)
+    kind: Mapped[str] = mapped_column(String(16), default="eval")
+    data_source_config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    testing_criteria: Mapped[list[Any]] = mapped_column(JSON)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
+    created_at: Mapped[int] = mapped_column(BigInteger, index=True)
+
+
+class EvalRun(Base):
+    """One run of an eval against a model, adapter or alias: a row claimed by a worker
+    (`FOR UPDATE SKIP LOCKED` on PostgreSQL), its items' results in `eval_output_items`
+    so a run resumes where a lost worker left it."""
+
+    __tablename__ = "eval_runs"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # evalrun_…
+    eval_id: Mapped[str] = mapped_column(ForeignKey("evals.id"), index=True)
+    tenant_id: Mapped[str] = mapped_column(String(64), index=True)
+    key_id: Mapped[str | None] = mapped_column(String(40), nullable=True)  # who created it
+    name: Mapped[str] = mapped_column(String(256))
+    model: Mapped[str] = mapped_column(String(512))  # as the run names it
+    adapter_id: Mapped[str | None] = mapped_column(String(64), nullable=True)  # resolved once
+    data_source: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    result_counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    per_testing_criteria_results: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # red-team rates
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
+    worker_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    heartbeat_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[int] = mapped_column(BigInteger, index=True)
+    finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class EvalOutputItem(Base):
+    """The result of one data-source item in a run: its sample and each grader's verdict."""
+
+    __tablename__ = "eval_output_items"
+    __table_args__ = (
+        UniqueConstraint("run_id", "datasource_item_id", name="uq_eval_output_items_run_id"),
+    )
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # outputitem_…
+    run_id: Mapped[str] = mapped_column(ForeignKey("eval_runs.id"), index=True)
+    tenant_id: Mapped[str] = mapped_column(String(64), index=True)
+    datasource_item_id: Mapped[int] = mapped_column(Integer)
+    datasource_item: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(8))  # pass | fail | error
+    results: Mapped[list[Any]] = mapped_column(JSON)
+    sample: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
 class GuardEvent(Base):
     __tablename__ = "guard_events"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

@@ -1,7 +1,8 @@
 """GET /v1/models and /v1/models/{id} in the OpenAI list shape.
 
 Extensions beside OpenAI's fields: `root`, `parent` (an adapter's base), `max_model_len`,
-`adapter_id`, and `generation_defaults` on the base model and its adapters (the sampling
+`adapter_id`, `alias` on the caller's model aliases (`target`: the version it points
+at, `version`, `updated_at`), and `generation_defaults` on the base model and its adapters (the sampling
 values a request gets for the fields it leaves out).
 """
 
@@ -11,6 +12,7 @@ from fastapi import APIRouter, Depends
 from starlette.concurrency import run_in_threadpool
 
 from ownllm.api.routes.adapters import adapter_models
+from ownllm.api.routes.aliases import alias_models
 from ownllm.api.schemas import ERROR_RESPONSES, Model, ModelList
 from ownllm.api.state import AppState, get_state
 from ownllm.errors import ModelNotFoundError
@@ -64,7 +66,10 @@ async def list_models(
         {**model, **generation}
         for model in await run_in_threadpool(adapter_models, state, principal)
     ]
-    return {"object": "list", "data": [_base_model(state), *adapters, *_embedding_models(state)]}
+    named = await run_in_threadpool(alias_models, state, principal)
+    named = [{**model, **generation} for model in named]
+    data = [_base_model(state), *named, *adapters, *_embedding_models(state)]
+    return {"object": "list", "data": data}
 
 
 @router.get(
