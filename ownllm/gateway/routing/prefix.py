@@ -1,11 +1,12 @@
 """Tenant-scoped prompt-prefix hashes and an approximate per-replica index of them.
 
 A prompt's token ids are cut into blocks of `block_tokens` (vLLM's KV block size, 16 by
-default); block i's hash covers the tenant id and every token up to the end of block i, as
-a chain: `h[i] = hash((h[i-1], *block_i))`, with `h[-1]` derived from the tenant id. Two
-requests share the first k hashes exactly when they share the first k blocks and the
-tenant, which is when a replica's prefix cache (scoped to the tenant, as ownllm's and
-vLLM's `cache_salt` are) can reuse them. A partial last block is not hashed: no engine
+default); block i's hash covers the scope and every token up to the end of block i, as a chain:
+`h[i] = hash((h[i-1], *block_i))`, with `h[-1]` derived from the scope, which the router
+makes of the tenant id and the adapter set. Two requests share the first k hashes exactly
+when they share the first k blocks, the tenant and the adapters, which is when a replica's
+prefix cache (keyed so in ownllm's engine, and by vLLM's `cache_salt` and LoRA id) can
+reuse them. A partial last block is not hashed: no engine
 caches it.
 
 `PrefixIndex` is what the router remembers of one replica: the block hashes of the

@@ -6,7 +6,8 @@
    names it. Of those, the ones whose circuit lets a request through
    (`ownllm.gateway.routing.health`) and whose last health check passed.
 2. pick one by the configured strategy (`ownllm.gateway.routing.scoring`); remember the
-   prompt's prefix blocks and the adapter set on it.
+   prompt's prefix blocks (chained from the tenant and the adapter set, which key a
+   replica's KV cache) and the adapter set on it.
 3. stream its deltas. A failure before the first delta (connection refused, 5xx, queue
    full) is retried on another replica, up to `max_attempts` replicas in all; an error
    that is the request's own (400, 404) is raised as it is. A failure after the first delta
@@ -138,7 +139,7 @@ class Router:
         tried: list[Replica] = []
         last_error: BaseException | None = None
         for _ in range(self.config.max_attempts):
-            replica = self._pick(request, tried, last_error)
+            replica = self.route(request, tried)
             if replica is None:
                 break
             tried.append(replica)
@@ -261,9 +262,9 @@ class Router:
                 param="model",
             )
 
-    def _pick(
-        self, request: GenerateRequest, tried: Sequence[Replica], last_error: BaseException | None
-    ) -> Replica | None:
+    def route(self, request: GenerateRequest, tried: Sequence[Replica] = ()) -> Replica | None:
+        """The replica for `request` (None: no candidate left besides `tried`), its prefix
+        blocks and adapter set remembered there. Synchronous: bench/routing_sim.py calls it."""
         model = request.model or self._model_info.id
         while True:
             options = self.candidates(request.cache_scope, model, tried)
@@ -271,7 +272,9 @@ class Router:
                 return None
             adapter_key = tuple(a.adapter_id for a in request.adapters)
             hashes = prefix_hashes(
-                request.cache_scope, request.prompt_token_ids, self.config.prefix_block_tokens
+                cache_scope(request.cache_scope, adapter_key),
+                request.prompt_token_ids,
+                self.config.prefix_block_tokens,
             )
             views = [r.view for r in options]
             choice = choose(
@@ -367,6 +370,12 @@ class Router:
                 raise result
             if isinstance(result, Exception):
                 log.warning("replica %s: %s failed: %s", r.name, what, _describe(result))
+
+
+def cache_scope(tenant: str, adapter_key: tuple[str, ...]) -> str:
+    """What a replica's prefix cache is keyed on: the tenant and the adapter set (the KV of
+    a prompt differs per adapter), as the embedded engine's `cache_key` is."""
+    return repr((tenant, adapter_key))
 
 
 def _describe(e: BaseException) -> str:

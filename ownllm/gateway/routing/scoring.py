@@ -6,7 +6,8 @@ For each healthy candidate replica r serving the requested base model (affinity 
 
     A(r) = 1 when the request's adapter set is resident on r (the router's index of what it
            routed there, corrected by the adapters r reports), else 0; 0 for the base model
-    P(r) = matched / total: the share of the prompt's full blocks (tenant-scoped hash chain,
+    P(r) = matched / total: the share of the prompt's full blocks (a hash chain seeded with
+           the tenant and the adapter set, as a replica's KV cache is keyed;
            `ownllm.gateway.routing.prefix`) that r is thought to hold
     Q(r) = q / (q + queue_scale), q = the larger of r's scraped queued + running requests
            and the requests this gateway has in flight on r (fresh between scrapes)
@@ -14,9 +15,10 @@ For each healthy candidate replica r serving the requested base model (affinity 
 
 Defaults: w_adapter = 1, w_prefix = 2, w_queue = 3, w_kv = 1, queue_scale = 8 (`[routing]`).
 The highest score wins; ties go to the lower q, then round robin. The load penalty keeps a
-hot adapter or a shared system prompt from piling onto one replica: at q = queue_scale an
-affinity of 1.5 points is used up, so a request leaves a full-prefix replica once that one
-runs about 8 more requests than an idle peer (bench/routing_sim.py measures the trade).
+hot adapter or a shared system prompt from piling onto one replica: it is 1.5 at q =
+queue_scale and 2 at q = 2 × queue_scale, so a request leaves the replica holding its whole
+prefix once that one runs about 16 more requests than an idle peer, and leaves its
+adapter's replica at about 4 more (bench/routing_sim.py measures the trade).
 
 `round_robin` takes the candidates in turn; `least_loaded` takes the lowest q (then the
 lowest K). Pure functions over `ReplicaView`s, no I/O: the router and the routing
