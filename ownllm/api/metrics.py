@@ -7,7 +7,9 @@ are read from `backend.stats()` at scrape time, so they are never stale.
 Labels are bounded on purpose: `endpoint` (a handful of routes), `status` (HTTP codes
 the API returns) and `finish_reason` (stop, length, content_filter, client_gone, error).
 No model, adapter, tenant or user labels: those are unbounded and belong in the usage
-ledger, not in a time series.
+ledger, not in a time series. Behind a router (`ownllm.gateway.routing`), each replica's
+state, in-flight requests, routed requests, retries, failures and affinity hits carry a
+`replica` label: the configured backend names, a bounded set.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import asdict
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -44,6 +46,68 @@ class _EngineCollector(Collector):
             yield GaugeMetricFamily(name, help_, value=float(stats.pop(key, 0)))
         for key, value in stats.items():
             yield GaugeMetricFamily(f"ownllm_engine_{key}", f"Engine stat {key}.", value=value)
+
+
+# Router counters per replica: Replica attribute -> (metric name, help)
+ROUTING_COUNTERS = {
+    "num_routed": ("ownllm_routed_requests", "Requests routed to the replica."),
+    "num_retried": (
+        "ownllm_routing_retries",
+        "Requests that failed on the replica before their first token and were retried.",
+    ),
+    "num_failed": ("ownllm_replica_failures", "Requests that failed on the replica."),
+    "num_adapter_hits": (
+        "ownllm_routing_adapter_affinity_hits",
+        "Requests routed to the replica where their adapter was resident.",
+    ),
+    "num_prefix_hits": (
+        "ownllm_routing_prefix_affinity_hits",
+        "Requests routed to the replica for a prompt prefix it holds.",
+    ),
+    "num_prefix_blocks_hit": (
+        "ownllm_routing_prefix_blocks_hit",
+        "Prompt blocks the replica held for the requests routed to it.",
+    ),
+}
+REPLICA_STATES = ("healthy", "circuit_open", "down")
+
+
+class _RoutingCollector(Collector):
+    """Per-replica state and counters of a Router backend (labels: the configured replica
+    names, a bounded set)."""
+
+    def __init__(self, state: Any) -> None:
+        self._state = state
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        from ownllm.gateway.routing import Router
+
+        router = self._state.backend
+        if not isinstance(router, Router):
+            return
+        states = GaugeMetricFamily(
+            "ownllm_replica_state",
+            "1 for the replica's current state.",
+            labels=["replica", "state"],
+        )
+        in_flight = GaugeMetricFamily(
+            "ownllm_replica_in_flight",
+            "Requests this gateway has on the replica.",
+            labels=["replica"],
+        )
+        counters = {
+            attr: CounterMetricFamily(name, help_, labels=["replica"])
+            for attr, (name, help_) in ROUTING_COUNTERS.items()
+        }
+        for replica in router.replicas:
+            for s in REPLICA_STATES:
+                states.add_metric([replica.name, s], float(replica.state == s))
+            in_flight.add_metric([replica.name], replica.view.num_in_flight)
+            for attr, family in counters.items():
+                family.add_metric([replica.name], getattr(replica, attr))
+        yield states
+        yield in_flight
+        yield from counters.values()
 
 
 class Metrics:
@@ -88,6 +152,7 @@ class Metrics:
             registry=r,
         )
         r.register(_EngineCollector(state))
+        r.register(_RoutingCollector(state))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

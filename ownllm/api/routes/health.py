@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
 from ownllm.api.state import AppState, get_state
+from ownllm.gateway.routing import Router
 
 router = APIRouter(tags=["health"])
 
@@ -18,8 +19,11 @@ async def health() -> dict:
 
 @router.get("/ready")
 async def ready(state: AppState = Depends(get_state)) -> JSONResponse:
-    """Ready: the model is loaded in the backend and the database answers."""
-    backend_ok = state.backend is not None and await state.backend.health()
+    """Ready: the model is loaded in the backend (behind a router: some local replica is
+    healthy) and the database answers. A router's replicas are listed with their state
+    (healthy, circuit_open, down)."""
+    backend = state.backend
+    backend_ok = backend is not None and await backend.health()
     db_ok = state.db is not None and state.db.ping()
     body = {
         "status": "ready" if backend_ok and db_ok else "not_ready",
@@ -27,4 +31,6 @@ async def ready(state: AppState = Depends(get_state)) -> JSONResponse:
         "model_loaded": backend_ok,
         "database": db_ok,
     }
+    if isinstance(backend, Router):
+        body["replicas"] = backend.replica_states()
     return JSONResponse(body, status_code=200 if backend_ok and db_ok else 503)
