@@ -6,7 +6,8 @@ its help text, its environment variable and its allowed values in metadata,
 so validation messages and the README table come from one place
 (`ownllm config --table` prints it). A section may hold a nested table:
 `[model.generation]` is `ModelConfig.generation`, its variables
-`OWNLLM_MODEL_GENERATION_*`.
+`OWNLLM_MODEL_GENERATION_*`. `[[backends]]` is a list of tables, one per inference
+backend (`BackendConfig`); `--backend KIND=URL` on `ownllm serve` replaces it.
 
 A bad value raises `ConfigError` naming the field, the value and what is
 allowed; `ownllm serve` prints that one line and exits non-zero.
@@ -397,6 +398,72 @@ class CostConfig:
     )
 
 
+BACKEND_KINDS = ("embedded", "vllm", "openai")
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """One inference backend: a `[[backends]]` table (or `--backend KIND=URL`).
+
+    `embedded` is the in-process engine over the served model; `vllm` a vLLM
+    OpenAI-compatible server of the same base model with LoRA enabled (external at `url`,
+    or started from `command`); `openai` any OpenAI-compatible endpoint (another ownllm,
+    llama.cpp's server, Ollama, a paid API)."""
+
+    name: str = setting("", "Name of the backend in logs, metrics and routing (default KIND-N).")
+    kind: str = setting("embedded", "What serves the requests.", choices=BACKEND_KINDS)
+    url: str = setting(
+        "", "Base URL of the server (http://host:port, without /v1); none for embedded."
+    )
+    models: tuple[str, ...] = setting(
+        (),
+        "Model ids clients may name that this backend serves (default: the served base "
+        "model and its adapters).",
+    )
+    upstream_model: str = setting(
+        "",
+        "Model id sent to the endpoint (default: a vllm server's served name; for openai, "
+        "the id the client named).",
+    )
+    api_key_env: str = setting(
+        "", "Environment variable holding the API key sent as `Authorization: Bearer`."
+    )
+    max_concurrency: int = setting(
+        64,
+        "Requests in flight on this backend at once; beyond, 503 with Retry-After.",
+        min=1,
+        max=1 << 20,
+    )
+    remote: bool = setting(
+        False, "Requests sent here leave the company's premises (only the hybrid policy may)."
+    )
+    dialect: str = setting(
+        "openai",
+        "For kind openai: `openai` sends chat messages as they are (llama.cpp, Ollama, paid "
+        "APIs); `ownllm` is another ownllm sharing the adapter registry (adapters go by "
+        "registry id).",
+        choices=("openai", "ownllm"),
+    )
+    command: tuple[str, ...] = setting(
+        (),
+        "For kind vllm: the argv of a vLLM server ownllm starts, waits for and stops (it "
+        "must listen at `url`); empty: the server at `url` is run by someone else.",
+    )
+    timeout_s: float = setting(
+        600.0, "Seconds a request may wait for the next bytes from the backend.", min=1, max=86400
+    )
+    start_timeout_s: float = setting(
+        600.0, "Seconds a managed vLLM server may take to answer /health.", min=1, max=86400
+    )
+    max_model_len: int = setting(
+        0,
+        "Context length of the backend's model (0: what its /v1/models says, else the "
+        "served model's).",
+        min=0,
+        max=1_048_576,
+    )
+
+
 @dataclass(frozen=True)
 class HybridPolicy:
     """Where one tenant's requests for one model may go; a `[[routing.policy]]` table.
@@ -491,6 +558,7 @@ class Config:
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
+    backends: tuple[BackendConfig, ...] = ()  # empty: the embedded engine, as one backend
 
 
 _SECTION_TYPES = {
@@ -511,7 +579,8 @@ _SECTION_TYPES = {
 _LIST_TABLES = {("routing", "policy"): HybridPolicy}
 
 
-_TYPES = {"int": int, "bool": bool, "str": str, "float": float}
+_TYPES = {"int": int, "bool": bool, "str": str, "float": float, "tuple[str, ...]": tuple}
+LIST_SECTIONS = ("backends",)  # `[[backends]]`: a list of tables
 
 
 def env_name(section: str, f: dataclasses.Field) -> str:
@@ -528,6 +597,10 @@ def _table_type(f: dataclasses.Field) -> type | None:
 def _coerce(name: str, f: dataclasses.Field, value: Any, source: str) -> Any:
     kind = _TYPES.get(str(f.type).removesuffix(" | None"), str)
     try:
+        if kind is tuple:
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise ValueError
+            return tuple(value)
         if kind is bool:
             if isinstance(value, bool):
                 out = value
@@ -550,7 +623,8 @@ def _coerce(name: str, f: dataclasses.Field, value: Any, source: str) -> Any:
                 raise ValueError
             out = str(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{name} = {value!r} (from {source}): expected {kind.__name__}") from None
+        expected = "a list of strings" if kind is tuple else kind.__name__
+        raise ConfigError(f"{name} = {value!r} (from {source}): expected {expected}") from None
     meta = f.metadata
     if meta.get("choices") is not None and out not in meta["choices"]:
         allowed = ", ".join(str(c) for c in meta["choices"])
@@ -566,7 +640,8 @@ def load_config(
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Config:
-    """Build the Config: defaults < file < env < overrides (`{"server": {"port": 9000}}`).
+    """Build the Config: defaults < file < env < overrides (`{"server": {"port": 9000}}`;
+    `{"backends": [{"kind": "vllm", "url": …}]}` replaces the file's `[[backends]]`).
 
     Without `config_file`, `./ownllm.toml` is read when it exists.
     """
@@ -580,11 +655,11 @@ def load_config(
             file_values = tomllib.loads(path.read_text())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from None
-        unknown = set(file_values) - set(_SECTION_TYPES)
+        unknown = set(file_values) - set(_SECTION_TYPES) - set(LIST_SECTIONS)
         if unknown:
             raise ConfigError(
                 f"config file {str(path)!r}: unknown section [{sorted(unknown)[0]}]; "
-                f"known: {', '.join(_SECTION_TYPES)}"
+                f"known: {', '.join([*_SECTION_TYPES, *LIST_SECTIONS])}"
             )
     overrides = overrides or {}
     sections = {
@@ -593,7 +668,71 @@ def load_config(
         )
         for section, cls in _SECTION_TYPES.items()
     }
-    return Config(**sections)
+    given = overrides.get("backends")
+    if given:
+        backends = _backends(given, "--backend")
+    else:
+        backends = _backends(file_values.get("backends", []), str(path))
+    return Config(**sections, backends=backends)
+
+
+def _backends(tables: Any, source: str) -> tuple[BackendConfig, ...]:
+    """The `[[backends]]` list, each table checked: known keys, a unique name, a URL where
+    the kind needs one, `command` only for vllm."""
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError(f"{source}: backends must be a list of tables ([[backends]])")
+    fields = {f.name: f for f in dataclasses.fields(BackendConfig)}
+    out: list[BackendConfig] = []
+    for i, table in enumerate(tables):
+        where = f"backends[{i}]"
+        for key in table:
+            if key not in fields:
+                raise ConfigError(
+                    f"{source}: unknown setting {where}.{key}; known: {', '.join(fields)}"
+                )
+        values = {
+            key: _coerce(f"{where}.{key}", fields[key], value, source)
+            for key, value in table.items()
+            if value is not None
+        }
+        cfg = BackendConfig(**values)
+        if not cfg.name:
+            same_kind = sum(b.kind == cfg.kind for b in out)
+            cfg = dataclasses.replace(cfg, name=f"{cfg.kind}-{same_kind}")
+        _check_backend(cfg, where, source)
+        if any(b.name == cfg.name for b in out):
+            raise ConfigError(f"{source}: {where}.name = {cfg.name!r} is used twice")
+        out.append(cfg)
+    return tuple(out)
+
+
+def _check_backend(cfg: BackendConfig, where: str, source: str) -> None:
+    if cfg.kind == "embedded":
+        if cfg.url or cfg.command:
+            raise ConfigError(
+                f"{source}: {where} is embedded (this process): it takes no url or command"
+            )
+        return
+    if not cfg.url.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"{where}.url = {cfg.url!r} (from {source}): kind {cfg.kind} needs the server's "
+            "http:// or https:// base URL"
+        )
+    if cfg.command and cfg.kind != "vllm":
+        raise ConfigError(f"{source}: {where}.command is only for kind vllm (a managed server)")
+
+
+def parse_backend_flag(value: str) -> dict[str, str]:
+    """`--backend KIND=URL` as a backends table; raises ConfigError naming the flag."""
+    kind, sep, url = (part.strip() for part in value.partition("="))
+    if kind == "embedded" and not url:
+        return {"kind": kind}
+    if not sep or kind not in BACKEND_KINDS[1:]:
+        raise ConfigError(
+            f"--backend {value!r}: expected KIND=URL, KIND one of vllm, openai "
+            "(or plain `embedded`)"
+        )
+    return {"kind": kind, "url": url}
 
 
 def _build(
@@ -657,6 +796,7 @@ def settings_table() -> str:
     rows = ["| setting | env var | default | meaning |", "|---|---|---|---|"]
     for section, cls in _SECTION_TYPES.items():
         rows.extend(_table_rows(section, cls))
+    rows.extend(_table_rows("backends[]", BackendConfig))
     return "\n".join(rows)
 
 
@@ -677,5 +817,7 @@ def _table_rows(section: str, cls: type) -> list[str]:
         if allowed:
             help_text += " One of: " + ", ".join(str(c) for c in allowed) + "."
         env = "(file only)" if "[" in section else f"`{env_name(section, f)}`"
+        if isinstance(default, tuple):
+            default = list(default) or "(empty)"
         rows.append(f"| `{section}.{f.name}` | {env} | `{default}` | {help_text} |")
     return rows

@@ -118,3 +118,27 @@ class ReplicaFailedError(ServerError):
 
     status_code = 502
     code = "replica_failed"
+
+
+class BackendError(OwnLLMError):
+    """A backend server (vLLM, another OpenAI-compatible endpoint) answered with something
+    ownllm cannot pass on: 502, as a proxy says its upstream failed."""
+
+    status_code = 502
+    type = "server_error"
+    code = "bad_gateway"
+
+
+class BackendUnavailableError(BackendError):
+    """The backend could not be reached, or failed, before it sent the first token: nothing
+    was generated, so the request may be retried on another replica (503)."""
+
+    status_code = 503
+    code = "backend_unavailable"
+
+
+class BackendStreamError(BackendError):
+    """The backend's answer broke off after it began: the stream ends with this error event
+    (never a silent truncation); retrying would repeat the text already sent."""
+
+    code = "backend_stream_broken"

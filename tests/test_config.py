@@ -147,3 +147,83 @@ def test_bad_routing_settings_name_what_is_wrong(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_config(path, env={})
+
+
+def test_backends_tables(tmp_path):
+    path = tmp_path / "ownllm.toml"
+    path.write_text(
+        """
+[[backends]]
+kind = "vllm"
+url = "http://127.0.0.1:8100"
+command = ["python", "-m", "vllm.entrypoints.openai.api_server", "--port", "{port}"]
+max_concurrency = 32
+
+[[backends]]
+name = "paid"
+kind = "openai"
+url = "https://api.example.com/v1"
+models = ["gpt-4o-mini"]
+api_key_env = "EXAMPLE_API_KEY"
+remote = true
+"""
+    )
+    vllm, paid = load_config(path, env={}).backends
+    assert (vllm.name, vllm.kind, vllm.max_concurrency, vllm.remote) == (
+        "vllm-0",
+        "vllm",
+        32,
+        False,
+    )
+    assert vllm.command[-1] == "{port}"
+    assert (paid.name, paid.models, paid.api_key_env, paid.remote) == (
+        "paid",
+        ("gpt-4o-mini",),
+        "EXAMPLE_API_KEY",
+        True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('kind = "tpu"\nurl = "http://x"', "backends[0].kind = 'tpu'"),
+        ('kind = "vllm"', "needs the server's http:// or https:// base URL"),
+        ('kind = "openai"\nurl = "http://x"\ncommand = ["x"]', "command is only for kind vllm"),
+        ('kind = "embedded"\nurl = "http://x"', "takes no url or command"),
+        ('kind = "openai"\nurl = "http://x"\nmodels = "m"', "expected a list of strings"),
+        ('kind = "openai"\nurl = "http://x"\nport = 1', "unknown setting backends[0].port"),
+        ('kind = "openai"\nurl = "http://x"\nmax_concurrency = 0', "must be between 1"),
+    ],
+)
+def test_bad_backends_are_refused_with_the_field(tmp_path, table, message):
+    path = tmp_path / "ownllm.toml"
+    path.write_text(f"[[backends]]\n{table}\n")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(path, env={})
+
+
+def test_a_backend_name_is_unique(tmp_path):
+    path = tmp_path / "ownllm.toml"
+    path.write_text(
+        '[[backends]]\nkind = "embedded"\n[[backends]]\nkind = "embedded"\nname = "embedded-0"\n'
+    )
+    with pytest.raises(ConfigError, match="'embedded-0' is used twice"):
+        load_config(path, env={})
+
+
+def test_backend_flags_replace_the_files_backends(tmp_path):
+    from ownllm.config import parse_backend_flag
+
+    path = tmp_path / "ownllm.toml"
+    path.write_text('[[backends]]\nkind = "openai"\nurl = "http://file"\n')
+    flags = [parse_backend_flag("vllm=http://127.0.0.1:8100"), parse_backend_flag("embedded")]
+    backends = load_config(path, env={}, overrides={"backends": flags}).backends
+    assert [(b.name, b.kind, b.url) for b in backends] == [
+        ("vllm-0", "vllm", "http://127.0.0.1:8100"),
+        ("embedded-0", "embedded", ""),
+    ]
+    with pytest.raises(ConfigError, match="expected KIND=URL"):
+        parse_backend_flag("tpu=http://x")
+    with pytest.raises(ConfigError, match="expected KIND=URL"):
+        parse_backend_flag("http://x")

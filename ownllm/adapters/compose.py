@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ownllm.errors import InvalidRequestError
@@ -201,3 +202,25 @@ def _drop_random(tensor: torch.Tensor, density: float, generator: torch.Generato
 
     keep = torch.bernoulli(torch.full(tensor.shape, density), generator=generator)
     return tensor * keep / density
+
+
+def cat_into(inputs: Sequence[tuple[str, float]], out_dir: Path) -> Path:
+    """The `cat` composition of PEFT adapters (directory, weight) written to `out_dir`,
+    complete or not at all (written beside it, then renamed): a replica applying one
+    LoRA per request runs a stacked request on it. Returns `out_dir`."""
+    import os
+    import shutil
+    import uuid
+
+    from ownllm.formats.peft import read_adapter, write_adapter
+
+    composed = compose(
+        [read_adapter(path) for path, _ in inputs], ComposeSpec("cat", tuple(w for _, w in inputs))
+    )
+    scratch = out_dir.with_name(f".{out_dir.name}.{uuid.uuid4().hex[:8]}")
+    write_adapter(scratch, composed)
+    try:
+        os.rename(scratch, out_dir)
+    except OSError:  # another process made it first: theirs is the same composition
+        shutil.rmtree(scratch, ignore_errors=True)
+    return out_dir

@@ -108,24 +108,29 @@ def build_state(config: Config) -> AppState:
 
 
 def start_backend(state: AppState):
-    """Create the embedded engine for the prepared model (imported lazily: torch is heavy)."""
-    import torch
-
-    from ownllm.backends.embedded import EmbeddedBackend
+    """The app's backend from `[[backends]]` (none configured: the embedded engine over the
+    prepared model, as one backend). Raises ConfigError for what cannot be built."""
+    from ownllm.adapters.compose import cat_into
+    from ownllm.backends.factory import BackendContext, build_backend
+    from ownllm.config import BackendConfig, ConfigError
 
     cfg = state.config
-    device = cfg.model.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return EmbeddedBackend(
-        model_dir=state.model.path,
-        model_id=state.model.id,
-        engine_config=cfg.engine,
-        dtype=cfg.model.dtype,
-        device=device,
-        max_model_len=cfg.model.max_model_len,
+    context = BackendContext(
+        model_id=state.model_id,
+        model_dir=state.model.path if state.model is not None else None,
+        tokenizer=state.tokenizer,
+        data_dir=state.data_dir.root,
+        engine=cfg.engine,
+        model=cfg.model,
         adapter_resolver=_adapter_resolver(state),
+        composer=cat_into,
     )
+    configs = cfg.backends or (BackendConfig(name="embedded"),)
+    if len(configs) > 1:  # routing over several backends: ownllm.gateway.routing
+        raise ConfigError(
+            f"{len(configs)} backends are configured; this build serves one ([[backends]])"
+        )
+    return build_backend(configs[0], context)
 
 
 def _adapter_resolver(state: AppState):

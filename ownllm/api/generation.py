@@ -33,7 +33,7 @@ from ownllm.api.state import AppState
 from ownllm.api.tokens import max_model_len, tokenise
 from ownllm.api.tools import tool_constraint
 from ownllm.backends.base import PRIORITY_BATCH, PRIORITY_INTERACTIVE, GenerateRequest
-from ownllm.errors import OverloadedError
+from ownllm.errors import InvalidRequestError, OverloadedError
 from ownllm.gateway.gateway import Gateway
 from ownllm.gateway.hooks import ChoiceOutcome, InferenceCall, InferenceOutcome
 
@@ -137,12 +137,18 @@ async def generate_requests(
     call: InferenceCall, tokenizer: Any, backend: Any
 ) -> list[GenerateRequest]:
     """One GenerateRequest per prompt; the `response_format` or tools constraint built in
-    a thread."""
+    a thread, for a backend that decodes with local token constraints (one that forwards
+    the request to another server passes `response_format` on instead, and refuses tools)."""
     constraint = None
     vocab_size = backend.model_info.vocab_size
     if call.tools is not None:
+        if not backend.uses_token_constraints:
+            raise InvalidRequestError(
+                "tools (function calling) are not supported by this model's backend",
+                param="tools",
+            )
         constraint = await asyncio.to_thread(tool_constraint, call.tools, tokenizer, vocab_size)
-    elif call.response_format is not None:
+    elif call.response_format is not None and backend.uses_token_constraints:
         constraint = await asyncio.to_thread(
             _constraint, tokenizer, call.response_format, vocab_size
         )
@@ -157,6 +163,9 @@ async def generate_requests(
             model=call.model,
             constraint=constraint if k == 0 else constraint.fork() if constraint else None,
             priority=PRIORITY_BATCH if call.batch_id else PRIORITY_INTERACTIVE,
+            messages=call.messages,
+            prompt_text=call.prompts[k] if call.prompts is not None else None,
+            response_format=call.response_format,
         )
         for k, prompt_ids in enumerate(ids)
     ]

@@ -53,6 +53,10 @@ class Backend(Protocol):
     @property
     def tokenizer(self) -> Any: ...
 
+    # True: `generate` honours `GenerateRequest.constraint` (built by the caller from the
+    # local tokenizer); False: it passes `response_format` on to the server it calls.
+    uses_token_constraints: bool
+
     def generate(self, request: GenerateRequest) -> AsyncIterator[Delta]:
         """Yield deltas until every choice of the request has finished.
 

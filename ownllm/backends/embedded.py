@@ -22,6 +22,8 @@ from ownllm.errors import InvalidRequestError, ServerError
 class EmbeddedBackend:
     """Serves one base model (plus LoRA adapters) with `ownllm.engine` in this process."""
 
+    uses_token_constraints = True
+
     def __init__(
         self,
         model_dir: Path,

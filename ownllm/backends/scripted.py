@@ -74,6 +74,8 @@ def counting_backend(tokenizer: Any = None, **cues: Any) -> ScriptedBackend:
 class ScriptedBackend:
     """A `Backend` whose output is its script, with the cues the module docstring lists."""
 
+    uses_token_constraints = True
+
     def __init__(
         self,
         script: Script = GREETING,

@@ -14,9 +14,17 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", metavar="DIR", help="data directory (env OWNLLM_HOME)")
 
 
-def config_from_args(args: argparse.Namespace, sections: dict[str, dict[str, Any]]) -> Config:
-    overrides = {section: dict(values) for section, values in sections.items()}
+def config_from_args(
+    args: argparse.Namespace,
+    sections: dict[str, dict[str, Any]],
+    backends: list[dict[str, Any]] | None = None,
+) -> Config:
+    """The Config of a command: its flags (`sections`) over the file and environment;
+    `backends` (from `--backend`), when any, replace the file's `[[backends]]`."""
+    overrides: dict[str, Any] = {section: dict(values) for section, values in sections.items()}
     overrides.setdefault("store", {})["data_dir"] = getattr(args, "data_dir", None)
+    if backends:
+        overrides["backends"] = backends
     return load_config(getattr(args, "config", None), overrides=overrides)
 
 

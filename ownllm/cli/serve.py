@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 
 from ownllm.gateway.principal import is_loopback
 
@@ -27,11 +28,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", metavar="PATH|ID", help="catalog id, HF model dir or .gguf file")
     parser.add_argument("--name", help="model id served to clients")
     parser.add_argument("--dtype", help="auto | float32 | bfloat16 | float16")
+    parser.add_argument(
+        "--backend",
+        action="append",
+        metavar="KIND=URL",
+        help="an inference backend: vllm=URL or openai=URL (or embedded); repeatable, "
+        "replaces the config file's [[backends]]",
+    )
     add_config_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from ownllm.cli.common import ConfigError, config_from_args, fail
+    from ownllm.config import parse_backend_flag
 
     try:
         config = config_from_args(
@@ -40,10 +49,14 @@ def run(args: argparse.Namespace) -> int:
                 "server": {"host": args.host, "port": args.port},
                 "model": {"model": args.model, "name": args.name, "dtype": args.dtype},
             },
+            backends=[parse_backend_flag(value) for value in args.backend or ()],
         )
+        from ownllm.backends.factory import api_key
         from ownllm.gateway.guard.policy import load_policy
 
         load_policy(config.guard.policy_file or None)  # a bad policy stops here, before the model
+        for backend in config.backends:
+            api_key(backend, os.environ)  # an unset key variable stops here too
     except ConfigError as e:
         return fail(str(e))
     configure_logging(config.server.log_level)

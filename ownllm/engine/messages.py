@@ -73,7 +73,12 @@ PRIORITY_BATCH = 1
 class GenerateRequest:
     """One generation request. `cache_scope` isolates prefix-cache reuse
     (the tenant id): a cached prefix is only reused within the same scope.
-    `priority` is its class (`PRIORITY_INTERACTIVE`, `PRIORITY_BATCH`)."""
+    `priority` is its class (`PRIORITY_INTERACTIVE`, `PRIORITY_BATCH`).
+
+    The embedded engine reads the token ids and `constraint`. A backend that forwards to
+    another server may need the request as the client sent it: `model` (the id the client
+    named), the chat `messages` or the completion `prompt_text` the ids were made from,
+    and `response_format` (OpenAI's), which it passes on instead of a constraint."""
 
     request_id: str
     prompt_token_ids: list[int]
@@ -83,6 +88,9 @@ class GenerateRequest:
     constraint: TokenConstraint | None = None
     priority: int = PRIORITY_INTERACTIVE
     model: str = ""  # the model id the client named (routing policy); empty: the base model
+    messages: list[dict[str, str]] | None = None
+    prompt_text: str | None = None
+    response_format: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -108,3 +108,31 @@ def test_auth_mode_says_who_may_call(tmp_path, host, admin_key, keys, expected):
         assert auth_mode(state, gateway.auth) == expected
     finally:
         db.close()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--backend", "tpu=http://x"], "--backend 'tpu=http://x': expected KIND=URL"),
+        (["--backend", "vllm=localhost:8000"], "needs the server's http:// or https:// base URL"),
+    ],
+)
+def test_a_bad_backend_flag_stops_serve_with_one_line(tmp_path, capsys, flags, message):
+    from ownllm.cli import main
+
+    assert main(["serve", "--data-dir", str(tmp_path), *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_an_unset_backend_key_stops_serve_before_the_model(tmp_path, capsys, monkeypatch):
+    from ownllm.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ownllm.toml").write_text(
+        '[[backends]]\nkind = "openai"\nurl = "https://api.example.com"\n'
+        'api_key_env = "OWNLLM_TEST_UNSET_KEY"\n'
+    )
+    monkeypatch.delenv("OWNLLM_TEST_UNSET_KEY", raising=False)
+    assert main(["serve", "--data-dir", str(tmp_path / "data")]) == 2
+    assert "api_key_env names OWNLLM_TEST_UNSET_KEY, which is not set" in capsys.readouterr().err
+    assert not (tmp_path / "data" / "models").exists()  # stopped before the model cache

@@ -134,6 +134,12 @@ class Router:
     def model_info(self) -> ModelInfo:
         return self._model_info
 
+    @property
+    def uses_token_constraints(self) -> bool:
+        """Whether the caller should build the local constraint: some replica decodes with
+        it (one that forwards response_format to its server ignores it)."""
+        return any(r.backend.uses_token_constraints for r in self.replicas)
+
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Delta]:
         self._check_model(request)
         tried: list[Replica] = []
