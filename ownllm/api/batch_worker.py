@@ -3,7 +3,7 @@ backend, at batch priority, through the same inference path as a live request.
 
 Each line is parsed with its endpoint's request schema, built into the endpoint's `Run`
 (`chat_run`, `completion_run`, `embedding_run`: what the routes build) and handed to
-`serve` (`ownllm.api.inference`): the batch owner's principal, the gateway's limits,
+`serve` (`ownllm.api.inference`; `response_run` for `/v1/responses`): the batch owner's principal, the gateway's limits,
 guardrails, ledger (the row names the batch) and capture, exactly as for a live call.
 Its `GenerateRequest`s carry `PRIORITY_BATCH`, so the engine serves interactive rows
 first. The batch pool: a line is held to the owner's monthly budgets, not to its per-minute
@@ -26,7 +26,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi.exceptions import RequestValidationError
@@ -34,6 +34,8 @@ from pydantic import BaseModel, ValidationError
 
 from ownllm.api.errors import error_body, validation_message
 from ownllm.api.inference import Run, serve
+from ownllm.api.response_run import ResponseRun, response_run
+from ownllm.api.response_schemas import ResponseRequest
 from ownllm.api.routes.chat import chat_run
 from ownllm.api.routes.completions import completion_run
 from ownllm.api.routes.embeddings import embedding_run
@@ -49,11 +51,20 @@ from ownllm.store.schema import ApiKey, Batch, BatchLine, File, Tenant
 
 log = logging.getLogger("ownllm.batches")
 
-# url -> (request schema, the route's run builder)
-ENDPOINT_RUNS: dict[str, tuple[type[BaseModel], Callable[..., Run]]] = {
-    "/v1/chat/completions": (ChatCompletionRequest, chat_run),
-    "/v1/completions": (CompletionRequest, completion_run),
-    "/v1/embeddings": (EmbeddingRequest, embedding_run),
+
+def _sync(build: Callable[..., Run]) -> Callable[..., Awaitable[Run]]:
+    async def build_run(*args: Any) -> Run:
+        return build(*args)
+
+    return build_run
+
+
+# url -> (request schema, the route's run builder: (state, gateway, principal, body) -> Run)
+ENDPOINT_RUNS: dict[str, tuple[type[BaseModel], Callable[..., Awaitable[Run]]]] = {
+    "/v1/chat/completions": (ChatCompletionRequest, _sync(chat_run)),
+    "/v1/completions": (CompletionRequest, _sync(completion_run)),
+    "/v1/embeddings": (EmbeddingRequest, _sync(embedding_run)),
+    "/v1/responses": (ResponseRequest, response_run),
 }
 PRINCIPAL_TTL_S = 30.0  # a revoked key stops its batches within this
 OVERLOADED_BACKOFF_S = 0.5
@@ -257,10 +268,11 @@ class BatchWorker:
         Raises OverloadedError when the engine could not take it now."""
         batch = await asyncio.to_thread(store.batch_by_id, self.db, line.batch_id)
         schema, make_run = ENDPOINT_RUNS[batch.endpoint]
-        request_id = new_id("req")
+        request_id, run = new_id("req"), None
         try:
             principal = await self._principal(batch)
-            run = make_run(self.state, self.gateway, principal, schema.model_validate(line.body))
+            body = schema.model_validate(line.body)
+            run = await make_run(self.state, self.gateway, principal, body)
             run.call.batch_id = batch.id
             request_id = run.call.request_id
             response = await serve(run, NeverGone())
@@ -279,6 +291,8 @@ class BatchWorker:
                 }
             }
         except OwnLLMError as e:
+            if isinstance(run, ResponseRun):
+                e.param = run.rc.param(e.param)  # the Responses field, as its route says
             status_code, body = e.status_code, error_body(e)
         except Exception as e:
             log.error("batch line %s of %s failed", line.line, batch.id, exc_info=e)

@@ -178,11 +178,11 @@ class ResponseRun(GenerationRun):
             await self.close()
 
 
-async def serve_response(
-    state: AppState, gateway: Gateway, principal: Principal, body: ResponseRequest,
-    request: Any,
-) -> Response:  # fmt: skip
-    """POST /v1/responses for `principal`: JSON, or events with `stream: true`."""
+async def response_run(
+    state: AppState, gateway: Gateway, principal: Principal, body: ResponseRequest
+) -> ResponseRun:
+    """The run of one Responses request (a live one, or a batch line), its conversation
+    loaded; its errors name chat fields until `rc.param` maps them."""
     history = None
     if body.previous_response_id is not None:
         if state.db is None:
@@ -194,11 +194,19 @@ async def serve_response(
             get_response, state.db, principal, body.previous_response_id, "previous_response_id"
         )
         history = row.conversation
-    rc = response_call(state, principal, body, history)
+    return ResponseRun(response_call(state, principal, body, history), state, gateway)
+
+
+async def serve_response(
+    state: AppState, gateway: Gateway, principal: Principal, body: ResponseRequest,
+    request: Any,
+) -> Response:  # fmt: skip
+    """POST /v1/responses for `principal`: JSON, or events with `stream: true`."""
+    run = await response_run(state, gateway, principal, body)
     try:
-        return await serve(ResponseRun(rc, state, gateway), request)
+        return await serve(run, request)
     except OwnLLMError as e:
-        e.param = rc.param(e.param)
+        e.param = run.rc.param(e.param)
         raise
 
 

@@ -399,3 +399,25 @@ async def test_a_revoked_key_stops_its_batch(batch_app, two_tenants):
         batch = (await c.get(f"/v1/batches/{created['id']}")).json()
         (err,) = await content_lines(c, batch["error_file_id"])
     assert err["response"]["status_code"] == 401
+
+
+async def test_a_responses_batch(batch_app, two_tenants):
+    app, _, worker = batch_app
+
+    def line(custom_id: str, **body) -> dict:
+        body = {"model": MODEL, "input": "hi", "max_output_tokens": 3, **body}
+        return {"custom_id": custom_id, "method": "POST", "url": "/v1/responses", "body": body}
+
+    content = jsonl(line("ok"), line("gone", previous_response_id="resp_nope"))
+    async with client_for(app, two_tenants.a.headers) as c:
+        created = await submit(c, content, endpoint="/v1/responses")
+        await worker.drain()
+        batch = (await c.get(f"/v1/batches/{created['id']}")).json()
+        (ok,) = await content_lines(c, batch["output_file_id"])
+        (gone,) = await content_lines(c, batch["error_file_id"])
+    body = ok["response"]["body"]
+    assert body["object"] == "response" and body["status"] == "incomplete"  # 3 tokens, cut
+    assert body["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert body["output"][0]["content"][0]["text"] == "tok0 tok1 tok2 "
+    assert gone["response"]["status_code"] == 404
+    assert gone["response"]["body"]["error"]["param"] == "previous_response_id"
