@@ -46,9 +46,11 @@ clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
 
 # Optional baselines for the benchmarks (not needed by serve/test): llama-cpp-python built
-# from source (about 6 minutes) into .venv, and vLLM's CPU build in its own .venv-vllm.
+# from source (about 6 minutes) into .venv, faiss-cpu, and vLLM's CPU build in its own .venv-vllm.
 bench-deps: $(STAMP)
 	$(BIN)/python -c "import llama_cpp" 2>/dev/null || $(BIN)/pip install -q llama-cpp-python
+	# the vector store benchmark's second ANN library (usearch is a dependency)
+	$(BIN)/python -c "import faiss" 2>/dev/null || $(BIN)/pip install -q faiss-cpu
 	test -x .venv-vllm/bin/python || $(PYTHON) -m venv .venv-vllm
 	.venv-vllm/bin/python -c "import vllm" 2>/dev/null || ( \
 	  .venv-vllm/bin/pip install -q "torch==2.13.0" && \

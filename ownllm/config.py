@@ -64,7 +64,7 @@ class ServerConfig:
         "info", "Log level.", choices=("debug", "info", "warning", "error", "critical")
     )
     run_worker: bool = setting(
-        True, "Run one fine-tuning worker inside `ownllm serve`.", env="OWNLLM_SERVER_RUN_WORKER"
+        True, "Run one background worker (fine-tuning, vector store ingestion) inside `ownllm serve`.", env="OWNLLM_SERVER_RUN_WORKER"
     )
     # The largest legitimate JSON body: a prompt filling a 128k-token context is ~0.5 MiB of
     # English, ~1.5 MiB of \u-escaped CJK; an embeddings batch of 300k tokens (OpenAI's cap)
@@ -332,6 +332,24 @@ class BatchConfig:
 
 
 @dataclass(frozen=True)
+class VectorStoreConfig:
+    exact_max_chunks: int = setting(
+        20_000,
+        "A vector store with up to this many chunks is searched exactly; a larger one "
+        "through a usearch HNSW index (filtered searches stay exact).",
+        min=0,
+        max=1 << 31,
+    )
+    index_cache_vectors: int = setting(
+        2_000_000,
+        "Vectors a server keeps in its store indexes (least recently used stores are "
+        "dropped, and loaded from the database again when searched).",
+        min=1,
+        max=1 << 34,
+    )
+
+
+@dataclass(frozen=True)
 class GuardConfig:
     policy_file: str = setting(
         "",
@@ -558,6 +576,7 @@ class Config:
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
+    vector_stores: VectorStoreConfig = field(default_factory=VectorStoreConfig)
     backends: tuple[BackendConfig, ...] = ()  # empty: the embedded engine, as one backend
 
 
@@ -573,6 +592,7 @@ _SECTION_TYPES = {
     "capture": CaptureConfig,
     "routing": RoutingConfig,
     "batch": BatchConfig,
+    "vector_stores": VectorStoreConfig,
 }
 
 # fields that hold a list of tables (`[[routing.policy]]`): the dataclass of one entry

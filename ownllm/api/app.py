@@ -34,6 +34,8 @@ from ownllm.api.routes import (
     responses,
     stored_completions,
     usage,
+    vector_search,
+    vector_stores,
 )
 from ownllm.api.state import AppState
 from ownllm.config import Config
@@ -44,6 +46,7 @@ from ownllm.models.generation import generation_defaults
 from ownllm.models.tokenizer import Tokenizer
 from ownllm.store.blobs import DataDir
 from ownllm.store.db import Database
+from ownllm.vectors.index import IndexCache
 from ownllm.web import dashboard
 from ownllm.web import routes as dashboard_files
 from ownllm.web.dashboard import Dashboard
@@ -66,6 +69,8 @@ ROUTERS = (  # in matching order: the dashboard's static routes stay last
     files.router,
     batches.router,
     fine_tuning.router,
+    vector_stores.router,
+    vector_search.router,
     dashboard.router,
     dashboard_files.router,
 )
@@ -104,6 +109,9 @@ def build_state(config: Config) -> AppState:
         model=model,
         tokenizer=tokenizer,
         generation_defaults=generation,
+        vector_index=IndexCache(
+            config.vector_stores.exact_max_chunks, config.vector_stores.index_cache_vectors
+        ),
     )
 
 

@@ -146,6 +146,21 @@ class ResponseFormat(_Request):
     json_schema: JsonSchemaSpec | None = None
 
 
+class RankingOptions(_Request):
+    ranker: Literal["none", "auto", "default-2024-11-15"] = "auto"
+    score_threshold: float = Field(0.0, ge=0.0, le=1.0)
+
+
+class FileSearchOptions(_Request):
+    """The chat completions extension `file_search`: retrieve from these stores first and
+    answer with the sources (`message.citations`)."""
+
+    vector_store_ids: list[str] = Field(min_length=1, max_length=8)
+    max_num_results: int = Field(5, ge=1, le=50)
+    filters: dict[str, Any] | None = None
+    ranking_options: RankingOptions | None = None
+
+
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
@@ -158,6 +173,7 @@ class ChatCompletionRequest(SamplingFields):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
+    file_search: FileSearchOptions | None = None  # extension: answer from vector stores
 
 
 # -- legacy completions -----------------------------------------------------------------------

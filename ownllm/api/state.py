@@ -1,7 +1,8 @@
 """The explicit application state, built once by the app factory (no module globals).
 
 What the api layer's routes read: the config, data dir and database, the prepared model and
-its tokenizer, the backend (set when the app starts), the metrics and the embedding model.
+its tokenizer, the backend (set when the app starts), the metrics, the embedding model and the
+vector store indexes.
 The gateway's parts are not here: they are the app's `Gateway` (`ownllm.gateway.gateway`).
 """
 
@@ -19,6 +20,7 @@ from ownllm.models.cache import PreparedModel
 from ownllm.models.embedding import LazyEmbeddingModel
 from ownllm.store.blobs import DataDir
 from ownllm.store.db import Database
+from ownllm.vectors.index import IndexCache
 
 
 @dataclass
@@ -33,6 +35,8 @@ class AppState:
     generation_defaults: GenerationDefaults = field(default_factory=GenerationDefaults)
     # the shipped embedding model, loaded on the first embeddings request
     embedding_model: LazyEmbeddingModel = field(default_factory=LazyEmbeddingModel)
+    # this replica's vector store indexes, loaded from the database on first search
+    vector_index: IndexCache = field(default_factory=IndexCache)
     started_at: float = field(default_factory=time.time)
     batch_worker: Any = None  # ownllm.api.batch_worker.BatchWorker once the app started
     metrics: Metrics = field(init=False, repr=False)

@@ -1,8 +1,11 @@
-"""`ownllm worker`: claim queued fine-tuning jobs from the database and train them.
+"""`ownllm worker`: claim queued fine-tuning jobs from the database and train them, and
+queued vector store files and ingest them (in a thread of its own, so a file never
+waits for a training job to end).
 
 Run any number of these against one database (PostgreSQL for several hosts);
-a job is never taken by two. SIGTERM/Ctrl-C stops between micro-batches and
-requeues the job, which a worker resumes from its last epoch checkpoint.
+a job or file is never taken by two. SIGTERM/Ctrl-C stops between micro-batches and
+requeues the job, which a worker resumes from its last epoch checkpoint; a file being
+ingested is handed back after its current batch of chunks, and resumed after them.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     base = BaseModel(prepared.id, prepared.path, args.base_sha256 or prepared.weights_sha256)
     worker = Worker(db, data_dir, base, config.tuning)
     stop = threading.Event()
+    ingester = _ingester(db, data_dir, config, stop)
 
     def on_signal(_signum, _frame) -> None:
         stop.set()
@@ -59,9 +63,28 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         if args.once:
+            ingester.run_once()
             worker.run_once()
         else:
+            ingesting = threading.Thread(target=ingester.run_forever, name="ingest", daemon=True)
+            ingesting.start()
             worker.run_forever(stop)
+            ingesting.join()
     finally:
         db.close()
     return 0
+
+
+def _ingester(db, data_dir, config, stop):
+    from ownllm.vectors.ingest import Ingester, shipped_embedder
+
+    tuning = config.tuning
+    return Ingester(
+        db,
+        data_dir,
+        shipped_embedder,
+        heartbeat_timeout_s=tuning.heartbeat_timeout_s,
+        max_attempts=tuning.max_attempts,
+        poll_interval_s=tuning.poll_interval_s,
+        stop=stop,
+    )

@@ -81,6 +81,12 @@ class EmbeddingModel:
         """The ids the model reads for each text, special tokens included (untruncated)."""
         return [list(ids) for ids in self.tokenizer(texts, add_special_tokens=True)["input_ids"]]
 
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        """(start, end) character offsets of each token of `text`, special tokens left out
+        (for cutting a document into chunks of so many tokens)."""
+        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return [(int(a), int(b)) for a, b in encoded["offset_mapping"]]
+
     def count_tokens(self, texts: list[str]) -> list[int]:
         return [len(ids) for ids in self.token_ids(texts)]
 

@@ -23,6 +23,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -416,6 +417,79 @@ class BatchLine(Base):
     lease_until: Mapped[float | None] = mapped_column(Float, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # the output line
+
+
+class VectorStore(Base):
+    """A tenant's vector store (`vs_…`). `version` grows whenever its searchable chunks
+    change (a file completed or removed), so every replica's index of it knows when to
+    reload."""
+
+    __tablename__ = "vector_stores"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # vs_…
+    tenant_id: Mapped[str] = mapped_column(String(64), index=True)
+    key_id: Mapped[str | None] = mapped_column(String(40), nullable=True)  # who created it
+    name: Mapped[str] = mapped_column(String(256), default="")
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    embedding_model: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[int] = mapped_column(BigInteger, index=True)
+    last_active_at: Mapped[int] = mapped_column(BigInteger)
+    expires_after: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    expires_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
+    version: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class VectorStoreFile(Base):
+    """A file attached to a vector store, and its ingestion: `in_progress` rows are the
+    queue (a worker owns one while its id is in `worker_id`), then `completed`, `failed`
+    (with `last_error`) or `cancelled`."""
+
+    __tablename__ = "vector_store_files"
+    vector_store_id: Mapped[str] = mapped_column(ForeignKey("vector_stores.id"), primary_key=True)
+    file_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(64), index=True)
+    key_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    batch_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    last_error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    chunking: Mapped[dict[str, Any]] = mapped_column(JSON)  # max_chunk_size_tokens, overlap
+    attributes: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    usage_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    num_chunks: Mapped[int] = mapped_column(Integer, default=0)
+    num_tokens: Mapped[int] = mapped_column(BigInteger, default=0)  # embedded so far
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    seq: Mapped[int] = mapped_column(BigInteger)  # attach time in µs: the listing order
+    worker_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    heartbeat_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class VectorStoreFileBatch(Base):
+    __tablename__ = "vector_store_file_batches"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # vsfb_…
+    vector_store_id: Mapped[str] = mapped_column(ForeignKey("vector_stores.id"), index=True)
+    tenant_id: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    is_cancelled: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class VectorStoreChunk(Base):
+    """One chunk of a file in a store: its text and its vector (float32, little-endian)."""
+
+    __tablename__ = "vector_store_chunks"
+    __table_args__ = (
+        UniqueConstraint(
+            "vector_store_id", "file_id", "seq", name="uq_vector_store_chunks_store_file_seq"
+        ),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    vector_store_id: Mapped[str] = mapped_column(ForeignKey("vector_stores.id"), index=True)
+    file_id: Mapped[str] = mapped_column(String(40))
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    seq: Mapped[int] = mapped_column(Integer)  # the chunk's number in its file
+    text: Mapped[str] = mapped_column(Text)
+    num_tokens: Mapped[int] = mapped_column(Integer)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 Index("ix_batch_lines_batch_status", BatchLine.batch_id, BatchLine.status)

@@ -1,4 +1,9 @@
-"""POST /v1/chat/completions: parse, then the shared inference pipeline."""
+"""POST /v1/chat/completions: parse, then the shared inference pipeline.
+
+With the ownllm extension `file_search` ({"vector_store_ids": [...], "max_num_results": N,
+"filters", "ranking_options"}) the answer is grounded in the tenant's vector stores
+(`ownllm.api.retrieval.FileSearchRun`) and its message carries `citations`.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from ownllm.api.calls import chat_call, system_fingerprint
 from ownllm.api.formats import ChatFormat
 from ownllm.api.generation import GenerationRun
 from ownllm.api.inference import serve
+from ownllm.api.retrieval import CitingChatFormat, FileSearchRun
 from ownllm.api.schemas import ERROR_RESPONSES, ChatCompletion, ChatCompletionRequest
 from ownllm.api.state import AppState, get_state
 from ownllm.gateway.auth import require_scope
@@ -44,7 +50,7 @@ def chat_run(
 ) -> GenerationRun:
     """The run of one chat request (a live one, or a batch line)."""
     call = chat_call(state, principal, body)
-    fmt = ChatFormat(
+    fmt = (CitingChatFormat if body.file_search is not None else ChatFormat)(
         call.request_id,
         call.model,
         int(time.time()),
@@ -53,4 +59,6 @@ def chat_run(
         include_usage=bool(body.stream_options and body.stream_options.include_usage),
         tool_syntax=call_syntax(state.tokenizer) if call.tools is not None else None,
     )
+    if body.file_search is not None:
+        return FileSearchRun(call, fmt, state, gateway, body.file_search)
     return GenerationRun(call, fmt, state, gateway)
