@@ -64,7 +64,9 @@ class ServerConfig:
         "info", "Log level.", choices=("debug", "info", "warning", "error", "critical")
     )
     run_worker: bool = setting(
-        True, "Run one background worker (fine-tuning, vector store ingestion) inside `ownllm serve`.", env="OWNLLM_SERVER_RUN_WORKER"
+        True,
+        "Run one background worker (fine-tuning, vector store ingestion) inside `ownllm serve`.",
+        env="OWNLLM_SERVER_RUN_WORKER",
     )
     # The largest legitimate JSON body: a prompt filling a 128k-token context is ~0.5 MiB of
     # English, ~1.5 MiB of \u-escaped CJK; an embeddings batch of 300k tokens (OpenAI's cap)

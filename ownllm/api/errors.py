@@ -92,8 +92,9 @@ def _is_type_tag(part: object) -> bool:
 
 
 def _param_of(loc: tuple) -> str | None:
-    skip = ("body", "query", "path", "header")
-    parts = [str(p) for p in loc if p not in skip and not _is_type_tag(p)]
+    if loc and loc[0] in ("body", "query", "path", "header"):  # where, not a field (a body
+        loc = loc[1:]  # field may be named `query`, as vector store search's is)
+    parts = [str(p) for p in loc if not _is_type_tag(p)]
     if not parts:
         return None
     out = parts[0]

@@ -10,7 +10,7 @@ tokens against tpm and the monthly budget, the input guard, one usage-ledger row
   field beyond its own).
 - `FileSearchRun` (chat completions with the ownllm `file_search` extension): before the
   prompt is tokenised, the last user message is searched in the named stores and the hits
-  go into the system message as numbered sources (`ownllm.vectors.sources`); then it is
+  go into the last user message as numbered sources (`ownllm.vectors.sources`); then it is
   a chat call like any, so the sources count as prompt tokens, pass the input guard, and
   the answer's message carries `citations`.
 

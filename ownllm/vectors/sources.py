@@ -1,11 +1,11 @@
 """Answers with sources: retrieved chunks as numbered sources in the prompt, and the
 citations an answer carries.
 
-The sources go into the system message (appended to the first one, or as one of their
-own before the conversation), so the model reads them as context, not as the user's
-words; and so they pass the input guard like any message: an instruction planted in a
-document ("ignore all previous instructions...") is flagged, or blocked, by the tenant's
-policy as if a user had typed it. The answer names its sources by number, `[1]`, `[2]`;
+The sources go into the last user message, before the question, and never into the
+system message: a retrieved document is untrusted text, as a user's is, and the input
+guard checks user messages for attacks (it trusts the developer's system prompt). So an
+instruction planted in a document ("ignore all previous instructions...") is flagged, or
+blocked, by the tenant's policy as if the user had typed it. The answer names its sources by number, `[1]`, `[2]`;
 the citations list which number is which file.
 """
 
@@ -29,14 +29,14 @@ def sources_text(hits: list[Hit]) -> str:
 
 
 def with_sources(messages: list[dict[str, Any]], hits: list[Hit]) -> list[dict[str, Any]]:
-    """The messages with the sources in the system message (a new list)."""
-    if not hits:
-        return list(messages)
-    text = sources_text(hits)
-    if messages and messages[0]["role"] == "system":
-        first = dict(messages[0], content=f"{messages[0]['content']}\n\n{text}")
-        return [first, *messages[1:]]
-    return [{"role": "system", "content": text}, *messages]
+    """The messages with the sources before the last user message's text (a new list)."""
+    out = list(messages)
+    last = max((i for i, m in enumerate(out) if m["role"] == "user"), default=None)
+    if not hits or last is None:
+        return out
+    question = out[last].get("content") or ""
+    out[last] = dict(out[last], content=f"{sources_text(hits)}\n\nQuestion: {question}")
+    return out
 
 
 def citations(hits: list[Hit]) -> list[dict[str, Any]]:
