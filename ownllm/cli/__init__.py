@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("ownllm.cli.models", "Model aliases: create, promote through a gate, roll back."),
     "tune": ("ownllm.cli.tune", "Fine-tune the served model on a chat JSONL file (LoRA)."),
     "jobs": ("ownllm.cli.jobs", "Fine-tuning jobs: list, show, events, cancel."),
+    "batch": ("ownllm.cli.batch", "Batches: submit a JSONL file of requests, list, show, cancel."),
     "worker": ("ownllm.cli.worker", "Run a fine-tuning worker that trains queued jobs."),
     "data": ("ownllm.cli.data", "Export stored completions as fine-tuning JSONL."),
     "tenants": ("ownllm.cli.tenants", "Tenant-wide operations: purge-data erases a tenant's data."),

@@ -53,6 +53,19 @@ class Client:
         except urllib.error.URLError as e:
             raise ApiError(f"cannot reach {self.base_url}: {e.reason}") from None
 
+    def content(self, path: str) -> bytes:
+        """The raw body of a GET (a file's content)."""
+        req = urllib.request.Request(self.base_url + path)
+        if self.api_key:
+            req.add_header("Authorization", f"Bearer {self.api_key}")
+        try:
+            with urllib.request.urlopen(req, timeout=600) as resp:
+                return resp.read()
+        except urllib.error.HTTPError as e:
+            raise ApiError(f"{e.code}: {e.reason}") from None
+        except urllib.error.URLError as e:
+            raise ApiError(f"cannot reach {self.base_url}: {e.reason}") from None
+
     def upload(self, path: Path, purpose: str = "fine-tune") -> dict:
         # the file is read whole here; uploads from the CLI are training sets, not archives
         boundary = uuid.uuid4().hex
