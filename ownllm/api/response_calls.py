@@ -146,6 +146,7 @@ def _fields(body: ResponseRequest) -> dict[str, Any]:
         "top_k": body.top_k,
         "min_p": body.min_p,
         "repetition_penalty": body.repetition_penalty,
+        "ignore_eos": body.ignore_eos or None,
         "user": body.user or body.safety_identifier,
         "metadata": body.metadata,
         "adapters": [a.model_dump() for a in body.adapters] if body.adapters else None,

@@ -75,10 +75,11 @@ class ResponseObject:
             "tools": [_tool(t) for t in body.tools or ()],
             "top_p": sampling.top_p,
             "truncation": "disabled",
-            "user": body.user,
             "metadata": dict(body.metadata or {}),
             "background": False,
         }
+        if body.user is not None:  # the spec's `user` is a string, never null
+            self.settings["user"] = body.user
 
     def body(
         self,
@@ -90,7 +91,7 @@ class ResponseObject:
         error: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         reason = INCOMPLETE.get(finish_reason or "")
-        return {
+        body = {
             "id": self.id,
             "object": "response",
             "created_at": self.created_at,
@@ -99,9 +100,11 @@ class ResponseObject:
             "error": error,
             "incomplete_details": {"reason": reason} if status == "incomplete" else None,
             "output": output,
-            "usage": usage,
             **self.settings,
         }
+        if usage is not None:  # the spec's `usage` is an object, never null: absent until known
+            body["usage"] = usage
+        return body
 
 
 def status_of(finish_reason: str | None) -> str:

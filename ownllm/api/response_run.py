@@ -35,21 +35,20 @@ from ownllm.api.generation import SSE_HEADERS, EventStreamResponse, GenerationRu
 from ownllm.api.inference import serve
 from ownllm.api.response_calls import ResponseCall, response_call
 from ownllm.api.response_objects import (
+    INCOMPLETE,
     EventWriter,
     ResponseObject,
-    message_item,
-    output_text_part,
     response_error,
     status_of,
     usage_object,
 )
+from ownllm.api.response_output import ResponseOutput
 from ownllm.api.response_schemas import ResponseRequest
 from ownllm.api.state import AppState
 from ownllm.errors import InvalidRequestError, OwnLLMError, ServerError
 from ownllm.gateway.gateway import Gateway
 from ownllm.gateway.principal import Principal
 from ownllm.gateway.stored_responses import get_response, save_response
-from ownllm.ids import new_id
 
 log = logging.getLogger("ownllm.api")
 
@@ -62,25 +61,28 @@ class ResponseRun(GenerationRun):
         self.rc = rc
         self.is_stored = rc.body.store and state.db is not None
         self.response = ResponseObject(rc, is_stored=self.is_stored)
-        self.message_id = new_id("msg")
+        self.writer = EventWriter() if rc.call.is_stream else None
+        self.output = ResponseOutput(self.writer)
+        self.is_ended = False  # the whole answer went through `output`
 
     async def respond(self, request: Request) -> Response:
         if self.call.is_stream:
             return EventStreamResponse(self._sse(), headers=SSE_HEADERS)
         return await super().respond(request)
 
-    # -- the result ---------------------------------------------------------------------------
+    # -- the answer as output items -----------------------------------------------------------
 
     @property
     def finish_reason(self) -> str | None:
         return self.choices[0].finish_reason if self.choices else None
 
-    @property
-    def text(self) -> str:
-        return self.choices[0].text if self.choices else ""
-
-    def output(self, status: str) -> list[dict[str, Any]]:
-        return [message_item(self.message_id, self.text, status)]
+    def feed(self, text: str, finish_reason: str | None) -> bytes:
+        """A delta of the answer into `output`; its events (b"" when not streamed)."""
+        out = self.output.content(text) if text else b""
+        if finish_reason is not None:
+            self.is_ended = True
+            out += self.output.finish("incomplete" if finish_reason in INCOMPLETE else "completed")
+        return out
 
     def usage_object(self) -> dict[str, Any]:
         usage = self.usage()
@@ -92,16 +94,18 @@ class ResponseRun(GenerationRun):
 
     async def final_body(self) -> dict[str, Any]:
         """The finished response, saved first when it is stored."""
+        if not self.is_ended:  # not streamed: the whole answer at once
+            self.feed(self.choices[0].text if self.choices else "", self.finish_reason or "stop")
         status = status_of(self.finish_reason)
         body = self.response.body(
-            status, self.output(status), self.usage_object(), finish_reason=self.finish_reason
+            status, self.output.items, self.usage_object(), finish_reason=self.finish_reason
         )
         if self.is_stored:
             await self._save(body)
         return body
 
     async def _save(self, body: dict[str, Any]) -> None:
-        answer = {"role": "assistant", "content": self.text}
+        answer = {"role": "assistant", "content": self.output.text}
         conversation = self.rc.conversation([answer])
         try:
             await asyncio.to_thread(
@@ -114,50 +118,24 @@ class ResponseRun(GenerationRun):
 
     # -- the events ---------------------------------------------------------------------------
 
-    def _open(self, w: EventWriter) -> bytes:
-        item = message_item(self.message_id, None, "in_progress")
-        return w.event("response.output_item.added", output_index=0, item=item) + w.event(
-            "response.content_part.added", item_id=self.message_id, output_index=0,
-            content_index=0, part=output_text_part(""),
-        )  # fmt: skip
-
-    def _close(self, w: EventWriter, body: dict[str, Any]) -> bytes:
-        where = {"item_id": self.message_id, "output_index": 0, "content_index": 0}
-        text = self.text
-        return (
-            w.event("response.output_text.done", **where, text=text, logprobs=[])
-            + w.event("response.content_part.done", **where, part=output_text_part(text))
-            + w.event("response.output_item.done", output_index=0, item=body["output"][0])
-        )
-
     async def _sse(self) -> AsyncIterator[bytes]:
-        w, response = EventWriter(), self.response
+        w, response = self.writer, self.response
         started = response.body("in_progress", [])
         pending = w.event("response.created", response=started)
         pending += w.event("response.in_progress", response=started)
-        is_open = False
         try:
             async for _choice, text, _logprobs, finish_reason in self.events():
-                if text:
-                    if not is_open:
-                        pending += self._open(w)
-                        is_open = True
-                    pending += w.event(
-                        "response.output_text.delta", item_id=self.message_id, output_index=0,
-                        content_index=0, delta=text, logprobs=[],
-                    )  # fmt: skip
+                pending += self.feed(text, finish_reason)
                 if finish_reason is None and pending:
                     yield pending
                     pending = b""
-            if not is_open:
-                pending += self._open(w)
             body = await self.final_body()
             last = "response.completed" if body["status"] == "completed" else "response.incomplete"
-            yield pending + self._close(w, body) + w.event(last, response=body)
+            yield pending + w.event(last, response=body)
         except Exception as e:  # mid-stream: the status line is already sent
             error = self.fail(e)["error"]
             failed = response.body(
-                "failed", self.output("incomplete") if is_open else [], self.usage_object(),
+                "failed", self.output.snapshot("incomplete"), self.usage_object(),
                 error=response_error(error["code"], error["message"]),
             )  # fmt: skip
             yield (
@@ -167,7 +145,7 @@ class ResponseRun(GenerationRun):
                     code=error["code"],
                     message=error["message"],
                     param=self.rc.param(error["param"]),
-                )  # fmt: skip
+                )
                 + w.event("response.failed", response=failed)
             )
         except (asyncio.CancelledError, GeneratorExit):

@@ -56,7 +56,7 @@ class ResponseStreamOptions(_Request):
 
 class ResponseRequest(_Request):
     """POST /v1/responses. Extensions as on chat: `adapters`, `top_k`, `min_p`,
-    `repetition_penalty`, `seed`."""
+    `repetition_penalty`, `seed`, `ignore_eos`."""
 
     model_config = ConfigDict(extra="allow")  # to name refused OpenAI fields
 
@@ -86,6 +86,7 @@ class ResponseRequest(_Request):
     top_k: int | None = Field(None, ge=0, le=1_000_000)
     min_p: float | None = Field(None, ge=0.0, le=1.0)
     repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
+    ignore_eos: bool = False
 
     def refused_field(self) -> tuple[str, str] | None:
         """(field, why) for the first OpenAI field the request uses that ownllm refuses."""

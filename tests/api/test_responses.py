@@ -341,3 +341,61 @@ async def test_the_batch_entry_point_runs_one_body(api, two_tenants):
         state, app.state.gateway, principal, {"model": "tiny", "input": [{"type": "x"}]}
     )
     assert status == 400 and body["error"]["param"] == "input[0].type"
+
+
+async def test_a_failure_mid_stream_is_an_error_then_response_failed(api, two_tenants):
+    client, state = api
+    state.backend.fail_after = 3
+    r = await create(client, two_tenants.a.headers, input="Hi", stream=True)
+    assert r.status_code == 200  # the status line went out with the first token
+    events = events_of(r.text)
+    types = [e["type"] for e in events]
+    assert types[-2:] == ["error", "response.failed"]
+    assert types.count("response.output_text.delta") == 3
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    error, failed = events[-2], events[-1]["response"]
+    assert error["code"] == "internal_error" and "internals" not in error["message"]
+    assert failed["status"] == "failed" and failed["error"]["code"] == "server_error"
+    assert failed["output"][0]["content"][0]["text"] == ANSWER[:3]
+    r = await client.get(f"/v1/responses/{failed['id']}", headers=two_tenants.a.headers)
+    assert r.status_code == 404  # a failed response is not kept
+    app = client._transport.app
+    app.state.gateway.ledger.flush()
+    with state.db.session() as s:
+        [row] = list(s.scalars(select(UsageRecord)))
+    assert (row.endpoint, row.status, row.http_status) == ("responses", "error", 500)
+
+
+async def test_an_error_before_the_first_token_is_a_plain_json_error(api, two_tenants):
+    from ownllm.errors import OverloadedError
+
+    client, state = api
+    state.backend.error = OverloadedError("the queue is full", retry_after=2)
+    r = await create(client, two_tenants.a.headers, input="Hi", stream=True)
+    assert r.status_code == 503 and r.headers["Retry-After"] == "2"
+    assert r.json()["error"]["code"] == "server_overloaded"
+
+
+OUTPUT_POLICY = """
+[[rules]]
+id = "no-capitals"
+detector = "deny_terms"
+terms = ["capital"]
+stages = ["output"]
+action = "block"
+"""
+
+
+async def test_an_answer_the_output_guard_cuts_is_incomplete(tmp_path, two_tenants,
+                                                             tiny_model_dir):  # fmt: skip
+    client, _ = make_client(tmp_path, two_tenants, tiny_model_dir, policy=OUTPUT_POLICY,
+                            answer=ANSWER)  # fmt: skip
+    async with client:
+        whole = (await create(client, two_tenants.a.headers, input="Hi")).json()
+        r = await create(client, two_tenants.a.headers, input="Hi", stream=True)
+    assert whole["status"] == "incomplete"
+    assert whole["incomplete_details"] == {"reason": "content_filter"}
+    assert "capital" not in json.dumps(whole)
+    events = events_of(r.text)
+    assert events[-1]["type"] == "response.incomplete"
+    assert "capital" not in r.text

@@ -22,14 +22,22 @@ OWN_OBJECT = {  # operations that use up the object they name
     "deleteChatCompletion": "deleted_completion",
     "deleteFile": "deleted_file",
     "cancelFineTuningJob": "cancelled_job",
+    "deleteResponse": "deleted_response",
 }
-PATH_OBJECT = {"completion_id": "completion", "file_id": "file", "fine_tuning_job_id": "job"}
+PATH_OBJECT = {"completion_id": "completion", "file_id": "file", "fine_tuning_job_id": "job",
+               "response_id": "response"}  # fmt: skip
 MODEL = {"createEmbedding": "embedding_model"}
 MAX_TOKENS, MAX_CHOICES = 4, 2
 # Fields ownllm answers with a 400 naming them, as it does not do what they ask (tools,
 # logit_bias, insertion, best_of other than n): left out, so the rest of a body that uses
 # them still gets an answer to check.
 REFUSED_BY_DESIGN = ("tools", "logit_bias", "suffix", "best_of")
+# The same for the Responses API: fields it refuses by name (a built-in tool, reasoning,
+# background work, …), and `include`, which asks for outputs only OpenAI makes.
+REFUSED_BY_RESPONSES = ("background", "conversation", "prompt", "reasoning", "include",
+                        "top_logprobs", "max_tool_calls", "context_management", "moderation",
+                        "prompt_cache_options", "image", "truncation", "service_tier",
+                        "stream_options")  # fmt: skip
 
 
 @schemathesis.hook
@@ -76,12 +84,32 @@ def before_call(context, case, kwargs) -> None:
     for name in ("training_file", "validation_file"):
         if isinstance(body.get(name), str):
             body[name] = IDS["file"]  # a fine-tune file
+    if operation_id == "createResponse":
+        _aim_response(body)
     if operation_id in ("createChatCompletion", "createCompletion"):
         body.setdefault("max_tokens", MAX_TOKENS)  # else: the rest of the context
     for name, cap in (("max_tokens", MAX_TOKENS), ("max_completion_tokens", MAX_TOKENS),
                       ("n", MAX_CHOICES)):  # fmt: skip
         if isinstance(body.get(name), int) and body[name] > cap:
             body[name] = cap
+
+
+def _aim_response(body: dict) -> None:
+    """A createResponse body that reaches the model: refused fields out, text input (the
+    spec's items are mostly images, files and built-in tool calls), the stored response
+    as the one to continue, few output tokens."""
+    for name in REFUSED_BY_RESPONSES:
+        body.pop(name, None)
+    if not isinstance(body.get("input"), str) or not body["input"]:
+        body["input"] = "Hi"
+    if isinstance(body.get("previous_response_id"), str):
+        body["previous_response_id"] = IDS["response"]
+    text = body.get("text")
+    fmt = text.get("format") if isinstance(text, dict) else None
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        text.pop("format")  # a fuzzed schema: a grammar that may never close
+    if not isinstance(body.get("max_output_tokens"), int) or body["max_output_tokens"] > 4:
+        body["max_output_tokens"] = MAX_TOKENS
 
 
 # Where the spec contradicts OpenAI's own answers, ownllm answers as OpenAI does:
@@ -100,5 +128,15 @@ SPEC_ERRATA = {
 @schemathesis.hook
 def filter_failure(context, failure, case, response) -> bool:
     operation_id = case.operation.definition.raw.get("operationId", "")
+    # deleteResponse documents its 404 body as the bare error object; OpenAI's 404s (and
+    # every other one the spec documents) wrap it in {"error": …}, which the client reads.
+    if operation_id == "deleteResponse" and response.status_code == 404:
+        return False
+    # ItemResource's discriminator has no mapping, so schemathesis takes the schema names
+    # ("InputMessageResource") for `type` values; OpenAI's items say "message", as the
+    # spec's own example does. The items are checked against the schema's oneOf in
+    # test_openai_spec.py::test_responses_and_their_events_match_openais_spec.
+    if operation_id == "listInputItems" and type(failure).__name__ == "DiscriminatorMismatch":
+        return False
     tail = tuple(getattr(failure, "schema_path", ())[-2:])
     return getattr(failure, "instance", None) not in SPEC_ERRATA.get((operation_id, tail), ())

@@ -30,8 +30,9 @@ MAX_EXAMPLES = 10
 SEED = 4
 
 # The spec's operations that ownllm serves. Left out, as ownllm has no such operation:
-# deleteModel (fine-tuned models are deleted as adapters, DELETE /v1/adapters/{ref}) and
-# pauseFineTuningJob / resumeFineTuningJob.
+# deleteModel (fine-tuned models are deleted as adapters, DELETE /v1/adapters/{ref}),
+# pauseFineTuningJob / resumeFineTuningJob, and cancelResponse, getInputTokenCounts and
+# compactConversation (no background responses, token counting or compaction).
 OPERATIONS = [
     "createChatCompletion", "listChatCompletions", "getChatCompletion", "updateChatCompletion",
     "deleteChatCompletion", "getChatCompletionMessages",
@@ -41,6 +42,7 @@ OPERATIONS = [
     "createFile", "listFiles", "retrieveFile", "downloadFile", "deleteFile",
     "createFineTuningJob", "listPaginatedFineTuningJobs", "retrieveFineTuningJob",
     "cancelFineTuningJob", "listFineTuningEvents", "listFineTuningJobCheckpoints",
+    "createResponse", "getResponse", "deleteResponse", "listInputItems",
 ]  # fmt: skip
 
 CONFIG = """
@@ -89,8 +91,8 @@ def _id(response: httpx.Response) -> str:
 
 @pytest.fixture(scope="module")
 def objects(api) -> dict[str, str]:
-    """A file, a stored completion and a job for the spec's requests, and one more of
-    each for the requests that delete or cancel theirs."""
+    """A file, a stored completion, a job and a stored response for the spec's requests,
+    and one more of each for the requests that delete or cancel theirs."""
 
     def upload() -> str:
         files = {"file": ("train.jsonl", TRAINING)}
@@ -101,6 +103,10 @@ def objects(api) -> dict[str, str]:
                 "max_tokens": 4, "store": True}  # fmt: skip
         return _id(api.post("/chat/completions", json=body))
 
+    def response() -> str:
+        body = {"model": "tiny", "input": "Hi", "max_output_tokens": 4}
+        return _id(api.post("/responses", json=body))
+
     file_id = upload()
     job = {"model": "tiny", "training_file": file_id}  # the worker is off: jobs stay queued
     return {
@@ -110,6 +116,8 @@ def objects(api) -> dict[str, str]:
         "deleted_completion": stored(),
         "job": _id(api.post("/fine_tuning/jobs", json=job)),
         "cancelled_job": _id(api.post("/fine_tuning/jobs", json=job)),
+        "response": response(),
+        "deleted_response": response(),
         "model": "tiny",
         "embedding_model": "all-minilm-l6-v2",
     }
@@ -202,6 +210,49 @@ def test_streamed_chunks_match_openais_spec(api, spec_schema):
     validator = spec_schema("CreateChatCompletionStreamResponse")
     for chunk in chunks:
         assert not _errors(validator, chunk), chunk
+
+
+RESPONSE = {"model": "tiny", "input": "Hi", "instructions": "Be brief.", "max_output_tokens": 3,
+            "metadata": {"k": "v"}}  # fmt: skip
+
+
+EVENT_SCHEMAS = {
+    "response.created": "ResponseCreatedEvent",
+    "response.in_progress": "ResponseInProgressEvent",
+    "response.output_item.added": "ResponseOutputItemAddedEvent",
+    "response.content_part.added": "ResponseContentPartAddedEvent",
+    "response.output_text.delta": "ResponseTextDeltaEvent",
+    "response.output_text.done": "ResponseTextDoneEvent",
+    "response.content_part.done": "ResponseContentPartDoneEvent",
+    "response.output_item.done": "ResponseOutputItemDoneEvent",
+    "response.function_call_arguments.delta": "ResponseFunctionCallArgumentsDeltaEvent",
+    "response.function_call_arguments.done": "ResponseFunctionCallArgumentsDoneEvent",
+    "response.completed": "ResponseCompletedEvent",
+    "response.incomplete": "ResponseIncompleteEvent",
+    "response.failed": "ResponseFailedEvent",
+    "error": "ResponseErrorEvent",
+}
+
+
+def test_responses_and_their_events_match_openais_spec(api, spec_schema):
+    """A response (incomplete: max_output_tokens), each event of its stream (`data:` only,
+    no [DONE]), the stored copy and its input items, as OpenAI's spec describes them."""
+    created = api.post("/responses", json=RESPONSE)
+    assert created.status_code == 200, created.text
+    assert not _errors(spec_schema("Response"), created.json())
+    with api.stream("POST", "/responses", json={**RESPONSE, "stream": True}) as response:
+        assert response.status_code == 200
+        data = [line[len("data: ") :] for line in response.iter_lines() if line.startswith("data")]
+    events = [json.loads(d) for d in data]
+    assert events[0]["type"] == "response.created" and events[-1]["type"] == "response.incomplete"
+    for event in events:  # each against its own schema: the union's error says nothing
+        name = EVENT_SCHEMAS[event["type"]]
+        assert not _errors(spec_schema(name), event), event
+        assert not _errors(spec_schema("ResponseStreamEvent"), event), event
+    rid = events[-1]["response"]["id"]
+    assert not _errors(spec_schema("Response"), api.get(f"/responses/{rid}").json())
+    items = api.get(f"/responses/{rid}/input_items").json()
+    assert not _errors(spec_schema("ResponseItemList"), items), items
 
 
 def _without_nullable(schema):
