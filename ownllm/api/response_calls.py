@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from ownllm.api.calls import chat_call
 from ownllm.api.errors import _param_of
 from ownllm.api.response_schemas import ResponseRequest
-from ownllm.api.schemas import ChatCompletionRequest, ChatMessage
+from ownllm.api.schemas import ChatCompletionRequest
 from ownllm.api.state import AppState
 from ownllm.errors import InvalidRequestError
 from ownllm.gateway.hooks import InferenceCall
@@ -86,11 +86,6 @@ def response_call(
         )
     history = list(history or [])
     messages, items, item_sources = input_messages(body.input)
-    if any("tool_calls" in m for m in messages) and "tool_calls" not in ChatMessage.model_fields:
-        raise InvalidRequestError(
-            "function_call input items are not supported yet (no tool calling here)",
-            param="input",
-        )
     sources = (["instructions"] if body.instructions else []) + ["previous_response_id"] * len(
         history
     )

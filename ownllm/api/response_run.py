@@ -12,7 +12,11 @@ typed events
     → response.content_part.done → response.output_item.done
     → response.completed (response.incomplete when max_output_tokens or the guard cut it)
 
-and `error` then `response.failed` when the backend fails mid-stream. With `store` (the
+— a function call is its own `function_call` item, streamed as
+`response.output_item.added` → `response.function_call_arguments.delta` … →
+`response.function_call_arguments.done` → `response.output_item.done`, the answer read
+as text and calls by chat's reader (`ownllm.api.tools.ToolAnswer`) — and `error` then
+`response.failed` when the backend fails mid-stream. With `store` (the
 default) the response is saved before the client sees it complete, so a next request can
 name it at once. `run_response_body` runs one request body for a principal without HTTP,
 for the batch runner.
@@ -45,10 +49,12 @@ from ownllm.api.response_objects import (
 from ownllm.api.response_output import ResponseOutput
 from ownllm.api.response_schemas import ResponseRequest
 from ownllm.api.state import AppState
+from ownllm.api.tools import ToolAnswer
 from ownllm.errors import InvalidRequestError, OwnLLMError, ServerError
 from ownllm.gateway.gateway import Gateway
 from ownllm.gateway.principal import Principal
 from ownllm.gateway.stored_responses import get_response, save_response
+from ownllm.models.tool_format import CallEvent, call_syntax
 
 log = logging.getLogger("ownllm.api")
 
@@ -64,6 +70,9 @@ class ResponseRun(GenerationRun):
         self.writer = EventWriter() if rc.call.is_stream else None
         self.output = ResponseOutput(self.writer)
         self.is_ended = False  # the whole answer went through `output`
+        # with tools, the answer is read as text and calls (chat's reader, ownllm.api.tools)
+        self.answer = ToolAnswer(call_syntax(state.tokenizer)) if rc.call.tools else None
+        self._held = ""  # whitespace before a call, which is no message
 
     async def respond(self, request: Request) -> Response:
         if self.call.is_stream:
@@ -78,11 +87,37 @@ class ResponseRun(GenerationRun):
 
     def feed(self, text: str, finish_reason: str | None) -> bytes:
         """A delta of the answer into `output`; its events (b"" when not streamed)."""
-        out = self.output.content(text) if text else b""
+        if self.answer is None:
+            out = self.output.content(text) if text else b""
+        else:
+            events = self.answer.feed(text) if text else []
+            if finish_reason is not None:
+                events += self.answer.finish()
+            out = b"".join(self._piece(e) for e in events)
         if finish_reason is not None:
             self.is_ended = True
             out += self.output.finish("incomplete" if finish_reason in INCOMPLETE else "completed")
         return out
+
+    def _piece(self, event: CallEvent) -> bytes:
+        if event.kind == "open":
+            self._held = ""
+            return self.output.open_call(self.answer.ids[event.index], event.text)
+        if event.kind == "arguments":
+            return self.output.arguments(event.text)
+        text, self._held = self._held + event.text, ""
+        if not self.output.is_open and not text.strip():
+            self._held = text  # content only once it says something
+            return b""
+        return self.output.content(text)
+
+    def answer_message(self) -> dict[str, Any]:
+        """The answer as the assistant message of the stored conversation."""
+        message: dict[str, Any] = {"role": "assistant", "content": self.output.text}
+        if self.answer is not None and self.answer.ids:
+            message["content"] = self.output.text or None
+            message["tool_calls"] = self.answer.calls
+        return message
 
     def usage_object(self) -> dict[str, Any]:
         usage = self.usage()
@@ -105,8 +140,7 @@ class ResponseRun(GenerationRun):
         return body
 
     async def _save(self, body: dict[str, Any]) -> None:
-        answer = {"role": "assistant", "content": self.output.text}
-        conversation = self.rc.conversation([answer])
+        conversation = self.rc.conversation([self.answer_message()])
         try:
             await asyncio.to_thread(
                 save_response, self.state.db, self.call.principal, body, self.rc.input_items,

@@ -11,6 +11,7 @@ import openai
 import pytest
 
 from tests.e2e.test_openai_client import SCHEMA
+from tests.e2e.test_tools import SCHEMAS, TIMER
 
 # EOS ignored and greedy: a random model may end at any token, so the length is set
 FIXED = {"model": "tiny", "temperature": 0.0, "max_output_tokens": 8,
@@ -112,3 +113,44 @@ async def test_async_create_and_stream(aclient):
     await aclient.responses.delete(made.id)
     with pytest.raises(openai.NotFoundError):
         await aclient.responses.retrieve(made.id)
+
+
+# function tools in the Responses shape; the tiny model's calls are valid by the grammar
+TOOLS = [
+    {"type": "function", "name": name, "description": name, "parameters": schema, "strict": True}
+    for name, schema in SCHEMAS.items()
+]
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_required_gives_a_valid_function_call_item(client, seed):
+    r = client.responses.create(
+        model="tiny", input="The forecast in Oslo for 3 days?", tools=TOOLS,
+        tool_choice="required", parallel_tool_calls=False, max_output_tokens=120,
+        temperature=1.0, extra_body={"seed": seed},
+    )  # fmt: skip
+    assert r.status == "completed"
+    [call] = r.output
+    assert call.type == "function_call" and call.call_id.startswith("call_")
+    jsonschema.validate(json.loads(call.arguments), SCHEMAS[call.name])
+    answer = client.responses.create(
+        model="tiny", previous_response_id=r.id, tools=TOOLS, tool_choice="none",
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}],
+        max_output_tokens=8, extra_body={"ignore_eos": True},
+    )  # fmt: skip
+    assert [o.type for o in answer.output] == ["message"]  # "none": no call, an answer
+
+
+async def test_async_stream_of_a_named_call(aclient):
+    async with aclient.responses.stream(
+        model="tiny", input="Set a timer.", tools=TOOLS, max_output_tokens=120,
+        tool_choice={"type": "function", "name": "set_timer"},
+    ) as stream:  # fmt: skip
+        types = [e.type async for e in stream]
+        final = await stream.get_final_response()
+    assert "response.function_call_arguments.delta" in types
+    assert types[-3:] == ["response.function_call_arguments.done", "response.output_item.done",
+                          "response.completed"]  # fmt: skip
+    [call] = final.output
+    assert call.name == "set_timer"
+    jsonschema.validate(json.loads(call.arguments), TIMER)
