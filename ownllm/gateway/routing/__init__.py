@@ -4,7 +4,6 @@
 - `scoring`: the score (formula and defaults in its docstring), round robin, least loaded;
 - `health`: the circuit breaker and the replica states /ready shows;
 - `policy`: local_only / overflow / fallback / route per tenant and model;
-- `scrape`: a replica's load from its Prometheus metrics (vLLM's or ownllm's);
 - `router`: `Router`, a `Backend` over the replicas, with retry before the first token.
 """
 

@@ -104,9 +104,5 @@ class AdapterIndex:
         for key in [k for k in self._keys if adapter_id in k]:
             del self._keys[key]
 
-    def replace(self, keys: Sequence[tuple[str, ...]]) -> None:
-        """What the replica itself reports as resident (scraped), most recent unknown."""
-        self._keys = OrderedDict((k, None) for k in keys if k)
-
     def clear(self) -> None:
         self._keys.clear()

@@ -14,11 +14,11 @@
    raises `ReplicaFailedError` (502): the api ends the stream with an error event and the
    ledger row says `error`, never a silent truncation.
 
-A background task checks every replica's health and scrapes its load every
-`health_interval_s` (each bounded by `health_timeout_s`); `check_now()` runs one round,
-which is what tests call. `/ready` reads `replica_states()`, `/metrics` reads
-`counters()`. Routing knows nothing of HTTP: a replica's metrics URL is fetched by the
-`fetch_text` function passed in.
+A background task checks every replica's health and reads its load (`backend.stats()`:
+a vllm or openai backend's last scrape of its server's Prometheus metrics, the embedded
+engine's own counters) every `health_interval_s`, each check bounded by
+`health_timeout_s`; `check_now()` runs one round, which is what tests call. `/ready` reads
+`replica_states()`, `/metrics` each replica's counters.
 """
 
 from __future__ import annotations
@@ -45,14 +45,11 @@ from ownllm.gateway.routing.health import CLOSED, OPEN, CircuitBreaker
 from ownllm.gateway.routing.policy import PolicyTable
 from ownllm.gateway.routing.prefix import AdapterIndex, PrefixIndex, prefix_hashes
 from ownllm.gateway.routing.scoring import ReplicaView, Weights, choose
-from ownllm.gateway.routing.scrape import parse_load
 
 log = logging.getLogger("ownllm.routing")
 
 # Errors that are the request's own: another replica would answer the same.
 REQUEST_ERRORS = (InvalidRequestError, NotFoundError, PermissionDeniedError)
-
-FetchText = Callable[[str, float], Awaitable[str]]
 
 
 @dataclass
@@ -62,7 +59,6 @@ class Replica:
     name: str
     backend: Backend
     is_remote: bool = False
-    metrics_url: str | None = None  # Prometheus text; None: read backend.stats()
     view: ReplicaView = field(init=False)
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
     is_up: bool = True  # the last health check passed
@@ -95,7 +91,6 @@ class Router:
         *,
         tokenizer: Any = None,
         model_info: ModelInfo | None = None,
-        fetch_text: FetchText | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not replicas:
@@ -122,7 +117,6 @@ class Router:
             r.breaker = CircuitBreaker(config.failure_threshold, config.cooldown_s)
         local = [r for r in self.replicas if not r.is_remote]
         self._model_info = model_info or (local or self.replicas)[0].backend.model_info
-        self._fetch_text = fetch_text or _http_get_text
         self._clock = clock
         self._turn = 0
         self._where: dict[str, Replica] = {}  # request id -> the replica running it
@@ -207,10 +201,10 @@ class Router:
         return any(r.state == "healthy" for r in local)
 
     def stats(self) -> EngineStats:
-        """The in-process replicas' stats added up (remote ones count in their own metrics)."""
+        """The local replicas' stats added up: the fleet's queue, batch and KV cache."""
         total = {f.name: 0 for f in fields(EngineStats)}
         for r in self.replicas:
-            if r.metrics_url is not None:
+            if r.is_remote:
                 continue
             stats = r.backend.stats()
             for name in total:
@@ -318,15 +312,7 @@ class Router:
         timeout = self.config.health_timeout_s
         try:
             is_ok = await asyncio.wait_for(r.backend.health(), timeout)
-            if is_ok and r.metrics_url is not None:
-                load = parse_load(
-                    await asyncio.wait_for(self._fetch_text(r.metrics_url, timeout), timeout)
-                )
-                r.view.num_waiting, r.view.num_running = load.num_waiting, load.num_running
-                r.view.kv_usage = load.kv_usage
-                if load.adapters:
-                    r.view.adapters.replace([(a,) for a in load.adapters])
-            elif is_ok:
+            if is_ok:
                 stats = r.backend.stats()
                 r.view.num_waiting, r.view.num_running = stats.waiting, stats.running
                 total = stats.kv_blocks_total
@@ -406,15 +392,6 @@ def _unavailable(
         retry_after=5,
         code="no_healthy_replica",
     )
-
-
-async def _http_get_text(url: str, timeout: float) -> str:
-    import httpx
-
-    async with httpx.AsyncClient(timeout=timeout) as client:
-        response = await client.get(url)
-        response.raise_for_status()
-        return response.text
 
 
 __all__ = ["OPEN", "Replica", "Router"]

@@ -4,14 +4,15 @@ For each healthy candidate replica r serving the requested base model (affinity 
 
     score(r) = w_adapter · A(r) + w_prefix · P(r) − w_queue · Q(r) − w_kv · K(r)
 
-    A(r) = 1 when the request's adapter set is resident on r (the router's index of what it
-           routed there, corrected by the adapters r reports), else 0; 0 for the base model
+    A(r) = 1 when the request's adapter set is thought resident on r (the router's LRU of
+           the last `adapter_slots` sets it routed there), else 0; 0 for the base model
     P(r) = matched / total: the share of the prompt's full blocks (a hash chain seeded with
            the tenant and the adapter set, as a replica's KV cache is keyed;
            `ownllm.gateway.routing.prefix`) that r is thought to hold
     Q(r) = q / (q + queue_scale), q = the larger of r's scraped queued + running requests
            and the requests this gateway has in flight on r (fresh between scrapes)
-    K(r) = r's KV-cache use, 0..1 (vllm:kv_cache_usage_perc; ownllm's blocks used / total)
+    K(r) = r's KV-cache use, 0..1 (vllm:kv_cache_usage_perc; ownllm's blocks used / total;
+           scraped by the backend, `Backend.stats()`)
 
 Defaults: w_adapter = 1, w_prefix = 2, w_queue = 3, w_kv = 1, queue_scale = 8 (`[routing]`).
 The highest score wins; ties go to the lower q, then round robin. The load penalty keeps a
