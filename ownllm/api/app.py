@@ -40,6 +40,7 @@ from ownllm.api.routes import (
 from ownllm.api.state import AppState
 from ownllm.config import Config
 from ownllm.gateway.gateway import Gateway
+from ownllm.gateway.routing import Replica, Router
 from ownllm.gateway.purge import start_retention
 from ownllm.models import prepare_model, resolve_model
 from ownllm.models.generation import generation_defaults
@@ -117,7 +118,10 @@ def build_state(config: Config) -> AppState:
 
 def start_backend(state: AppState):
     """The app's backend from `[[backends]]` (none configured: the embedded engine over the
-    prepared model, as one backend). Raises ConfigError for what cannot be built."""
+    prepared model, as one backend). Several backends, or any `remote = true` one, go
+    behind a `Router` (`ownllm.gateway.routing`: scoring, health, failover and the hybrid
+    policy, which alone may send a request to a remote). Raises ConfigError for what cannot
+    be built."""
     from ownllm.adapters.compose import cat_into
     from ownllm.backends.factory import BackendContext, build_backend
     from ownllm.config import BackendConfig, ConfigError
@@ -134,11 +138,17 @@ def start_backend(state: AppState):
         composer=cat_into,
     )
     configs = cfg.backends or (BackendConfig(name="embedded"),)
-    if len(configs) > 1:  # routing over several backends: ownllm.gateway.routing
+    if len(configs) == 1 and not configs[0].remote:
+        return build_backend(configs[0], context)
+    if sum(c.kind == "embedded" for c in configs) > 1:
+        raise ConfigError("at most one backend may be kind embedded (one engine per process)")
+    if all(c.remote for c in configs) and not any(p.mode == "route" for p in cfg.routing.policy):
         raise ConfigError(
-            f"{len(configs)} backends are configured; this build serves one ([[backends]])"
+            "every backend is remote = true, and no [[routing.policy]] routes a model there: "
+            "no request could be served (add a local backend or a policy)"
         )
-    return build_backend(configs[0], context)
+    replicas = [Replica(c.name, build_backend(c, context), is_remote=c.remote) for c in configs]
+    return Router(replicas, cfg.routing, tokenizer=state.tokenizer)
 
 
 def _adapter_resolver(state: AppState):

@@ -3,6 +3,7 @@ of routing (the answer, the status, the SSE error event, /ready, /metrics, the l
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import httpx
@@ -123,3 +124,37 @@ async def test_no_healthy_replica_is_a_503_in_the_openai_shape(routed):
     assert r.status_code == 503
     assert r.json()["error"]["code"] == "no_healthy_replica"
     assert r.headers.get("retry-after") == "5"
+
+
+def _state_with(tmp_path, tokenizer, backends, policy=()):
+    from ownllm.api.state import AppState
+    from ownllm.config import load_config
+    from ownllm.store.blobs import DataDir
+
+    overrides = {"store": {"data_dir": str(tmp_path)}, "model": {"name": "tiny"},
+                 "backends": backends}  # fmt: skip
+    config = load_config(env={}, overrides=overrides)
+    config = dataclasses.replace(config, routing=RoutingConfig(policy=tuple(policy)))
+    return AppState(config, DataDir(tmp_path).ensure(), tokenizer=tokenizer)
+
+
+def test_several_backends_or_a_remote_one_go_behind_a_router(tmp_path, tiny_model_dir):
+    from ownllm.api.app import start_backend
+    from ownllm.backends.openai_compat import OpenAIBackend
+    from ownllm.config import ConfigError, HybridPolicy
+
+    tokenizer = Tokenizer.from_dir(tiny_model_dir)
+    one = [{"kind": "openai", "url": "http://127.0.0.1:9", "name": "fleet"}]
+    assert isinstance(start_backend(_state_with(tmp_path, tokenizer, one)), OpenAIBackend)
+    two = [*one, {"kind": "openai", "url": "http://127.0.0.1:10", "name": "paid", "remote": True}]
+    router = start_backend(_state_with(tmp_path, tokenizer, two))
+    assert isinstance(router, Router)
+    assert [(r.name, r.is_remote) for r in router.replicas] == [("fleet", False), ("paid", True)]
+    remote_only = [{**two[1]}]
+    with pytest.raises(ConfigError, match="every backend is remote"):
+        start_backend(_state_with(tmp_path, tokenizer, remote_only))
+    route = HybridPolicy(model="gpt-4o-mini", mode="route", remote="paid")
+    assert isinstance(start_backend(_state_with(tmp_path, tokenizer, remote_only, [route])), Router)
+    wrong = HybridPolicy(mode="overflow", remote="fleet")  # not a remote backend
+    with pytest.raises(ConfigError, match="remote = true"):
+        start_backend(_state_with(tmp_path, tokenizer, two, [wrong]))

@@ -212,8 +212,9 @@ class Router:
         return EngineStats(**total)
 
     async def start(self) -> None:
-        for r in self.replicas:
-            await r.backend.start()
+        """Start every replica at once (a managed vLLM server takes minutes), then the
+        health checks."""
+        await asyncio.gather(*(r.backend.start() for r in self.replicas))
         self._health_task = asyncio.create_task(self._health_loop())
 
     async def shutdown(self) -> None:
