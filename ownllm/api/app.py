@@ -40,8 +40,8 @@ from ownllm.api.routes import (
 from ownllm.api.state import AppState
 from ownllm.config import Config
 from ownllm.gateway.gateway import Gateway
-from ownllm.gateway.routing import Replica, Router
 from ownllm.gateway.purge import start_retention
+from ownllm.gateway.routing import Replica, Router
 from ownllm.models import prepare_model, resolve_model
 from ownllm.models.generation import generation_defaults
 from ownllm.models.tokenizer import Tokenizer
