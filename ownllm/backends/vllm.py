@@ -231,8 +231,10 @@ class VLLMBackend(OpenAIBackend):
             ) from None
         if response.status_code != 200:
             message, _, _ = error_fields(response.content)
-            if "already" not in message.lower():  # loaded by another gateway: fine
-                if response.status_code in (400, 404, 422):
+            lowered = message.lower()
+            if "already" not in lowered:  # loaded by another gateway: fine
+                # vLLM answers 500 for an adapter its LoRA settings cannot hold
+                if response.status_code in (400, 404, 422) or "max_lora_rank" in lowered:
                     raise InvalidRequestError(
                         f"backend {self.name} cannot load the adapter: {message}",
                         param="adapters" if name.startswith("cat-") else "model",
