@@ -437,13 +437,14 @@ class BackendConfig:
     )
     models: tuple[str, ...] = setting(
         (),
-        "Model ids clients may name that this backend serves (default: the served base "
-        "model and its adapters).",
+        "Model ids the endpoint serves under their own names (kind openai): a request naming "
+        "one is sent as it is; any other (the served model, overflowing to it) as "
+        "upstream_model, else the first of these.",
     )
     upstream_model: str = setting(
         "",
-        "Model id sent to the endpoint (default: a vllm server's served name; for openai, "
-        "the id the client named).",
+        "Model id sent to the endpoint for the served model (default: a vllm server's "
+        "served name; for openai, the first of `models`, else the id the client named).",
     )
     api_key_env: str = setting(
         "", "Environment variable holding the API key sent as `Authorization: Bearer`."

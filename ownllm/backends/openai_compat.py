@@ -307,9 +307,15 @@ class OpenAIBackend:
         return ("/v1/chat/completions" if is_chat else "/v1/completions"), body
 
     def upstream_model(self, request: GenerateRequest) -> str:
+        """The model id the endpoint is asked for: a model it serves by name (`models`) as
+        the client named it; another (the served base, sent here on overflow or fallback)
+        as `upstream_model`, else its first model."""
         if self.cfg.dialect == "ownllm":
             return self.upstream_base_model()
-        return self.cfg.upstream_model or request.model or self._model_info.id
+        if request.model in self.cfg.models:
+            return request.model
+        first = self.cfg.models[0] if self.cfg.models else ""
+        return self.cfg.upstream_model or first or request.model or self._model_info.id
 
     async def abort(self, request_id: str) -> None:
         """Close the request's connection: the server aborts a request whose client left."""

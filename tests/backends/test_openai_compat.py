@@ -4,6 +4,7 @@ whose app runs a ScriptedBackend, so every answer is known in advance."""
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -287,3 +288,16 @@ def test_a_gateway_over_an_openai_backend_serves_the_official_client(
         with pytest.raises(openai.InternalServerError) as busy:
             client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=2)
         assert busy.value.status_code == 503 and "replica queue full" in str(busy.value)
+
+
+def test_the_model_sent_is_the_one_the_endpoint_serves():
+    cfg = BackendConfig(name="paid", kind="openai", url="http://x", models=("gpt-a", "gpt-b"))
+    backend = OpenAIBackend(cfg, model_info=INFO)
+    asked = {
+        m: backend.upstream_model(GenerateRequest("r", [1], model=m)) for m in ("gpt-b", "tiny")
+    }
+    assert asked == {"gpt-b": "gpt-b", "tiny": "gpt-a"}  # the served model overflows to gpt-a
+    pinned = OpenAIBackend(replace(cfg, upstream_model="gpt-c"), model_info=INFO)
+    assert pinned.upstream_model(GenerateRequest("r", [1], model="tiny")) == "gpt-c"
+    plain = OpenAIBackend(BackendConfig(kind="openai", url="http://x"), model_info=INFO)
+    assert plain.upstream_model(GenerateRequest("r", [1], model="llama3")) == "llama3"
