@@ -352,6 +352,27 @@ class VectorStoreConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    run_worker: bool = setting(
+        True, "Run queued eval and red-team runs inside `ownllm serve` (at batch priority)."
+    )
+    max_concurrent_runs: int = setting(2, "Eval runs one server works on at once.", min=1, max=64)
+    max_concurrent_items: int = setting(
+        4, "Items of one run sampled and graded at once.", min=1, max=256
+    )
+    lease_s: float = setting(
+        60.0,
+        "A run whose worker has not renewed its heartbeat for this long is taken over by "
+        "another worker, which carries on from the items already graded.",
+        min=1,
+        max=86400,
+    )
+    poll_interval_s: float = setting(
+        1.0, "Seconds an idle eval worker waits between looks for work.", min=0.01, max=600
+    )
+
+
+@dataclass(frozen=True)
 class GuardConfig:
     policy_file: str = setting(
         "",
@@ -581,6 +602,7 @@ class Config:
     batch: BatchConfig = field(default_factory=BatchConfig)
     vector_stores: VectorStoreConfig = field(default_factory=VectorStoreConfig)
     backends: tuple[BackendConfig, ...] = ()  # empty: the embedded engine, as one backend
+    evals: EvalConfig = field(default_factory=EvalConfig)
 
 
 _SECTION_TYPES = {
@@ -596,6 +618,7 @@ _SECTION_TYPES = {
     "routing": RoutingConfig,
     "batch": BatchConfig,
     "vector_stores": VectorStoreConfig,
+    "evals": EvalConfig,
 }
 
 # fields that hold a list of tables (`[[routing.policy]]`): the dataclass of one entry

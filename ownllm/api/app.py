@@ -26,6 +26,7 @@ from ownllm.api.routes import (
     chat,
     completions,
     embeddings,
+    evals,
     files,
     fine_tuning,
     health,
@@ -67,6 +68,7 @@ ROUTERS = (  # in matching order: the dashboard's static routes stay last
     stored_completions.router,
     adapters.router,
     aliases.router,
+    evals.router,
     files.router,
     batches.router,
     fine_tuning.router,
@@ -200,6 +202,11 @@ def create_app(
 
             state.batch_worker = BatchWorker(state, gateway)
             state.batch_worker.start()
+        if state.config.evals.run_worker and state.db is not None:
+            from ownllm.api.eval_runner import EvalWorker
+
+            state.eval_worker = EvalWorker(state, gateway)
+            state.eval_worker.start()
         retention = start_retention(state.db, state.config.capture)
         freeze_startup_heap()
         try:
@@ -211,6 +218,9 @@ def create_app(
             if state.batch_worker is not None:
                 await state.batch_worker.stop()  # running lines go back to the queue
                 state.batch_worker = None
+            if state.eval_worker is not None:
+                await state.eval_worker.stop()  # a run in progress resumes elsewhere
+                state.eval_worker = None
             if worker is not None:
                 from ownllm.tuning.process import stop_worker_process
 

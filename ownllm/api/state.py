@@ -39,6 +39,7 @@ class AppState:
     vector_index: IndexCache = field(default_factory=IndexCache)
     started_at: float = field(default_factory=time.time)
     batch_worker: Any = None  # ownllm.api.batch_worker.BatchWorker once the app started
+    eval_worker: Any = None  # ownllm.api.eval_runner.EvalWorker once the app started
     metrics: Metrics = field(init=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -14,6 +14,8 @@ Cues a caller sets, on construction or between requests:
 - `fail_after`: raise ConnectionError after that many tokens of each request, as a remote
   replica whose connection breaks mid-stream (0: before the first token);
 - `is_healthy`: what `health()` answers (a replica a test takes down);
+- `respond`: a function of the request that picks its script (a model that answers what
+  the prompt asks: a grader, an adapter that behaves unlike the base, a model that leaks);
 - `gate`: a semaphore that holds every token after a request's first until one
   `gate.release()` (from any thread), so a test sees what a client shows mid-stream,
   whatever the speed of the machine.
@@ -95,6 +97,7 @@ class ScriptedBackend:
         self.error: Exception | None = None
         self.fail_after: int | None = None
         self.is_healthy = True
+        self.respond: Callable[[GenerateRequest], Script] | None = None
         self.gate: threading.Semaphore | None = None
         self.requests: list[GenerateRequest] = []
         self.aborted: list[str] = []
@@ -106,9 +109,10 @@ class ScriptedBackend:
             raise self.error
         self.requests.append(request)
         self.running.add(request.request_id)
+        script = self.respond(request) if self.respond is not None else self.script
         num_steps = request.sampling.max_tokens
-        if self.script.num_tokens is not None:
-            num_steps = min(num_steps, self.script.num_tokens)
+        if script.num_tokens is not None:
+            num_steps = min(num_steps, script.num_tokens)
         unfinished = list(range(request.sampling.n))
         try:
             for step in range(num_steps):
@@ -122,7 +126,7 @@ class ScriptedBackend:
                         yield Delta(i, "", finish_reason="abort", num_output_tokens=step,
                                     num_prompt_tokens=len(request.prompt_token_ids))  # fmt: skip
                     return
-                for delta in self._step(request, step, is_last=step == num_steps - 1,
+                for delta in self._step(request, script, step, is_last=step == num_steps - 1,
                                         unfinished=unfinished):  # fmt: skip
                     yield delta
                 if not unfinished:
@@ -131,12 +135,18 @@ class ScriptedBackend:
             self.running.discard(request.request_id)
 
     def _step(
-        self, request: GenerateRequest, step: int, *, is_last: bool, unfinished: list[int]
+        self,
+        request: GenerateRequest,
+        script: Script,
+        step: int,
+        *,
+        is_last: bool,
+        unfinished: list[int],
     ) -> list[Delta]:
         """The deltas of one step, one per unfinished choice; drops those that finish."""
         sp = request.sampling
-        token, token_id = self.script.token(step)
-        is_script_end = step + 1 == self.script.num_tokens
+        token, token_id = script.token(step)
+        is_script_end = step + 1 == script.num_tokens
         deltas = []
         for i in list(unfinished):
             text = (f"{i}:" if i and step == 0 else "") + token

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "usage": ("ownllm.cli.usage", "Usage ledger totals by day, model, key or tenant."),
     "cost": ("ownllm.cli.cost", "Self-hosted cost vs paid APIs, now and for a scenario."),
     "adapters": ("ownllm.cli.adapters", "Manage LoRA adapters: list, import, compose, export."),
+    "eval": ("ownllm.cli.eval", "Evals: create, run against a model or alias, show, compare."),
     "models": ("ownllm.cli.models", "Model aliases: create, promote through a gate, roll back."),
     "tune": ("ownllm.cli.tune", "Fine-tune the served model on a chat JSONL file (LoRA)."),
     "jobs": ("ownllm.cli.jobs", "Fine-tuning jobs: list, show, events, cancel."),

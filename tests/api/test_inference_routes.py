@@ -40,7 +40,27 @@ BATCHES = (
     "creates, reads or cancels a batch; its lines reach the model later, each through "
     "ownllm.api.inference.serve (tests/api/test_batches.py proves them metered)"
 )
+EVALS = (
+    "evals and their runs as rows; a run's items reach the model through the eval worker's serve"
+)
 NOT_INFERENCE = {
+    **{
+        (method, f"/v1/evals{path}"): EVALS
+        for method, path in [
+            ("POST", ""),
+            ("GET", ""),
+            ("GET", "/{eval_id}"),
+            ("POST", "/{eval_id}"),
+            ("DELETE", "/{eval_id}"),
+            ("POST", "/{eval_id}/runs"),
+            ("GET", "/{eval_id}/runs"),
+            ("GET", "/{eval_id}/runs/{run_id}"),
+            ("POST", "/{eval_id}/runs/{run_id}"),
+            ("DELETE", "/{eval_id}/runs/{run_id}"),
+            ("GET", "/{eval_id}/runs/{run_id}/output_items"),
+            ("GET", "/{eval_id}/runs/{run_id}/output_items/{item_id}"),
+        ]
+    },  # fmt: skip
     ("POST", "/v1/batches"): BATCHES,
     ("GET", "/v1/batches"): BATCHES,
     ("GET", "/v1/batches/{batch_id}"): BATCHES,
