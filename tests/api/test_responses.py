@@ -399,3 +399,63 @@ async def test_an_answer_the_output_guard_cuts_is_incomplete(tmp_path, two_tenan
     events = events_of(r.text)
     assert events[-1]["type"] == "response.incomplete"
     assert "capital" not in r.text
+
+
+async def test_capture_follows_the_tenant_and_store_false_opts_out(api, two_tenants):
+    from ownllm.store.schema import StoredCompletion, Tenant
+
+    client, state = api
+    with state.db.session() as s:
+        s.get(Tenant, "acme").capture_default = True  # acme opted in to the data flywheel
+    a, b = two_tenants.a.headers, two_tenants.b.headers
+    kept = (await create(client, a, input="Capture me")).json()
+    skipped = (await create(client, a, input="Not me", store=False)).json()
+    other = (await create(client, b, input="Globex did not opt in")).json()
+    with state.db.session() as s:
+        rows = {r.id: r for r in s.scalars(select(StoredCompletion))}
+    assert set(rows) == {kept["id"]}, (skipped["id"], other["id"])
+    assert rows[kept["id"]].request["messages"][-1]["content"] == "Capture me"
+    assert rows[kept["id"]].response["choices"][0]["message"]["content"] == ANSWER
+
+
+async def test_get_refuses_what_it_cannot_do(api, two_tenants):
+    client, _ = api
+    a = two_tenants.a.headers
+    rid = (await create(client, a, input="Hi")).json()["id"]
+    for query, param in (("stream=true", "stream"),
+                         ("include=message.output_text.logprobs", "include")):  # fmt: skip
+        r = await client.get(f"/v1/responses/{rid}?{query}", headers=a)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param
+
+
+ODD_BODIES = [
+    {"input": [1, "x"]},
+    {"input": [{"role": "user", "content": [1]}]},
+    {"input": [{"role": "user", "content": [{"type": "input_text"}]}]},
+    {"input": [{"role": "assistant", "content": None}]},
+    {"input": [{"type": "function_call", "call_id": 3, "name": "f", "arguments": {}}]},
+    {"input": [{"type": "function_call_output", "call_id": "c", "output": None}]},
+    {"input": [{"type": "function_call_output", "call_id": "c", "output": [{"a": 1}]}]},
+    {"input": {"role": "user"}},
+    {"tools": [1]},
+    {"tools": [{"type": "function"}]},
+    {"tools": [{"type": "function", "name": "f", "parameters": "x"}]},
+    {"tool_choice": {"type": "function"}},
+    {"tool_choice": 5},
+    {"text": {"format": {"type": "json_schema", "schema": {"type": "nonsense"}}}},
+    {"text": {"format": {"type": "xml"}}},
+    {"metadata": {"k": 1}},
+    {"previous_response_id": "x" * 65},
+    {"instructions": 7},
+    {"max_output_tokens": 10**12},
+    {"adapters": [{"id": "nope"}]},
+    {"stream": "maybe"},
+]
+
+
+@pytest.mark.parametrize("change", ODD_BODIES)
+async def test_odd_bodies_are_4xx_never_5xx(api, two_tenants, change):
+    client, _ = api
+    r = await create(client, two_tenants.a.headers, **{"input": "Hi", **change})
+    assert 400 <= r.status_code < 500, (change, r.status_code, r.text)
+    assert r.json()["error"]["message"]

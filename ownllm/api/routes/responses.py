@@ -56,6 +56,7 @@ async def create_response(
 async def get_response(
     response_id: str,
     stream: bool = Query(False),
+    include: list[str] | None = Query(None),
     principal: Principal = Depends(require_scope("inference")),
     state: AppState = Depends(get_state),
 ) -> dict:
@@ -64,6 +65,8 @@ async def get_response(
             "streaming a stored response again is not supported (no background responses)",
             param="stream",
         )
+    if include:
+        raise InvalidRequestError("include is not supported", param="include")
     row = await run_in_threadpool(stored_responses.get_response, _db(state), principal,
                                   response_id)  # fmt: skip
     return row.response
