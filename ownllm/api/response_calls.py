@@ -9,8 +9,9 @@ tools in chat's shape, `text.format` as `response_format`, `max_output_tokens` a
 resolution, adapters, sampling defaults, tools and every check are chat's own. A 400
 raised on the chat side names the Responses field it came from (`ResponseCall.param`).
 
-Left out, each a 400 naming it: built-in tools (`web_search`, `file_search`,
-`code_interpreter`, …), image, file and audio content, `item_reference` and reasoning
+The `file_search` tool becomes chat's `file_search` extension: the run retrieves sources
+first (`ownllm.api.response_file_search`). Left out, each a 400 naming it: the other
+built-in tools (`web_search`, `code_interpreter`, …), image, file and audio content, `item_reference` and reasoning
 items, and the fields `ownllm.api.response_schemas.REFUSED` lists.
 """
 
@@ -47,6 +48,8 @@ class ResponseCall:
     history: list[dict[str, Any]]  # the conversation of previous_response_id
     messages: list[dict[str, Any]]  # this input as chat messages (no instructions)
     sources: list[str] = field(default_factory=list)  # chat message k -> its request field
+    file_search: Any = None  # the file_search tool as chat's FileSearchOptions
+    file_search_index: int | None = None  # its place in `tools`
 
     @property
     def num_instructions(self) -> int:
@@ -54,6 +57,8 @@ class ResponseCall:
 
     def param(self, param: str | None) -> str | None:
         """The Responses field a chat-side `param` names."""
+        if param and param.startswith("file_search.") and self.file_search_index is not None:
+            return f"tools[{self.file_search_index}]." + param.removeprefix("file_search.")
         return translate_param(param, self.sources)
 
     def conversation(self, output_messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -67,6 +72,11 @@ class ResponseCall:
             else sent
             for sent, read in zip(self.messages, mine, strict=False)
         ] or self.messages  # fmt: skip
+        if self.file_search is not None:  # the question as asked, without this turn's sources
+            from ownllm.vectors.sources import without_sources
+
+            own = [{**m, "content": without_sources(m["content"])} if m.get("role") == "user"
+                   and isinstance(m.get("content"), str) else m for m in own]  # fmt: skip
         return [*self.history, *own, *output_messages]
 
 
@@ -104,9 +114,13 @@ def response_call(
         raise InvalidRequestError(
             "Nothing to respond to: give `input` (or a `previous_response_id`).", param="input"
         )
-    if body.tools:
-        chat["tools"] = [_chat_tool(tool, i) for i, tool in enumerate(body.tools)]
+    _check_include(body.include)
+    function_tools, file_search_index = _split_tools(body.tools or [])
+    if function_tools:
+        chat["tools"] = [_chat_tool(tool, i) for i, tool in function_tools]
         chat["parallel_tool_calls"] = body.parallel_tool_calls
+    if file_search_index is not None:
+        chat["file_search"] = _file_search_options(body.tools[file_search_index])
     if body.tool_choice is not None:
         chat["tool_choice"] = _chat_tool_choice(body.tool_choice)
     response_format = _response_format(body)
@@ -117,7 +131,11 @@ def response_call(
         call = chat_call(state, principal, request)
     except ValidationError as e:
         first = e.errors()[0]
-        param = translate_param(_param_of(tuple(first.get("loc", ()))), sources)
+        param = _param_of(tuple(first.get("loc", ())))
+        if param and param.startswith("file_search.") and file_search_index is not None:
+            param = f"tools[{file_search_index}]." + param.removeprefix("file_search.")
+        else:
+            param = translate_param(param, sources)
         raise InvalidRequestError(
             f"Invalid value for '{param}': {first.get('msg', 'invalid value')}.", param=param
         ) from None
@@ -129,7 +147,46 @@ def response_call(
     # `store` keeps the response for previous_response_id; capture for fine-tuning data
     # still follows the key's, tenant's or server's default, and never when store is false
     call.store = None if body.store else False
-    return ResponseCall(call, body, items, history, messages, sources)
+    return ResponseCall(
+        call, body, items, history, messages, sources, request.file_search, file_search_index
+    )
+
+
+INCLUDABLE = ("file_search_call.results",)
+
+
+def _check_include(include: list[str] | None) -> None:
+    for i, value in enumerate(include or ()):
+        if value not in INCLUDABLE:
+            raise InvalidRequestError(
+                f"Invalid 'include[{i}]': {value!r} is not available; ownllm can include "
+                f"{', '.join(INCLUDABLE)}.",
+                param=f"include[{i}]",
+                code="unsupported_parameter",
+            )
+
+
+def _split_tools(tools: list[Any]) -> tuple[list[tuple[int, Any]], int | None]:
+    """(the function tools with their places, the place of the one file_search tool)."""
+    functions, file_search = [], None
+    for i, tool in enumerate(tools):
+        if isinstance(tool, dict) and tool.get("type") == "file_search":
+            if file_search is not None:
+                raise InvalidRequestError(
+                    f"Invalid 'tools[{i}]': give one file_search tool (it takes several "
+                    "vector_store_ids).",
+                    param=f"tools[{i}]",
+                )
+            file_search = i
+        else:
+            functions.append((i, tool))
+    return functions, file_search
+
+
+def _file_search_options(tool: dict[str, Any]) -> dict[str, Any]:
+    """The file_search tool as chat's `file_search` extension (checked by its model)."""
+    keys = ("vector_store_ids", "max_num_results", "filters", "ranking_options")
+    return {key: tool[key] for key in keys if tool.get(key) is not None}
 
 
 def _fields(body: ResponseRequest) -> dict[str, Any]:
@@ -292,7 +349,7 @@ def _chat_tool(tool: dict[str, Any], i: int) -> dict[str, Any]:
     if kind != "function":
         raise InvalidRequestError(
             f"Invalid 'tools[{i}].type': {kind!r} tools are not supported; ownllm runs no "
-            "built-in tools (web_search, file_search, code_interpreter, …): declare "
+            "built-in tools but file_search (web_search, code_interpreter, …): declare "
             "function tools and run them yourself.",
             param=f"tools[{i}].type",
             code="unsupported_parameter",

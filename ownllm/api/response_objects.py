@@ -125,6 +125,15 @@ def _text_format(rc: ResponseCall) -> dict[str, Any]:
 
 
 def _tool(tool: dict[str, Any]) -> dict[str, Any]:
+    if tool.get("type") == "file_search":
+        return {
+            "type": "file_search",
+            "vector_store_ids": tool.get("vector_store_ids"),
+            "max_num_results": tool.get("max_num_results", 5),
+            "filters": tool.get("filters"),
+            "ranking_options": tool.get("ranking_options")
+            or {"ranker": "auto", "score_threshold": 0},
+        }
     return {
         "type": "function",
         "name": tool.get("name"),

@@ -206,7 +206,12 @@ async def response_run(
             get_response, state.db, principal, body.previous_response_id, "previous_response_id"
         )
         history = row.conversation
-    return ResponseRun(response_call(state, principal, body, history), state, gateway)
+    rc = response_call(state, principal, body, history)
+    if rc.file_search is not None:
+        from ownllm.api.response_file_search import FileSearchResponseRun
+
+        return FileSearchResponseRun(rc, state, gateway)
+    return ResponseRun(rc, state, gateway)
 
 
 async def serve_response(

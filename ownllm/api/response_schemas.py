@@ -25,7 +25,6 @@ REFUSED = {
     "conversation": "conversations objects are not supported; use previous_response_id",
     "prompt": "prompt templates are not supported; send input and instructions",
     "reasoning": "reasoning is not supported by this model",
-    "include": "include is not supported (no extra output data is available)",
     "top_logprobs": "top_logprobs is not supported on /v1/responses",
     "max_tool_calls": "max_tool_calls is not supported",
     "context_management": "context_management is not supported",
@@ -80,6 +79,7 @@ class ResponseRequest(_Request):
     truncation: Literal["disabled"] | None = None
     stream: bool = False
     stream_options: ResponseStreamOptions | None = None
+    include: list[str] | None = None  # only "file_search_call.results"
     # extensions
     adapters: list[AdapterRef] | None = Field(None, max_length=MAX_ADAPTERS)
     seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)

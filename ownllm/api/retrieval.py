@@ -189,23 +189,31 @@ class FileSearchRun(GenerationRun):
 
     async def prepare(self) -> None:
         if self.hits is None:  # once: a guard redaction prepares again, over the sources
-            o = self.options
-            self.retrieval = await asyncio.to_thread(
-                Retrieval.resolve,
-                self.state,
-                self.call.principal,
-                o.vector_store_ids,
-                o.max_num_results,
-                o.filters,
-                o.ranking_options,
-                "file_search.vector_store_ids",
-            )
-            query = query_of(self.call.messages)
-            self.hits = []
-            if query:
-                model = await embedding_model(self.state)
-                vectors = await asyncio.to_thread(model.embed, [query])  # truncated to fit
-                self.hits = await self.retrieval.run(self.state, vectors, model.dimensions)
-            self.call.messages = with_sources(self.call.messages, self.hits)
+            _, self.hits = await retrieve_sources(self.state, self.call, self.options)
             self.fmt.citations = citations(self.hits)
         await super().prepare()
+
+
+async def retrieve_sources(
+    state: AppState, call: InferenceCall, options: Any
+) -> tuple[str, list[Hit]]:
+    """(the query, the hits) for a call's last user message in the stores `options` names
+    (a `FileSearchOptions`); the hits go into the call's messages as numbered sources."""
+    retrieval = await asyncio.to_thread(
+        Retrieval.resolve,
+        state,
+        call.principal,
+        options.vector_store_ids,
+        options.max_num_results,
+        options.filters,
+        options.ranking_options,
+        "file_search.vector_store_ids",
+    )
+    query = query_of(call.messages)
+    hits: list[Hit] = []
+    if query:
+        model = await embedding_model(state)
+        vectors = await asyncio.to_thread(model.embed, [query])  # truncated to fit
+        hits = await retrieval.run(state, vectors, model.dimensions)
+    call.messages = with_sources(call.messages, hits)
+    return query, hits

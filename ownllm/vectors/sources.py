@@ -21,6 +21,9 @@ INSTRUCTIONS = (
 )
 
 
+QUESTION = "\n\nQuestion: "
+
+
 def sources_text(hits: list[Hit]) -> str:
     parts = [INSTRUCTIONS]
     for n, hit in enumerate(hits, 1):
@@ -35,8 +38,15 @@ def with_sources(messages: list[dict[str, Any]], hits: list[Hit]) -> list[dict[s
     if not hits or last is None:
         return out
     question = out[last].get("content") or ""
-    out[last] = dict(out[last], content=f"{sources_text(hits)}\n\nQuestion: {question}")
+    out[last] = dict(out[last], content=f"{sources_text(hits)}{QUESTION}{question}")
     return out
+
+
+def without_sources(content: str) -> str:
+    """A user message's text without the sources `with_sources` put before it."""
+    if content.startswith(INSTRUCTIONS) and QUESTION in content:
+        return content.rpartition(QUESTION)[2]
+    return content
 
 
 def citations(hits: list[Hit]) -> list[dict[str, Any]]:

@@ -465,3 +465,79 @@ async def test_another_tenants_store_files_and_batches_do_not_exist(vs, two_tena
             s.scalars(select(UsageRecord).where(UsageRecord.endpoint == "vector_stores.files"))
         )
     assert {u.tenant_id for u in usage} == {"acme", "globex"}
+
+
+async def test_responses_file_search_tool_cites_its_files(vs, two_tenants):
+    app, state, _, ingest = vs
+    a, b = two_tenants.a.headers, two_tenants.b.headers
+    async with client_for(app) as client:
+        store_id, ids = await store_with_docs(client, a, ingest)
+        tool = {"type": "file_search", "vector_store_ids": [store_id], "max_num_results": 2}
+        body = {"model": state.model_id, "input": "When is the rocket launch?", "tools": [tool],
+                "max_output_tokens": 3}  # fmt: skip
+        r = await client.post(
+            "/v1/responses", json={**body, "include": ["file_search_call.results"]}, headers=a
+        )
+        assert r.status_code == 200, r.text
+        plain = (await client.post("/v1/responses", json=body, headers=a)).json()
+        streamed = await client.post("/v1/responses", json={**body, "stream": True}, headers=a)
+        other = await client.post("/v1/responses", json=body, headers=b)
+        follow = await client.post(
+            "/v1/responses",
+            json={
+                "model": state.model_id,
+                "input": "Thanks",
+                "previous_response_id": plain["id"],
+                "max_output_tokens": 2,
+            },
+            headers=a,
+        )
+    search, message = r.json()["output"]
+    assert search["type"] == "file_search_call" and search["status"] == "completed"
+    assert search["queries"] == ["When is the rocket launch?"]
+    assert (
+        search["results"][0]["file_id"] == ids["launch.pdf"]
+        and "fourth of May" in search["results"][0]["text"]
+    )
+    assert plain["output"][0]["results"] is None  # only with include
+    annotations = message["content"][0]["annotations"]
+    assert annotations and all(x["type"] == "file_citation" for x in annotations)
+    assert (
+        annotations[0]["file_id"] == ids["launch.pdf"]
+        and annotations[0]["filename"] == "launch.pdf"
+    )
+    text = message["content"][0]["text"]
+    assert all(0 <= x["index"] <= len(text) for x in annotations)
+    assert r.json()["tools"][0]["type"] == "file_search"
+    events = [
+        line.removeprefix("event: ")
+        for line in streamed.text.splitlines()
+        if line.startswith("event: ")
+    ]
+    assert events[:7] == [
+        "response.created", "response.in_progress", "response.output_item.added",
+        "response.file_search_call.in_progress", "response.file_search_call.searching",
+        "response.file_search_call.completed", "response.output_item.done",
+    ]  # fmt: skip
+    assert events[-1] == "response.incomplete"  # max_output_tokens ended it
+    assert_openai_error(other, 404, "tools[0].vector_store_ids[0]")
+    # the stored conversation keeps the question, not the sources it was answered from
+    assert follow.status_code == 200, follow.text
+    prompt = state.tokenizer.decode(state.backend.requests[-1].prompt_token_ids)
+    assert "When is the rocket launch?" in prompt and "fourth of May" not in prompt
+
+
+def test_citations_follow_the_numbers_the_answer_writes():
+    from ownllm.api.response_file_search import file_citations
+    from ownllm.vectors.search import Hit
+
+    hits = [Hit("vs_1", f"file-{n}", f"{n}.txt", {}, n, 0.5) for n in (1, 2)]
+    text = "It is May 4 [2], per the plan [1]. See [9]."
+    assert [(x["file_id"], x["index"]) for x in file_citations(text, hits)] == [
+        ("file-2", text.index("[2]")),
+        ("file-1", text.index("[1]")),
+    ]
+    assert [(x["file_id"], x["index"]) for x in file_citations("No numbers.", hits)] == [
+        ("file-1", 11),
+        ("file-2", 11),
+    ]
