@@ -46,11 +46,13 @@ class Counts:
 
 
 def batch_object(row: Batch, counts: Counts) -> dict[str, Any]:
-    """The OpenAI batch object."""
+    """The OpenAI batch object. A timestamp, file id or `errors` not set yet is left out
+    rather than null: OpenAI's answers carry null, but its spec types them integer, string
+    and object, and the official client reads a missing one as None."""
     errors = None
     if row.errors:
         errors = {"object": "list", "data": row.errors}
-    return {
+    obj = {
         "id": row.id,
         "object": "batch",
         "endpoint": row.endpoint,
@@ -70,8 +72,8 @@ def batch_object(row: Batch, counts: Counts) -> dict[str, Any]:
         "cancelling_at": row.cancelling_at,
         "cancelled_at": row.cancelled_at,
         "request_counts": counts.to_dict(),
-        "metadata": row.metadata_,
     }
+    return {**{k: v for k, v in obj.items() if v is not None}, "metadata": row.metadata_}
 
 
 # -- what clients do ------------------------------------------------------------------------

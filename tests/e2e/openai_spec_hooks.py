@@ -23,9 +23,10 @@ OWN_OBJECT = {  # operations that use up the object they name
     "deleteFile": "deleted_file",
     "cancelFineTuningJob": "cancelled_job",
     "deleteResponse": "deleted_response",
+    "cancelBatch": "cancelled_batch",
 }
 PATH_OBJECT = {"completion_id": "completion", "file_id": "file", "fine_tuning_job_id": "job",
-               "response_id": "response"}  # fmt: skip
+               "response_id": "response", "batch_id": "batch"}  # fmt: skip
 MODEL = {"createEmbedding": "embedding_model"}
 MAX_TOKENS, MAX_CHOICES = 4, 2
 # Fields ownllm answers with a 400 naming them, as it does not do what they ask (tools,
@@ -86,6 +87,8 @@ def before_call(context, case, kwargs) -> None:
             body[name] = IDS["file"]  # a fine-tune file
     if operation_id == "createResponse":
         _aim_response(body)
+    if isinstance(body.get("input_file_id"), str):
+        body["input_file_id"] = IDS["batch_file"]  # a batch input file
     if operation_id in ("createChatCompletion", "createCompletion"):
         body.setdefault("max_tokens", MAX_TOKENS)  # else: the rest of the context
     for name, cap in (("max_tokens", MAX_TOKENS), ("max_completion_tokens", MAX_TOKENS),

@@ -43,6 +43,7 @@ OPERATIONS = [
     "createFineTuningJob", "listPaginatedFineTuningJobs", "retrieveFineTuningJob",
     "cancelFineTuningJob", "listFineTuningEvents", "listFineTuningJobCheckpoints",
     "createResponse", "getResponse", "deleteResponse", "listInputItems",
+    "createBatch", "listBatches", "retrieveBatch", "cancelBatch",
 ]  # fmt: skip
 
 CONFIG = """
@@ -91,8 +92,9 @@ def _id(response: httpx.Response) -> str:
 
 @pytest.fixture(scope="module")
 def objects(api) -> dict[str, str]:
-    """A file, a stored completion, a job and a stored response for the spec's requests,
-    and one more of each for the requests that delete or cancel theirs."""
+    """A file, a stored completion, a job, a stored response and a batch (and its input
+    file) for the spec's requests, and one more of each for the requests that delete or
+    cancel theirs."""
 
     def upload() -> str:
         files = {"file": ("train.jsonl", TRAINING)}
@@ -107,9 +109,22 @@ def objects(api) -> dict[str, str]:
         body = {"model": "tiny", "input": "Hi", "max_output_tokens": 4}
         return _id(api.post("/responses", json=body))
 
+    def batch(file_id: str) -> str:
+        body = {"input_file_id": file_id, "endpoint": "/v1/chat/completions",
+                "completion_window": "24h"}  # fmt: skip
+        return _id(api.post("/batches", json=body))
+
     file_id = upload()
     job = {"model": "tiny", "training_file": file_id}  # the worker is off: jobs stay queued
+    line = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}],
+                     "max_tokens": 2}}  # fmt: skip
+    files = {"file": ("batch.jsonl", json.dumps(line).encode() + b"\n")}
+    batch_file = _id(api.post("/files", files=files, data={"purpose": "batch"}))
     return {
+        "batch_file": batch_file,
+        "batch": batch(batch_file),
+        "cancelled_batch": batch(batch_file),
         "file": file_id,
         "deleted_file": upload(),
         "completion": stored(),
