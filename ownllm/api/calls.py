@@ -29,6 +29,7 @@ from ownllm.config import GenerationDefaults
 from ownllm.errors import InvalidRequestError, ModelNotFoundError
 from ownllm.gateway.hooks import InferenceCall
 from ownllm.gateway.principal import Principal
+from ownllm.gateway.routing import Router
 from ownllm.ids import new_id
 
 MAX_PROMPTS = 128
@@ -74,7 +75,16 @@ def _resolve_model(state: AppState, principal: Principal, model: str) -> list[Ad
 def resolve_adapters(
     state: AppState, principal: Principal, model: str, extra: list[AdapterRef] | None
 ) -> tuple[AdapterWeight, ...]:
-    """The adapters a request runs with: `model` itself when it names one, then `adapters`."""
+    """The adapters a request runs with: `model` itself when it names one, then `adapters`.
+    A model the hybrid policy routes to a remote API for this tenant runs none."""
+    backend = state.backend
+    if isinstance(backend, Router) and backend.routes_remotely(principal.tenant_id, model):
+        if extra:
+            raise InvalidRequestError(
+                f"adapters cannot run on '{model}': it is served by a remote API",
+                param="adapters",
+            )
+        return ()
     adapters = []
     if model != state.model_id:
         adapters.extend(_resolve_model(state, principal, model))

@@ -74,6 +74,16 @@ def format_account(acc, table, since_text: str) -> str:
         f"Self-hosted: {money(acc.cost_per_million)} per 1M tokens at the observed "
         f"utilisation; {money(acc.cost_per_million_at_full)} per 1M if fully busy."
     )
+    if t.remote_requests:
+        unpriced = (
+            f"; {t.remote_unpriced:,} unpriced (no price table entry)" if t.remote_unpriced else ""
+        )
+        lines.append(
+            f"Remote APIs (the hybrid route): {t.remote_requests:,} requests, "
+            f"{tokens(t.remote_tokens)} tokens, {money(t.remote_cost_usd)} at the price "
+            f"table's list prices{unpriced}; self-hosted cost above is over the other "
+            f"{tokens(t.local_tokens)} tokens."
+        )
     lines += ["", f"{'API':<24}{'same traffic':>14}{'savings':>14}  break-even per box"]
     for c in acc.comparisons:
         reach = "" if c.is_reachable else " (beyond one box's capacity: the API stays cheaper)"

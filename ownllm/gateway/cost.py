@@ -185,15 +185,24 @@ class Traffic:
     window_s: float
     busy_s: float
     embedding_tokens: int = 0  # input tokens of /v1/embeddings
+    remote_requests: int = 0  # served by a remote = true backend (the hybrid route)
+    remote_tokens: int = 0  # their prompt + completion tokens (in the totals above too)
+    remote_cost_usd: float = 0.0  # their price from the price table when written
+    remote_unpriced: int = 0  # remote requests whose model the price table lacked
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
     @property
+    def local_tokens(self) -> int:
+        """Tokens the self-hosted replicas served (what the hardware paid for)."""
+        return self.total_tokens - self.remote_tokens
+
+    @property
     def throughput_tps(self) -> float | None:
         """Tokens (prompt + completion) per engine-busy second, at the observed mix."""
-        return self.total_tokens / self.busy_s if self.busy_s > 0 else None
+        return self.local_tokens / self.busy_s if self.busy_s > 0 else None
 
 
 def observed_traffic(
@@ -222,19 +231,40 @@ def observed_traffic(
         tokens(U.prompt_tokens, True),
     )
     busy = select(func.coalesce(func.sum(E.busy_seconds), 0.0))
+    is_remote = U.remote.is_(True)
+    remote = select(
+        func.count(),
+        func.coalesce(func.sum(U.prompt_tokens + U.completion_tokens), 0),
+        func.coalesce(func.sum(U.remote_cost_usd), 0.0),
+        func.coalesce(func.sum(case((U.remote_cost_usd.is_(None), 1), else_=0)), 0),
+    ).where(is_remote)
     if since is not None:
         query = query.where(U.created_at >= since)
+        remote = remote.where(U.created_at >= since)
         busy = busy.where(E.day >= day_of(since))
     if until is not None:
         query = query.where(U.created_at < until)
+        remote = remote.where(U.created_at < until)
         busy = busy.where(E.day <= day_of(until))
     with db.session() as session:
         prompt, completion, requests, first_at, embedded = session.execute(query).one()
         busy_s = float(session.execute(busy).scalar_one())
+        num_remote, remote_tokens, remote_cost, unpriced = session.execute(remote).one()
     start = since if since is not None else (first_at if first_at is not None else now)
     end = until if until is not None else now
     window_s = max(0.0, end - start)
-    return Traffic(int(prompt), int(completion), int(requests), window_s, busy_s, int(embedded))
+    return Traffic(
+        int(prompt),
+        int(completion),
+        int(requests),
+        window_s,
+        busy_s,
+        int(embedded),
+        int(num_remote),
+        int(remote_tokens),
+        float(remote_cost),
+        int(unpriced),
+    )
 
 
 # -- the account -----------------------------------------------------------------------------
@@ -270,7 +300,7 @@ class Account:
 def account(traffic: Traffic, hardware: Hardware, table: PriceTable) -> Account:
     hours = traffic.window_s / 3600.0
     hardware_cost = hardware.price_per_hour * hardware.replicas * hours
-    millions = traffic.total_tokens / 1e6
+    millions = traffic.local_tokens / 1e6  # remote tokens were paid for at the remote
     tps = traffic.throughput_tps
     full = hardware.price_per_hour / (tps * 3600 / 1e6) if tps else None
     paid_s = traffic.window_s * hardware.replicas

@@ -29,7 +29,7 @@ from ownllm.gateway.guard.checks import Guard
 from ownllm.gateway.guard.hooks import GuardHook, load_guard
 from ownllm.gateway.hooks import InferenceCall, InferenceHook, InferenceOutcome
 from ownllm.gateway.limits import Limiter
-from ownllm.gateway.metering import BusyTracker, MeteringHook
+from ownllm.gateway.metering import BusyTracker, MeteringHook, RemotePrices
 from ownllm.gateway.principal import is_loopback
 from ownllm.gateway.usage import UsageLedger
 from ownllm.store.db import Database
@@ -68,7 +68,8 @@ class Gateway:
         )
         ledger = UsageLedger(db)
         limiter = Limiter(db, defer_write=ledger.record)  # give-backs ride the ledger
-        metering = MeteringHook(limiter, ledger, BusyTracker(backend))
+        prices = RemotePrices(backend, config.cost.price_table)
+        metering = MeteringHook(limiter, ledger, BusyTracker(backend), prices)
         guard = load_guard(config.guard)
         capture = (CaptureHook(db, guard, config.capture),) if db is not None else ()
         hooks = (metering, GuardHook(guard, db), *capture)  # limits, the guard, capture last

@@ -19,14 +19,19 @@ methods through the one path in `ownllm.api.inference`.
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from collections.abc import Callable
 from typing import Any
 
+from ownllm.gateway.cost import CostError, load_price_table
 from ownllm.gateway.hooks import InferenceCall, InferenceHook, InferenceOutcome
 from ownllm.gateway.limits import Admission, Limiter
+from ownllm.gateway.routing import Router
 from ownllm.gateway.usage import BusySample, UsageLedger, UsageRow
+
+log = logging.getLogger("ownllm.gateway")
 
 BUSY_SAMPLE_EVERY_S = 10.0
 
@@ -66,15 +71,66 @@ class BusyTracker:
         return BusySample(self.replica, delta) if delta > 0 else None
 
 
+class RemotePrices:
+    """Which replica behind a router answered a call, and a remote's price for it: the
+    call's tokens at the price table's entry for the remote's `priced_as` model (else the
+    model the client named). A remote model without an entry is logged once and left
+    unpriced (NULL), never guessed."""
+
+    def __init__(self, backend: Callable[[], Any], price_table: str = "") -> None:
+        self._backend = backend
+        self._price_table = price_table
+        self._prices: dict[str, Any] | None = None
+        self._unpriced: set[str] = set()
+
+    def of(
+        self, call: InferenceCall, prompt: int, completion: int
+    ) -> tuple[str | None, float | None]:
+        router = self._backend()
+        if not isinstance(router, Router) or not call.prompt_token_ids:
+            return None, False, None
+        n = len(call.prompt_token_ids)
+        ids = [call.request_id] if n == 1 else [f"{call.request_id}-{k}" for k in range(n)]
+        replicas = [r for r in map(router.served_by, ids) if r is not None]
+        if not replicas:
+            return None, False, None
+        replica = replicas[0]
+        if not replica.is_remote:
+            return replica.name, False, None
+        model = replica.priced_as or call.model
+        price = self._table().get(model)
+        if price is None:
+            if model not in self._unpriced:
+                self._unpriced.add(model)
+                log.warning("remote %s: no price for %r in the price table", replica.name, model)
+            return replica.name, True, None
+        return replica.name, True, price.cost(prompt, completion)
+
+    def _table(self) -> dict[str, Any]:
+        if self._prices is None:
+            try:
+                table = load_price_table(self._price_table)
+                self._prices = {api.name: api for api in table.apis}
+            except CostError as e:
+                log.warning("remote spend is not priced: %s", e)
+                self._prices = {}
+        return self._prices
+
+
 class MeteringHook(InferenceHook):
     """Limits at admission, ledger row and limiter settlement at the end."""
 
     def __init__(
-        self, limiter: Limiter, ledger: UsageLedger, busy: BusyTracker | None = None
+        self,
+        limiter: Limiter,
+        ledger: UsageLedger,
+        busy: BusyTracker | None = None,
+        remote_prices: RemotePrices | None = None,
     ) -> None:
         self.limiter = limiter
         self.ledger = ledger
         self.busy = busy
+        self.remote_prices = remote_prices
         self._admissions: dict[str, Admission] = {}
 
     async def admit_request(self, call: InferenceCall) -> None:
@@ -91,6 +147,11 @@ class MeteringHook(InferenceHook):
         prompt, cached = outcome.num_prompt_tokens, outcome.num_cached_tokens
         used = prompt + outcome.num_output_tokens
         admission = self._admissions.pop(call.request_id, None)
+        backend, is_remote, remote_cost = None, False, None
+        if self.remote_prices is not None:
+            backend, is_remote, remote_cost = self.remote_prices.of(
+                call, prompt, outcome.num_output_tokens
+            )
         try:
             if admission is not None:
                 await self.limiter.finish(admission, used)
@@ -112,6 +173,9 @@ class MeteringHook(InferenceHook):
                     http_status=outcome.status_code,
                     error_code=outcome.error_code,
                     batch_id=call.batch_id,
+                    backend=backend,
+                    remote=is_remote,
+                    remote_cost_usd=remote_cost,
                 )
             )
             sample = self.busy.take() if self.busy is not None else None

@@ -66,6 +66,9 @@ class UsageRow:
     http_status: int = 200
     error_code: str | None = None
     batch_id: str | None = None  # a batch line's row: its batch
+    backend: str | None = None  # behind a router: the replica that served it
+    remote: bool = False  # served by a remote = true backend (the hybrid route)
+    remote_cost_usd: float | None = None  # its price from the price table (None: no entry)
     created_at: float = field(default_factory=time.time)
 
     def __post_init__(self) -> None:

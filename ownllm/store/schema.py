@@ -28,6 +28,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -189,6 +190,10 @@ class UsageRecord(Base):
     http_status: Mapped[int] = mapped_column(Integer, default=200)
     error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
     batch_id: Mapped[str | None] = mapped_column(String(40), nullable=True)  # a batch's line
+    # behind a router: the backend that served it; a remote's price (USD) from the price table
+    backend: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    remote: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    remote_cost_usd: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 def usage_day(wall: float) -> str:

@@ -158,3 +158,47 @@ def test_several_backends_or_a_remote_one_go_behind_a_router(tmp_path, tiny_mode
     wrong = HybridPolicy(mode="overflow", remote="fleet")  # not a remote backend
     with pytest.raises(ConfigError, match="remote = true"):
         start_backend(_state_with(tmp_path, tokenizer, two, [wrong]))
+
+
+async def test_a_routed_remote_model_is_served_there_priced_and_only_for_its_tenant(
+    tmp_path, tiny_model_dir, two_tenants
+):
+    from ownllm.config import HybridPolicy
+    from ownllm.gateway.cost import load_price_table, observed_traffic
+
+    tokenizer = Tokenizer.from_dir(tiny_model_dir)
+    local = Replica("cpu-0", counting_backend(tokenizer))
+    paid = Replica("paid", counting_backend(tokenizer), is_remote=True)
+    policy = HybridPolicy(tenant="acme", model="gpt-4o-mini", mode="route", remote="paid")
+    router = Router([local, paid], RoutingConfig(policy=(policy,)), tokenizer=tokenizer)
+    state = gateway_state(tmp_path, two_tenants, backend=router)
+    state.tokenizer = tokenizer
+    app = create_app(state, start_engine=False)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        body = {**chat(state), "model": "gpt-4o-mini"}
+        r = await client.post("/v1/chat/completions", json=body, headers=two_tenants.a.headers)
+        assert r.status_code == 200 and r.json()["model"] == "gpt-4o-mini"
+        r = await client.post("/v1/chat/completions", json=body, headers=two_tenants.b.headers)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+        r = await client.post(
+            "/v1/chat/completions", json=chat(state), headers=two_tenants.a.headers
+        )
+        assert r.status_code == 200
+    assert len(paid.backend.requests) == 1 and len(local.backend.requests) == 1
+    rows = [row for row in ledger(app) if row.status == "ok"]
+    app.state.gateway.ledger.close()
+    price = next(a for a in load_price_table().apis if a.name == "gpt-4o-mini")
+    remote, served_here = rows
+    assert (remote.model, remote.backend, remote.remote) == ("gpt-4o-mini", "paid", True)
+    assert remote.remote_cost_usd == pytest.approx(
+        price.cost(remote.prompt_tokens, remote.completion_tokens)
+    )
+    assert remote.remote_cost_usd > 0
+    assert (served_here.backend, served_here.remote, served_here.remote_cost_usd) == (
+        "cpu-0", False, None,
+    )  # fmt: skip
+    traffic = observed_traffic(two_tenants.db)
+    assert traffic.remote_requests == 1
+    assert traffic.remote_cost_usd == pytest.approx(remote.remote_cost_usd)
+    assert traffic.local_tokens == served_here.prompt_tokens + served_here.completion_tokens

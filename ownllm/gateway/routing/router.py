@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -48,6 +49,8 @@ from ownllm.gateway.routing.scoring import ReplicaView, Weights, choose
 
 log = logging.getLogger("ownllm.routing")
 
+MAX_REMEMBERED = 100_000  # answered requests whose replica the ledger has not asked for yet
+
 # Errors that are the request's own: another replica would answer the same.
 REQUEST_ERRORS = (InvalidRequestError, NotFoundError, PermissionDeniedError)
 
@@ -59,6 +62,7 @@ class Replica:
     name: str
     backend: Backend
     is_remote: bool = False
+    priced_as: str = ""  # a remote's model id in the price table (default: the client's)
     view: ReplicaView = field(init=False)
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
     is_up: bool = True  # the last health check passed
@@ -120,6 +124,8 @@ class Router:
         self._clock = clock
         self._turn = 0
         self._where: dict[str, Replica] = {}  # request id -> the replica running it
+        # request id -> the replica that answered it, until the ledger asks (`served_by`)
+        self._served: OrderedDict[str, Replica] = OrderedDict()
         self._health_task: asyncio.Task | None = None
 
     # -- the Backend protocol ------------------------------------------------------------------
@@ -152,6 +158,7 @@ class Router:
                     if not is_started:
                         is_started = True
                         replica.breaker.record_success()
+                        self._remember(request.request_id, replica)
                     yield delta
                 return
             except REQUEST_ERRORS:
@@ -250,6 +257,19 @@ class Router:
         if not local or min(r.view.load for r in local) >= policy.queue_threshold:
             return remote or local
         return local
+
+    def served_by(self, request_id: str) -> Replica | None:
+        """The replica that answered `request_id` (forgotten once asked)."""
+        return self._served.pop(request_id, None)
+
+    def _remember(self, request_id: str, replica: Replica) -> None:
+        self._served[request_id] = replica
+        while len(self._served) > MAX_REMEMBERED:  # nobody asked (no ledger): bounded
+            self._served.popitem(last=False)
+
+    def routes_remotely(self, tenant: str, model: str) -> bool:
+        """Whether `model` is one this tenant's policy serves only on a remote (`route`)."""
+        return model in self._routed and self.policies.lookup(tenant, model).mode == "route"
 
     def _check_model(self, request: GenerateRequest) -> None:
         """A model served only remotely exists for the tenants whose policy routes it."""
