@@ -149,7 +149,10 @@ def start_backend(state: AppState):
             "every backend is remote = true, and no [[routing.policy]] routes a model there: "
             "no request could be served (add a local backend or a policy)"
         )
-    replicas = [Replica(c.name, build_backend(c, context), is_remote=c.remote) for c in configs]
+    replicas = [
+        Replica(c.name, build_backend(c, context), is_remote=c.remote, priced_as=c.upstream_model)
+        for c in configs
+    ]
     return Router(replicas, cfg.routing, tokenizer=state.tokenizer)
 
 
