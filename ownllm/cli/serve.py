@@ -81,12 +81,15 @@ def run(args: argparse.Namespace) -> int:
 
 def configure_logging(level: str) -> None:
     """One format for every line (ours, uvicorn's, the libraries'); above DEBUG, uvicorn's
-    lifecycle INFO lines are dropped (and alembic's, by `ownllm.store.db`)."""
+    lifecycle INFO lines and httpx's line per request are dropped (and alembic's, by
+    `ownllm.store.db`)."""
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     if level != "debug":
         logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+        # a line per call to a backend server (requests, health checks, metric scrapes)
+        logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _serve(app, state) -> bool:

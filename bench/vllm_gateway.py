@@ -1,0 +1,274 @@
+"""The vllm backend's cost: ownllm's gateway in front of one vLLM replica against the same
+vLLM server called directly, on the many-adapter workload, in one run.
+
+One vLLM OpenAI-compatible server (its CPU build, `.venv-vllm`; or `--vllm-url`, one
+already running with LoRA enabled and runtime loading allowed) serves the shipped model.
+`--adapters` random rank-8 adapters are registered in a fresh ownllm data dir, and an
+`ownllm serve --backend vllm=URL` gateway process (open mode on loopback: the admin
+principal; no engine of its own) serves them. Two modes take turns, `--rounds` times,
+each a closed loop of `--concurrency` streams over `--requests` requests spread
+round-robin over the base model and the adapters:
+
+- `direct`: POST /v1/completions to vLLM with the token ids ownllm's chat template makes,
+  the adapter loaded under its own name, streamed with usage;
+- `gateway`: POST /v1/chat/completions to the gateway with the same kind of chat (the
+  gateway renders and tokenises it, resolves the adapter in the registry, and its vllm
+  backend sends the ids to the same server), streamed with usage.
+
+Every request is greedy with ignore_eos and `--max-tokens` tokens, and every prompt is
+distinct (random words), so neither mode gains from vLLM's prefix cache. A warm-up round
+loads every adapter in both modes first. Reported: output tokens/s of each mode (total
+tokens / wall time of its blocks), gateway/direct throughput, and TTFT p50/p99 of each
+with the gateway's added p50. Both share the machine's cores with vLLM: the numbers say
+what the whole path costs on this box, with the load average beside them.
+
+Usage: python -m bench.vllm_gateway [--vllm-url URL] [--adapters 8] [--requests 48]
+       [--concurrency 8] [--max-tokens 32] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from bench import _engine_common as common
+
+SERVED = "smollm2-135m-instruct"
+WORDS = [
+    "alpha",
+    "bravo",
+    "charlie",
+    "delta",
+    "echo",
+    "foxtrot",
+    "golf",
+    "hotel",
+    "india",
+    "juliet",
+    "kilo",
+    "lima",
+]
+
+
+def chat(rng: random.Random, num_words: int) -> list[dict[str, str]]:
+    text = " ".join(rng.choice(WORDS) + str(rng.randrange(1000)) for _ in range(num_words))
+    return [{"role": "user", "content": f"Summarise: {text}"}]
+
+
+async def stream(client: httpx.AsyncClient, url: str, body: dict, is_chat: bool):
+    """(ttft seconds, completion tokens) of one streamed request."""
+    start = time.perf_counter()
+    ttft, tokens = None, 0
+    async with client.stream("POST", url, json=body) as response:
+        if response.status_code != 200:
+            raise RuntimeError(f"{url}: HTTP {response.status_code} {await response.aread()}")
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if "error" in chunk:
+                raise RuntimeError(f"{url}: {chunk['error']}")
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            for choice in chunk.get("choices") or ():
+                text = (choice.get("delta") or {}).get("content") if is_chat else choice["text"]
+                if text and ttft is None:
+                    ttft = time.perf_counter() - start
+    return ttft, tokens
+
+
+async def run_block(mode: str, jobs: list[dict], concurrency: int, urls: dict) -> dict:
+    queue = list(jobs)
+    ttfts, tokens = [], 0
+    limits = httpx.Limits(max_connections=concurrency + 2)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+
+        async def worker() -> None:
+            nonlocal tokens
+            while queue:
+                job = queue.pop()
+                ttft, n = await stream(client, urls[mode], job[mode], mode == "gateway")
+                ttfts.append(ttft)
+                tokens += n
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - start
+    return {"ttfts": ttfts, "tokens": tokens, "wall": wall}
+
+
+def make_jobs(rng, n, adapters: list[tuple[str, str]], tokenizer, max_tokens) -> list[dict]:
+    """Per request, the direct body and the gateway body (different prompts of one shape)."""
+    jobs = []
+    sampling = {"max_tokens": max_tokens, "temperature": 0, "ignore_eos": True, "stream": True,
+                "stream_options": {"include_usage": True}}  # fmt: skip
+    groups = [None, *adapters]
+    for i in range(n):
+        group = groups[i % len(groups)]
+        direct_model = SERVED if group is None else group[0]
+        gateway_model = SERVED if group is None else group[1]
+        ids = tokenizer.encode_chat(chat(rng, 40))
+        jobs.append(
+            {
+                "direct": {"model": direct_model, "prompt": ids, **sampling},
+                "gateway": {"model": gateway_model, "messages": chat(rng, 40), **sampling},
+            }
+        )
+    return jobs
+
+
+def start_vllm(model: Path, out: Path, max_loras: int):
+    from ownllm.backends.vllm import VllmProcess, vllm_command
+
+    port = common_free_port()
+    argv = vllm_command(str(common.VLLM_PYTHON), model_dir=str(model), served_name=SERVED,
+                        port=port, max_loras=max_loras, max_lora_rank=8)  # fmt: skip
+    process = VllmProcess(argv, f"http://127.0.0.1:{port}", out / "vllm.log")
+    asyncio.run(process.start())
+    return process
+
+
+def cpu_flags() -> str:
+    try:
+        words = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return "?"
+    return " ".join(f for f in ("avx2", "fma", "avx512f", "avx512_bf16") if f in words) or "none"
+
+
+def common_free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def register(data_dir: Path, model: Path, paths: list[Path]) -> list[str]:
+    from ownllm.adapters.registry import register_adapter
+    from ownllm.store.blobs import DataDir
+    from ownllm.store.db import Database
+
+    home = DataDir(data_dir).ensure()
+    db = Database.open(f"sqlite:///{data_dir / 'ownllm.db'}")
+    ids = [
+        register_adapter(db, home, p, name=f"bench-{i}", tenant_id="acme", base_model=SERVED,
+                         base_sha256="", source="imported").id
+        for i, p in enumerate(paths)
+    ]  # fmt: skip
+    db.close()
+    return ids
+
+
+def start_gateway(data_dir: Path, model: Path, vllm_url: str) -> tuple[subprocess.Popen, str]:
+    port = common_free_port()
+    env = {**os.environ, "OWNLLM_SERVER_RUN_WORKER": "false", "OWNLLM_BATCH_RUN_WORKER": "false"}
+    env.pop("OWNLLM_DATABASE_URL", None)
+    log = open(data_dir / "gateway.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ownllm", "serve", "--port", str(port), "--model", str(model),
+         "--name", SERVED, "--data-dir", str(data_dir), "--backend", f"vllm={vllm_url}"],
+        stdout=log, stderr=subprocess.STDOUT, env=env,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gateway exited: {(data_dir / 'gateway.log').read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError("gateway not ready")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--vllm-url", default="")
+    parser.add_argument("--adapters", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=48)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+
+    from ownllm.models.tokenizer import Tokenizer
+
+    model = common.model_dir()
+    tokenizer = Tokenizer.from_dir(model)
+    print(common.machine_line(), flush=True)
+    print(f"CPU flags: {cpu_flags()}", flush=True)
+    print(f"load average at start: {common.load_average()}", flush=True)
+    out = Path(tempfile.mkdtemp(prefix="ownllm-vllm-gateway-"))
+    vllm = None
+    if args.vllm_url:
+        vllm_url = args.vllm_url.rstrip("/")
+    else:
+        if not common.VLLM_PYTHON.exists():
+            print("skipped: vLLM is not installed (.venv-vllm missing: run `make vllm-venv`)")
+            return 0
+        vllm = start_vllm(model, out, max_loras=min(args.adapters, 8))
+        vllm_url = vllm.url
+    gateway = None
+    try:
+        paths = common.make_adapters(model, args.adapters, rank=8)
+        ids = register(out / "home", model, paths)
+        for i, path in enumerate(paths):  # direct mode's adapters, under names of their own
+            httpx.post(f"{vllm_url}/v1/load_lora_adapter",
+                       json={"lora_name": f"direct-{i}", "lora_path": str(path)}, timeout=120)  # fmt: skip
+        gateway, gateway_url = start_gateway(out / "home", model, vllm_url)
+        urls = {"direct": f"{vllm_url}/v1/completions",
+                "gateway": f"{gateway_url}/v1/chat/completions"}  # fmt: skip
+        pairs = [(f"direct-{i}", ids[i]) for i in range(len(ids))]
+        rng = random.Random(0)
+        warm = make_jobs(rng, len(pairs) + 1, pairs, tokenizer, 2)
+        for mode in ("direct", "gateway"):
+            asyncio.run(run_block(mode, warm, 2, urls))
+        results = {"direct": [], "gateway": []}
+        for r in range(args.rounds):
+            for mode in ("direct", "gateway") if r % 2 == 0 else ("gateway", "direct"):
+                jobs = make_jobs(rng, args.requests, pairs, tokenizer, args.max_tokens)
+                block = asyncio.run(run_block(mode, jobs, args.concurrency, urls))
+                results[mode].append(block)
+                print(f"round {r} {mode}: {block['tokens'] / block['wall']:.1f} tok/s "
+                      f"(load {common.load_average()})", flush=True)  # fmt: skip
+        summary = {}
+        for mode, blocks in results.items():
+            ttfts = [t for b in blocks for t in b["ttfts"]]
+            summary[mode] = {
+                "tok_s": sum(b["tokens"] for b in blocks) / sum(b["wall"] for b in blocks),
+                "ttft_p50_ms": 1000 * common.percentile(ttfts, 50),
+                "ttft_p99_ms": 1000 * common.percentile(ttfts, 99),
+            }
+        d, g = summary["direct"], summary["gateway"]
+        print(json.dumps(summary, indent=2))
+        print(
+            f"gateway/direct throughput {g['tok_s'] / d['tok_s']:.3f}; TTFT p50 added "
+            f"{g['ttft_p50_ms'] - d['ttft_p50_ms']:+.1f} ms (p99 {g['ttft_p99_ms']:.0f} vs "
+            f"{d['ttft_p99_ms']:.0f} ms); {args.adapters} adapters, {args.requests} requests x "
+            f"{args.rounds} rounds per mode, concurrency {args.concurrency}, {args.max_tokens} "
+            f"tokens each; load average at end: {common.load_average()}"
+        )
+    finally:
+        if gateway is not None:
+            gateway.terminate()
+            gateway.wait(timeout=60)
+        if vllm is not None:
+            vllm.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
