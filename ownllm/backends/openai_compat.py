@@ -341,7 +341,7 @@ class OpenAIBackend:
                         break
         except OwnLLMError:
             raise
-        except httpx.HTTPError as e:
+        except (httpx.HTTPError, httpx.StreamError) as e:  # StreamError: closed by abort()
             if stream.is_started:
                 raise BackendStreamError(
                     f"backend {self.name} broke off the answer: {_describe(e)}"
@@ -554,7 +554,7 @@ def _retry_after(headers: Any) -> float:
         return 1.0
 
 
-def _describe(error: httpx.HTTPError) -> str:
+def _describe(error: Exception) -> str:
     return str(error) or type(error).__name__
 
 

@@ -3,6 +3,7 @@ whose app runs a ScriptedBackend, so every answer is known in advance."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from dataclasses import replace
 
@@ -301,3 +302,20 @@ def test_the_model_sent_is_the_one_the_endpoint_serves():
     assert pinned.upstream_model(GenerateRequest("r", [1], model="tiny")) == "gpt-c"
     plain = OpenAIBackend(BackendConfig(kind="openai", url="http://x"), model_info=INFO)
     assert plain.upstream_model(GenerateRequest("r", [1], model="llama3")) == "llama3"
+
+
+async def test_abort_closes_the_connection_and_the_replica_stops(replica):
+    url, scripted = replica
+    scripted.gate = threading.Semaphore(0)
+    backend = backend_for(url)
+    stream = backend.generate(chat(max_tokens=50))
+    assert (await anext(stream)).text == "Hello"
+    await backend.abort("r1")
+    with pytest.raises(BackendStreamError):
+        await anext(stream)
+    deadline = asyncio.get_running_loop().time() + 60  # bounds a hang only
+    while scripted.running and asyncio.get_running_loop().time() < deadline:
+        scripted.gate.release()  # the replica notices its client left at its next token
+        await asyncio.sleep(0.05)
+    assert not scripted.running and backend.in_flight == 0
+    await backend.shutdown()
