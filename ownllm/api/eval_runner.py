@@ -42,7 +42,7 @@ from ownllm.api.state import AppState
 from ownllm.errors import OverloadedError, OwnLLMError, ServerError
 from ownllm.evals import store
 from ownllm.evals.graders import grade
-from ownllm.evals.templates import render_messages
+from ownllm.evals.templates import lookup, render_messages
 from ownllm.gateway.gateway import Gateway
 from ownllm.gateway.principal import ADMIN_TENANT, Limits, Principal
 from ownllm.store.schema import EvalDefinition, EvalRun, Tenant
@@ -242,7 +242,9 @@ class EvalWorker:
                 raise GraderError(answer.get("error", {}).get("message", f"status {status}"))
             return [d["embedding"] for d in answer["data"]]
 
-        context = {"output_text": text, "output_json": _json_or_none(text)}
+        context = {"output_text": text, "output_json": _json_or_none(text),
+                   "finish_reason": sample.get("finish_reason"),
+                   "blocked": bool(sample.get("blocked"))}  # fmt: skip
         results = []
         try:
             for criterion in criteria:
@@ -255,8 +257,18 @@ class EvalWorker:
 
     async def _sample(self, run: EvalRun, principal: Principal, item: dict) -> tuple[dict, str]:
         data_source = run.data_source
-        template = data_source["input_messages"]["template"]
-        messages = render_messages(template, {"item": item})
+        spec = data_source["input_messages"]
+        if spec.get("type") == "item_reference":
+            messages = lookup({"item": item}, spec["item_reference"])
+            if not isinstance(messages, list) or not all(
+                isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages
+            ):
+                error = {"code": "invalid_item", "message": f"{spec['item_reference']} is not a "
+                         "list of messages with string content"}  # fmt: skip
+                return {"input": [], "output": [], "model": run.model, "error": error}, ""
+            messages = render_messages(messages, {"item": item})
+        else:
+            messages = render_messages(spec["template"], {"item": item})
         params = dict(data_source.get("sampling_params") or {})
         model = run.adapter_id or self.state.model_id  # the version pinned at creation
         body = {"model": model, "messages": messages, **params}
@@ -265,6 +277,9 @@ class EvalWorker:
                                   "finish_reason": None, "usage": None, "error": None, **params}  # fmt: skip
         if status != 200:
             error = answer.get("error") or {}
+            if error.get("code") == "content_policy_violation":  # the guard refused: an answer
+                sample.update(blocked=True, finish_reason="content_filter")
+                return sample, ""
             sample["error"] = {"code": error.get("code") or str(status),
                                "message": error.get("message", "")}  # fmt: skip
             return sample, ""

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cost": ("ownllm.cli.cost", "Self-hosted cost vs paid APIs, now and for a scenario."),
     "adapters": ("ownllm.cli.adapters", "Manage LoRA adapters: list, import, compose, export."),
     "eval": ("ownllm.cli.eval", "Evals: create, run against a model or alias, show, compare."),
+    "redteam": ("ownllm.cli.redteam", "Run the shipped red-team suite against a model or alias."),
     "models": ("ownllm.cli.models", "Model aliases: create, promote through a gate, roll back."),
     "tune": ("ownllm.cli.tune", "Fine-tune the served model on a chat JSONL file (LoRA)."),
     "jobs": ("ownllm.cli.jobs", "Fine-tuning jobs: list, show, events, cancel."),

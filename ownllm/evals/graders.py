@@ -11,6 +11,8 @@
                      "pass_threshold"}: cosine of the shipped MiniLM's embeddings
     label_model      {"model", "input": [messages], "labels", "passing_labels"}
     score_model      {"model", "input": [messages], "range": [lo, hi], "pass_threshold"}
+    redteam          {}: the item's red-team detector (`ownllm.redteam.detectors`) on the
+                     sample; passed when the attack failed (a benign prompt: was answered)
 
 `input` and `reference` are templates over the item and the sample: `{{item.answer}}`,
 `{{sample.output_text}}` (`ownllm.evals.templates`). The model-graded criteria ask a
@@ -35,7 +37,10 @@ import jsonschema
 from ownllm.errors import InvalidRequestError
 from ownllm.evals.templates import render, render_messages
 
-TYPES = ("string_check", "regex", "json_schema", "text_similarity", "label_model", "score_model")
+TYPES = (
+    "string_check", "regex", "json_schema", "text_similarity", "label_model", "score_model",
+    "redteam",
+)  # fmt: skip
 STRING_OPERATIONS = ("eq", "ne", "like", "ilike")
 METRICS = ("cosine", "fuzzy_match")
 MAX_CRITERIA = 16
@@ -287,6 +292,11 @@ async def grade(
             a, b = await embed([text, reference])
             score = cosine(a, b)
         return Grade(name, kind, score, score >= criterion["pass_threshold"])
+    if kind == "redteam":
+        from ownllm.redteam.detectors import attack_succeeded
+
+        hit = attack_succeeded(item["detector"], sample)
+        return Grade(name, kind, float(not hit), not hit)
     messages = render_messages(criterion["input"], context)
     if kind == "label_model":
         labels = criterion["labels"]

@@ -10,7 +10,8 @@ lease and carries on from the items it has; `finish_run` counts the items into t
 A run's data source (OpenAI's):
 
     {"type": "completions", "model": "support", "sampling_params": {...},
-     "input_messages": {"type": "template", "template": [{"role", "content"}]},
+     "input_messages": {"type": "template", "template": [{"role", "content"}]}
+                     | {"type": "item_reference", "item_reference": "item.messages"},
      "source": {"type": "file_content", "content": [{"item": {...}}]}
              | {"type": "file_id", "id": "file-…"}}          (JSONL of {"item": {...}})
     {"type": "jsonl", "source": …}   items that carry their own {"sample": {"output_text"}}
@@ -249,7 +250,15 @@ def check_data_source(data_source: Any, item_schema: dict, db: Database, viewer:
             )
         messages = data_source.get("input_messages")
         template = messages.get("template") if isinstance(messages, dict) else None
-        if not isinstance(template, list) or not template or not all(
+        if isinstance(messages, dict) and messages.get("type") == "item_reference":
+            reference = messages.get("item_reference")
+            if not isinstance(reference, str) or not reference.startswith("item."):
+                raise InvalidRequestError(
+                    "data_source.input_messages.item_reference must name a field of the item "
+                    "holding its messages, e.g. 'item.messages'",
+                    param="data_source.input_messages.item_reference",
+                )
+        elif not isinstance(template, list) or not template or not all(
             isinstance(m, dict) and isinstance(m.get("content"), str) and m.get("role") in
             ("system", "developer", "user", "assistant") for m in template
         ):  # fmt: skip

@@ -61,6 +61,8 @@ NOT_INFERENCE = {
             ("GET", "/{eval_id}/runs/{run_id}/output_items/{item_id}"),
         ]
     },  # fmt: skip
+    ("POST", "/v1/redteam/runs"): EVALS,
+    ("GET", "/v1/redteam/runs/{run_id}"): EVALS,
     ("POST", "/v1/batches"): BATCHES,
     ("GET", "/v1/batches"): BATCHES,
     ("GET", "/v1/batches/{batch_id}"): BATCHES,

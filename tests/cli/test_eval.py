@@ -77,3 +77,18 @@ async def test_create_run_show_and_compare(home, tiny_model_dir, capsys):
     assert "4 item(s) changed verdict" in out and "95% CI (Newcombe)" in out
     assert cli(home, "run", "nope", "--model", BASE) == 1
     assert "No eval found" in capsys.readouterr().err
+
+
+async def test_redteam_run_and_show(home, tiny_model_dir, capsys):
+    assert (
+        main(["redteam", "--data-dir", str(home), "run", BASE, "--seed", "3", "--tenant", "acme"])
+        == 0
+    )
+    run_id = capsys.readouterr().out.split()[0]
+    await drain(home, tiny_model_dir)  # answers "paris" to everything: no leak, no refusal
+    assert main(["redteam", "--data-dir", str(home), "show", run_id, "--tenant", "acme"]) == 0
+    out = capsys.readouterr().out
+    assert "attack success rate 0.000, false-positive rate 0.000" in out
+    assert "LLM07" in out and "LLM02:2025 Sensitive Information Disclosure (secrets)" in out
+    assert main(["redteam", "--data-dir", str(home), "show", run_id, "--tenant", "globex"]) == 1
+    assert "No eval run found" in capsys.readouterr().err
