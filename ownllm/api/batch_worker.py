@@ -112,7 +112,7 @@ class BatchWorker:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run_forever(), name="batch-worker")
-        log.info("batch worker %s ready (%d lines at once)", self.worker_id, self.max_lines)
+        log.debug("batch worker %s ready (%d lines at once)", self.worker_id, self.max_lines)
 
     def wake(self) -> None:
         """A batch was created: look now rather than at the next poll."""

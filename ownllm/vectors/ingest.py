@@ -235,7 +235,7 @@ class Ingester:
         return self._embedder
 
     def run_forever(self) -> None:
-        log.info("ingestion worker %s ready", self.worker_id)
+        log.debug("ingestion worker %s ready", self.worker_id)
         while not self.stop.is_set():
             try:
                 busy = self.run_once()
