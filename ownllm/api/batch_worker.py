@@ -19,21 +19,19 @@ answer (its status and OpenAI error body), as a live client would have seen it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import os
-import socket
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
+from ownllm import ids
 from ownllm.api.errors import error_body, validation_message
 from ownllm.api.inference import Run, serve
+from ownllm.api.polling import PollingWorker
 from ownllm.api.response_run import ResponseRun, response_run
 from ownllm.api.response_schemas import ResponseRequest
 from ownllm.api.routes.chat import chat_run
@@ -92,52 +90,26 @@ def read_input(path: Any, endpoint: str, max_lines: int):
         return read_lines(f, endpoint, check_body, max_lines, endpoints=tuple(ENDPOINT_RUNS))
 
 
-class BatchWorker:
+class BatchWorker(PollingWorker):
     """Claims batch work for this server and runs it; `start` at app start, `stop` at
     shutdown (running lines are handed back). `drain` runs until no work is left (tests,
     `ownllm batch run`)."""
+
+    name = "batch-worker"
 
     def __init__(self, state: AppState, gateway: Gateway, worker_id: str | None = None) -> None:
         self.state, self.gateway, self.db = state, gateway, state.db
         self.config = state.config.batch
         self.max_lines = self.config.max_concurrent_lines or state.config.engine.max_num_seqs
-        host = socket.gethostname()
-        self.worker_id = worker_id or f"{host}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self.running: dict[int, asyncio.Task] = {}
+        super().__init__(self.config.poll_interval_s)
+        self.worker_id = worker_id or ids.worker_id()
         self._principals: dict[str, tuple[float, Principal | OwnLLMError]] = {}
-        self._wake = asyncio.Event()
         self._renewed_at = 0.0
         self._backoff_until = 0.0
-        self._task: asyncio.Task | None = None
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run_forever(), name="batch-worker")
+        super().start()
         log.debug("batch worker %s ready (%d lines at once)", self.worker_id, self.max_lines)
-
-    def wake(self) -> None:
-        """A batch was created: look now rather than at the next poll."""
-        self._wake.set()
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        tasks = list(self.running.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def _run_forever(self) -> None:
-        while True:
-            self._wake.clear()  # before the step: a wake during it is not lost
-            try:
-                has_worked = await self.step()
-            except Exception:  # a database hiccup must not stop the worker
-                log.exception("batch worker step failed")
-                has_worked = False
-            if not has_worked:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.config.poll_interval_s)
 
     async def step(self) -> bool:
         """One look for work: take open lines, tend a batch (after the lines: taking them

@@ -21,20 +21,18 @@ over by another worker once its lease ends and carries on from the items it has.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import os
-import socket
-import uuid
 from typing import Any
 
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
+from ownllm import ids
 from ownllm.api.batch_worker import NeverGone, batch_principal
 from ownllm.api.errors import error_body, validation_message
 from ownllm.api.inference import serve
+from ownllm.api.polling import PollingWorker
 from ownllm.api.routes.chat import chat_run
 from ownllm.api.routes.embeddings import embedding_run
 from ownllm.api.schemas import ChatCompletionRequest, EmbeddingRequest
@@ -54,47 +52,18 @@ MAX_OVERLOADED_TRIES = 240  # two minutes of a full engine before an item errors
 GRADER_MAX_TOKENS = 64
 
 
-class EvalWorker:
+class EvalWorker(PollingWorker):
     """Claims eval runs for this server and runs them; `start` at app start, `stop` at
     shutdown (a run in progress resumes on the next worker). `drain` runs until no
     queued run is left (tests, the CLI)."""
 
+    name = "eval-worker"
+
     def __init__(self, state: AppState, gateway: Gateway, worker_id: str | None = None) -> None:
         self.state, self.gateway, self.db = state, gateway, state.db
         self.config = state.config.evals
-        host = socket.gethostname()
-        self.worker_id = worker_id or f"{host}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self.running: dict[str, asyncio.Task] = {}
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run_forever(), name="eval-worker")
-
-    def wake(self) -> None:
-        """A run was created: look now rather than at the next poll."""
-        self._wake.set()
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        tasks = list(self.running.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def _run_forever(self) -> None:
-        while True:
-            self._wake.clear()
-            try:
-                has_worked = await self.step()
-            except Exception:  # a database hiccup must not stop the worker
-                log.exception("eval worker step failed")
-                has_worked = False
-            if not has_worked:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.config.poll_interval_s)
+        super().__init__(self.config.poll_interval_s)
+        self.worker_id = worker_id or ids.worker_id()
 
     async def step(self) -> bool:
         """Claim runs while there is room; True when one was claimed."""

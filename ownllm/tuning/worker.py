@@ -23,14 +23,13 @@ import csv
 import io
 import logging
 import math
-import os
-import socket
 import threading
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from ownllm import ids
 from ownllm.config import TuningConfig
 from ownllm.errors import OwnLLMError
 from ownllm.store.blobs import DataDir
@@ -101,7 +100,7 @@ class Worker:
         worker_id: str | None = None,
     ) -> None:
         self.db, self.data_dir, self.base, self.config = db, data_dir, base, config
-        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.worker_id = worker_id or ids.worker_id()
         self.heartbeat_interval = max(0.2, min(5.0, config.heartbeat_timeout_s / 4))
         self._tokenizer = None
         self._beat: Heartbeat | None = None

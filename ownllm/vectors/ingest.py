@@ -24,11 +24,8 @@ Left out: charging ingestion against monthly token budgets (the ledger has it), 
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -36,6 +33,7 @@ import numpy as np
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import aliased
 
+from ownllm import ids
 from ownllm.store.blobs import DataDir
 from ownllm.store.db import Database
 from ownllm.store.schema import (
@@ -224,7 +222,7 @@ class Ingester:
         self.db, self.data_dir, self._make_embedder = db, data_dir, embedder
         self.heartbeat_timeout_s, self.max_attempts = heartbeat_timeout_s, max_attempts
         self.poll_interval_s = poll_interval_s
-        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.worker_id = worker_id or ids.worker_id()
         self.stop = stop or threading.Event()
         self._embedder: Embedder | None = None
 
