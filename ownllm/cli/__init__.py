@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "keys": ("ownllm.cli.keys", "Create, list and revoke API keys; tenants and limits."),
     "usage": ("ownllm.cli.usage", "Usage ledger totals by day, model, key or tenant."),
     "cost": ("ownllm.cli.cost", "Self-hosted cost vs paid APIs, now and for a scenario."),
+    "bench": ("ownllm.cli.bench", "Measure this box's saturated capacity (for ownllm cost)."),
     "adapters": ("ownllm.cli.adapters", "Manage LoRA adapters: list, import, compose, export."),
     "eval": ("ownllm.cli.eval", "Evals: create, run against a model or alias, show, compare."),
     "redteam": ("ownllm.cli.redteam", "Run the shipped red-team suite against a model or alias."),

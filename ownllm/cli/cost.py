@@ -1,6 +1,8 @@
 """`ownllm cost`: self-hosted cost vs paid APIs for the traffic in the ledger, and
 `--scenario` to project a year ("users=1000000,requests_per_user=10,input_tokens=400,
-output_tokens=200"). Prices come from the dated table named in the output.
+output_tokens=200"), sized from the saturated capacity `ownllm bench capacity` stored (the
+output says which throughput figure it used, and shows the others). Prices come from the
+dated table named in the output.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--throughput",
         type=float,
         metavar="TOKENS_PER_S",
-        help="tokens/s one box serves (default: measured from the ledger and engine busy "
-        "time; or take it from bench/RESULTS.md for your hardware)",
+        help="tokens/s one box serves (default: the capacity `ownllm bench capacity` "
+        "measured, else the hardware preset's assumed figure, else the ledger's busy time)",
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -106,14 +108,51 @@ def format_account(acc, table, since_text: str) -> str:
     return "\n".join(lines)
 
 
-def format_projection(p, table) -> str:
+def throughput_lines(figures, scenario, capacity=None) -> list[str]:
+    """Which throughput sized the boxes and why, and every other figure beside it: the
+    saturated capacity and the light-load busy-time figure are both always shown."""
+    from ownllm.gateway.cost import ASSUMED, BUSY_TIME, CAPACITY, GIVEN, MEASURE_HINT
+
+    used, kinds = figures[0], {f.kind for f in figures}
+    lines = [
+        f"Throughput: {used.tokens_per_s:,.0f} tokens/s per box, used for this answer "
+        f"({used.note})."
+    ]
+    if used.kind in (ASSUMED, BUSY_TIME):
+        what = "an assumed figure" if used.kind == ASSUMED else "the light-load busy-time figure"
+        lines.append(
+            f"  No capacity measured for this model on this server, so the answer uses {what}"
+            f"{': it oversizes' if used.kind == BUSY_TIME else ''}; {MEASURE_HINT}."
+        )
+    if used.kind == CAPACITY and capacity is not None:
+        measured = capacity.output_tokens_per_request / (
+            capacity.input_tokens_per_request + capacity.output_tokens_per_request
+        )
+        total = scenario.input_tokens + scenario.output_tokens
+        if abs(scenario.output_tokens / total - measured) > 0.1:
+            lines.append(
+                f"  The scenario's mix ({scenario.input_tokens} in + {scenario.output_tokens} "
+                f"out) differs from the measured one; for its own figure: ownllm bench "
+                f"capacity --input-tokens {scenario.input_tokens} --output-tokens "
+                f"{scenario.output_tokens}."
+            )
+    for f in figures[1:]:
+        lines.append(f"  Not used: {f.tokens_per_s:,.0f} tokens/s ({f.note}).")
+    if CAPACITY not in kinds and used.kind == GIVEN:
+        lines.append(f"  Capacity: none measured on this server; {MEASURE_HINT}.")
+    if BUSY_TIME not in kinds:
+        lines.append("  Light-load busy-time figure: none (no engine busy time in the ledger).")
+    return lines
+
+
+def format_projection(p, table, figures, capacity=None) -> str:
     s, hw = p.scenario, p.hardware
     lines = [
         f"Scenario: {s.users:,} users × {s.requests_per_user:g} requests/day × "
         f"({s.input_tokens} in + {s.output_tokens} out) tokens = "
         f"{tokens(s.requests_per_day)} requests, "
         f"{tokens(s.input_tokens_per_day + s.output_tokens_per_day)} tokens per day.",
-        f"Throughput: {p.throughput_tps:,.0f} tokens/s per box ({p.throughput_source}).",
+        *throughput_lines(figures, s, capacity),
         f"Hardware needed: {p.boxes:,} × {hw.name} at {money(hw.price_per_hour)}/h, sized for "
         f"peak = {s.peak:g} × average (average utilisation {p.utilisation:.0%}).",
         f"Self-hosted: {money(p.self_per_day)}/day, {money(p.self_per_year)}/year, "
@@ -154,18 +193,16 @@ def run(args: argparse.Namespace) -> int:
         return fail(str(e))
     except OwnLLMError as e:
         return fail(e.message)
-    traffic = None
-    if scenario is None or args.throughput is None:
-        from ownllm.store.db import Database, DatabaseError
+    from ownllm.store.db import Database, DatabaseError
 
-        try:
-            db = Database.open(config.store.url)
-        except DatabaseError as e:
-            return fail(str(e))
-        try:
-            traffic = cost.observed_traffic(db, since, until)
-        finally:
-            db.close()
+    try:
+        db = Database.open(config.store.url)
+    except DatabaseError as e:
+        return fail(str(e))
+    try:
+        traffic = cost.observed_traffic(db, since, until)
+    finally:
+        db.close()
     if scenario is None:
         acc = cost.account(traffic, hardware, table)
         if args.json:
@@ -173,25 +210,43 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(format_account(acc, table, args.since or "the first request"))
         return 0
-    if args.throughput is not None:
-        tps, source = args.throughput, "given with --throughput"
-    elif traffic.throughput_tps:
-        tps = traffic.throughput_tps
-        source = (
-            f"measured: {tokens(traffic.total_tokens)} tokens in "
-            f"{traffic.busy_s:,.0f} engine-busy seconds since {args.since or 'the first request'}"
-        )
-    else:
+    measured = stored_capacity(config)
+    figures = cost.throughput_figures(
+        given=args.throughput,
+        capacity=measured,
+        hardware=hardware,
+        traffic=traffic,
+        since_text=args.since or "the first request",
+    )
+    if not figures:
         return fail(
-            "no measured throughput in the ledger yet: serve some traffic, or pass "
-            "--throughput TOKENS_PER_S (e.g. the number bench/RESULTS.md reports for your box)"
+            "no throughput to size boxes with: no capacity measured on this server, no "
+            f"figure in the {hardware.name} preset and no engine busy time in the ledger; "
+            f"{cost.MEASURE_HINT}, or pass --throughput TOKENS_PER_S"
         )
+    used = figures[0]
     try:
-        projection = cost.project(scenario, replace(hardware), table, tps, source)
+        projection = cost.project(scenario, replace(hardware), table, used.tokens_per_s, used.note)
     except cost.CostError as e:
         return fail(str(e))
     if args.json:
-        print(json.dumps(asdict(projection), default=str, indent=2))
+        body = asdict(projection) | {"throughput_figures": [asdict(f) for f in figures]}
+        print(json.dumps(body, default=str, indent=2))
     else:
-        print(format_projection(projection, table))
+        print(format_projection(projection, table, figures, measured))
     return 0
+
+
+def stored_capacity(config):
+    """The newest `ownllm bench capacity` run of the served model (and its dtype, when the
+    config names one) in the data dir, or None."""
+    from ownllm.gateway import capacity
+    from ownllm.models import resolve_model
+    from ownllm.models.catalog import ModelLoadError
+
+    try:
+        model = resolve_model(config.model.model, config.model.name).id
+    except ModelLoadError:
+        model = config.model.name or config.model.model
+    dtype = "" if config.model.dtype == "auto" else config.model.dtype
+    return capacity.newest(capacity.load(config.store.home), model, dtype)

@@ -78,6 +78,8 @@ class HardwarePrice:
     price_per_hour: float
     source: str
     as_of: str
+    throughput: float = 0.0  # tokens/s (prompt + completion) one box serves; 0: none given
+    throughput_note: str = ""  # for which model, and where the figure comes from
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,8 @@ def load_price_table(path: str | Path | None = None) -> PriceTable:
                 float(v["price_per_hour"]),
                 str(v.get("source", "")),
                 str(v.get("as_of", data.get("as_of", ""))),
+                float(v.get("throughput", 0.0)),
+                str(v.get("throughput_note", "")),
             )
             for name, v in data.get("hardware", {}).items()
         }
@@ -144,6 +148,8 @@ class Hardware:
     replicas: int = 1
     source: str = ""
     as_of: str = ""
+    throughput: float = 0.0  # the preset's figure (tokens/s per box); 0: none
+    throughput_note: str = ""
 
     @property
     def price_per_month(self) -> float:
@@ -160,6 +166,8 @@ def hardware_from_config(cost_config: Any, table: PriceTable) -> Hardware:
             cost_config.replicas,
             "your [cost] hardware_price_per_hour",
             "",
+            preset.throughput if preset else 0.0,
+            preset.throughput_note if preset else "",
         )
     if preset is None:
         known = ", ".join(table.hardware) or "none"
@@ -168,7 +176,13 @@ def hardware_from_config(cost_config: Any, table: PriceTable) -> Hardware:
             f"{table.path} (presets: {known}); set cost.hardware_price_per_hour instead"
         )
     return Hardware(
-        preset.name, preset.price_per_hour, cost_config.replicas, preset.source, preset.as_of
+        preset.name,
+        preset.price_per_hour,
+        cost_config.replicas,
+        preset.source,
+        preset.as_of,
+        preset.throughput,
+        preset.throughput_note,
     )
 
 
@@ -444,3 +458,54 @@ def project(
         utilisation=average_tps / (boxes * throughput_tps),
         apis=apis,
     )
+
+
+# -- which throughput sizes the boxes ---------------------------------------------------------
+
+GIVEN, CAPACITY, ASSUMED, BUSY_TIME = "given", "capacity", "assumed", "busy-time"
+MEASURE_HINT = "run `ownllm bench capacity` on the serving box (a few minutes) to measure it"
+
+
+@dataclass(frozen=True)
+class ThroughputFigure:
+    """One figure for the tokens/s a box serves: where it comes from, in words."""
+
+    kind: str  # GIVEN, CAPACITY (measured saturated), ASSUMED (the preset's), BUSY_TIME
+    tokens_per_s: float
+    note: str
+
+
+def throughput_figures(
+    *,
+    given: float | None = None,
+    capacity: Any = None,
+    hardware: Hardware | None = None,
+    traffic: Traffic | None = None,
+    since_text: str = "the first request",
+) -> list[ThroughputFigure]:
+    """Every throughput figure there is, the one that sizes the boxes first: a figure
+    given on the command line, else the stored saturated capacity (`ownllm bench
+    capacity`), else the hardware preset's assumed figure, else the engine's busy time
+    under the ledger's traffic (single-stream speed when the load was light: it
+    oversizes). `capacity` is an `ownllm.gateway.capacity.Capacity` or None."""
+    figures = []
+    if given is not None:
+        figures.append(ThroughputFigure(GIVEN, given, "given with --throughput"))
+    if capacity is not None:
+        figures.append(ThroughputFigure(CAPACITY, capacity.tokens_per_s, capacity.describe()))
+    if hardware is not None and hardware.throughput > 0:
+        note = f"ASSUMED: the {hardware.name} preset's figure"
+        if hardware.throughput_note:
+            note += f" ({hardware.throughput_note})"
+        figures.append(ThroughputFigure(ASSUMED, hardware.throughput, note))
+    if traffic is not None and traffic.throughput_tps:
+        figures.append(
+            ThroughputFigure(
+                BUSY_TIME,
+                traffic.throughput_tps,
+                f"light-load busy time: {traffic.local_tokens:,} tokens in "
+                f"{traffic.busy_s:,.0f} engine-busy seconds since {since_text}; under light "
+                "load this is single-stream speed, not capacity",
+            )
+        )
+    return figures
