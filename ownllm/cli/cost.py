@@ -56,6 +56,23 @@ def tokens(value: float) -> str:
     return f"{value:,.0f}"
 
 
+def mark(api) -> str:
+    """What the output says beside a price: its check date, or that it is unconfirmed."""
+    return f"checked {api.checked}" if api.confirmed else "unconfirmed"
+
+
+def price_notes(table) -> list[str]:
+    """The closing lines: where the prices come from, and every page still to check."""
+    from ownllm.gateway.cost import unconfirmed_sources
+
+    lines = [f"\nAPI prices from {table.path} (as of {table.as_of})."]
+    pages = unconfirmed_sources(table.apis)
+    if pages:
+        lines.append("UNCONFIRMED prices (typed by hand, not checked against their pages): check")
+        lines += [f"  {url}  ({', '.join(names)})" for url, names in pages.items()]
+    return lines
+
+
 def format_account(acc, table, since_text: str) -> str:
     t, hw = acc.traffic, acc.hardware
     lines = [
@@ -91,8 +108,25 @@ def format_account(acc, table, since_text: str) -> str:
         reach = "" if c.is_reachable else " (beyond one box's capacity: the API stays cheaper)"
         lines.append(
             f"{c.api.name:<24}{money(c.api_cost):>14}{money(c.savings):>14}  "
-            f"{tokens(c.break_even_tokens_per_month)} tokens/month{reach}"
+            f"{tokens(c.break_even_tokens_per_month)} tokens/month{reach} [{mark(c.api)}]"
         )
+    if t.batch_lines:
+        lines += [
+            "",
+            f"Batch lines (/v1/batches): {t.batch_lines:,} lines of {t.batches:,} "
+            f"batch{'es' if t.batches != 1 else ''}, {tokens(t.batch_prompt_tokens)} input + "
+            f"{tokens(t.batch_completion_tokens)} output tokens; priced above at each API's "
+            "batch price. What the batches saved against the same lines on each API "
+            "(self-hosted: their share of the hardware cost, by tokens):",
+            f"{'API':<24}{'batch price':>14}{'list price':>14}{'self-hosted':>14}"
+            f"{'batch saved':>14}",
+        ]
+        for b in acc.batch_savings:
+            tier = "" if b.api.has_batch_price else " (no batch tier: list price)"
+            lines.append(
+                f"{b.api.name:<24}{money(b.at_batch_price):>14}{money(b.at_list_price):>14}"
+                f"{money(b.self_hosted):>14}{money(b.saved):>14}  [{mark(b.api)}]{tier}"
+            )
     if t.embedding_tokens:
         lines += [
             "",
@@ -100,11 +134,11 @@ def format_account(acc, table, since_text: str) -> str:
             "(the embedding model runs beside the engine).",
         ]
         lines += [
-            f"{e.api.name:<24}{money(e.api_cost):>14}  ({e.api.source or 'no source'}, "
-            f"{e.api.as_of or 'undated'})"
+            f"{e.api.name:<24}{money(e.api_cost):>14}  (unconfirmed: check "
+            f"{e.api.source or 'no source'}, {e.api.as_of or 'undated'})"
             for e in acc.embedding_costs
         ]
-    lines.append(f"\nAPI list prices from {table.path} (as of {table.as_of}; check the sources).")
+    lines += price_notes(table)
     return "\n".join(lines)
 
 
@@ -158,14 +192,15 @@ def format_projection(p, table, figures, capacity=None) -> str:
         f"Self-hosted: {money(p.self_per_day)}/day, {money(p.self_per_year)}/year, "
         f"{money(p.self_cost_per_million)} per 1M tokens.",
         "",
-        f"{'API':<24}{'per day':>14}{'per year':>16}{'self-hosted saves/year':>24}",
+        f"{'API':<24}{'per day':>14}{'per year':>16}{'self-hosted saves/year':>24}"
+        f"{'batch price/year':>18}",
     ]
     for a in p.apis:
         lines.append(
             f"{a.api.name:<24}{money(a.per_day):>14}{money(a.per_year):>16}"
-            f"{money(a.savings_per_year):>24}"
+            f"{money(a.savings_per_year):>24}{money(a.batch_per_year):>18}  [{mark(a.api)}]"
         )
-    lines.append(f"\nAPI list prices from {table.path} (as of {table.as_of}; check the sources).")
+    lines += price_notes(table)
     return "\n".join(lines)
 
 

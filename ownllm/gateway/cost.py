@@ -17,9 +17,16 @@ could serve at the measured throughput (tokens per engine-busy second).
 Embeddings are counted apart: their tokens are input only, priced by embedding APIs
 (`[embedding.NAME]` in the table) far below chat input, and the embedding model runs
 beside the engine, outside its busy time. So `/v1/embeddings` tokens are left out of the
-chat comparison, the per-token cost and the throughput, and priced on their own. Left out:
-power and staff costs (put them in your price per hour), cached-input and batch
-discounts of the APIs, the quality difference between your model and theirs.
+chat comparison, the per-token cost and the throughput, and priced on their own.
+
+Lines of `/v1/batches` (ledger rows whose `batch_id` is a batch's) are priced at each
+API's batch price (`batch_input`, `batch_output`: the half-price batch tiers), the rest
+at its list price; the account also shows what the batch lines would have cost on each
+API against their share of the hardware. Every price is marked unconfirmed unless its
+entry says `status = "confirmed"` with the date it was `checked` against the source page.
+Left out: power and staff costs (put them in your price per hour), cached-input
+discounts, batch embeddings' discount, the quality difference between your model and
+theirs.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ else:  # pragma: no cover
 
 SHIPPED_PRICE_TABLE = Path(__file__).with_name("prices.toml")
 EMBEDDINGS = "embeddings"  # the ledger's endpoint of /v1/embeddings
+BATCH_ID_PREFIX = "batch_"  # a /v1/batches line's ledger batch_id (eval runs mark theirs too)
 HOURS_PER_MONTH = 730.0  # 8760 / 12
 DAYS_PER_YEAR = 365
 
@@ -54,9 +62,27 @@ class ApiPrice:
     output: float  # USD per 1M output tokens
     source: str
     as_of: str
+    batch_input: float | None = None  # the API's batch price; None: it sells no batch tier
+    batch_output: float | None = None
+    batch_source: str = ""
+    checked: str = ""  # the date the prices were checked against the source; "": unconfirmed
+
+    @property
+    def confirmed(self) -> bool:
+        return bool(self.checked)
+
+    @property
+    def has_batch_price(self) -> bool:
+        return self.batch_input is not None and self.batch_output is not None
 
     def cost(self, prompt_tokens: float, completion_tokens: float) -> float:
         return (prompt_tokens * self.input + completion_tokens * self.output) / 1e6
+
+    def batch_cost(self, prompt_tokens: float, completion_tokens: float) -> float:
+        """At the batch price (the list price where the API has no batch tier)."""
+        if not self.has_batch_price:
+            return self.cost(prompt_tokens, completion_tokens)
+        return (prompt_tokens * self.batch_input + completion_tokens * self.batch_output) / 1e6
 
 
 @dataclass(frozen=True)
@@ -107,6 +133,10 @@ def load_price_table(path: str | Path | None = None) -> PriceTable:
                 float(v["output"]),
                 str(v.get("source", "")),
                 str(v.get("as_of", data.get("as_of", ""))),
+                float(v["batch_input"]) if "batch_input" in v else None,
+                float(v["batch_output"]) if "batch_output" in v else None,
+                str(v.get("batch_source", "")),
+                _checked(name, v),
             )
             for name, v in data.get("api", {}).items()
         )
@@ -137,6 +167,29 @@ def load_price_table(path: str | Path | None = None) -> PriceTable:
     if not apis:
         raise CostError(f"price table {str(path)!r} has no [api.NAME] entries")
     return PriceTable(str(path), str(data.get("as_of", "")), apis, hardware, embeddings)
+
+
+def _checked(name: str, entry: dict) -> str:
+    """An entry's check date: `status = "confirmed"` needs `checked = "YYYY-MM-DD"`; anything
+    else (the shipped table's `status = "unconfirmed"`, or no status) is unconfirmed."""
+    status = str(entry.get("status", "unconfirmed"))
+    if status not in ("confirmed", "unconfirmed"):
+        raise ValueError(f"{name}: status is confirmed or unconfirmed, not {status!r}")
+    checked = str(entry.get("checked", ""))
+    if status == "confirmed" and not checked:
+        raise ValueError(f"{name}: status confirmed needs checked = the date it was checked")
+    return checked if status == "confirmed" else ""
+
+
+def unconfirmed_sources(apis) -> dict[str, list[str]]:
+    """Source page to check -> the unconfirmed entries it prices (list and batch pages)."""
+    pages: dict[str, list[str]] = {}
+    for api in apis:
+        if api.confirmed:
+            continue
+        for url in filter(None, (api.source, api.batch_source if api.has_batch_price else "")):
+            pages.setdefault(url, []).append(api.name)
+    return pages
 
 
 @dataclass(frozen=True)
@@ -203,6 +256,14 @@ class Traffic:
     remote_tokens: int = 0  # their prompt + completion tokens (in the totals above too)
     remote_cost_usd: float = 0.0  # their price from the price table when written
     remote_unpriced: int = 0  # remote requests whose model the price table lacked
+    batch_prompt_tokens: int = 0  # lines of /v1/batches (chat and completions; in the totals)
+    batch_completion_tokens: int = 0
+    batch_lines: int = 0
+    batches: int = 0
+
+    @property
+    def batch_tokens(self) -> int:
+        return self.batch_prompt_tokens + self.batch_completion_tokens
 
     @property
     def total_tokens(self) -> int:
@@ -260,10 +321,22 @@ def observed_traffic(
         query = query.where(U.created_at < until)
         remote = remote.where(U.created_at < until)
         busy = busy.where(E.day <= day_of(until))
+    is_batch_line = U.batch_id.startswith(BATCH_ID_PREFIX, autoescape=True)
+    batch = select(
+        func.coalesce(func.sum(U.prompt_tokens), 0),
+        func.coalesce(func.sum(U.completion_tokens), 0),
+        func.count(),
+        func.count(func.distinct(U.batch_id)),
+    ).where(is_batch_line, U.endpoint != EMBEDDINGS)
+    if since is not None:
+        batch = batch.where(U.created_at >= since)
+    if until is not None:
+        batch = batch.where(U.created_at < until)
     with db.session() as session:
         prompt, completion, requests, first_at, embedded = session.execute(query).one()
         busy_s = float(session.execute(busy).scalar_one())
         num_remote, remote_tokens, remote_cost, unpriced = session.execute(remote).one()
+        batch_prompt, batch_completion, batch_lines, batches = session.execute(batch).one()
     start = since if since is not None else (first_at if first_at is not None else now)
     end = until if until is not None else now
     window_s = max(0.0, end - start)
@@ -278,6 +351,10 @@ def observed_traffic(
         int(remote_tokens),
         float(remote_cost),
         int(unpriced),
+        int(batch_prompt),
+        int(batch_completion),
+        int(batch_lines),
+        int(batches),
     )
 
 
@@ -291,6 +368,17 @@ class ApiComparison:
     savings: float  # api_cost - self-hosted cost (negative: the API was cheaper)
     break_even_tokens_per_month: float  # per box, at the observed input/output mix
     is_reachable: bool  # one box can serve the break-even volume at the measured throughput
+
+
+@dataclass(frozen=True)
+class BatchSaving:
+    """The window's /v1/batches lines on one API, against what they cost here."""
+
+    api: ApiPrice
+    at_batch_price: float  # the same lines at the API's batch price (its list price if none)
+    at_list_price: float
+    self_hosted: float  # the lines' share of the hardware cost (by tokens served)
+    saved: float  # at_batch_price - self_hosted
 
 
 @dataclass(frozen=True)
@@ -309,6 +397,7 @@ class Account:
     cost_per_million_at_full: float | None  # if the boxes were busy all the time
     comparisons: list[ApiComparison] = field(default_factory=list)
     embedding_costs: list[EmbeddingCost] = field(default_factory=list)
+    batch_savings: list[BatchSaving] = field(default_factory=list)
 
 
 def account(traffic: Traffic, hardware: Hardware, table: PriceTable) -> Account:
@@ -322,8 +411,28 @@ def account(traffic: Traffic, hardware: Hardware, table: PriceTable) -> Account:
     in_share = traffic.prompt_tokens / traffic.total_tokens if traffic.total_tokens else 0.5
     capacity = tps * 3600 * HOURS_PER_MONTH if tps else None
     comparisons = []
+    t = traffic
+    live_prompt = t.prompt_tokens - t.batch_prompt_tokens
+    live_completion = t.completion_tokens - t.batch_completion_tokens
+    share = t.batch_tokens / t.local_tokens if t.local_tokens else 0.0
+    batch_savings = []
+    for api in table.apis if t.batch_lines else ():
+        at_batch = api.batch_cost(t.batch_prompt_tokens, t.batch_completion_tokens)
+        self_hosted = hardware_cost * min(1.0, share)
+        batch_savings.append(
+            BatchSaving(
+                api,
+                at_batch,
+                api.cost(t.batch_prompt_tokens, t.batch_completion_tokens),
+                self_hosted,
+                at_batch - self_hosted,
+            )
+        )
     for api in table.apis:
-        api_cost = api.cost(traffic.prompt_tokens, traffic.completion_tokens)
+        # batch lines at the API's batch price: what the same work would have cost there
+        api_cost = api.cost(live_prompt, live_completion) + api.batch_cost(
+            t.batch_prompt_tokens, t.batch_completion_tokens
+        )
         blended = (in_share * api.input + (1 - in_share) * api.output) / 1e6  # USD per token
         break_even = hardware.price_per_month / blended if blended > 0 else math.inf
         reachable = capacity is None or break_even <= capacity
@@ -341,6 +450,7 @@ def account(traffic: Traffic, hardware: Hardware, table: PriceTable) -> Account:
         embedding_costs=[
             EmbeddingCost(e, e.cost(traffic.embedding_tokens)) for e in table.embeddings
         ],
+        batch_savings=batch_savings,
     )
 
 
@@ -407,6 +517,7 @@ class ApiProjection:
     per_day: float
     per_year: float
     savings_per_year: float  # api per year - self-hosted per year
+    batch_per_year: float = 0.0  # the same tokens at the API's batch price
 
 
 @dataclass(frozen=True)
@@ -441,9 +552,14 @@ def project(
     apis = []
     for api in table.apis:
         per_day = api.cost(scenario.input_tokens_per_day, scenario.output_tokens_per_day)
+        batch = api.batch_cost(scenario.input_tokens_per_day, scenario.output_tokens_per_day)
         apis.append(
             ApiProjection(
-                api, per_day, per_day * DAYS_PER_YEAR, (per_day - self_per_day) * DAYS_PER_YEAR
+                api,
+                per_day,
+                per_day * DAYS_PER_YEAR,
+                (per_day - self_per_day) * DAYS_PER_YEAR,
+                batch * DAYS_PER_YEAR,
             )
         )
     return Projection(

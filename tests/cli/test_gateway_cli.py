@@ -172,3 +172,45 @@ def test_serve_refuses_public_address_without_keys(tmp_path, capsys):
     )
     assert code == 2
     assert "refusing to listen on 0.0.0.0" in err and "ownllm keys create" in err
+
+
+def test_cost_prices_batch_lines_and_says_every_price_is_unconfirmed(tmp_path, capsys):
+    db = Database.open(f"sqlite:///{tmp_path / 'ownllm.db'}")
+    ledger = UsageLedger(db)
+    for k, batch_id in enumerate((None, "batch_1", "batch_1")):
+        ledger.record(
+            UsageRow(
+                request_id=f"r{k}",
+                tenant_id="acme",
+                key_id="key-1",
+                endpoint="chat.completions",
+                model="tiny",
+                status="ok",
+                prompt_tokens=1000,
+                completion_tokens=500,
+                batch_id=batch_id,
+            )
+        )
+    ledger.close()
+    db.close()
+    code, out, _ = cli(capsys, "cost", "--data-dir", str(tmp_path))
+    assert code == 0
+    assert "Batch lines (/v1/batches): 2 lines of 1 batch, 2.0k input + 1.0k output" in out
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if "batch saved" in line)
+    row = next(line for line in lines[header:] if line.startswith("gpt-4o-mini "))
+    # 2,000 in + 1,000 out at the (unconfirmed) batch price 0.075/0.30, and list 0.15/0.60
+    assert row.split()[1:3] == ["$0.000450", "$0.000900"] and "[unconfirmed]" in row
+    assert "UNCONFIRMED prices" in out
+    assert "https://platform.openai.com/docs/guides/batch  (gpt-4o-mini" in out
+    code, out, _ = cli(
+        capsys,
+        "cost",
+        "--data-dir",
+        str(tmp_path),
+        "--scenario",
+        "users=10,requests_per_user=1,input_tokens=200,output_tokens=100",
+    )
+    row = next(line for line in out.splitlines() if line.startswith("gpt-4.1 "))
+    # 2,000 in + 1,000 out a day at batch 1.00/4.00 per 1M: $0.006/day, $2.19/year
+    assert row.split()[4:6] == ["$2.19", "[unconfirmed]"]

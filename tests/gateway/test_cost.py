@@ -16,6 +16,7 @@ from ownllm.gateway.cost import (
     observed_traffic,
     parse_scenario,
     project,
+    unconfirmed_sources,
 )
 from ownllm.gateway.usage import BusySample, UsageLedger, UsageRow
 from ownllm.store.db import Database
@@ -237,3 +238,77 @@ def test_served_traffic_and_engine_busy_time_reach_the_cost_account(tmp_path, ti
         check=True,
     ).stdout
     assert "3 requests" in out and "measured throughput" in out
+
+
+# -- batch prices, and what a batch saved -----------------------------------------------------
+
+
+def test_shipped_table_has_batch_prices_and_marks_every_price_unconfirmed():
+    shipped = load_price_table()
+    for api in shipped.apis:
+        assert api.has_batch_price and api.batch_source.startswith("https://")
+        assert api.batch_input < api.input and api.batch_output < api.output
+        assert not api.confirmed  # nobody could check them: no internet where they were typed
+    pages = unconfirmed_sources(shipped.apis)
+    assert set(pages["https://platform.openai.com/docs/guides/batch"]) >= {"gpt-4o-mini"}
+    assert sum(len(v) for v in pages.values()) == 2 * len(shipped.apis)  # list + batch page
+
+
+def test_a_confirmed_price_needs_its_check_date(tmp_path):
+    path = tmp_path / "prices.toml"
+    path.write_text('[api.x]\ninput = 1.0\noutput = 2.0\nstatus = "confirmed"\n')
+    with pytest.raises(CostError, match="checked"):
+        load_price_table(path)
+    path.write_text(
+        '[api.x]\ninput = 1.0\noutput = 2.0\nstatus = "confirmed"\nchecked = "2026-12-01"\n'
+    )
+    (api,) = load_price_table(path).apis
+    assert api.confirmed and api.checked == "2026-12-01" and not api.has_batch_price
+    assert api.batch_cost(1e6, 1e6) == api.cost(1e6, 1e6) == 3.0  # no batch tier: list price
+
+
+def test_batch_lines_are_priced_at_batch_prices_and_their_saving_shown(db_url, tmp_path):
+    path = tmp_path / "prices.toml"
+    path.write_text(
+        "[api.cheap]\ninput = 0.2\noutput = 0.8\nbatch_input = 0.1\nbatch_output = 0.4\n"
+        "[api.flat]\ninput = 1.0\noutput = 1.0\n"
+    )
+    table = load_price_table(path)
+    db = Database.open(db_url)
+    ledger = UsageLedger(db)
+    t0 = 1_764_000_000.0
+    lines = [(None, 1_000_000, 1_000_000)]  # a live request
+    lines += [("batch_abc", 500_000, 250_000)] * 2 + [("batch_def", 1_000_000, 500_000)]
+    lines += [("evalrun_x", 7, 7)]  # an eval run marks its rows too: not a batch line
+    for k, (batch_id, p, c) in enumerate(lines):
+        ledger.record(
+            UsageRow(
+                request_id=f"r{k}",
+                tenant_id="acme",
+                key_id=None,
+                endpoint="chat.completions",
+                model="tiny",
+                status="ok",
+                prompt_tokens=p,
+                completion_tokens=c,
+                batch_id=batch_id,
+                created_at=t0 + k,
+            )
+        )
+    ledger.close()
+    traffic = observed_traffic(db, since=t0, until=t0 + 36_000)
+    db.close()
+    assert (traffic.batch_lines, traffic.batches) == (3, 2)
+    assert (traffic.batch_prompt_tokens, traffic.batch_completion_tokens) == (2e6, 1e6)
+    acc = account(traffic, Hardware("box", 1.0), table)  # 10 h at $1/h = $10
+    cheap, flat = acc.comparisons
+    # live 1M + 1M (+ the eval's 14 tokens) at list, batch 2M + 1M at the batch price
+    assert cheap.api_cost == pytest.approx((1e6 + 7) * 0.2e-6 + (1e6 + 7) * 0.8e-6 + 0.6)
+    assert flat.api_cost == pytest.approx((2e6 + 14) * 1e-6 + 3.0)
+    saving, flat_saving = acc.batch_savings
+    assert saving.at_batch_price == pytest.approx(2 * 0.1 + 1 * 0.4)
+    assert saving.at_list_price == pytest.approx(2 * 0.2 + 1 * 0.8)
+    share = 3e6 / (5e6 + 14)  # the batch lines' tokens over all served here
+    assert saving.self_hosted == pytest.approx(10.0 * share)
+    assert saving.saved == pytest.approx(0.6 - 10.0 * share)
+    assert flat_saving.at_batch_price == flat_saving.at_list_price == pytest.approx(3.0)
