@@ -10,6 +10,7 @@ inference path (`ownllm.api.inference.serve`); nothing here runs on it.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from typing import Any
 
@@ -34,6 +35,7 @@ from ownllm.ids import new_id
 
 MAX_PROMPTS = 128
 MAX_CHOICES = 128
+MAX_LOGIT_BIAS = 1024  # tokens one request may bias (OpenAI documents no bound; ownllm's)
 
 
 def system_fingerprint(state: AppState) -> str:
@@ -108,8 +110,34 @@ def _common_checks(body: SamplingFields) -> None:
         raise InvalidRequestError(
             "stream_options is only allowed when stream is true", param="stream_options"
         )
-    if body.logit_bias:
-        raise InvalidRequestError("logit_bias is not supported", param="logit_bias")
+
+
+def logit_bias(sent: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
+    """OpenAI's `logit_bias` (token id as a string -> -100..100) as sorted (id, bias) pairs;
+    a key that is not a token id or a value out of range is a 400 naming `logit_bias`.
+    Ids past the model's vocabulary are refused where it is known (`generate_requests`)."""
+    if not sent:
+        return ()
+    if len(sent) > MAX_LOGIT_BIAS:
+        raise InvalidRequestError(
+            f"logit_bias may set at most {MAX_LOGIT_BIAS} tokens, got {len(sent)}",
+            param="logit_bias",
+        )
+    pairs: dict[int, float] = {}
+    for key, value in sent.items():
+        text = key.strip()
+        if not text.isdecimal() or not text.isascii() or len(text) > 12:
+            raise InvalidRequestError(
+                f"logit_bias keys must be token ids (non-negative integers), got {key!r}",
+                param="logit_bias",
+            )
+        if not math.isfinite(value) or not -100.0 <= value <= 100.0:
+            raise InvalidRequestError(
+                f"logit_bias[{key!r}] must be between -100 and 100, got {value}",
+                param="logit_bias",
+            )
+        pairs[int(text)] = float(value)
+    return tuple(sorted(pairs.items()))
 
 
 def _pick(sent: Any, default: Any, neutral: Any) -> Any:
@@ -140,6 +168,7 @@ def _sampling(
         ignore_eos=body.ignore_eos,
         logprobs=logprobs,
         n=body.n,
+        logit_bias=logit_bias(body.logit_bias),
     )
 
 

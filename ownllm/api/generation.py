@@ -141,6 +141,12 @@ async def generate_requests(
     the request to another server passes `response_format` on instead, and refuses tools)."""
     constraint = None
     vocab_size = backend.model_info.vocab_size
+    bias = call.sampling.logit_bias if call.sampling is not None else ()
+    if bias and backend.uses_token_constraints and vocab_size and bias[-1][0] >= vocab_size:
+        raise InvalidRequestError(
+            f"logit_bias names token {bias[-1][0]}; this model's token ids are 0..{vocab_size - 1}",
+            param="logit_bias",
+        )
     if call.tools is not None:
         if not backend.uses_token_constraints:
             raise InvalidRequestError(

@@ -97,6 +97,17 @@ class SamplingFields(_Request):
     def _valid_stop(cls, value: Stop) -> Stop:
         return _check_stop(value)
 
+    @field_validator("logit_bias", mode="before")
+    @classmethod
+    def _numeric_bias(cls, value: Any) -> Any:
+        # here, so that a bad value is an error of `logit_bias` itself, not of one key;
+        # keys and ranges are checked by ownllm.api.calls.logit_bias
+        if isinstance(value, dict):
+            for key, bias in value.items():
+                if isinstance(bias, bool) or not isinstance(bias, int | float):
+                    raise ValueError(f"the bias of token {key!r} must be a number")
+        return value
+
 
 # -- chat completions -------------------------------------------------------------------------
 

@@ -470,6 +470,8 @@ def sampling_body(sp: SamplingParams, *, is_chat: bool) -> dict[str, Any]:
         body["presence_penalty"] = sp.presence_penalty
     if sp.frequency_penalty:
         body["frequency_penalty"] = sp.frequency_penalty
+    if sp.logit_bias:
+        body["logit_bias"] = {str(token_id): bias for token_id, bias in sp.logit_bias}
     if sp.logprobs is not None:
         if is_chat:
             body.update(logprobs=True, top_logprobs=sp.logprobs)

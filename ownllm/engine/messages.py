@@ -35,6 +35,9 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None  # None: no logprobs; k >= 0: chosen token + top-k alternatives
     n: int = 1
+    # OpenAI's logit_bias: (token id, bias in [-100, 100]) pairs, sorted by token id; added to
+    # the logits before sampling, -100 bans the token (ownllm.engine.sampler)
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -12,14 +12,19 @@ Per row, in this order:
    logit is divided by it, a negative one multiplied), then `frequency_penalty` (times the
    count of each generated token) and `presence_penalty` (once per generated token) — OpenAI
    semantics, generated tokens only.
-2. logprobs, when the row asked for them: log-softmax of the penalised logits — the model's
-   distribution as the request shaped it, before temperature, top-k/top-p/min-p and the
-   constraint bitmask. So `logprob` is what the model believes, not the truncated sampling
-   distribution, as OpenAI reports it.
-3. the constraint bitmask (int32 [B, ceil(V / 32)], bit set = allowed; CPU is fine, it is
+2. `logit_bias` (OpenAI semantics): a sparse per-row bias, (token id, value in [-100, 100])
+   pairs, added to the logits; -100 bans the token. Only rows that carry a bias are touched.
+   A ban yields to the constraint: when a row's constraint allows only banned tokens, the
+   ban is lifted for that step (the grammar must go on), and a row banning every token is
+   left unbanned.
+3. logprobs, when the row asked for them: log-softmax of the penalised and biased logits —
+   the model's distribution as the request shaped it, before temperature,
+   top-k/top-p/min-p and the constraint bitmask. So `logprob` is what the model believes,
+   not the truncated sampling distribution, as OpenAI reports it.
+4. the constraint bitmask (int32 [B, ceil(V / 32)], bit set = allowed; CPU is fine, it is
    moved to the logits' device). A row whose mask allows nothing is left unmasked: its
    constraint has failed and the engine should finish the row.
-4. temperature < 1e-5 is greedy (argmax). Otherwise logits / temperature, then top-k
+5. temperature < 1e-5 is greedy (argmax). Otherwise logits / temperature, then top-k
    (0 = off), top-p over what top-k kept, min-p relative to the most likely token; then
    exponential-race sampling `argmax(probs / q)`, q ~ Exp(1) of shape [V].
 
@@ -30,7 +35,7 @@ Create a seeded request's generator once with `new_generator(seed, device)` and 
 steps: it advances with every sampled token. For n > 1 choices give choice i `seed + i`, so the
 choices differ and each stays reproducible.
 
-Left out: logit bias, bad words, beam search, speculative decoding; ties in top-k keep every
+Left out: bad words, beam search, speculative decoding; ties in top-k keep every
 tied token.
 """
 
@@ -46,6 +51,7 @@ from ownllm.engine.messages import SamplingParams
 
 GREEDY_EPS = 1e-5  # temperatures below this are greedy
 MAX_LOGPROBS = 20  # OpenAI's top_logprobs limit
+BAN_BIAS = -100.0  # a logit_bias this low bans the token (OpenAI: -100 "should" ban)
 
 
 @dataclass
@@ -77,6 +83,13 @@ class SamplingBatch:
     shared_generator: torch.Generator | None
     num_logprobs: list[int | None]
     max_num_logprobs: int | None  # None: no row asked for logprobs
+    # logit_bias, sparse (COO): bias_values[j] is added at (bias_rows[j], bias_ids[j]);
+    # None when no row has a finite bias. ban_rows/ban_ids: the banned (row, token) pairs.
+    bias_rows: torch.Tensor | None = None  # [N] long
+    bias_ids: torch.Tensor | None = None  # [N] long
+    bias_values: torch.Tensor | None = None  # [N] float32
+    ban_rows: torch.Tensor | None = None  # [M] long
+    ban_ids: torch.Tensor | None = None  # [M] long
 
     @classmethod
     def build(
@@ -126,6 +139,7 @@ class SamplingBatch:
             None if p.logprobs is None else min(max(p.logprobs, 0), MAX_LOGPROBS) for p in params
         ]
         asked = [k for k in num_logprobs if k is not None]
+        bias = _sparse_bias(params, device)
         return cls(
             num_rows=num_rows,
             is_greedy=torch.tensor(greedy, dtype=torch.bool, device=device),
@@ -144,7 +158,35 @@ class SamplingBatch:
             shared_generator=shared_generator,
             num_logprobs=num_logprobs,
             max_num_logprobs=max(asked) if asked else None,
+            **bias,
         )
+
+
+def _sparse_bias(
+    params: Sequence[SamplingParams], device: torch.device | str
+) -> dict[str, torch.Tensor]:
+    """The rows' logit_bias as COO tensors (bias_* and ban_* fields; empty when no row has one)."""
+    if not any(p.logit_bias for p in params):
+        return {}
+    add: list[tuple[int, int, float]] = []
+    ban: list[tuple[int, int]] = []
+    for row, p in enumerate(params):
+        for token_id, value in p.logit_bias:
+            if value <= BAN_BIAS:
+                ban.append((row, token_id))
+            elif value:
+                add.append((row, token_id, value))
+    out: dict[str, torch.Tensor] = {}
+    if add:
+        out["bias_rows"] = torch.tensor([r for r, _, _ in add], dtype=torch.long, device=device)
+        out["bias_ids"] = torch.tensor([t for _, t, _ in add], dtype=torch.long, device=device)
+        out["bias_values"] = torch.tensor(
+            [v for _, _, v in add], dtype=torch.float32, device=device
+        )
+    if ban:
+        out["ban_rows"] = torch.tensor([r for r, _ in ban], dtype=torch.long, device=device)
+        out["ban_ids"] = torch.tensor([t for _, t in ban], dtype=torch.long, device=device)
+    return out
 
 
 def new_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -159,11 +201,14 @@ def sample(
 ) -> SampleOutput:
     """One token per row of `logits` (float32 [B, V]; not modified)."""
     logits = _apply_penalties(logits.float(), batch)
+    # bool [B, V]: the constraint's tokens; None: every token
+    allowed = None if bitmask is None else allowed_tokens(bitmask, logits.shape[1], logits.device)
+    logits = _apply_logit_bias(logits, batch, allowed)
     logprobs_all = None
     if batch.max_num_logprobs is not None:
         logprobs_all = torch.log_softmax(logits, dim=-1)  # [B, V]
-    if bitmask is not None:
-        logits = apply_bitmask(logits, bitmask)
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, float("-inf"))
 
     greedy_ids = logits.argmax(dim=-1)
     if batch.all_greedy:
@@ -210,6 +255,32 @@ def _apply_penalties(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor
             logits = logits - batch.frequency_penalty * counts
         if batch.presence_penalty is not None:
             logits = logits - batch.presence_penalty * (counts > 0).float()
+    return logits
+
+
+def _apply_logit_bias(
+    logits: torch.Tensor, batch: SamplingBatch, allowed: torch.Tensor | None
+) -> torch.Tensor:
+    """Logits plus the rows' biases, banned tokens at -inf (out of place when any row has a
+    bias; ids past the vocabulary are ignored). A ban that would leave a row nothing the
+    constraint (`allowed`, bool [B, V]) allows, or nothing at all, is lifted for that row."""
+    vocab_size = logits.shape[1]
+    if batch.bias_values is not None:
+        assert batch.bias_rows is not None and batch.bias_ids is not None
+        inside = batch.bias_ids < vocab_size
+        logits = logits.index_put(
+            (batch.bias_rows[inside], batch.bias_ids[inside]),
+            batch.bias_values[inside],
+            accumulate=True,
+        )
+    if batch.ban_ids is not None:
+        assert batch.ban_rows is not None
+        inside = batch.ban_ids < vocab_size
+        banned = torch.zeros_like(logits, dtype=torch.bool)
+        banned[batch.ban_rows[inside], batch.ban_ids[inside]] = True
+        left = ~banned if allowed is None else allowed & ~banned
+        banned &= left.any(dim=-1, keepdim=True)  # nothing left: the ban yields
+        logits = logits.masked_fill(banned, float("-inf"))
     return logits
 
 
@@ -299,6 +370,14 @@ def bitmask_to_allowed(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
 def apply_bitmask(logits: torch.Tensor, bitmask: torch.Tensor) -> torch.Tensor:
     """Logits with disallowed tokens at -inf (out of place). Rows allowing nothing stay as
     they are rather than become all -inf."""
-    allowed = bitmask_to_allowed(bitmask.to(logits.device, non_blocking=True), logits.shape[1])
-    allowed |= ~allowed.any(dim=-1, keepdim=True)
+    allowed = allowed_tokens(bitmask, logits.shape[1], logits.device)
     return logits.masked_fill(~allowed, float("-inf"))
+
+
+def allowed_tokens(
+    bitmask: torch.Tensor, vocab_size: int, device: torch.device | str
+) -> torch.Tensor:
+    """bool [B, vocab_size] on `device`: the tokens `bitmask` allows; every token on a row
+    whose mask allows nothing (its constraint has failed)."""
+    allowed = bitmask_to_allowed(bitmask.to(device, non_blocking=True), vocab_size)
+    return allowed | ~allowed.any(dim=-1, keepdim=True)

@@ -118,3 +118,16 @@ async def test_without_defaults_the_openai_defaults_apply(client, fake_state):
     assert fake_state.generation_defaults == GenerationDefaults()
     assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 200
     assert sent_sampling(fake_state) == (1.0, 1.0, 0, 0.0, 1.0)
+
+
+@pytest.mark.parametrize("route", ["/v1/chat/completions", "/v1/completions"])
+async def test_logit_bias_reaches_the_backend_as_sorted_token_pairs(client, fake_state, route):
+    body = CHAT if route == "/v1/chat/completions" else {"model": "tiny", "prompt": "Hi"}
+    bias = {"17": 5, "3": -100, "0042": 100, "9": -0.5}
+    response = await client.post(route, json={**body, "logit_bias": bias, "n": 2, "seed": 1})
+    assert response.status_code == 200, response.text
+    sampling = fake_state.backend.requests[-1].sampling
+    assert sampling.logit_bias == ((3, -100.0), (9, -0.5), (17, 5.0), (42, 100.0))
+    assert sampling.n == 2 and sampling.seed == 1
+    assert (await client.post(route, json={**body, "logit_bias": {}})).status_code == 200
+    assert fake_state.backend.requests[-1].sampling.logit_bias == ()

@@ -37,7 +37,15 @@ CHAT_CASES = [
         {"tools": [{"type": "function", "function": {"name": "f", "parameters": []}}]},
         "tools[0].function.parameters",
     ),  # fmt: skip
-    ({"logit_bias": {"50256": -100}}, "logit_bias"),
+    ({"logit_bias": {"50256": -100}}, "logit_bias"),  # past the tiny model's 512 tokens
+    ({"logit_bias": {"dog": 5}}, "logit_bias"),
+    ({"logit_bias": {"-3": 5}}, "logit_bias"),
+    ({"logit_bias": {"1.5": 5}}, "logit_bias"),
+    ({"logit_bias": {"7": 100.5}}, "logit_bias"),
+    ({"logit_bias": {"7": -101}}, "logit_bias"),
+    ({"logit_bias": {"7": "high"}}, "logit_bias"),
+    ({"logit_bias": [7, 5]}, "logit_bias"),
+    ({"logit_bias": {str(t): 1 for t in range(1025)}}, "logit_bias"),
     ({"seed": 2**70}, "seed"),
     ({"adapters": [{"id": "a"}] * 5}, "adapters"),
 ]

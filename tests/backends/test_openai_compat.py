@@ -73,15 +73,17 @@ async def test_a_chat_call_streams_the_replicas_answer_with_its_usage(replica):
     await backend.shutdown()
 
 
-async def test_n_stop_seed_and_logprobs_reach_the_replica_and_come_back(replica):
+async def test_n_stop_seed_logit_bias_and_logprobs_reach_the_replica_and_come_back(replica):
     url, scripted = replica
     backend = backend_for(url)
-    request = chat(max_tokens=6, n=2, stop=("!",), seed=7, logprobs=2)
+    bias = ((7, -100.0), (42, 2.5))
+    request = chat(max_tokens=6, n=2, stop=("!",), seed=7, logprobs=2, logit_bias=bias)
     deltas = await collect(backend, request)
     assert texts(deltas, 2) == ["Hello there, friend", "1:Hello there, friend"]
     assert {d.index: d.finish_reason for d in deltas if d.finish_reason} == {0: "stop", 1: "stop"}
     (sent,) = scripted.requests
     assert (sent.sampling.n, sent.sampling.stop, sent.sampling.seed) == (2, ("!",), 7)
+    assert sent.sampling.logit_bias == bias
     first = next(d for d in deltas if d.logprobs)
     (lp,) = first.logprobs
     assert lp.logprob == -0.5 and [t[1:] for t in lp.top] == [("alt0", -1.0), ("alt1", -2.0)]

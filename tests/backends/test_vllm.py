@@ -133,6 +133,17 @@ async def test_n_stop_and_logprobs_map_one_to_one(backend, tokenizer):
     assert logprobs[0].top[0][0] == logprobs[0].token_id  # greedy: the best is the chosen
 
 
+async def test_logit_bias_is_forwarded_to_vllm(backend, tokenizer):
+    ids = [t for d in await collect(backend, request(tokenizer, max_tokens=6)) for t in d.token_ids]
+    target = ids[3]
+    forced = await collect(backend, request(tokenizer, max_tokens=6, logit_bias=((target, 100.0),)))
+    assert [t for d in forced for t in d.token_ids] == [target] * 6
+    banned = await collect(
+        backend, request(tokenizer, max_tokens=6, logit_bias=((ids[0], -100.0),))
+    )
+    assert [t for d in banned for t in d.token_ids][0] != ids[0]
+
+
 async def test_json_schema_output_uses_vllms_structured_outputs(backend, tokenizer):
     req = request(tokenizer, max_tokens=64, ignore_eos=False)
     req.response_format = {"type": "json_schema", "json_schema": {"name": "a", "schema": SCHEMA}}

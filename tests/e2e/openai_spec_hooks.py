@@ -30,9 +30,10 @@ PATH_OBJECT = {"completion_id": "completion", "file_id": "file", "fine_tuning_jo
 MODEL = {"createEmbedding": "embedding_model"}
 MAX_TOKENS, MAX_CHOICES = 4, 2
 # Fields ownllm answers with a 400 naming them, as it does not do what they ask (tools,
-# logit_bias, insertion, best_of other than n): left out, so the rest of a body that uses
-# them still gets an answer to check.
-REFUSED_BY_DESIGN = ("tools", "logit_bias", "suffix", "best_of")
+# insertion, best_of other than n): left out, so the rest of a body that uses them still
+# gets an answer to check.
+REFUSED_BY_DESIGN = ("tools", "suffix", "best_of")
+VOCAB = 512  # the tiny model's: logit_bias keys are aimed at its token ids
 # The same for the Responses API: fields it refuses by name (a built-in tool, reasoning,
 # background work, …), and `include`, which asks for outputs only OpenAI makes.
 REFUSED_BY_RESPONSES = ("background", "conversation", "prompt", "reasoning", "include",
@@ -82,6 +83,11 @@ def before_call(context, case, kwargs) -> None:
             body.pop(name, None)
     for name in REFUSED_BY_DESIGN:
         body.pop(name, None)
+    if isinstance(body.get("logit_bias"), dict):  # the spec's keys are any string
+        body["logit_bias"] = {
+            str(i * 37 % VOCAB): max(-100, min(100, v)) if isinstance(v, int | float) else v
+            for i, v in enumerate(body["logit_bias"].values())
+        }
     for name in ("training_file", "validation_file"):
         if isinstance(body.get(name), str):
             body[name] = IDS["file"]  # a fine-tune file

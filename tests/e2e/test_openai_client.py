@@ -184,6 +184,98 @@ def test_unknown_model_is_404_model_not_found(client):
     assert info.value.param == "model"
 
 
+# -- logit_bias -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def vocab(e2e_model_dir):
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(e2e_model_dir / "tokenizer.json"))
+
+
+def plain_token(vocab, skip: int = 0) -> tuple[int, str]:
+    """A token id whose text is a plain ASCII word piece, so an answer of it repeated reads
+    back exactly (`skip`: take a later one)."""
+    found = [
+        (i, vocab.decode([i]))
+        for i in range(3, vocab.get_vocab_size())
+        if vocab.decode([i]).isascii() and vocab.decode([i]).isalpha()
+        and len(vocab.decode([i])) >= 2
+    ]  # fmt: skip
+    return found[skip]
+
+
+def test_logit_bias_plus_100_makes_greedy_say_the_token(client, vocab):
+    token_id, text = plain_token(vocab)
+    completion = client.chat.completions.create(
+        model="tiny", messages=MESSAGES, max_tokens=5, temperature=0,
+        logit_bias={str(token_id): 100}, **FULL_LENGTH,
+    )  # fmt: skip
+    assert completion.choices[0].message.content == text * 5
+    legacy = client.completions.create(
+        model="tiny", prompt="The quick", max_tokens=4, temperature=0,
+        logit_bias={str(token_id): 100}, **FULL_LENGTH,
+    )  # fmt: skip
+    assert legacy.choices[0].text == text * 4
+
+
+def test_logit_bias_minus_100_on_the_greedy_token_changes_the_answer(client, vocab):
+    ask = {"model": "tiny", "messages": MESSAGES, "max_tokens": 6, "temperature": 0,
+           "logprobs": True, **FULL_LENGTH}  # fmt: skip
+    first = client.chat.completions.create(**ask).choices[0]
+    greedy = first.logprobs.content[0].token
+    banned = {str(i): -100 for i in range(vocab.get_vocab_size()) if vocab.decode([i]) == greedy}
+    assert banned  # the greedy token's id (and any that reads the same)
+    second = client.chat.completions.create(**ask, logit_bias=banned).choices[0]
+    assert second.logprobs.content[0].token != greedy
+    assert second.message.content != first.message.content
+
+
+def test_logit_bias_with_n_seed_and_stream(client, vocab):
+    token_id, text = plain_token(vocab, skip=1)
+    stream = client.chat.completions.create(
+        model="tiny", messages=MESSAGES, max_tokens=4, temperature=1.0, seed=7, n=2,
+        logit_bias={str(token_id): 100}, stream=True, **FULL_LENGTH,
+    )  # fmt: skip
+    texts = {0: "", 1: ""}
+    for chunk in stream:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+    assert texts == {0: text * 4, 1: text * 4}
+
+
+async def test_async_logit_bias(aclient, vocab):
+    token_id, text = plain_token(vocab, skip=2)
+    completion = await aclient.chat.completions.create(
+        model="tiny", messages=MESSAGES, max_tokens=3, temperature=0,
+        logit_bias={str(token_id): 100}, **FULL_LENGTH,
+    )  # fmt: skip
+    assert completion.choices[0].message.content == text * 3
+    with pytest.raises(openai.BadRequestError) as info:
+        await aclient.chat.completions.create(
+            model="tiny", messages=MESSAGES, logit_bias={str(token_id): 101}
+        )
+    assert info.value.param == "logit_bias"
+    with pytest.raises(openai.BadRequestError) as info:
+        await aclient.chat.completions.create(
+            model="tiny", messages=MESSAGES, logit_bias={"100000": 5}
+        )
+    assert info.value.param == "logit_bias" and "0..511" in info.value.message
+
+
+def test_logit_bias_under_a_constraint(closing_client, vocab):
+    """The constant model fills any object as {"":""}; with '"' banned, '}' is the best
+    token the grammar allows after '{', so the object closes empty and still parses."""
+    (quote,) = vocab.encode('"', add_special_tokens=False).ids
+    completion = closing_client.chat.completions.create(
+        **{**SAMPLED, "max_tokens": 120}, response_format={"type": "json_object"},
+        logit_bias={str(quote): -100},
+    )  # fmt: skip
+    assert completion.choices[0].message.content == "{}"
+    assert completion.choices[0].finish_reason == "stop"
+
+
 @pytest.mark.parametrize(
     "change,param",
     [

@@ -340,6 +340,35 @@ def test_n_choices_share_the_prompt_and_follow_their_seeds(llama_dir):
     assert sample(1, seed=8)[0] == three[1]  # choice i is seeded seed + i
 
 
+def test_a_seeded_request_is_the_same_beside_a_biased_one(llama_dir, base_reference):
+    """logit_bias is per row: a seeded request samples the same tokens alone and batched
+    with a biased request (n=2, +100 on one token, -100 on another), which says its token."""
+    sampling = SamplingParams(max_tokens=10, temperature=1.0, seed=3, ignore_eos=True)
+    target, banned = 77, base_reference[2][0]
+    biased = SamplingParams(
+        max_tokens=10, temperature=1.0, seed=5, n=2, ignore_eos=True,
+        logit_bias=((banned, -100.0), (target, 100.0)),
+    )  # fmt: skip
+
+    def mine(with_neighbour: bool) -> dict:
+        engine = engine_for(llama_dir)
+        engine.add_request(GenerateRequest("mine", PROMPTS[1], sampling))
+        if with_neighbour:
+            engine.add_request(GenerateRequest("biased", PROMPTS[2], biased))
+        return run_to_end(engine)
+
+    alone = mine(False)["mine"][0]
+    together = mine(True)
+    assert together["mine"][0] == alone
+    assert len(set(alone)) > 3  # it really sampled
+    assert together["biased"] == {0: [target] * 10, 1: [target] * 10}
+
+    engine = engine_for(llama_dir)  # -100 on the greedy first token: another answer
+    engine.add_request(greedy("ban", PROMPTS[2], logit_bias=((banned, -100.0),)))
+    tokens = run_to_end(engine)["ban"][0]
+    assert tokens[0] != banned and tokens != base_reference[2]
+
+
 def test_import_stays_lean():
     import subprocess
     import sys

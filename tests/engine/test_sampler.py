@@ -265,3 +265,114 @@ def test_top_k_applies_to_its_row_only():
     top2 = set(logits[0].topk(2).indices.tolist())
     assert set(out[0::2].tolist()) == top2
     assert len(set(out[1::2].tolist())) > 10
+
+
+# --- logit_bias ------------------------------------------------------------------------
+
+
+def test_logit_bias_plus_100_makes_greedy_pick_the_token():
+    logits = random_logits(2, seed=8)
+    target = int(logits[0].argmin())
+    params = [SamplingParams(temperature=0.0, logit_bias=((target, 100.0),))] * 2
+    assert run(logits, params).token_ids.tolist() == [target, target]
+
+
+def test_logit_bias_minus_100_bans_the_token_even_when_sampling_hot():
+    logits = torch.zeros(1, VOCAB)
+    logits[0, 3] = 30.0  # all but certain without the ban
+    params = [SamplingParams(temperature=2.0, logit_bias=((3, -100.0), (4, -100.0)))] * 3000
+    out = run(logits.expand(3000, VOCAB).contiguous(), params).token_ids
+    assert not set(out.tolist()) & {3, 4}
+    greedy = run(logits, [SamplingParams(temperature=0.0, logit_bias=((3, -100.0),))])
+    assert int(greedy.token_ids) != 3
+
+
+def test_a_small_bias_shifts_the_distribution_by_its_value():
+    """A bias b multiplies a token's odds by e^b (at temperature 1), as OpenAI defines it."""
+    logits = torch.zeros(20000, 4)
+    params = [SamplingParams(temperature=1.0, logit_bias=((2, 1.0),))] * 20000
+    freq = torch.bincount(run(logits, params).token_ids, minlength=4).float() / 20000
+    expected = torch.tensor([0.0, 0.0, 1.0, 0.0]).softmax(-1)
+    assert torch.allclose(freq, expected, atol=0.015)
+
+
+def test_logit_bias_touches_only_its_own_row():
+    logits = random_logits(3, seed=9)
+    target = int(logits[1].argmin())
+    params = [
+        SamplingParams(temperature=0.0),
+        SamplingParams(temperature=0.0, logit_bias=((target, 100.0),)),
+        SamplingParams(temperature=0.0, logit_bias=((int(logits[2].argmax()), -100.0),)),
+    ]
+    out = run(logits, params, bitmask=None).token_ids.tolist()
+    assert out[0] == int(logits[0].argmax())
+    assert out[1] == target
+    assert out[2] == int(logits[2].topk(2).indices[1])  # the ban gives the runner-up
+
+
+def test_a_seeded_row_is_the_same_with_or_without_a_biased_neighbour():
+    """Rows in the same batch without a bias are unaffected by another row's bias."""
+    mine = SamplingParams(temperature=1.0, top_p=0.95, seed=42)
+
+    def generate(neighbour: SamplingParams) -> list[int]:
+        gens = [new_generator(42), new_generator(7)]
+        tokens = []
+        for step in range(16):
+            logits = random_logits(2, seed=200 + step, scale=1.0)
+            out = run(logits, [mine, neighbour], generators=gens)
+            tokens.append(int(out.token_ids[0]))
+        return tokens
+
+    plain = generate(SamplingParams(temperature=1.0, seed=7))
+    biased = SamplingParams(
+        temperature=1.0,
+        seed=7,
+        logit_bias=tuple((t, 100.0 if t % 2 else -100.0) for t in range(VOCAB)),
+    )
+    assert generate(biased) == plain
+    assert len(set(plain)) > 3  # it really sampled
+
+
+def test_logprobs_reflect_the_bias():
+    logits = torch.zeros(1, 4)
+    params = [SamplingParams(temperature=0.0, logprobs=4, logit_bias=((1, 2.0), (3, -100.0)))]
+    out = run(logits, params)
+    assert int(out.token_ids) == 1
+    expected = torch.tensor([0.0, 2.0, 0.0, float("-inf")]).log_softmax(-1)
+    assert out.logprobs[0] == pytest.approx(float(expected[1]))
+    top = out.top_token_ids[0].tolist()
+    assert top[0] == 1 and set(top[1:3]) == {0, 2} and top[3] == 3
+    assert out.top_logprobs[0, 3] == float("-inf")
+
+
+def test_logit_bias_works_with_a_constraint():
+    logits = random_logits(2, seed=10)
+    constraints = [AllowOnly({5, 40, 63}), AllowOnly({5, 40, 63})]
+    bitmask = fill_bitmask(allocate_bitmask(2, VOCAB), constraints)
+    outside = next(t for t in range(VOCAB) if t not in {5, 40, 63})
+    params = [
+        SamplingParams(temperature=0.0, logit_bias=((outside, 100.0), (63, 50.0))),
+        SamplingParams(temperature=2.0, logit_bias=((5, -100.0), (63, -100.0))),
+    ]
+    for _ in range(20):
+        out = run(logits, params, bitmask=bitmask).token_ids.tolist()
+        # the constraint still rules: a biased token it does not allow is never picked
+        assert out == [63, 40]
+
+
+def test_a_ban_of_everything_the_constraint_allows_yields_to_the_constraint():
+    logits = random_logits(2, seed=11)
+    bitmask = fill_bitmask(allocate_bitmask(2, VOCAB), [AllowOnly({5, 40}), None])
+    params = [
+        SamplingParams(temperature=0.0, logit_bias=((5, -100.0), (40, -100.0))),
+        SamplingParams(temperature=1.0, logit_bias=tuple((t, -100.0) for t in range(VOCAB))),
+    ]
+    out = run(logits, params, bitmask=bitmask).token_ids.tolist()
+    assert out[0] == (5 if logits[0, 5] > logits[0, 40] else 40)
+    assert 0 <= out[1] < VOCAB  # banning every token bans none, rather than fail
+
+
+def test_logit_bias_past_the_vocabulary_is_ignored():
+    logits = random_logits(1, seed=12)
+    params = [SamplingParams(temperature=0.0, logit_bias=((VOCAB + 5, 100.0), (VOCAB, -100.0)))]
+    assert int(run(logits, params).token_ids) == int(logits.argmax())
