@@ -339,8 +339,12 @@ def base_weight_shapes(base_dir: str | Path) -> dict[str, tuple[int, ...]]:
     """Every weight name of a HF model directory and its shape, read from safetensors headers."""
     from safetensors import safe_open
 
+    from ownllm.formats.quant import QUANT_FILE
+
     shapes: dict[str, tuple[int, ...]] = {}
     for file in sorted(Path(base_dir).glob("*.safetensors")):
+        if file.name == QUANT_FILE:  # a model cache's quantised blocks: not the dense weights
+            continue
         with safe_open(str(file), framework="pt") as f:
             for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
                 shapes[name] = tuple(f.get_slice(name).get_shape())

@@ -3,12 +3,14 @@
 A GGUF file is dequantised once (its tensors with the gguf package, undoing
 llama.cpp's q/k permutation; its config and tokenizer through transformers'
 GGUF reader) and cached under `<data_dir>/models/<name>-<sha12>/` as
-config.json + model.safetensors (fp32) + tokenizer files + MANIFEST.json. The cache is written into a temporary
+config.json + model.safetensors (fp32) + tokenizer files + MANIFEST.json, and the file's
+own q4_0/q4_1/q8_0 blocks, undequantised, in quant.safetensors (`ownllm.formats.quant`;
+the engine serves those with `model.quantization`). The cache is written into a temporary
 directory and renamed into place only when complete, and MANIFEST.json (file
 sizes and sha256) is checked on every later load, so a crash mid-write never
 leaves a cache that loads as garbage. A local HF directory is used in place.
 
-Left out: re-quantised caches (weights are cached dequantised, fp32); GGUF
+Left out: re-quantised caches (a type the file does not hold is quantised at load); GGUF
 architectures other than llama, qwen2 and qwen3 (the engine serves no others).
 """
 
@@ -25,12 +27,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ownllm.formats.gguf_names import GGUF_ARCHES, GgufNames, permute_rows
+from ownllm.formats.quant import QUANT_FILE, QuantWeight, from_gguf_tensor, save_quant_file
 from ownllm.models.catalog import ModelLoadError, ModelSource
 
 if TYPE_CHECKING:
     import numpy as np
 
 MANIFEST = "MANIFEST.json"
+CACHE_FORMAT = 2  # 2: with quant.safetensors; a cache of an older format is rebuilt
 _CHUNK = 1 << 20
 
 
@@ -86,18 +90,22 @@ def _dequantise_gguf(gguf_path: Path, out_dir: Path) -> None:
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
         hf_config = AutoConfig.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-        config, state = _read_gguf_weights(gguf_path, hf_config)
+        config, state, quant = _read_gguf_weights(gguf_path, hf_config)
     except Exception as e:  # transformers and gguf raise many types for a bad file
         raise ModelLoadError(f"cannot read GGUF file {str(gguf_path)!r}: {e}") from None
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
     save_file({k: torch.from_numpy(v) for k, v in state.items()}, out_dir / "model.safetensors")
+    save_quant_file(out_dir / QUANT_FILE, quant)
     tokenizer.save_pretrained(out_dir)
     generation = {"eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.bos_token_id}
     (out_dir / "generation_config.json").write_text(json.dumps(generation))
 
 
-def _read_gguf_weights(gguf_path: Path, hf_config: Any) -> tuple[dict, dict[str, np.ndarray]]:
-    """The HF config dict and fp32 HF-named tensors of a GGUF file, read with the gguf package.
+def _read_gguf_weights(
+    gguf_path: Path, hf_config: Any
+) -> tuple[dict, dict[str, np.ndarray], dict[str, QuantWeight]]:
+    """The HF config dict, fp32 HF-named tensors of a GGUF file, and the tensors held in
+    q4_0, q4_1 or q8_0 as their own blocks (rows in HF order), read with the gguf package.
 
     transformers' GGUF model loader is avoided: it refuses to run without accelerate
     (a runtime dependency for nothing else), and the architectures it moves to its
@@ -124,18 +132,26 @@ def _read_gguf_weights(gguf_path: Path, hf_config: Any) -> tuple[dict, dict[str,
     names = GgufNames(arch, hf_config.num_hidden_layers, num_heads, num_kv_heads)
     to_hf = {names.gguf_name(n): n for n in hf_names}
     state: dict[str, np.ndarray] = {}
+    quant: dict[str, QuantWeight] = {}
     for tensor in gguf.GGUFReader(gguf_path).tensors:
         hf_name = to_hf.get(tensor.name)
         if hf_name is None:
             raise ValueError(f"tensor {tensor.name} has no place in {type(model).__name__}")
         weights = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+        blocks = from_gguf_tensor(tensor)
         if (heads := names.rotary_heads(hf_name)) is not None:
             weights = permute_rows(weights, heads, inverse=True)
+            if blocks is not None:  # each row is its own blocks: permute them whole
+                data = permute_rows(blocks.data, heads, inverse=True).contiguous()
+                blocks = QuantWeight(blocks.qtype, blocks.shape, data)
+        if blocks is not None:
+            quant[hf_name] = blocks
         state[hf_name] = np.array(weights, dtype=np.float32)  # a writable, contiguous copy
     expected = set(hf_names)
     if hf_config.tie_word_embeddings:  # lm_head is the embedding (the GGUF has no output.weight)
         expected.discard("lm_head.weight")
         state.pop("lm_head.weight", None)
+        quant.pop("lm_head.weight", None)
     if missing := sorted(expected - set(state)):
         raise ValueError(f"no tensor for {', '.join(missing[:3])}")
     config = hf_config.to_dict()
@@ -143,7 +159,7 @@ def _read_gguf_weights(gguf_path: Path, hf_config: Any) -> tuple[dict, dict[str,
         config.pop(key, None)
     config["architectures"] = [type(model).__name__]
     config["dtype"] = "float32"
-    return config, state
+    return config, state, quant
 
 
 def _write_manifest(out_dir: Path, source: Path, source_sha: str) -> dict:
@@ -151,7 +167,12 @@ def _write_manifest(out_dir: Path, source: Path, source_sha: str) -> dict:
     for file in sorted(out_dir.iterdir()):
         if file.is_file():
             files[file.name] = {"bytes": file.stat().st_size, "sha256": sha256_file(file)}
-    manifest = {"source": str(source), "source_sha256": source_sha, "files": files}
+    manifest = {
+        "format": CACHE_FORMAT,
+        "source": str(source),
+        "source_sha256": source_sha,
+        "files": files,
+    }
     with open(out_dir / MANIFEST, "w") as f:
         json.dump(manifest, f, indent=2)
         f.flush()
@@ -188,6 +209,8 @@ def prepare_model(source: ModelSource, data_dir: Path) -> PreparedModel:
     models_dir = Path(data_dir) / "models"
     cache_dir = models_dir / f"{source.path.stem}-{source_sha[:12]}"
     manifest = _check_manifest(cache_dir)
+    if manifest is not None and manifest.get("format", 1) < CACHE_FORMAT:
+        manifest = None  # written before caches kept the file's own blocks: rebuild
     if manifest is None:
         models_dir.mkdir(parents=True, exist_ok=True)
         for stale in models_dir.glob(f".tmp-{cache_dir.name}-*"):

@@ -71,6 +71,22 @@ def test_crash_mid_write_leaves_no_cache(tmp_path, monkeypatch, tiny_model_dir):
     assert manifest["files"]["model.safetensors"]["sha256"] == first.weights_sha256
 
 
+def test_a_cache_of_an_older_format_is_rebuilt(tmp_path, monkeypatch, tiny_model_dir):
+    """Caches from before the GGUF's own blocks were kept (no format in the manifest)."""
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"weights")
+    monkeypatch.setattr(cache, "_dequantise_gguf", _fake_dequantise(tiny_model_dir))
+    first = prepare_model(resolve_model(str(gguf)), tmp_path)
+    manifest_path = first.path / "MANIFEST.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["format"] == cache.CACHE_FORMAT
+    del manifest["format"]
+    manifest_path.write_text(json.dumps(manifest))
+    again = prepare_model(resolve_model(str(gguf)), tmp_path)
+    assert not again.from_cache and again.path == first.path
+    assert prepare_model(resolve_model(str(gguf)), tmp_path).from_cache
+
+
 def test_truncated_cache_is_rebuilt(tmp_path, monkeypatch, tiny_model_dir):
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"weights")
