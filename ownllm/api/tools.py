@@ -23,20 +23,23 @@ either calls or the schema's JSON, and combining both in one grammar is left out
 from __future__ import annotations
 
 import json
-import re
 import secrets
 import string
 from dataclasses import dataclass, field
 from typing import Any
 
 from ownllm.errors import InvalidRequestError
-from ownllm.models.tool_format import CallEvent, CallSyntax, ToolCallParser, ToolRequest
+from ownllm.models.tool_format import (
+    CallEvent,
+    CallSyntax,
+    ToolCallParser,
+    ToolRequest,
+    check_function_tool,
+)
 
 MAX_TOOLS = 128  # OpenAI's limit
-NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 TOOL_CHOICES = ("none", "auto", "required")
 _ID_ALPHABET = string.ascii_letters + string.digits
-EMPTY_PARAMETERS = {"type": "object", "properties": {}}
 
 
 def parse_tools(
@@ -67,7 +70,7 @@ def parse_tools(
         raise InvalidRequestError(f"at most {MAX_TOOLS} tools are allowed", param=param)
     rendered, schemas = [], {}
     for i, tool in enumerate(tools):
-        function = _function(tool, f"{param}[{i}]")
+        function = check_function_tool(tool, f"{param}[{i}]")
         if function["name"] in schemas:
             raise InvalidRequestError(
                 f"tool names must be unique: {function['name']!r} is given twice",
@@ -79,47 +82,6 @@ def parse_tools(
     return ToolRequest(
         rendered, schemas, mode, forced, parallel_tool_calls is not False and forced is None
     )
-
-
-def _function(tool: Any, where: str) -> dict[str, Any]:
-    if not isinstance(tool, dict):
-        raise InvalidRequestError(f"{where} must be an object", param=where)
-    if tool.get("type") != "function":
-        raise InvalidRequestError(
-            f"{where}.type must be 'function': ownllm serves function tools "
-            f"(got {tool.get('type')!r})",
-            param=f"{where}.type",
-        )
-    function = tool.get("function")
-    if not isinstance(function, dict):
-        raise InvalidRequestError(f"{where}.function is required", param=f"{where}.function")
-    name = function.get("name")
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise InvalidRequestError(
-            f"{where}.function.name must be 1 to 64 letters, digits, '_' or '-' (got {name!r})",
-            param=f"{where}.function.name",
-        )
-    description = function.get("description")
-    if description is not None and not isinstance(description, str):
-        raise InvalidRequestError(
-            f"{where}.function.description must be a string",
-            param=f"{where}.function.description",
-        )
-    strict = function.get("strict")
-    if strict is not None and not isinstance(strict, bool):
-        raise InvalidRequestError(
-            f"{where}.function.strict must be a boolean", param=f"{where}.function.strict"
-        )
-    parameters = function.get("parameters")
-    if parameters is None:
-        parameters = EMPTY_PARAMETERS
-    out: dict[str, Any] = {"name": name}
-    if description is not None:
-        out["description"] = description
-    out["parameters"] = parameters
-    if strict is not None:
-        out["strict"] = strict
-    return out
 
 
 def _schema(parameters: Any, where: str) -> str:

@@ -33,6 +33,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from ownllm.errors import InvalidRequestError
+
+NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+EMPTY_PARAMETERS = {"type": "object", "properties": {}}
 FALLBACK_INSTRUCTIONS = (
     "You can call functions. Their JSON schemas are listed between <tools> and </tools>:\n"
     "<tools>\n{tools}\n</tools>\n"
@@ -74,6 +78,52 @@ class ToolRequest:
         if self.forced_name is not None:
             return ((self.forced_name, self.schemas[self.forced_name]),)
         return tuple(self.schemas.items())
+
+
+def check_function_tool(tool: Any, where: str) -> dict[str, Any]:
+    """One OpenAI function tool checked (an `InvalidRequestError` naming the field under
+    `where`, e.g. `tools[1].function.name`, if not) and as it is rendered: name, description,
+    parameters (an empty object's schema when left out), strict. Serving (`ownllm.api.tools`)
+    and training (`ownllm.tuning.data`) both take tools through here. The parameters
+    schema itself is checked by `ownllm.engine.constraints.check_tool_schema`."""
+    if not isinstance(tool, dict):
+        raise InvalidRequestError(f"{where} must be an object", param=where)
+    if tool.get("type") != "function":
+        raise InvalidRequestError(
+            f"{where}.type must be 'function': ownllm serves function tools "
+            f"(got {tool.get('type')!r})",
+            param=f"{where}.type",
+        )
+    function = tool.get("function")
+    if not isinstance(function, dict):
+        raise InvalidRequestError(f"{where}.function is required", param=f"{where}.function")
+    name = function.get("name")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise InvalidRequestError(
+            f"{where}.function.name must be 1 to 64 letters, digits, '_' or '-' (got {name!r})",
+            param=f"{where}.function.name",
+        )
+    description = function.get("description")
+    if description is not None and not isinstance(description, str):
+        raise InvalidRequestError(
+            f"{where}.function.description must be a string",
+            param=f"{where}.function.description",
+        )
+    strict = function.get("strict")
+    if strict is not None and not isinstance(strict, bool):
+        raise InvalidRequestError(
+            f"{where}.function.strict must be a boolean", param=f"{where}.function.strict"
+        )
+    parameters = function.get("parameters")
+    if parameters is None:
+        parameters = EMPTY_PARAMETERS
+    out: dict[str, Any] = {"name": name}
+    if description is not None:
+        out["description"] = description
+    out["parameters"] = parameters
+    if strict is not None:
+        out["strict"] = strict
+    return out
 
 
 def template_takes_tools(tokenizer: Any) -> bool:
