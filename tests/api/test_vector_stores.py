@@ -541,3 +541,25 @@ def test_citations_follow_the_numbers_the_answer_writes():
         ("file-1", 11),
         ("file-2", 11),
     ]
+
+
+async def test_a_planted_injection_reaching_the_responses_tool_is_flagged(vs, two_tenants):
+    app, state, _, ingest = vs
+    a = two_tenants.a.headers
+    async with client_for(app) as client:
+        store_id, _ = await store_with_docs(client, a, ingest, docs={"expenses.txt": INJECTED})
+        body = {
+            "model": state.model_id,
+            "input": "When are expense reports due?",
+            "tools": [{"type": "file_search", "vector_store_ids": [store_id]}],
+            "max_output_tokens": 2,
+        }
+        r = await client.post("/v1/responses", json=body, headers=a)
+    assert r.status_code == 200, r.text  # the shipped policy flags, it does not block
+    prompt = state.tokenizer.decode(state.backend.requests[0].prompt_token_ids)
+    assert "Ignore all previous instructions" in prompt  # the planted text reached the model
+    app.state.gateway.ledger.flush()
+    with state.db.session() as s:
+        events = list(s.scalars(select(GuardEvent).where(GuardEvent.tenant_id == "acme")))
+    assert [(e.stage, e.action) for e in events] == [("input", "flag")]
+    assert "attack.prompt_injection" in events[0].rule_ids
