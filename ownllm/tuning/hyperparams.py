@@ -19,6 +19,7 @@ BASE_LEARNING_RATE = 1e-3
 TARGET_EPOCHS, MIN_TARGET_EXAMPLES, MAX_TARGET_EXAMPLES = 3, 100, 25_000
 MIN_EPOCHS, MAX_EPOCHS = 1, 25
 ALL_TARGETS = SUPPORTED_TARGETS  # a job may train every target the engine serves
+BASE_QUANTIZATIONS = ("none", "int8", "q8_0", "q4_1")  # the frozen base: see tuning.frozen
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,9 @@ class LoraSettings:
     alpha: float = 16.0
     dropout: float = 0.0
     target_modules: tuple[str, ...] = ALL_TARGETS
+    # the frozen base during training: "none" (the compute dtype) or a quantised form
+    # (QLoRA-style, see ownllm.tuning.frozen); the adapter itself is trained in fp32
+    base_quantization: str = "none"
 
     @property
     def scaling(self) -> float:
@@ -133,11 +137,12 @@ def resolve(hp: dict[str, Any], num_examples: int) -> Hyperparameters:
 def lora_settings(body: dict[str, Any] | None, defaults: LoraSettings) -> LoraSettings:
     """LoRA settings from the request's `lora` object (an ownllm extension) over the defaults."""
     body = dict(body or {})
-    unknown = set(body) - {"r", "alpha", "dropout", "target_modules"}
+    unknown = set(body) - {"r", "alpha", "dropout", "target_modules", "base_quantization"}
     if unknown:
         name = sorted(unknown)[0]
         raise InvalidRequestError(
-            f"Unknown LoRA setting '{name}' (use r, alpha, dropout, target_modules).",
+            f"Unknown LoRA setting '{name}' "
+            "(use r, alpha, dropout, target_modules, base_quantization).",
             param=f"lora.{name}",
         )
     r = _lora_number(body.get("r", defaults.r), "r", int, 1, 256)
@@ -152,7 +157,19 @@ def lora_settings(body: dict[str, Any] | None, defaults: LoraSettings) -> LoraSe
             param="lora.target_modules",
         )
     ordered = tuple(t for t in ALL_TARGETS if t in targets)
-    return LoraSettings(r=r, alpha=alpha, dropout=dropout, target_modules=ordered)
+    quantization = body.get("base_quantization", defaults.base_quantization)
+    if quantization not in BASE_QUANTIZATIONS:
+        raise InvalidRequestError(
+            f"'lora.base_quantization' must be one of {', '.join(BASE_QUANTIZATIONS)}.",
+            param="lora.base_quantization",
+        )
+    return LoraSettings(
+        r=r,
+        alpha=alpha,
+        dropout=dropout,
+        target_modules=ordered,
+        base_quantization=quantization,
+    )
 
 
 def _lora_number(value: Any, name: str, kind: type, lo: float, hi: float) -> Any:

@@ -4,11 +4,13 @@ Sequences of a micro-batch are concatenated into one flat `[T, hidden]` batch
 (padding-free packing): linear layers never see padding, rotary positions
 restart at every sequence, and attention runs causally inside each sequence
 (`cu_seqlens` boundaries). Base weights are frozen bf16 copies (q/k/v and
-gate/up fused by the engine's loader, rotated by its rotary code), so backward
-computes input gradients only; LoRA A/B are fp32 parameters applied in the
-same form the engine serves them: `y = x W + s · (x A) B`, one `x A` matmul per
-fused module for all of its targets. Logits are computed only for the rows
-whose next token is trained, which skips the lm_head for prompt tokens.
+gate/up fused by the engine's loader, rotated by its rotary code), or, with
+`LoraSettings.base_quantization`, frozen int8/q8_0/q4_1 matrices dequantised
+per matmul (`ownllm.tuning.frozen`), so backward computes input gradients
+only; LoRA A/B are fp32 parameters applied in the same form the engine serves
+them: `y = x W + s · (x A) B`, one `x A` matmul per fused module for all of its
+targets. Logits are computed only for the rows whose next token is trained,
+which skips the lm_head for prompt tokens.
 
 Left out: sliding-window attention (Mistral) and gradient checkpointing.
 """
@@ -27,6 +29,7 @@ from ownllm.engine.lora import TARGETS, module_path, module_shapes
 from ownllm.engine.rotary import Rotary, apply_rotary
 from ownllm.engine.weights import (
     LayerWeights,
+    LlamaWeights,
     ModelArgs,
     cpu_has_native_bf16,
     fuse_weights,
@@ -34,6 +37,7 @@ from ownllm.engine.weights import (
     read_config,
 )
 from ownllm.formats.peft import tensor_key
+from ownllm.tuning.frozen import QuantizedWeight, frozen_linear, load_quantized_base
 from ownllm.tuning.hyperparams import LoraSettings
 
 
@@ -102,19 +106,23 @@ class FusedLora(nn.Module):
 
 
 class TrainableModel(nn.Module):
-    """A frozen bf16 base plus LoRA parameters (the only ones with requires_grad)."""
+    """A frozen base (bf16, or quantised) plus LoRA parameters (the only ones with requires_grad).
+
+    `tensors` are HF-named weights, or already fused `LlamaWeights` (a quantised base)."""
 
     def __init__(
         self,
         args: ModelArgs,
-        tensors: dict[str, torch.Tensor],
+        tensors: dict[str, torch.Tensor] | LlamaWeights,
         cfg: LoraSettings,
         dtype: torch.dtype = torch.bfloat16,
     ):
         super().__init__()
         self.args, self.cfg, self.dtype = args, cfg, dtype
 
-        weights = fuse_weights(args, tensors, dtype)
+        weights = (
+            tensors if isinstance(tensors, LlamaWeights) else fuse_weights(args, tensors, dtype)
+        )
         self.embed = weights.embed
         # norms in float32: the residual stream is float32
         self.base: list[LayerWeights] = [
@@ -148,10 +156,15 @@ class TrainableModel(nn.Module):
     def from_dir(
         cls, model_dir: str | Path, cfg: LoraSettings, dtype: torch.dtype | None = None
     ) -> TrainableModel:
-        """Load a HF model dir; dtype defaults to bf16 where the CPU has it natively."""
+        """Load a HF model dir; dtype defaults to bf16 where the CPU has it natively. With
+        `cfg.base_quantization`, each decoder matrix is quantised as it is read."""
         if dtype is None:
             dtype = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
-        return cls(read_config(Path(model_dir)), load_tensors(Path(model_dir)), cfg, dtype)
+        args = read_config(Path(model_dir))
+        if cfg.base_quantization != "none":
+            base = load_quantized_base(args, Path(model_dir), cfg.base_quantization, dtype)
+            return cls(args, base, cfg, dtype)
+        return cls(args, load_tensors(Path(model_dir)), cfg, dtype)
 
     def reset_lora(self, seed: int) -> None:
         generator = torch.Generator().manual_seed(seed)
@@ -160,7 +173,11 @@ class TrainableModel(nn.Module):
                 lora.reset(generator)
 
     def _linear(self, x: torch.Tensor, i: int, module: str, bias=None) -> torch.Tensor:
-        out = F.linear(x, getattr(self.base[i], module), bias)
+        weight = getattr(self.base[i], module)
+        if isinstance(weight, QuantizedWeight):
+            out = frozen_linear(x, weight, bias)
+        else:
+            out = F.linear(x, weight, bias)
         lora = self.lora[i][module] if module in self.lora[i] else None  # noqa: SIM401
         return out if lora is None else out + lora.delta(x)
 

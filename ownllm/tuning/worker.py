@@ -20,6 +20,7 @@ Left out: training several jobs at once in one worker (run more workers).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import logging
 import math
@@ -231,6 +232,9 @@ class Worker:
             if parent
             else LoraSettings(**{**job.lora, "target_modules": tuple(job.lora["target_modules"])})
         )
+        # a continued adapter keeps its parent's shape; the base it trains on is the job's
+        quantization = (job.lora or {}).get("base_quantization", "none")
+        lora = dataclasses.replace(lora, base_quantization=quantization)
         jobs.update_progress(
             self.db, job.id, self.worker_id, hyperparameters=hyper.to_dict(), lora=lora.to_dict()
         )

@@ -105,6 +105,32 @@ async def test_job_trains_registers_the_adapter_with_lineage_and_reports_progres
     assert child.parents == (final.id,) and child.rank == 4
 
 
+async def test_a_job_on_a_quantised_base_trains_and_records_the_base_it_used(ft):
+    train = await upload(ft, PIRATE)
+    lora = {"r": 4, "alpha": 8, "base_quantization": "q4_1"}
+    job = await create(ft, training_file=train, hyperparameters={"n_epochs": 1}, lora=lora)
+    assert job["lora"]["base_quantization"] == "q4_1"
+    assert worker_for(ft.state).run_once()
+    job = (await ft.get(f"/v1/fine_tuning/jobs/{job['id']}")).json()
+    assert job["status"] == "succeeded", job["error"]
+    assert job["lora"]["base_quantization"] == "q4_1"
+    adapters = {a.name: a for a in list_adapters(ft.state.db, OPEN_DEV_PRINCIPAL)}
+    final = adapters[job["fine_tuned_model"]]
+    assert final.hyperparameters["lora"]["base_quantization"] == "q4_1" and final.rank == 4
+    # continuing it on the full-precision base: the child's lineage says which base it saw
+    job2 = await create(
+        ft, model=job["fine_tuned_model"], training_file=train, hyperparameters={"n_epochs": 1}
+    )
+    assert worker_for(ft.state).run_once()
+    job2 = (await ft.get(f"/v1/fine_tuning/jobs/{job2['id']}")).json()
+    assert job2["status"] == "succeeded", job2["error"]
+    child = {a.name: a for a in list_adapters(ft.state.db, OPEN_DEV_PRINCIPAL)}[
+        job2["fine_tuned_model"]
+    ]
+    assert child.hyperparameters["lora"]["base_quantization"] == "none"
+    assert child.parents == (final.id,)
+
+
 async def test_bad_data_fails_the_job_with_line_numbers(ft):
     lines = [json.dumps(r) for r in PIRATE]
     lines[4] = "{oops"
@@ -136,6 +162,16 @@ async def test_request_errors_name_the_field(ft):
         ),
         ({"training_file": train, "lora": {"target_modules": ["fc1"]}}, 400, "lora.target_modules"),
         ({"training_file": train, "lora": {"r": 0}}, 400, "lora.r"),
+        (
+            {"training_file": train, "lora": {"base_quantization": "q2_k"}},
+            400,
+            "lora.base_quantization",
+        ),
+        (
+            {"training_file": train, "lora": {"base_quantization": [4]}},
+            400,
+            "lora.base_quantization",
+        ),
         (
             {"training_file": train, "method": {"supervised": {"hyperparameters": [None]}}},
             400,

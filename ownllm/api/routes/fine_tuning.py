@@ -11,7 +11,9 @@ Creating a job checks the files' structure at once (a bad file makes the job
 `failed` with error{code, message, param} and line numbers, as OpenAI does);
 tokenisation and the context-length check happen in the worker. LoRA
 settings travel in an ownllm extension field: `"lora": {"r", "alpha",
-"dropout", "target_modules"}`. Another tenant's job is a 404.
+"dropout", "target_modules", "base_quantization"}`; `base_quantization` ("none",
+"int8", "q8_0", "q4_1") trains the adapter on a quantised frozen base (QLoRA-style,
+see `ownllm.tuning.frozen`). Another tenant's job is a 404.
 """
 
 from __future__ import annotations
