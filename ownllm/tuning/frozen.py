@@ -3,103 +3,52 @@ dequantised for each matmul and dropped after it.
 
 `load_quantized_base` reads a model directory tensor by tensor and builds the engine's
 fused layer weights (q/k/v and gate/up concatenated, as `ownllm.engine.weights.fuse_weights`
-does), quantising every fused matrix as soon as it exists, so no full-precision copy of the
-decoder is ever resident. `frozen_linear` is `x Wᵀ` through a custom autograd function:
-forward dequantises W into the compute dtype, backward dequantises it again for the input
-gradient (`grad · W`); nothing but the quantised form outlives the call. The frozen weight
-gets no gradient.
+does), each fused matrix a `QuantWeight` (`ownllm.formats.quant`) as soon as it exists, so
+no full-precision copy of the decoder is ever resident. A model cache built from a GGUF
+file holds the file's own blocks (quant.safetensors): where they are of the requested type
+they are used as they are, otherwise the dense weights are quantised. `frozen_linear` is
+`x Wᵀ` through a custom autograd function: forward dequantises W into the compute dtype,
+backward dequantises it again for the input gradient (`grad · W`); nothing but the
+quantised form outlives the call, and the frozen weight gets no gradient.
 
-Types: `int8` (symmetric per output channel, fp32 scales), `q8_0` (blocks of 32, one fp16
-scale each), `q4_1` (blocks of 32 with an fp16 scale and minimum, GGUF's layout of nibbles:
-low nibbles hold elements 0-15 of a block, high nibbles 16-31). The embedding (and the tied
-output head) and the norms stay in the compute dtype, as in QLoRA.
+The embedding (and the tied output head) and the norms stay in the compute dtype, as in
+QLoRA; the adapter is trained in fp32.
 
 Left out: double quantisation of the scales, NF4, paged optimizers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from ownllm.engine.weights import LayerWeights, LlamaWeights, ModelArgs, WeightsError
-from ownllm.tuning.hyperparams import BASE_QUANTIZATIONS
-
-BLOCK = 32
-
-
-@dataclass
-class QuantizedWeight:
-    """A frozen [out, in] matrix in `kind`: `data` holds the codes, `scale`/`offset` the blocks'."""
-
-    kind: str
-    shape: tuple[int, int]
-    data: torch.Tensor  # int8 [out, in] (int8, q8_0) | uint8 [out, in / 2] (q4_1)
-    scale: torch.Tensor  # fp32 [out, 1] (int8) | fp16 [out, in / 32] (q8_0, q4_1)
-    offset: torch.Tensor | None = None  # fp16 [out, in / 32] (q4_1: the block minimum)
-
-    @property
-    def nbytes(self) -> int:
-        extra = 0 if self.offset is None else self.offset.nbytes
-        return self.data.nbytes + self.scale.nbytes + extra
-
-    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The matrix [out, in] in `dtype` (computed in fp32, rounded once)."""
-        out, n = self.shape
-        if self.kind == "int8":
-            return (self.data.float() * self.scale).to(dtype)
-        if self.kind == "q8_0":
-            codes = self.data.view(out, n // BLOCK, BLOCK).float()
-            return (codes * self.scale.float().unsqueeze(-1)).view(out, n).to(dtype)
-        packed = self.data.view(out, n // BLOCK, BLOCK // 2)
-        codes = torch.cat([packed & 0x0F, packed >> 4], dim=-1).float()  # [out, blocks, 32]
-        w = codes * self.scale.float().unsqueeze(-1) + self.offset.float().unsqueeze(-1)
-        return w.view(out, n).to(dtype)
-
-
-def quantize(w: torch.Tensor, kind: str) -> QuantizedWeight:
-    """`w` [out, in] in `kind`; block types need `in` to be a multiple of 32."""
-    w = w.detach().float()
-    out, n = w.shape
-    if kind == "int8":
-        scale = w.abs().amax(dim=1, keepdim=True) / 127
-        codes = torch.where(scale > 0, w / scale, 0.0).round().clamp(-127, 127)
-        return QuantizedWeight(kind, (out, n), codes.to(torch.int8).contiguous(), scale)
-    if kind not in ("q8_0", "q4_1"):
-        raise WeightsError(f"base quantization {kind!r}: use {', '.join(BASE_QUANTIZATIONS)}")
-    if n % BLOCK:
-        raise WeightsError(f"{kind} needs rows that are a multiple of {BLOCK} long, not {n}")
-    blocks = w.view(out, n // BLOCK, BLOCK)
-    if kind == "q8_0":
-        d = (blocks.abs().amax(dim=-1) / 127).half()
-        inv = torch.where(d.float() > 0, 1 / d.float(), 0.0).unsqueeze(-1)
-        codes = (blocks * inv).round().clamp(-127, 127).to(torch.int8)
-        return QuantizedWeight(kind, (out, n), codes.view(out, n).contiguous(), d)
-    lo, hi = blocks.amin(dim=-1), blocks.amax(dim=-1)
-    d = ((hi - lo) / 15).half()
-    m = lo.half()
-    inv = torch.where(d.float() > 0, 1 / d.float(), 0.0).unsqueeze(-1)
-    codes = ((blocks - m.float().unsqueeze(-1)) * inv + 0.5).floor().clamp(0, 15).to(torch.uint8)
-    packed = codes[..., : BLOCK // 2] | (codes[..., BLOCK // 2 :] << 4)
-    return QuantizedWeight(kind, (out, n), packed.reshape(out, n // 2).contiguous(), d, m)
+from ownllm.formats.quant import (
+    QUANT_FILE,
+    QuantError,
+    QuantWeight,
+    cat_rows,
+    dequantize,
+    load_quant_file,
+    quantize,
+)
 
 
 class _FrozenLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: QuantizedWeight) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, weight: QuantWeight) -> torch.Tensor:
         ctx.weight = weight
-        return F.linear(x, weight.dequantize(x.dtype))
+        return F.linear(x, dequantize(weight, x.dtype))
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return grad @ ctx.weight.dequantize(grad.dtype), None
+        return grad @ dequantize(ctx.weight, grad.dtype), None
 
 
 def frozen_linear(
-    x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tensor | None = None
+    x: torch.Tensor, weight: QuantWeight, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
     """x Wᵀ (+ b) with W dequantised for this call only; gradients flow to x alone."""
     out = _FrozenLinear.apply(x, weight)
@@ -112,7 +61,7 @@ class _LazyTensors:
     def __init__(self, model_dir: Path) -> None:
         from safetensors import safe_open
 
-        files = sorted(Path(model_dir).glob("*.safetensors"))
+        files = sorted(f for f in Path(model_dir).glob("*.safetensors") if f.name != QUANT_FILE)
         if not files:
             raise WeightsError(f"{model_dir} has no *.safetensors files")
         self._handles = [safe_open(str(f), framework="pt") for f in files]
@@ -131,18 +80,33 @@ class _LazyTensors:
         handle, key = self._where.pop(name)
         return handle.get_tensor(key)
 
+    def drop(self, name: str) -> None:
+        """Forget `name` unread (its quantised form comes from elsewhere)."""
+        self._where.pop(name, None)
+
 
 def load_quantized_base(
     args: ModelArgs, model_dir: Path, kind: str, dtype: torch.dtype
 ) -> LlamaWeights:
-    """The model's fused weights with every decoder matrix quantised to `kind` as it is read."""
+    """The model's fused weights with every decoder matrix in `kind` (int8, q8_0, q4_0, q4_1)
+    as it is read: the GGUF file's own blocks where the cache holds them in `kind`."""
     tensors = _LazyTensors(model_dir)
+    own = Path(model_dir) / QUANT_FILE
+    blocks = load_quant_file(own) if own.is_file() else {}
 
     def plain(name: str) -> torch.Tensor:
         return tensors.take(name).to(dtype).contiguous()
 
-    def fused(*names: str) -> QuantizedWeight:
-        return quantize(torch.cat([tensors.take(n).float() for n in names]), kind)
+    def fused(*names: str) -> QuantWeight:
+        keys = [f"model.{n}" for n in names]
+        if all(k in blocks and blocks[k].qtype == kind for k in keys):
+            for n in names:
+                tensors.drop(n)
+            return cat_rows([blocks.pop(k) for k in keys])
+        try:
+            return quantize(torch.cat([tensors.take(n).float() for n in names]), kind)
+        except QuantError as e:
+            raise WeightsError(f"cannot train on a {kind} base: {e}") from None
 
     def maybe(name: str) -> torch.Tensor | None:
         return plain(name) if name in tensors else None

@@ -19,7 +19,7 @@ BASE_LEARNING_RATE = 1e-3
 TARGET_EPOCHS, MIN_TARGET_EXAMPLES, MAX_TARGET_EXAMPLES = 3, 100, 25_000
 MIN_EPOCHS, MAX_EPOCHS = 1, 25
 ALL_TARGETS = SUPPORTED_TARGETS  # a job may train every target the engine serves
-BASE_QUANTIZATIONS = ("none", "int8", "q8_0", "q4_1")  # the frozen base: see tuning.frozen
+BASE_QUANTIZATIONS = ("none", "int8", "q8_0", "q4_0", "q4_1")  # the frozen base: see tuning.frozen
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from ownllm.engine.weights import (
     read_config,
 )
 from ownllm.formats.peft import tensor_key
-from ownllm.tuning.frozen import QuantizedWeight, frozen_linear, load_quantized_base
+from ownllm.tuning.frozen import QuantWeight, frozen_linear, load_quantized_base
 from ownllm.tuning.hyperparams import LoraSettings
 
 
@@ -174,7 +174,7 @@ class TrainableModel(nn.Module):
 
     def _linear(self, x: torch.Tensor, i: int, module: str, bias=None) -> torch.Tensor:
         weight = getattr(self.base[i], module)
-        if isinstance(weight, QuantizedWeight):
+        if isinstance(weight, QuantWeight):
             out = frozen_linear(x, weight, bias)
         else:
             out = F.linear(x, weight, bias)
