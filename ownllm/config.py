@@ -204,6 +204,21 @@ class EngineConfig:
     max_num_batched_tokens: int = setting(
         1024, "Token budget of one engine step (prefill is chunked to fit).", min=16, max=1 << 20
     )
+    batch_step_tokens: int = setting(
+        128,
+        "Most tokens batch-priority rows (/v1/batches lines, eval runs) compute in one step: "
+        "an interactive request that arrives waits for the step in progress, so batch "
+        "prompts advance in chunks this long (0: the whole step budget).",
+        min=0,
+        max=1 << 20,
+    )
+    batch_tokens_with_interactive: int = setting(
+        16,
+        "Most tokens batch-priority rows compute in a step while interactive requests run "
+        "or wait (0: batch_step_tokens).",
+        min=0,
+        max=1 << 20,
+    )
     block_size: int = setting(16, "KV-cache block size in tokens.", choices=(8, 16, 32, 64))
     kv_cache_tokens: int = setting(
         0, "KV-cache capacity in tokens (0: sized from free memory).", min=0, max=1 << 26

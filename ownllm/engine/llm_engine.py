@@ -100,6 +100,8 @@ class LLMEngine:
             self.adapter_slots,
             max_num_seqs=config.max_num_seqs,
             max_num_batched_tokens=config.max_num_batched_tokens,
+            batch_step_tokens=config.batch_step_tokens,
+            batch_tokens_with_interactive=config.batch_tokens_with_interactive,
         )
         self.lora = LoraStacks(self.args, config.max_loras, self.dtype, self.device)
         self.runner = ModelRunner(self.model, num_blocks, config.block_size, self.lora)

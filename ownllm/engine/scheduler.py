@@ -20,6 +20,14 @@ ones, with what the classes above left of the budget. So batch rows fill the
 rest of each step, and a waiting interactive sequence that finds no seat or
 no KV blocks preempts running batch sequences (newest first) to get them;
 nothing of a lower class is admitted while a higher one waits for room.
+
+Batch rows are also held to a token cap of their own (`batch_step_tokens`, and the
+smaller `batch_tokens_with_interactive` while any interactive sequence runs or waits).
+A step cannot be interrupted: an interactive request that arrives waits for the step in
+progress, so batch-only steps are kept short (a prompt chunk of `batch_step_tokens`, not
+the whole budget), and while interactive work is there the batch rows add only a few
+tokens to each of its steps (a batch prompt advances in small chunks, and only that many
+batch rows decode a token; the others wait, keeping their KV). 0 lifts a cap.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from dataclasses import dataclass, field
 
 from ownllm.engine.adapter_slots import AdapterSlots
 from ownllm.engine.block_manager import BlockManager
+from ownllm.engine.messages import PRIORITY_BATCH
 from ownllm.engine.sequence import Sequence, SequenceStatus
 
 
@@ -51,11 +60,15 @@ class Scheduler:
         *,
         max_num_seqs: int,
         max_num_batched_tokens: int,
+        batch_step_tokens: int = 0,
+        batch_tokens_with_interactive: int = 0,
     ) -> None:
         self.block_manager = block_manager
         self.adapter_slots = adapter_slots
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
+        self.batch_step_tokens = batch_step_tokens  # 0: no cap of its own
+        self.batch_tokens_with_interactive = batch_tokens_with_interactive
         self.waiting: list[Sequence] = []  # sorted by (priority, arrival)
         self.running: list[Sequence] = []  # admission order
 
@@ -103,10 +116,18 @@ class Scheduler:
         self._budget = self.max_num_batched_tokens
         classes = sorted({s.priority for s in self.running} | {s.priority for s in self.waiting})
         for priority in classes:
+            if priority >= PRIORITY_BATCH:
+                self._budget = min(self._budget, self._batch_cap(interactive=classes[0] < priority))
             self._schedule_running(priority, out)
             if not self._admit_waiting(priority, out):
                 break  # a sequence of this class waits for room: none below it takes it
         return out
+
+    def _batch_cap(self, interactive: bool) -> int:
+        """The most tokens batch-class rows may compute this step."""
+        cap = self.batch_tokens_with_interactive if interactive else 0
+        cap = cap or self.batch_step_tokens
+        return min(cap, self.max_num_batched_tokens) if cap else self.max_num_batched_tokens
 
     def _schedule_running(self, priority: int, out: SchedulerOutput) -> None:
         bm = self.block_manager

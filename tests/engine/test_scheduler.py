@@ -8,12 +8,16 @@ from ownllm.engine.scheduler import Scheduler
 from ownllm.engine.sequence import Sequence, SequenceStatus
 
 
-def make(num_blocks=64, block_size=4, max_num_seqs=8, budget=32, num_slots=2) -> Scheduler:
+def make(
+    num_blocks=64, block_size=4, max_num_seqs=8, budget=32, num_slots=2, batch=0, beside=0
+) -> Scheduler:
     return Scheduler(
         BlockManager(num_blocks, block_size),
         AdapterSlots(num_slots),
         max_num_seqs=max_num_seqs,
         max_num_batched_tokens=budget,
+        batch_step_tokens=batch,
+        batch_tokens_with_interactive=beside,
     )
 
 
@@ -191,3 +195,60 @@ def test_with_one_class_the_plan_is_as_before():
     s.add(a)
     s.add(b)
     assert step(s) == {a: 5, b: 3}
+
+
+# -- the batch caps: short batch-only steps, a few batch tokens beside interactive work ----
+
+
+def test_alone_a_batch_prompt_advances_in_chunks_of_batch_step_tokens():
+    s = make(budget=32, batch=8, beside=2)
+    bulk, other = seq(20, priority=BATCH), seq(20, priority=BATCH, first=50)
+    s.add(bulk)
+    s.add(other)
+    assert step(s) == {bulk: 8}  # not the whole budget of 32: the step stays short
+    assert step(s) == {bulk: 8}
+    assert step(s) == {bulk: 4, other: 4}  # the cap is for the class, not per row
+    chat = seq(20, priority=INTERACTIVE, first=100)
+    s.add(chat)
+    # interactive rows are never capped; the batch rows beside them add 2 tokens, not 12
+    assert step(s) == {chat: 20, bulk: 1, other: 1}
+
+
+def test_beside_interactive_work_batch_rows_get_only_their_small_share():
+    s = make(budget=32, batch=8, beside=2)
+    rows = [seq(2, priority=BATCH, first=10 * i) for i in range(4)]
+    for q in rows:
+        s.add(q)
+    assert step(s) == {rows[0]: 2, rows[1]: 2, rows[2]: 2, rows[3]: 2}  # 8, all decoding next
+    chat = seq(5, priority=INTERACTIVE, first=100)
+    s.add(chat)
+    plan = step(s)  # waiting interactive work: batch rows add 2 tokens, not 27
+    assert plan == {chat: 5, rows[0]: 1, rows[1]: 1}
+    plan = step(s)  # still there while the interactive row decodes
+    assert plan == {chat: 1, rows[0]: 1, rows[1]: 1}
+    assert all(q.status is SequenceStatus.RUNNING for q in rows)  # the others keep their KV
+    s.finish(chat, "stop")
+    plan = step(s)  # gone: the batch rows are back to batch_step_tokens
+    assert plan == {q: 1 for q in rows}
+
+
+def test_an_interactive_arrival_preempts_batch_rows_that_hold_every_seat():
+    s = make(max_num_seqs=3, budget=32, batch=8, beside=2)
+    rows = [seq(2, priority=BATCH, first=10 * i) for i in range(3)]
+    for q in rows:
+        s.add(q)
+    step(s)
+    chat = seq(4, priority=INTERACTIVE, first=100)
+    s.add(chat)
+    out = s.schedule()
+    assert out.preempted == [rows[2]]  # the newest batch row gives up its seat
+    assert out.plan == {chat: 4, rows[0]: 1, rows[1]: 1}
+
+
+def test_caps_of_zero_leave_the_plan_as_before():
+    s = make(budget=16)
+    bulk = seq(40, priority=BATCH)
+    s.add(bulk)
+    assert step(s) == {bulk: 16}
+    s.add(seq(10, priority=INTERACTIVE, first=100))
+    assert sum(step(s).values()) == 16
