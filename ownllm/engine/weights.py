@@ -115,10 +115,13 @@ def read_config(model_dir: Path) -> ModelArgs:
 
 
 def load_tensors(model_dir: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of the directory's *.safetensors files, keys without the `model.` prefix."""
+    """Every tensor of the directory's *.safetensors files, keys without the `model.` prefix;
+    not a model cache's quant.safetensors (the GGUF's own blocks, for QLoRA tuning)."""
     from safetensors import safe_open
 
-    files = sorted(Path(model_dir).glob("*.safetensors"))
+    from ownllm.formats.quant import QUANT_FILE
+
+    files = sorted(f for f in Path(model_dir).glob("*.safetensors") if f.name != QUANT_FILE)
     if not files:
         raise WeightsError(f"{model_dir} has no *.safetensors files")
     tensors: dict[str, torch.Tensor] = {}
