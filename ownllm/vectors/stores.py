@@ -56,7 +56,7 @@ def store_object(db: Database, row: VectorStore, now: float | None = None) -> di
         status = "expired"
     else:
         status = "in_progress" if counts["in_progress"] else "completed"
-    return {
+    out = {
         "id": row.id,
         "object": "vector_store",
         "created_at": row.created_at,
@@ -71,6 +71,9 @@ def store_object(db: Database, row: VectorStore, now: float | None = None) -> di
         "metadata": row.metadata_ or {},
         "embedding_model": row.embedding_model,  # ownllm extension
     }
+    if out["expires_after"] is None:  # the spec's expires_after is an object or absent
+        del out["expires_after"]
+    return out
 
 
 def file_object(row: VectorStoreFile) -> dict[str, Any]:

@@ -27,6 +27,15 @@ OWN_OBJECT = {  # operations that use up the object they name
 }
 PATH_OBJECT = {"completion_id": "completion", "file_id": "file", "fine_tuning_job_id": "job",
                "response_id": "response", "batch_id": "batch"}  # fmt: skip
+# The vector store operations (their id says VectorStore): the store, a file in it and a
+# file batch of it; deleting and cancelling get their own, as above.
+STORE_PATH_OBJECT = {"vector_store_id": "vector_store", "file_id": "store_file",
+                     "batch_id": "file_batch"}  # fmt: skip
+STORE_OWN_OBJECT = {
+    ("deleteVectorStore", "vector_store_id"): "deleted_vector_store",
+    ("deleteVectorStoreFile", "file_id"): "removed_store_file",
+    ("cancelVectorStoreFileBatch", "batch_id"): "cancelled_file_batch",
+}
 MODEL = {"createEmbedding": "embedding_model"}
 MAX_TOKENS, MAX_CHOICES = 4, 2
 # Fields ownllm answers with a 400 naming them, as it does not do what they ask (tools,
@@ -67,7 +76,10 @@ def before_load_schema(context, raw_schema) -> None:
 def before_call(context, case, kwargs) -> None:
     operation_id = case.operation.definition.raw.get("operationId", "")
     for name in list(case.path_parameters or {}):
-        if name in PATH_OBJECT:
+        if "VectorStore" in operation_id and name in STORE_PATH_OBJECT:
+            own = STORE_OWN_OBJECT.get((operation_id, name), STORE_PATH_OBJECT[name])
+            case.path_parameters[name] = IDS[own]
+        elif name in PATH_OBJECT:
             case.path_parameters[name] = IDS[OWN_OBJECT.get(operation_id, PATH_OBJECT[name])]
         elif name == "model":
             case.path_parameters[name] = IDS["model"]
@@ -93,6 +105,8 @@ def before_call(context, case, kwargs) -> None:
             body[name] = IDS["file"]  # a fine-tune file
     if operation_id == "createResponse":
         _aim_response(body)
+    if "VectorStore" in operation_id:
+        _aim_store(body)
     if isinstance(body.get("input_file_id"), str):
         body["input_file_id"] = IDS["batch_file"]  # a batch input file
     if operation_id in ("createChatCompletion", "createCompletion"):
@@ -119,6 +133,20 @@ def _aim_response(body: dict) -> None:
         text.pop("format")  # a fuzzed schema: a grammar that may never close
     if not isinstance(body.get("max_output_tokens"), int) or body["max_output_tokens"] > 4:
         body["max_output_tokens"] = MAX_TOKENS
+
+
+def _aim_store(body: dict) -> None:
+    """A vector store body that names files of this tenant (the text file made for them),
+    so the store, attach and batch operations answer 200s to check."""
+    if isinstance(body.get("file_id"), str):
+        body["file_id"] = IDS["text_file"]
+    if isinstance(body.get("file_ids"), list):
+        body["file_ids"] = [IDS["text_file"] for _ in body["file_ids"][:2]]
+    if isinstance(body.get("files"), list):  # file_batches' per-file form
+        body["files"] = [
+            {**f, "file_id": IDS["text_file"]} if isinstance(f, dict) else f
+            for f in body["files"][:2]
+        ]
 
 
 # Where the spec contradicts OpenAI's own answers, ownllm answers as OpenAI does:

@@ -44,6 +44,12 @@ OPERATIONS = [
     "cancelFineTuningJob", "listFineTuningEvents", "listFineTuningJobCheckpoints",
     "createResponse", "getResponse", "deleteResponse", "listInputItems",
     "createBatch", "listBatches", "retrieveBatch", "cancelBatch",
+    "createVectorStore", "listVectorStores", "getVectorStore", "modifyVectorStore",
+    "deleteVectorStore", "searchVectorStore",
+    "createVectorStoreFile", "listVectorStoreFiles", "getVectorStoreFile",
+    "updateVectorStoreFileAttributes", "deleteVectorStoreFile", "retrieveVectorStoreFileContent",
+    "createVectorStoreFileBatch", "getVectorStoreFileBatch", "cancelVectorStoreFileBatch",
+    "listFilesInVectorStoreBatch",
 ]  # fmt: skip
 
 CONFIG = """
@@ -92,9 +98,9 @@ def _id(response: httpx.Response) -> str:
 
 @pytest.fixture(scope="module")
 def objects(api) -> dict[str, str]:
-    """A file, a stored completion, a job, a stored response and a batch (and its input
-    file) for the spec's requests, and one more of each for the requests that delete or
-    cancel theirs."""
+    """A file, a stored completion, a job, a stored response, a batch (and its input
+    file) and a vector store (with a text file in it and a file batch) for the spec's
+    requests, and one more of each for the requests that delete or cancel theirs."""
 
     def upload() -> str:
         files = {"file": ("train.jsonl", TRAINING)}
@@ -121,7 +127,23 @@ def objects(api) -> dict[str, str]:
                      "max_tokens": 2}}  # fmt: skip
     files = {"file": ("batch.jsonl", json.dumps(line).encode() + b"\n")}
     batch_file = _id(api.post("/files", files=files, data={"purpose": "batch"}))
+    text = {"file": ("notes.txt", b"The rocket launch is planned for the fourth of May.")}
+    text_file = _id(api.post("/files", files=text, data={"purpose": "assistants"}))
+    removed_file = _id(api.post("/files", files=text, data={"purpose": "assistants"}))
+    store = _id(api.post("/vector_stores", json={"name": "notes", "file_ids": [text_file]}))
+    api.post(f"/vector_stores/{store}/files", json={"file_id": removed_file}).raise_for_status()
+
+    def file_batch() -> str:
+        return _id(api.post(f"/vector_stores/{store}/file_batches", json={"file_ids": [text_file]}))
+
     return {
+        "text_file": text_file,
+        "vector_store": store,
+        "deleted_vector_store": _id(api.post("/vector_stores", json={"name": "gone"})),
+        "store_file": text_file,
+        "removed_store_file": removed_file,
+        "file_batch": file_batch(),
+        "cancelled_file_batch": file_batch(),
         "batch_file": batch_file,
         "batch": batch(batch_file),
         "cancelled_batch": batch(batch_file),
