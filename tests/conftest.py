@@ -1,7 +1,8 @@
 """Fixtures shared across packages: tiny random model directories (one that can learn) and
 PEFT adapters on them, databases (SQLite always, PostgreSQL when OWNLLM_TEST_DATABASE_URL
 or OWNLLM_DATABASE_URL points at one), the two tenants, `fake_state` (an app state over a
-ScriptedBackend) and a chat file to tune on."""
+ScriptedBackend), a chat file to tune on, and real vLLM servers (`vllm_server`, over
+tests/vllm_servers.py: the slow tests of the vllm backend and the router)."""
 
 from __future__ import annotations
 
@@ -126,3 +127,24 @@ def fake_state(tmp_path, tiny_model_dir):
     )
     state.backend = ScriptedBackend()
     return state
+
+
+@pytest.fixture(scope="session")
+def vllm_model_dir(tmp_path_factory) -> Path:
+    """The shipped model as the HF directory ownllm's cache writes (what vLLM loads)."""
+    from ownllm.models import prepare_model, resolve_model
+    from tests.vllm_servers import SERVED_NAME
+
+    return prepare_model(resolve_model(SERVED_NAME), tmp_path_factory.mktemp("vllm-home")).path
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tmp_path_factory, vllm_model_dir):
+    """The session's vLLM servers (tests/vllm_servers.py): `vllm_server("a")` is server "a",
+    started on first use; `vllm_server.start("a", "b")` starts both at once. All stop at the
+    end of the session; a test that needs no vLLM never starts one."""
+    from tests.vllm_servers import VllmServers
+
+    servers = VllmServers(vllm_model_dir, tmp_path_factory.mktemp("vllm-logs"))
+    yield servers
+    servers.stop()

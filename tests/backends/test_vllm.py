@@ -1,5 +1,5 @@
 """The vllm backend against a real vLLM server (its CPU build, one for the whole session,
-tests/backends/conftest.py): token-id prompts, streaming, n, stop, logprobs, JSON schema,
+tests/vllm_servers.py): token-id prompts, streaming, n, stop, logprobs, JSON schema,
 adapters loaded on demand, a stacked request on its cat composition, what vLLM cannot do
 as a 400 naming the parameter, and unloading. Greedy decoding throughout, and each
 ending is built (max_tokens with ignore_eos, a stop string taken from the greedy text),
@@ -18,7 +18,7 @@ from ownllm.backends.vllm import VLLMBackend, lora_name
 from ownllm.config import BackendConfig
 from ownllm.errors import InvalidRequestError, ModelNotFoundError
 from ownllm.models.tokenizer import Tokenizer
-from tests.backends.conftest import MAX_LORA_RANK, SERVED_NAME
+from tests.vllm_servers import MAX_LORA_RANK, SERVED_NAME
 
 pytestmark = pytest.mark.slow
 
