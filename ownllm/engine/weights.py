@@ -116,7 +116,7 @@ def read_config(model_dir: Path) -> ModelArgs:
 
 def load_tensors(model_dir: Path) -> dict[str, torch.Tensor]:
     """Every tensor of the directory's *.safetensors files, keys without the `model.` prefix;
-    not a model cache's quant.safetensors (the GGUF's own blocks, for QLoRA tuning)."""
+    not a model cache's quant.blocks (the GGUF's own blocks, for QLoRA tuning)."""
     from safetensors import safe_open
 
     from ownllm.formats.quant import QUANT_FILE

@@ -41,7 +41,9 @@ BLOCK_BYTES = {"q4_0": 18, "q4_1": 20, "q8_0": 34}
 QUANT_TYPES = ("q4_0", "q4_1", "q8_0", "int8")
 # `model.quantization`: none keeps today's dense weights; auto is a GGUF file's own types
 QUANTIZATION_MODES = ("none", "auto", *QUANT_TYPES)
-QUANT_FILE = "quant.safetensors"  # in a model cache directory: the GGUF file's own blocks
+QUANT_FILE = "quant.blocks"  # in a model cache directory: the GGUF file's own blocks, in the
+# safetensors format but not named *.safetensors, so that loaders taking every *.safetensors
+# file of a directory (vLLM, the dense loader) pass it over
 _METADATA_KEY = "ownllm.quant"
 
 

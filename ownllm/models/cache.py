@@ -4,7 +4,7 @@ A GGUF file is dequantised once (its tensors with the gguf package, undoing
 llama.cpp's q/k permutation; its config and tokenizer through transformers'
 GGUF reader) and cached under `<data_dir>/models/<name>-<sha12>/` as
 config.json + model.safetensors (fp32) + tokenizer files + MANIFEST.json, and the file's
-own q4_0/q4_1/q8_0 blocks, undequantised, in quant.safetensors (`ownllm.formats.quant`;
+own q4_0/q4_1/q8_0 blocks, undequantised, in quant.blocks (`ownllm.formats.quant`;
 the engine serves those with `model.quantization`). The cache is written into a temporary
 directory and renamed into place only when complete, and MANIFEST.json (file
 sizes and sha256) is checked on every later load, so a crash mid-write never
@@ -34,7 +34,8 @@ if TYPE_CHECKING:
     import numpy as np
 
 MANIFEST = "MANIFEST.json"
-CACHE_FORMAT = 2  # 2: with quant.safetensors; a cache of an older format is rebuilt
+CACHE_FORMAT = 3  # 3: with quant.blocks (2 named it quant.safetensors, which vLLM loaded as
+# weights); a cache of an older format is rebuilt
 _CHUNK = 1 << 20
 
 

@@ -5,7 +5,7 @@ dequantised for each matmul and dropped after it.
 fused layer weights (q/k/v and gate/up concatenated, as `ownllm.engine.weights.fuse_weights`
 does), each fused matrix a `QuantWeight` (`ownllm.formats.quant`) as soon as it exists, so
 no full-precision copy of the decoder is ever resident. A model cache built from a GGUF
-file holds the file's own blocks (quant.safetensors): where they are of the requested type
+file holds the file's own blocks (quant.blocks): where they are of the requested type
 they are used as they are, otherwise the dense weights are quantised. `frozen_linear` is
 `x Wᵀ` through a custom autograd function: forward dequantises W into the compute dtype,
 backward dequantises it again for the input gradient (`grad · W`); nothing but the

@@ -1,4 +1,4 @@
-"""The engine reads a model directory's weights, not a model cache's quant.safetensors (the
+"""The engine reads a model directory's weights, not a model cache's quant.blocks (the
 GGUF's own quantised blocks, kept beside the dense weights for QLoRA tuning)."""
 
 from __future__ import annotations

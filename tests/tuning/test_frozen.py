@@ -64,7 +64,7 @@ def test_quantised_base_keeps_only_the_quantised_form(learnable_model_dir):
 
 
 def test_a_gguf_caches_own_blocks_are_the_base_not_a_requantisation(learnable_model_dir, tmp_path):
-    """A cache built from a GGUF file holds its blocks in quant.safetensors: q4_1 training
+    """A cache built from a GGUF file holds its blocks in quant.blocks: q4_1 training
     uses them as they are; another type quantises the dense weights."""
     model = tmp_path / "cache"
     shutil.copytree(learnable_model_dir, model)
