@@ -77,6 +77,72 @@ def test_chat_text_streams_in_as_it_is_generated(scripted_server, page):
     assert answer.get_attribute("aria-busy") is None
 
 
+WEATHER_TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}}}}]  # fmt: skip
+CALL_TEXT = '<tool_call>{"name":"get_weather","arguments":{"city":"Paris"}}</tool_call>'
+
+
+def test_tool_calls_stream_in_name_first_then_growing_arguments(scripted_server, page):
+    """The model's answer is a call in the fallback format, one character a token, each
+    held until the test releases it: the page shows the function's name as soon as it is
+    known, the arguments as they grow, and the finish reason when the call is complete."""
+    from ownllm.backends.base import ModelInfo
+    from ownllm.backends.scripted import reply
+
+    base_url, backend = scripted_server
+    backend.script = reply(CALL_TEXT)
+    backend.model_info = ModelInfo("tiny", 4096, 512, "float32")  # room for the tools block
+    sign_in(page, base_url)
+    page.get_by_label("Tools (JSON)").fill(json.dumps(WEATHER_TOOLS))
+    page.get_by_label("Tool choice").select_option("required")
+    page.get_by_label("Max tokens").fill("100")
+    send(page, "Weather in Paris?")
+    answer = page.locator(".msg.assistant")
+    name = answer.locator(".tool-call .tool-name")
+    arguments = answer.locator(".tool-call .tool-arguments")
+    head = CALL_TEXT.index('{"city"')  # the text up to the arguments
+    released = 1  # the first token leaves unasked
+
+    def release_to(num_chars: int) -> None:
+        nonlocal released
+        backend.gate.release(num_chars - released)
+        released = num_chars
+
+    release_to(head + 1)  # the name is known once the arguments have begun
+    name.wait_for()
+    assert name.text_content() == "get_weather"
+    page.wait_for_function("() => document.querySelector('.tool-arguments')?.textContent === '{'")
+    for upto in (head + 5, head + 10, head + 14):  # '{"ci', '{"city":"', '{"city":"Pari'
+        release_to(upto)
+        page.wait_for_function(
+            "t => document.querySelector('.tool-arguments')?.textContent === t",
+            arg=CALL_TEXT[head:upto],
+        )
+        assert backend.running and answer.get_attribute("aria-busy") == "true"
+        assert answer.locator(".stats").count() == 0
+    release_to(len(CALL_TEXT))
+    stats = answer.locator(".stats")
+    stats.wait_for()
+    assert "tool_calls" in stats.text_content()
+    assert arguments.text_content() == '{"city":"Paris"}'
+    assert answer.locator(".tool-call").count() == 1
+    assert answer.locator(".text").text_content() == ""  # a call, not text
+    sent = backend.requests[-1]
+    assert sent.constraint is not None  # tool_choice "required": a call is forced
+    assert answer.get_by_role("group", name="Tool call get_weather").count() == 1
+
+
+def test_tools_that_are_not_json_are_refused_before_sending(scripted_server, page):
+    base_url, backend = scripted_server
+    sign_in(page, base_url)
+    page.get_by_label("Tools (JSON)").fill("[{not json")
+    send(page, "Hi")
+    alert = page.get_by_role("alert")
+    alert.wait_for()
+    assert "Tools are not valid JSON" in alert.text_content()
+    assert backend.requests == [] and page.locator(".msg").count() == 0
+
+
 def test_upload_shows_invalid_lines_by_number(server, page, tmp_path):
     good = chat_rows()[0]
     bad = tmp_path / "bad.jsonl"

@@ -76,10 +76,13 @@ export async function download(path, body) {
 }
 
 /**
- * Stream a chat completion: calls onDelta(text) per content delta and resolves with
- * {text, usage, finishReason, ttftMs, totalMs}. Server-sent events exactly as OpenAI sends them.
+ * Stream a chat completion: calls onDelta(text) per content delta and onToolCall(call) each
+ * time a tool call grows (its name first, then its arguments in fragments, as OpenAI
+ * streams them: `delta.tool_calls[{index, id, function: {name, arguments}}]`), and resolves
+ * with {text, toolCalls, usage, finishReason, ttftMs, totalMs}; each call is
+ * {index, id, name, arguments}. Server-sent events exactly as OpenAI sends them.
  */
-export async function streamChat(body, onDelta, signal) {
+export async function streamChat(body, onDelta, signal, onToolCall = () => {}) {
   const started = performance.now();
   const response = await fetch("/v1/chat/completions", {
     method: "POST",
@@ -89,7 +92,7 @@ export async function streamChat(body, onDelta, signal) {
   });
   if (!response.ok) throw await errorFrom(response);
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-  const result = { text: "", usage: null, finishReason: null, ttftMs: null, totalMs: null };
+  const result = { text: "", toolCalls: [], usage: null, finishReason: null, ttftMs: null, totalMs: null };
   let buffer = "";
   for (;;) {
     const { value, done } = await reader.read();
@@ -114,6 +117,15 @@ export async function streamChat(body, onDelta, signal) {
           if (result.ttftMs === null) result.ttftMs = performance.now() - started;
           result.text += text;
           onDelta(text);
+        }
+        for (const part of (choice.delta && choice.delta.tool_calls) || []) {
+          if (result.ttftMs === null) result.ttftMs = performance.now() - started;
+          const index = part.index ?? result.toolCalls.length;
+          const call = (result.toolCalls[index] ||= { index, id: "", name: "", arguments: "" });
+          if (part.id) call.id = part.id;
+          if (part.function && part.function.name) call.name += part.function.name;
+          if (part.function && part.function.arguments) call.arguments += part.function.arguments;
+          onToolCall(call);
         }
         if (choice.finish_reason) result.finishReason = choice.finish_reason;
       }

@@ -1,5 +1,7 @@
 // Playground: chat with the base model, an adapter, or two stacked adapters, streamed;
-// optionally side by side with the base model on the same prompt.
+// optionally side by side with the base model on the same prompt. With function tools
+// (a JSON array, as the API takes them) each tool call is drawn as it streams: its name,
+// then its arguments growing, then the finish reason.
 
 import { api, streamChat } from "../api.js";
 import { announce, errorBox, field, fill, fmtInt, fmtMs, h } from "../dom.js";
@@ -39,15 +41,41 @@ class Pane {
     fill(this.transcript);
   }
 
+  /** The element of one streamed tool call: its name, then its arguments as they grow. */
+  toolCall(msg, shown, call) {
+    let el = shown.get(call.index);
+    if (!el) {
+      const name = h("code", { class: "tool-name" });
+      const args = h("pre", { class: "tool-arguments" });
+      el = { name, args, box: h("div", { class: "tool-call", role: "group", "aria-label": "Tool call" }, h("span", { class: "tool-label" }, "Tool call "), name, args) };
+      shown.set(call.index, el);
+      msg.querySelector(".tool-calls").append(el.box);
+    }
+    el.name.textContent = call.name;
+    el.args.textContent = call.arguments;
+    el.box.setAttribute("aria-label", `Tool call ${call.name}`);
+  }
+
   async send(request, signal) {
     const { msg, body } = this.add("assistant", "");
+    msg.append(h("div", { class: "tool-calls" }));
     msg.setAttribute("aria-busy", "true");
+    const shown = new Map();
     try {
-      const result = await streamChat({ ...request, messages: [...request.messages, ...this.messages] }, (delta) => {
+      const onDelta = (delta) => {
         body.textContent += delta;
         this.transcript.scrollTop = this.transcript.scrollHeight;
-      }, signal);
-      this.messages.push({ role: "assistant", content: result.text });
+      };
+      const onToolCall = (call) => {
+        this.toolCall(msg, shown, call);
+        this.transcript.scrollTop = this.transcript.scrollHeight;
+      };
+      const result = await streamChat({ ...request, messages: [...request.messages, ...this.messages] }, onDelta, signal, onToolCall);
+      const said = { role: "assistant", content: result.text || null };
+      if (result.toolCalls.length) {
+        said.tool_calls = result.toolCalls.map((c) => ({ id: c.id, type: "function", function: { name: c.name, arguments: c.arguments } }));
+      }
+      this.messages.push(said);
       const tokens = result.usage ? result.usage.completion_tokens : null;
       const seconds = result.totalMs / 1000;
       const rate = tokens && seconds > 0 ? ` · ${(tokens / seconds).toFixed(1)} tok/s` : "";
@@ -74,6 +102,8 @@ export function mount(main, { me, params }) {
   const tempOut = h("output", { for: "temperature" }, "0.70");
   const maxTokens = h("input", { type: "number", name: "max-tokens", min: "1", max: "32768", value: "256" });
   const system = h("textarea", { name: "system", rows: "3", placeholder: "You are a helpful assistant." });
+  const tools = h("textarea", { name: "tools", rows: "4", spellcheck: "false", class: "mono", placeholder: '[{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]' });
+  const toolChoice = h("select", { name: "tool-choice" }, option("auto", "auto", true), option("required", "required"), option("none", "none"));
   const compare = h("input", { type: "checkbox", name: "compare", id: "compare" });
   const prompt = h("textarea", { id: "prompt", name: "prompt", rows: "2", placeholder: "Ask something… (Enter sends, Shift+Enter adds a line)" });
   const sendButton = h("button", { type: "submit" }, "Send");
@@ -113,20 +143,44 @@ export function mount(main, { me, params }) {
       max_tokens: Number(maxTokens.value) || 256,
     };
     if (stackSelect.value) body.adapters = [{ id: stackSelect.value, weight: Number(stackWeight.value) || 1 }];
+    const toolsText = tools.value.trim();
+    if (toolsText) {
+      let parsed;
+      try {
+        parsed = JSON.parse(toolsText);
+      } catch (error) {
+        throw new Error(`Tools are not valid JSON: ${error.message}`);
+      }
+      if (!Array.isArray(parsed)) throw new Error("Tools must be a JSON array of function tools.");
+      body.tools = parsed;
+      body.tool_choice = toolChoice.value;
+    }
     return body;
   }
+
+  function toolsChanged() {
+    toolChoice.disabled = !tools.value.trim();
+  }
+  tools.addEventListener("input", toolsChanged);
+  toolsChanged();
 
   async function send(event) {
     event.preventDefault();
     const text = prompt.value.trim();
     if (!text || controller) return;
     fill(status);
+    let body;
+    try {
+      body = request();
+    } catch (error) {
+      fill(status, errorBox(error));
+      return;
+    }
     prompt.value = "";
     controller = new AbortController();
     sendButton.disabled = true;
     stopButton.disabled = false;
     const active = compare.checked ? [primary, basePane] : [primary];
-    const body = request();
     const jobs = active.map((pane) => {
       pane.messages.push({ role: "user", content: text });
       pane.add("user", text);
@@ -160,6 +214,8 @@ export function mount(main, { me, params }) {
     field(h("span", { class: "label-row" }, "Temperature", tempOut), temperature),
     field("Max tokens", maxTokens),
     field("System prompt", system),
+    field("Tools (JSON)", tools, "Function tools as the API takes them; calls appear as they stream."),
+    field("Tool choice", toolChoice),
     h("label", { class: "check", for: "compare" }, compare, "Compare with the base model side by side"),
   );
   const composer = h(
