@@ -16,10 +16,14 @@ from pathlib import Path
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ownllm.cli.jobs import add_client_arguments
 
-    parser.add_argument("training_file", type=Path, help="chat JSONL training data")
+    parser.add_argument("training_file", type=Path,
+                        help="chat JSONL training data (preference JSONL with --method dpo)")  # fmt: skip
     parser.add_argument("--validation", type=Path, help="chat JSONL validation data")
     parser.add_argument("--model", help="base model or ft: model (default: the served base)")
     parser.add_argument("--suffix", help="added to the fine-tuned model's name")
+    parser.add_argument("--method", choices=("supervised", "dpo"), default="supervised",
+                        help="supervised (chat examples) or dpo (preference pairs)")  # fmt: skip
+    parser.add_argument("--beta", type=float, help="DPO beta (default auto: 0.1)")
     parser.add_argument("--epochs", type=int, help="number of epochs (default auto)")
     parser.add_argument("--lr-mult", type=float, help="learning-rate multiplier (default auto)")
     parser.add_argument("--batch-size", type=int, help="examples per step (default auto)")
@@ -40,7 +44,7 @@ def _show(event: dict, job: dict) -> None:
         if not sys.stderr.isatty():
             print(event["message"], file=sys.stderr)
         return
-    step, total, loss = data["step"], data["total_steps"], data["train_loss"]
+    step, total, loss = data["step"], data["total_steps"], data.get("train_loss", float("nan"))
     if sys.stderr.isatty():
         left = max(0, (job.get("estimated_finish") or time.time()) - time.time())
         eta = f"{int(left) // 60}m{int(left) % 60:02d}s"
@@ -69,7 +73,12 @@ def run(args: argparse.Namespace) -> int:
             "learning_rate_multiplier": args.lr_mult,
             "batch_size": args.batch_size,
         }
-        body["hyperparameters"] = {k: v for k, v in hp.items() if v is not None}
+        if args.method == "dpo":
+            hp["beta"] = args.beta
+        elif args.beta is not None:
+            return fail("--beta is a DPO setting: add --method dpo")
+        hp = {k: v for k, v in hp.items() if v is not None}
+        body["method"] = {"type": args.method, args.method: {"hyperparameters": hp}}
         if args.suffix:
             body["suffix"] = args.suffix
         if args.seed is not None:

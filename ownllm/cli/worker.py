@@ -6,6 +6,10 @@ Run any number of these against one database (PostgreSQL for several hosts);
 a job or file is never taken by two. SIGTERM/Ctrl-C stops between micro-batches and
 requeues the job, which a worker resumes from its last epoch checkpoint; a file being
 ingested is handed back after its current batch of chunks, and resumed after them.
+
+`--nproc N` trains each job on N torch.distributed ranks (gloo, one process each) of
+this machine: the job is claimed once, rank 0 writes its checkpoints, events and adapter,
+and losing any rank requeues the job from its last checkpoint (see ownllm.tuning.ranks).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="model id the server serves it as")
     parser.add_argument("--base-sha256", help=argparse.SUPPRESS)
     parser.add_argument("--once", action="store_true", help="run at most one job, then exit")
+    parser.add_argument("--nproc", type=int, default=1, metavar="N",
+                        help="train each job on N data-parallel ranks (default 1)")  # fmt: skip
     add_config_arguments(parser)
 
 
@@ -30,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ownllm.cli.common import ConfigError, config_from_args, fail
 
+    if args.nproc < 1:
+        return fail("--nproc must be at least 1")
     try:
         config = config_from_args(args, {"model": {"model": args.model, "name": args.name}})
     except ConfigError as e:
@@ -51,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     except (ModelLoadError, DatabaseError) as e:
         return fail(str(e))
     base = BaseModel(prepared.id, prepared.path, args.base_sha256 or prepared.weights_sha256)
-    worker = Worker(db, data_dir, base, config.tuning)
+    worker = Worker(db, data_dir, base, config.tuning, nproc=args.nproc)
     stop = threading.Event()
     ingester = _ingester(db, data_dir, config, stop)
 

@@ -97,6 +97,7 @@ class FineTuningJob(Base):
     parent_adapter_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     training_file: Mapped[str] = mapped_column(String(40))
     validation_file: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    method: Mapped[str] = mapped_column(String(16), default="supervised")  # supervised | dpo
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON)
     lora: Mapped[dict[str, Any]] = mapped_column(JSON)
     suffix: Mapped[str | None] = mapped_column(String(64), nullable=True)

@@ -5,6 +5,12 @@ between 100 and 25,000 examples, 1..25 epochs). batch_size is ~10% of the
 examples (1..16): small steps suit LoRA on a CPU, where a step costs seconds.
 learning_rate_multiplier "auto" is 1.0 of `BASE_LEARNING_RATE`, a LoRA rate
 (1e-3 peak, linear warm-up then linear decay).
+
+A job's `method` is `supervised` (the default) or `dpo`. DPO adds `beta` (auto 0.1,
+how far the tuned model may move from the reference) and its "auto"
+learning_rate_multiplier is `DPO_LR_MULTIPLIER`: a preference loss pushes the
+two answers apart without bound, and at the SFT rate greedy output degenerates
+within a few epochs.
 """
 
 from __future__ import annotations
@@ -16,6 +22,9 @@ from ownllm.errors import InvalidRequestError
 from ownllm.formats.peft import SUPPORTED_TARGETS, lora_config
 
 BASE_LEARNING_RATE = 1e-3
+METHODS = ("supervised", "dpo")
+DPO_BETA = 0.1
+DPO_LR_MULTIPLIER = 0.2
 TARGET_EPOCHS, MIN_TARGET_EXAMPLES, MAX_TARGET_EXAMPLES = 3, 100, 25_000
 MIN_EPOCHS, MAX_EPOCHS = 1, 25
 ALL_TARGETS = SUPPORTED_TARGETS  # a job may train every target the engine serves
@@ -27,13 +36,14 @@ class Hyperparameters:
     n_epochs: int
     batch_size: int
     learning_rate_multiplier: float
+    beta: float | None = None  # DPO only
 
     @property
     def learning_rate(self) -> float:
         return BASE_LEARNING_RATE * self.learning_rate_multiplier
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 @dataclass(frozen=True)
@@ -89,8 +99,10 @@ def auto_batch_size(num_examples: int) -> int:
     return max(1, min(16, round(num_examples * 0.1)))
 
 
-def _number(value: Any, name: str, kind: type, lo: float, hi: float) -> Any:
-    param = f"hyperparameters.{name}"
+def _number(
+    value: Any, name: str, kind: type, lo: float, hi: float, prefix: str = "hyperparameters"
+) -> Any:
+    param = f"{prefix}.{name}"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidRequestError(f"'{param}' must be \"auto\" or a number.", param=param)
     if kind is int and float(value) != int(value):
@@ -100,37 +112,91 @@ def _number(value: Any, name: str, kind: type, lo: float, hi: float) -> Any:
     return kind(value)
 
 
-def check_requested(hp: dict[str, Any]) -> dict[str, Any]:
+def check_requested(
+    hp: dict[str, Any], method: str = "supervised", prefix: str = "hyperparameters"
+) -> dict[str, Any]:
     """Validate the request's hyperparameters (numbers or "auto") without resolving them."""
     limits = {
         "n_epochs": (int, 1, 50),
         "batch_size": (int, 1, 256),
         "learning_rate_multiplier": (float, 1e-3, 100),
     }
+    if method == "dpo":
+        limits["beta"] = (float, 1e-3, 10)
     out = {}
     for name, value in hp.items():
         if name not in limits:
             raise InvalidRequestError(
-                f"Unknown hyperparameter '{name}' (use {', '.join(limits)}).",
-                param=f"hyperparameters.{name}",
+                f"Unknown hyperparameter '{name}' for method {method} (use {', '.join(limits)}).",
+                param=f"{prefix}.{name}",
             )
-        out[name] = "auto" if value in (None, "auto") else _number(value, name, *limits[name])
+        out[name] = (
+            "auto" if value in (None, "auto") else _number(value, name, *limits[name], prefix)
+        )
     for name in limits:
         out.setdefault(name, "auto")
     return out
 
 
-def resolve(hp: dict[str, Any], num_examples: int) -> Hyperparameters:
+def requested_method(
+    method: Any, hyperparameters: dict[str, Any] | None
+) -> tuple[str, dict[str, Any]]:
+    """The job's method type and its validated hyperparameters ("auto" kept).
+
+    `method` is OpenAI's `{"type": "supervised"|"dpo", "<type>": {"hyperparameters": {...}}}`;
+    its hyperparameters override the (deprecated) top-level `hyperparameters`."""
+    if method is None:
+        method = {}
+    if not isinstance(method, dict):
+        raise InvalidRequestError("'method' must be an object.", param="method")
+    kind = method.get("type")
+    if kind is None:  # OpenAI's older form names only the method's object
+        given = [m for m in METHODS if method.get(m) is not None]
+        kind = given[0] if len(given) == 1 else "supervised"
+    if kind not in METHODS:
+        raise InvalidRequestError(
+            f"'method.type' must be one of {', '.join(METHODS)}, not {kind!r}.",
+            param="method.type",
+        )
+    for other in METHODS:
+        if other != kind and method.get(other) is not None:
+            raise InvalidRequestError(
+                f"'method.{other}' was given for a job of method type {kind}.",
+                param=f"method.{other}",
+            )
+    settings = method.get(kind)
+    if settings is None:
+        settings = {}
+    if not isinstance(settings, dict):
+        raise InvalidRequestError(f"'method.{kind}' must be an object.", param=f"method.{kind}")
+    inner = settings.get("hyperparameters")
+    if inner is None:
+        inner = {}
+    if not isinstance(inner, dict):
+        raise InvalidRequestError(
+            f"'method.{kind}.hyperparameters' must be an object.",
+            param=f"method.{kind}.hyperparameters",
+        )
+    outer = check_requested(hyperparameters or {}, kind)
+    own = check_requested(inner, kind, prefix=f"method.{kind}.hyperparameters")
+    return kind, {**outer, **{name: own[name] for name in inner}}
+
+
+def resolve(hp: dict[str, Any], num_examples: int, method: str = "supervised") -> Hyperparameters:
     """Numbers for every "auto" given the training set's size."""
-    requested = check_requested(hp)
+    requested = check_requested(hp, method)
 
     def pick(name: str, auto: Any) -> Any:
         return auto if requested[name] == "auto" else requested[name]
 
+    is_dpo = method == "dpo"
     return Hyperparameters(
         n_epochs=pick("n_epochs", auto_epochs(num_examples)),
         batch_size=min(pick("batch_size", auto_batch_size(num_examples)), num_examples),
-        learning_rate_multiplier=pick("learning_rate_multiplier", 1.0),
+        learning_rate_multiplier=pick(
+            "learning_rate_multiplier", DPO_LR_MULTIPLIER if is_dpo else 1.0
+        ),
+        beta=pick("beta", DPO_BETA) if is_dpo else None,
     )
 
 

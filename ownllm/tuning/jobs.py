@@ -252,6 +252,43 @@ def recover_stale(db: Database, timeout_s: float, max_attempts: int) -> list[str
     return recovered
 
 
+def requeue_attempt(db: Database, job_id: str, worker_id: str, max_attempts: int, why: str) -> bool:
+    """End `worker_id`'s failed attempt at a job: requeued to resume from its last
+    checkpoint, or failed after `max_attempts`. False when the worker no longer owns it."""
+    owned = (
+        FineTuningJob.id == job_id,
+        FineTuningJob.worker_id == worker_id,
+        FineTuningJob.status == "running",
+    )
+    with db.session() as s:
+        job = s.scalars(select(FineTuningJob).where(*owned)).first()
+        if job is None:
+            return False
+        retry = job.attempts < max_attempts
+        values: dict[str, Any] = {"worker_id": None, "heartbeat_at": None}
+        if retry:
+            values["status"] = "queued"
+        else:
+            values.update(
+                status="failed",
+                finished_at=int(time.time()),
+                estimated_finish=None,
+                error={
+                    "code": "worker_lost",
+                    "param": None,
+                    "message": f"{why}; the job was started {job.attempts} time(s), "
+                    "giving up. Create the job again to retry.",
+                },  # fmt: skip
+            )
+        done = s.execute(update(FineTuningJob).where(*owned).values(**values)).rowcount == 1
+        if done and not retry:
+            _meter(s, s.get(FineTuningJob, job_id))
+    if done:
+        then = "job requeued to resume from its last checkpoint" if retry else "job failed"
+        add_event(db, job_id, f"{why}; {then}.", level="warn" if retry else "error")
+    return done
+
+
 def request_cancel(db: Database, job_id: str) -> str:
     """Cancel now when not running (the new status), else flag it for the worker ("running")."""
     with db.session() as s:

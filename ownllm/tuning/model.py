@@ -18,6 +18,7 @@ Left out: sliding-window attention (Mistral) and gradient checkpointing.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -151,6 +152,17 @@ class TrainableModel(nn.Module):
                 if parts:
                     modules[module] = FusedLora(in_features, outs, parts, cfg)
             self.lora.append(modules)
+        self.is_lora_enabled = True
+
+    @contextmanager
+    def adapters_disabled(self, disabled: bool = True):
+        """The frozen base alone inside the block (DPO's reference model), LoRA again after."""
+        before = self.is_lora_enabled
+        self.is_lora_enabled = not disabled and before
+        try:
+            yield self
+        finally:
+            self.is_lora_enabled = before
 
     @classmethod
     def from_dir(
@@ -179,7 +191,7 @@ class TrainableModel(nn.Module):
         else:
             out = F.linear(x, weight, bias)
         lora = self.lora[i][module] if module in self.lora[i] else None  # noqa: SIM401
-        return out if lora is None else out + lora.delta(x)
+        return out if lora is None or not self.is_lora_enabled else out + lora.delta(x)
 
     def _attention(self, q, k, v, cu_seqlens: list[int]) -> torch.Tensor:
         outs = []

@@ -1,18 +1,23 @@
-"""The LoRA training loop: epochs of shuffled steps, token-normalised accumulation, checkpoints.
+"""The LoRA training loop: epochs of shuffled steps, normalised accumulation, checkpoints.
 
-One optimizer step takes `batch_size` examples. They are packed into
-micro-batches of at most `max_batch_tokens` rows (padding-free, see
-`ownllm.tuning.model`); each micro-batch's summed token loss is divided by
-the number of trained tokens of the whole step before backward, so the
-gradient is the per-token mean however the step was split. AdamW on the
+One optimizer step takes `batch_size` examples (chat examples, or preference
+pairs for DPO: the `objective`, see `ownllm.tuning.objectives`). Under data
+parallelism (`ownllm.tuning.parallel`) each rank takes every world_size-th
+example of the step. A rank packs its share into micro-batches of at most
+`max_batch_tokens` rows (padding-free, see `ownllm.tuning.model`); each
+micro-batch's summed loss is divided by the weight of the whole step (its
+trained tokens, or its pairs) before backward, and the ranks' gradients are
+summed, so the gradient is the step's mean however the step was split or
+sharded: N ranks give one rank's adapter to float rounding. AdamW on the
 LoRA parameters only, linear warm-up then linear decay, gradient clipping at
 1.0. The example order of epoch e comes from `seed` and e alone, so a run
 resumed from an epoch checkpoint continues exactly as it would have.
 
 The loop talks to the outside through `Callbacks` (metrics, checkpoints, a
-cancel check between micro-batches); it knows nothing of jobs or databases.
+cancel check between micro-batches; with several ranks, one agreed check per
+step); it knows nothing of jobs or databases.
 
-Left out: multi-process data parallelism, mixed-length curriculum, early stopping.
+Left out: mixed-length curriculum, early stopping.
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ import torch
 
 from ownllm.tuning.data import Dataset, TokenizedExample
 from ownllm.tuning.hyperparams import Hyperparameters
-from ownllm.tuning.model import TrainableModel, pack
+from ownllm.tuning.model import TrainableModel
+from ownllm.tuning.objectives import Supervised
+from ownllm.tuning.parallel import Single
 
 
 class Cancelled(Exception):
@@ -66,23 +73,6 @@ def epoch_order(num_examples: int, seed: int, epoch: int) -> list[int]:
     return order
 
 
-def micro_batches(
-    examples: list[TokenizedExample], max_tokens: int
-) -> list[list[TokenizedExample]]:
-    """Greedy packing in order: each micro-batch holds at most `max_tokens` rows (or one example)."""
-    out, current, size = [], [], 0
-    for example in examples:
-        n = len(example.input_ids)
-        if current and size + n > max_tokens:
-            out.append(current)
-            current, size = [], 0
-        current.append(example)
-        size += n
-    if current:
-        out.append(current)
-    return out
-
-
 def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
     """Learning rate for optimizer step `step` (0-based): linear warm-up then linear decay."""
     if step < warmup:
@@ -91,16 +81,16 @@ def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: TrainableModel, data: Dataset, max_tokens: int) -> dict:
-    """Mean token loss and accuracy over the trained tokens of `data`."""
-    total_loss, correct, tokens = 0.0, 0, 0
-    for group in micro_batches(data.examples, max_tokens):
-        batch = pack([(e.input_ids, e.labels_mask) for e in group])
-        loss, ok = model.loss(batch)
-        total_loss += float(loss)
-        correct += ok
-        tokens += len(batch.targets)
-    return {"loss": total_loss / max(1, tokens), "mean_token_accuracy": correct / max(1, tokens)}
+def evaluate(model: TrainableModel, data, max_tokens: int, objective=None, parallel=None) -> dict:
+    """The objective's metrics over all of `data` (each rank a share), keys without prefix."""
+    objective, parallel = objective or Supervised(), parallel or Single()
+    sums = [0.0] * len(objective.stats)
+    for group in objective.groups(parallel.shard(data.examples), max_tokens):
+        _, stats = objective.loss(model, group)
+        sums = [a + b for a, b in zip(sums, stats)]
+    sums = parallel.sum(sums)
+    weight = max(1.0, objective.weight(data.examples))
+    return {k[1:]: v for k, v in objective.metrics(sums, weight, "").items()}
 
 
 class Trainer:
@@ -110,13 +100,20 @@ class Trainer:
         train: Dataset,
         settings: TrainSettings,
         validation: Dataset | None = None,
+        objective=None,
+        parallel=None,
     ) -> None:
+        """`objective` defaults to `Supervised`; a `Dpo` one computes its reference here,
+        from the model as given (so before `load_state`)."""
         self.model, self.train_data, self.validation, self.settings = (
             model,
             train,
             validation,
             settings,
         )
+        self.objective = objective or Supervised()
+        self.parallel = parallel or Single()
+        self.objective.prepare(model, [train, validation], self.parallel, settings.max_batch_tokens)
         hp = settings.hyper
         self.steps_per_epoch = math.ceil(len(train.examples) / hp.batch_size)
         self.total_steps = self.steps_per_epoch * hp.n_epochs
@@ -145,20 +142,31 @@ class Trainer:
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self.trained_tokens = int(state["trained_tokens"])
 
+    def _should_stop(self, callbacks: Callbacks | None) -> bool:
+        return callbacks is not None and callbacks.should_stop()
+
     def _train_step(self, examples: list[TokenizedExample], callbacks: Callbacks | None) -> dict:
-        hp, s = self.settings.hyper, self.settings
-        step_tokens = sum(e.num_trained for e in examples)
-        loss_sum, correct = 0.0, 0
-        for group in micro_batches(examples, s.max_batch_tokens):
-            if callbacks is not None and callbacks.should_stop():
+        hp, s, objective, parallel = (
+            self.settings.hyper,
+            self.settings,
+            self.objective,
+            self.parallel,
+        )
+        weight = objective.weight(examples)
+        sums = [0.0] * len(objective.stats)
+        # several ranks agree on stopping once per step; one process checks between micro-batches
+        if parallel.world_size > 1 and parallel.any(self._should_stop(callbacks)):
+            raise Cancelled
+        for group in objective.groups(parallel.shard(examples), s.max_batch_tokens):
+            if parallel.world_size == 1 and self._should_stop(callbacks):
                 self.optimizer.zero_grad(set_to_none=True)
                 raise Cancelled
-            batch = pack([(e.input_ids, e.labels_mask) for e in group])
-            loss, ok = self.model.loss(batch)
-            (loss / step_tokens).backward()
-            loss_sum += float(loss.detach())
-            correct += ok
+            loss, stats = objective.loss(self.model, group)
+            (loss / weight).backward()
+            sums = [a + b for a, b in zip(sums, stats)]
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        parallel.all_reduce_grads(params)
+        sums = parallel.sum(sums)
         torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
         lr = lr_at(self.step, self.total_steps, hp.learning_rate, self.warmup)
         for group in self.optimizer.param_groups:
@@ -166,12 +174,11 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        self.trained_tokens += sum(len(e.input_ids) for e in examples)
+        self.trained_tokens += sum(objective.num_tokens(e) for e in examples)
         return {
             "step": self.step,
             "total_steps": self.total_steps,
-            "train_loss": loss_sum / step_tokens,
-            "train_mean_token_accuracy": correct / step_tokens,
+            **objective.metrics(sums, weight, "train"),
             "learning_rate": lr,
         }
 
@@ -197,10 +204,15 @@ class Trainer:
                 last["trained_tokens"] = self.trained_tokens
                 if self.step == self.steps_per_epoch * (self.epoch + 1) and self.validation:
                     self.model.eval()
-                    valid = evaluate(self.model, self.validation, s.max_batch_tokens)
+                    valid = evaluate(
+                        self.model,
+                        self.validation,
+                        s.max_batch_tokens,
+                        self.objective,
+                        self.parallel,
+                    )
                     self.model.train()
-                    last["valid_loss"] = valid["loss"]
-                    last["valid_mean_token_accuracy"] = valid["mean_token_accuracy"]
+                    last.update({f"valid_{k}": v for k, v in valid.items()})
                 history.append(last)
                 if callbacks is not None:
                     callbacks.on_step(dict(last))

@@ -19,6 +19,7 @@ Left out: training several jobs at once in one worker (run more workers).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -39,6 +40,8 @@ from ownllm.store.schema import FineTuningJob
 from ownllm.tuning import jobs
 from ownllm.tuning.data import DataError, read_examples, tokenize
 from ownllm.tuning.hyperparams import LoraSettings, resolve
+from ownllm.tuning.parallel import Single
+from ownllm.tuning.preferences import read_pairs, tokenize_pairs
 
 log = logging.getLogger("ownllm.worker")
 
@@ -91,6 +94,23 @@ class Heartbeat(threading.Thread):
         return self.cancelled.is_set() or self.lost.is_set() or self.shutdown.is_set()
 
 
+class RankFlags:
+    """A rank other than 0: its trainer callbacks, which report nothing (rank 0 does) and
+    stop when the process is told to."""
+
+    def __init__(self) -> None:
+        self.shutdown = threading.Event()
+
+    def should_stop(self) -> bool:
+        return self.shutdown.is_set()
+
+    def on_step(self, metrics: dict) -> None:
+        pass
+
+    def on_epoch_end(self, epoch: int, step: int, state: dict, metrics: dict) -> None:
+        pass
+
+
 class Worker:
     def __init__(
         self,
@@ -99,17 +119,23 @@ class Worker:
         base: BaseModel,
         config: TuningConfig,
         worker_id: str | None = None,
+        nproc: int = 1,
     ) -> None:
+        """`nproc` > 1 trains each job on that many torch.distributed ranks."""
         self.db, self.data_dir, self.base, self.config = db, data_dir, base, config
+        self.nproc = nproc
         self.worker_id = worker_id or ids.worker_id()
         self.heartbeat_interval = max(0.2, min(5.0, config.heartbeat_timeout_s / 4))
         self._tokenizer = None
-        self._beat: Heartbeat | None = None
+        self._beat: Heartbeat | RankFlags | None = None
+        self._ranks = None  # the rank processes of a multi-rank job (see ownllm.tuning.ranks)
 
     def stop_current(self) -> None:
         """Stop the running job between micro-batches and requeue it (worker shutdown)."""
         if self._beat is not None:
             self._beat.shutdown.set()
+        if self._ranks is not None:
+            self._ranks.stop()
 
     def run_forever(self, stop: threading.Event | None = None) -> None:
         stop = stop or threading.Event()
@@ -124,7 +150,12 @@ class Worker:
         job = jobs.claim(self.db, self.worker_id)
         if job is None:
             return False
-        self.run_job(job)
+        if self.nproc > 1:
+            from ownllm.tuning.ranks import run_ranks
+
+            run_ranks(self, job)
+        else:
+            self.run_job(job)
         return True
 
     def _state_dir(self, job_id: str, step: int) -> Path:
@@ -139,14 +170,26 @@ class Worker:
             self._tokenizer = Tokenizer.from_dir(self.base.path)
         return self._tokenizer
 
-    def run_job(self, job: FineTuningJob) -> None:
+    def run_job(self, job: FineTuningJob, parallel=None) -> None:
+        """Train `job`; on a rank other than 0 (`parallel`), train only: rank 0 reports."""
+        parallel = parallel or Single()
+        if not parallel.is_main:
+            self._beat = RankFlags()
+            try:
+                self._train(job, self._beat, parallel)
+            except (JobFailed, OwnLLMError):
+                pass  # rank 0 met the same and failed the job
+            finally:
+                self._beat = None
+            return
         beat = Heartbeat(self.db, job.id, self.worker_id, self.heartbeat_interval)
         beat.start()
         self._beat = beat
         resumed = " (resumed)" if job.attempts > 1 else ""
-        jobs.add_event(self.db, job.id, f"Fine-tuning job started{resumed}.")
+        ranks = f" on {parallel.world_size} ranks" if parallel.world_size > 1 else ""
+        jobs.add_event(self.db, job.id, f"Fine-tuning job started{resumed}{ranks}.")
         try:
-            self._train(job, beat)
+            self._train(job, beat, parallel)
         except JobFailed as e:
             self._fail(job.id, e.error)
         except OwnLLMError as e:
@@ -155,6 +198,8 @@ class Worker:
                 {"code": e.code or "invalid_request", "message": e.message, "param": e.param},
             )
         except Exception as e:  # the job fails, the worker lives on
+            if parallel.world_size > 1 and _is_peer_loss(e):
+                raise  # another rank died: the worker requeues the attempt
             log.exception("job %s failed", job.id)
             self._fail(
                 job.id,
@@ -170,7 +215,7 @@ class Worker:
                 self.db, job_id, f"Fine-tuning job failed: {error['message']}", level="error"
             )
 
-    def _load_data(self, job: FineTuningJob):
+    def _load_data(self, job: FineTuningJob, is_main: bool = True):
         from ownllm.tuning.files import file_path
 
         max_len = self.config.max_seq_len
@@ -188,12 +233,18 @@ class Worker:
                 row = s.get(File, file_id)
             if row is None:
                 raise JobFailed("invalid_file", f"File {file_id} no longer exists.", param)
+            path = file_path(self.data_dir, row)
             try:
-                examples = read_examples(file_path(self.data_dir, row), param=param)
-                dataset = tokenize(self.tokenizer, examples, max_len, param=param)
+                if job.method == "dpo":
+                    dataset = tokenize_pairs(
+                        self.tokenizer, read_pairs(path, param=param), max_len, param=param
+                    )
+                else:
+                    examples = read_examples(path, param=param)
+                    dataset = tokenize(self.tokenizer, examples, max_len, param=param)
             except DataError as e:
                 raise JobFailed(e.code or "invalid_file_format", e.message, e.param) from None
-            for warning in dataset.warnings:
+            for warning in dataset.warnings if is_main else ():
                 jobs.add_event(self.db, job.id, warning, level="warn")
             out.append((dataset, {"file_id": row.id, "sha256": row.sha256}))
         return out
@@ -211,10 +262,11 @@ class Worker:
         cfg = LoraSettings.from_peft_config(adapter.config)
         return cfg, state_dict(adapter.modules), job.parent_adapter_id
 
-    def _train(self, job: FineTuningJob, beat: Heartbeat) -> None:
+    def _train(self, job: FineTuningJob, beat, parallel) -> None:
         import torch
 
         from ownllm.tuning.model import TrainableModel
+        from ownllm.tuning.objectives import Dpo, Supervised
         from ownllm.tuning.trainer import Cancelled, Trainer, TrainSettings, load_state
 
         if job.base_model != self.base.id:
@@ -223,9 +275,10 @@ class Worker:
                 f"This worker trains {self.base.id}, not {job.base_model}.",
                 "model",
             )
-        (train, train_ref), valid_entry = self._load_data(job)
+        main = parallel.is_main
+        (train, train_ref), valid_entry = self._load_data(job, main)
         validation, valid_ref = valid_entry if valid_entry else (None, None)
-        hyper = resolve(job.hyperparameters or {}, len(train.examples))
+        hyper = resolve(job.hyperparameters or {}, len(train.examples), job.method)
         parent = self._parent(job)
         lora = (
             parent[0]
@@ -235,9 +288,14 @@ class Worker:
         # a continued adapter keeps its parent's shape; the base it trains on is the job's
         quantization = (job.lora or {}).get("base_quantization", "none")
         lora = dataclasses.replace(lora, base_quantization=quantization)
-        jobs.update_progress(
-            self.db, job.id, self.worker_id, hyperparameters=hyper.to_dict(), lora=lora.to_dict()
-        )
+        if main:
+            jobs.update_progress(
+                self.db,
+                job.id,
+                self.worker_id,
+                hyperparameters=hyper.to_dict(),
+                lora=lora.to_dict(),
+            )
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
         model = TrainableModel.from_dir(self.base.path, lora)
@@ -247,13 +305,20 @@ class Worker:
         settings = TrainSettings(
             hyper=hyper, seed=job.seed, max_batch_tokens=self.config.max_batch_tokens
         )
-        trainer = Trainer(model, train, settings, validation)
+        # DPO's reference is the model as it starts: the base (adapter off) or the parent
+        objective = Dpo(hyper.beta, reference_is_base=not parent) if job.method == "dpo" else None
+        trainer = Trainer(model, train, settings, validation, objective or Supervised(), parallel)
         checkpoint = jobs.latest_checkpoint(self.db, job.id)
         if checkpoint is not None:
             state_file = self._state_dir(job.id, checkpoint.step) / "state.pt"
             if state_file.is_file():
                 trainer.load_state(load_state(state_file))
-                jobs.add_event(self.db, job.id, f"Resuming from step {checkpoint.step}.")
+                if main:
+                    jobs.add_event(self.db, job.id, f"Resuming from step {checkpoint.step}.")
+        if not main:
+            with contextlib.suppress(Cancelled):
+                trainer.run(beat)
+            return
         name = fine_tuned_name(job)
         datasets = [train_ref] + ([valid_ref] if valid_ref else [])
         publish = Publisher(self, job, name, lora, hyper, datasets, parent[2] if parent else None)
@@ -298,6 +363,11 @@ class Progress:
         per_step = (time.time() - self.started) / max(1, done)
         eta = int(time.time() + per_step * (m["total_steps"] - m["step"]))
         message = f"Step {m['step']}/{m['total_steps']}: training loss={m['train_loss']:.4f}"
+        if "train_reward_margin" in m:
+            message += (
+                f", reward margin={m['train_reward_margin']:.4f}"
+                f", reward accuracy={m['train_reward_accuracy']:.2f}"
+            )
         if "valid_loss" in m:
             message += f", validation loss={m['valid_loss']:.4f}"
         db, wid = self.worker.db, self.worker.worker_id
@@ -392,15 +462,26 @@ class Publisher:
         jobs.add_event(w.db, self.job.id, "The job has successfully completed.")
 
 
-def _public_metrics(m: dict) -> dict:
-    keys = (
-        "step",
-        "train_loss",
-        "train_mean_token_accuracy",
-        "valid_loss",
-        "valid_mean_token_accuracy",
-        "trained_tokens",
+SFT_COLUMNS = ("train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy")
+DPO_COLUMNS = (
+    "train_loss",
+    "train_reward_margin",
+    "train_reward_accuracy",
+    "valid_loss",
+    "valid_reward_margin",
+    "valid_reward_accuracy",
+)
+
+
+def _is_peer_loss(e: Exception) -> bool:
+    """A collective failed because another rank went away (gloo/NCCL say so this way)."""
+    return type(e).__name__ in ("DistBackendError", "DistNetworkError") or (
+        isinstance(e, RuntimeError) and ("Connection" in str(e) or "gloo" in str(e).lower())
     )
+
+
+def _public_metrics(m: dict) -> dict:
+    keys = ("step", *dict.fromkeys(SFT_COLUMNS + DPO_COLUMNS), "trained_tokens")
     return {k: m[k] for k in keys if k in m and not (isinstance(m[k], float) and math.isnan(m[k]))}
 
 
@@ -422,19 +503,13 @@ def _results_file(w: Worker, job: FineTuningJob) -> str:
 
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(
-        ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
-    )
+    columns = DPO_COLUMNS if job.method == "dpo" else SFT_COLUMNS
+    header = ["step", *columns]
+    if job.method != "dpo":
+        header[2] = "train_accuracy"  # the name OpenAI's results file uses
+    writer.writerow(header)
     for m in history:
-        writer.writerow(
-            [
-                m["step"],
-                f"{m['train_loss']:.6f}",
-                f"{m['train_mean_token_accuracy']:.6f}",
-                f"{m['valid_loss']:.6f}" if "valid_loss" in m else "",
-                f"{m['valid_mean_token_accuracy']:.6f}" if "valid_mean_token_accuracy" in m else "",
-            ]
-        )
+        writer.writerow([m["step"], *(f"{m[c]:.6f}" if c in m else "" for c in columns)])
     row = save_bytes(
         w.db,
         w.data_dir,

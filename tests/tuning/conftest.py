@@ -24,3 +24,17 @@ def write_jsonl(path: Path, records: list) -> Path:
 
 
 REPLY = "Hello world!"  # three tokens of the tiny tokenizer: learnable in seconds
+
+
+def pair(user: str, preferred: str, non_preferred: str, system: str | None = None) -> dict:
+    """One line of OpenAI's preference (DPO) format."""
+    messages = [{"role": "system", "content": system}] if system else []
+    return {
+        "input": {"messages": [*messages, {"role": "user", "content": user}]},
+        "preferred_output": [{"role": "assistant", "content": preferred}],
+        "non_preferred_output": [{"role": "assistant", "content": non_preferred}],
+    }
+
+
+OTHER = "Goodbye moon."  # the answer the DPO tests' pairs reject
+PAIRS = [pair(f"question {i}", REPLY, OTHER) for i in range(12)]

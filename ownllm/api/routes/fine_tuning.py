@@ -9,7 +9,10 @@
 
 Creating a job checks the files' structure at once (a bad file makes the job
 `failed` with error{code, message, param} and line numbers, as OpenAI does);
-tokenisation and the context-length check happen in the worker. LoRA
+tokenisation and the context-length check happen in the worker. `method` is
+OpenAI's: `{"type": "supervised"}` (the default: chat JSONL) or `{"type": "dpo",
+"dpo": {"hyperparameters": {"beta", …}}}` (preference JSONL, see
+`ownllm.tuning.preferences`); a DPO job may start from an `ft:` model. LoRA
 settings travel in an ownllm extension field: `"lora": {"r", "alpha",
 "dropout", "target_modules", "base_quantization"}`; `base_quantization` ("none",
 "int8", "q8_0", "q4_1") trains the adapter on a quantised frozen base (QLoRA-style,
@@ -37,21 +40,10 @@ from ownllm.store.schema import FineTuningJob, JobCheckpoint, JobEvent
 from ownllm.tuning import files as file_store
 from ownllm.tuning import jobs
 from ownllm.tuning.data import DataError, read_examples
-from ownllm.tuning.hyperparams import ALL_TARGETS, LoraSettings, check_requested, lora_settings
+from ownllm.tuning.hyperparams import ALL_TARGETS, LoraSettings, lora_settings, requested_method
+from ownllm.tuning.preferences import read_pairs
 
 router = APIRouter(prefix="/v1/fine_tuning", tags=["fine-tuning"])
-
-
-class SupervisedMethod(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    hyperparameters: dict[str, Any] | None = None
-
-
-class JobMethod(BaseModel):
-    """`method`: only `supervised.hyperparameters` is read (they override `hyperparameters`)."""
-
-    model_config = ConfigDict(extra="ignore")
-    supervised: SupervisedMethod | None = None
 
 
 class CreateJob(BaseModel):
@@ -60,7 +52,7 @@ class CreateJob(BaseModel):
     training_file: str
     validation_file: str | None = None
     hyperparameters: dict[str, Any] | None = None
-    method: JobMethod | None = None
+    method: Any = None  # validated by requested_method, which names the bad field
     suffix: str | None = Field(None, max_length=64)
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
     metadata: dict[str, str] | None = None
@@ -82,7 +74,7 @@ def job_object(job: FineTuningJob) -> dict:
         "validation_file": job.validation_file,
         "training_file": job.training_file,
         "hyperparameters": hp,
-        "method": {"type": "supervised", "supervised": {"hyperparameters": hp}},
+        "method": {"type": job.method, job.method: {"hyperparameters": hp}},
         "trained_tokens": job.trained_tokens,
         "error": job.error,
         "user_provided_suffix": job.suffix,
@@ -147,11 +139,7 @@ def _create(state: AppState, principal: Principal, body: CreateJob) -> FineTunin
         if body.validation_file
         else None
     )
-    requested = dict(body.hyperparameters or {})
-    supervised = body.method.supervised if body.method else None
-    if supervised and supervised.hyperparameters:
-        requested.update(supervised.hyperparameters)
-    requested = check_requested(requested)
+    method, requested = requested_method(body.method, body.hyperparameters)
     lora = lora_settings(body.lora, _default_lora(state))
     job = FineTuningJob(
         id=new_id("ftjob"),
@@ -162,6 +150,7 @@ def _create(state: AppState, principal: Principal, body: CreateJob) -> FineTunin
         parent_adapter_id=parent,
         training_file=train.id,
         validation_file=valid.id if valid else None,
+        method=method,
         hyperparameters=requested,
         lora=lora.to_dict(),
         suffix=body.suffix or None,
@@ -179,7 +168,8 @@ def _create(state: AppState, principal: Principal, body: CreateJob) -> FineTunin
     try:
         for row, param in ((train, "training_file"), (valid, "validation_file")):
             if row is not None:
-                read_examples(file_store.file_path(state.data_dir, row), param=param)
+                read = read_pairs if method == "dpo" else read_examples
+                read(file_store.file_path(state.data_dir, row), param=param)
     except DataError as e:
         error = {"code": e.code, "message": e.message, "param": e.param}
         jobs.set_status(state.db, job.id, "failed", error=error)

@@ -200,11 +200,17 @@ export function mount(main, { me, params }) {
     if (job.fine_tuned_model) {
       actions.append(h("a", { href: `#/playground?model=${encodeURIComponent(job.fine_tuned_model)}` }, "Open in playground"));
     }
+    // a DPO job's steps also carry its reward margin and accuracy: drawn beside the loss
+    const series = (name, key) => ({ name, points: points.filter((p) => typeof p[key] === "number").map((p) => ({ x: p.step, y: p[key] })) });
+    const isDpo = job.method?.type === "dpo";
+    const dpoLabel = isDpo && last && typeof last.train_reward_margin === "number"
+      ? `, reward margin ${last.train_reward_margin.toFixed(3)}, reward accuracy ${last.train_reward_accuracy.toFixed(2)}` : "";
     const chart = lineChart({
-      label: `Loss by step for ${job.id}: ${points.length} points${last ? `, latest training loss ${last.train_loss.toFixed(3)}` : ""}`,
+      label: `Loss by step for ${job.id}: ${points.length} points${last ? `, latest training loss ${last.train_loss.toFixed(3)}${dpoLabel}` : ""}`,
       series: [
-        { name: "training loss", points: points.map((p) => ({ x: p.step, y: p.train_loss })) },
-        { name: "validation loss", points: points.filter((p) => typeof p.valid_loss === "number").map((p) => ({ x: p.step, y: p.valid_loss })) },
+        series("training loss", "train_loss"),
+        series("validation loss", "valid_loss"),
+        ...(isDpo ? [series("reward margin", "train_reward_margin"), series("reward accuracy", "train_reward_accuracy")] : []),
       ],
       xFormat: (x) => fmtInt(x),
       yFormat: (y) => y.toFixed(2),
