@@ -6,6 +6,10 @@ Corrected answers replace the model's; answers rated 1-2 without a correction an
 unrated cut-off answers are left out; duplicates are dropped (see `ownllm.gateway.capture`).
 `--upload` also stores the JSONL as a `fine-tune` file of the tenant and prints its id,
 ready for `ownllm tune --training-file FILE_ID` or the fine-tuning API.
+
+`--preferences` writes preference pairs for DPO instead (`method: {"type": "dpo"}`): a
+correction is preferred over the model's answer, and of two rated answers to the same
+prompt the higher-rated one (see `ownllm.gateway.preferences`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     export.add_argument("--min-rating", type=int, choices=range(1, 6), metavar="1-5",
                         help="only answers rated at least this (corrected answers always count)")  # fmt: skip
     export.add_argument("--model", help="only completions of this model id")
+    export.add_argument("--preferences", action="store_true",
+                        help="write DPO preference pairs (corrections, ratings) instead")  # fmt: skip
     export.add_argument("--out", required=True, metavar="FILE", help="where to write the JSONL")
     export.add_argument("--upload", action="store_true",
                         help="also store it as a fine-tune file of --tenant and print its id")  # fmt: skip
@@ -35,11 +41,12 @@ def run(args: argparse.Namespace) -> int:
     from ownllm.errors import OwnLLMError
     from ownllm.gateway.capture import export_dataset, to_jsonl
     from ownllm.gateway.usage import parse_since
-    from ownllm.store.blobs import DataDir
     from ownllm.store.db import Database, DatabaseError
 
     if args.upload and not args.tenant:
         return fail("--upload needs --tenant: the file belongs to one tenant")
+    if args.preferences and args.min_rating is not None:
+        return fail("--min-rating does not apply to --preferences: every rating is evidence")
     try:
         config = config_from_args(args, {})
         since = parse_since(args.since)
@@ -49,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
     except OwnLLMError as e:
         return fail(e.message)
     try:
+        if args.preferences:
+            return _export_preferences(db, config, args, since)
         examples, stats = export_dataset(
             db,
             tenant_id=args.tenant,
@@ -66,13 +75,41 @@ def run(args: argparse.Namespace) -> int:
               f"{stats.num_duplicates} duplicates and {stats.num_skipped} unusable left out)",
               file=sys.stderr)  # fmt: skip
         if args.upload:
-            from ownllm.tuning.files import save_bytes
-
-            data_dir = DataDir(config.store.home).ensure()
-            name = args.out.rsplit("/", 1)[-1]
-            row = save_bytes(db, data_dir, [data], tenant_id=args.tenant, filename=name,
-                             purpose="fine-tune")  # fmt: skip
-            print(row.id)
+            _upload(db, config, args, data)
         return 0
     finally:
         db.close()
+
+
+def _upload(db, config, args, data: bytes) -> None:
+    from ownllm.store.blobs import DataDir
+    from ownllm.tuning.files import save_bytes
+
+    data_dir = DataDir(config.store.home).ensure()
+    name = args.out.rsplit("/", 1)[-1]
+    row = save_bytes(db, data_dir, [data], tenant_id=args.tenant, filename=name,
+                     purpose="fine-tune")  # fmt: skip
+    print(row.id)
+
+
+def _export_preferences(db, config, args, since) -> int:
+    from ownllm.cli.common import fail
+    from ownllm.gateway.capture import to_jsonl
+    from ownllm.gateway.preferences import export_preferences
+
+    pairs, stats = export_preferences(
+        db, tenant_id=args.tenant, since=None if since is None else int(since), model=args.model
+    )
+    if not pairs:
+        return fail(f"no preference pairs to export ({stats.num_rows} stored completions "
+                    "matched; pairs need a correction or two different ratings of one prompt)",
+                    code=1)  # fmt: skip
+    data = to_jsonl(pairs)
+    with open(args.out, "wb") as f:
+        f.write(data)
+    print(f"wrote {stats.num_exported} preference pairs to {args.out} ({stats.num_corrected} "
+          f"from corrections, {stats.num_rated} from ratings; {stats.num_duplicates} duplicates "
+          "left out)", file=sys.stderr)  # fmt: skip
+    if args.upload:
+        _upload(db, config, args, data)
+    return 0

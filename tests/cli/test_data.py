@@ -74,3 +74,29 @@ def test_nothing_to_export_and_upload_without_tenant_fail_clearly(data_dir, caps
     assert "no stored completions to export" in capsys.readouterr().err
     assert main(["data", "export", "--data-dir", str(data_dir), "--out", out, "--upload"]) == 2
     assert "--upload needs --tenant" in capsys.readouterr().err
+
+
+def test_export_preferences_writes_dpo_pairs(data_dir, capsys):
+    db = Database.open(f"sqlite:///{data_dir / 'ownllm.db'}")
+    guard = Guard(load_policy())
+    capture.set_feedback(db, guard, Principal("acme"), "chatcmpl-5", rating=1, correction=None)
+    db.close()
+    out = data_dir / "prefs.jsonl"
+    code = main(["data", "export", "--data-dir", str(data_dir), "--tenant", "acme",
+                 "--preferences", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    pairs = [json.loads(line) for line in out.read_text().splitlines()]
+    # chatcmpl-3's correction beats its answer; "Question 3"/"Question 5" have one rating each
+    assert pairs == [
+        {
+            "input": {"messages": [{"role": "user", "content": "Question 3"}]},
+            "preferred_output": [
+                {"role": "assistant", "content": "A better answer, mail me at [EMAIL]"}
+            ],
+            "non_preferred_output": [{"role": "assistant", "content": "Answer 3"}],
+        }
+    ]
+    assert "wrote 1 preference pairs" in capsys.readouterr().err
+    code = main(["data", "export", "--data-dir", str(data_dir), "--preferences", "--min-rating",
+                 "4", "--out", str(out)])  # fmt: skip
+    assert code == 2 and "--min-rating does not apply" in capsys.readouterr().err
