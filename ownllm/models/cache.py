@@ -16,12 +16,15 @@ architectures other than llama, qwen2 and qwen3 (the engine serves no others).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -192,6 +195,44 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _current_manifest(cache_dir: Path) -> dict | None:
+    """The cache's manifest when it is complete and of this format, else None (rebuild)."""
+    manifest = _check_manifest(cache_dir)
+    if manifest is not None and manifest.get("format", 1) < CACHE_FORMAT:
+        return None  # written before caches kept the file's own blocks
+    return manifest
+
+
+@contextlib.contextmanager
+def exclusive(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `lock_path` (flock: released by the kernel if we die)."""
+    with open(lock_path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _build_cache(source: ModelSource, source_sha: str, models_dir: Path, cache_dir: Path) -> dict:
+    """Dequantise into a temporary directory, then rename it into place; under the lock."""
+    for stale in models_dir.glob(f".tmp-{cache_dir.name}-*"):
+        shutil.rmtree(stale, ignore_errors=True)  # left by a crash mid-write
+    if cache_dir.exists():  # incomplete, corrupt or of an older format
+        shutil.rmtree(cache_dir)
+    tmp_dir = models_dir / f".tmp-{cache_dir.name}-{uuid.uuid4().hex[:8]}"
+    tmp_dir.mkdir()
+    try:
+        _dequantise_gguf(source.path, tmp_dir)
+        manifest = _write_manifest(tmp_dir, source.path, source_sha)
+        _fsync_dir(tmp_dir)
+        os.rename(tmp_dir, cache_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    return manifest
+
+
 def prepare_model(source: ModelSource, data_dir: Path) -> PreparedModel:
     """Return a loadable HF directory for `source`, dequantising and caching GGUF once."""
     start = time.perf_counter()
@@ -209,33 +250,16 @@ def prepare_model(source: ModelSource, data_dir: Path) -> PreparedModel:
         raise ModelLoadError(f"cannot read model file {str(source.path)!r}: {e.strerror}") from None
     models_dir = Path(data_dir) / "models"
     cache_dir = models_dir / f"{source.path.stem}-{source_sha[:12]}"
-    manifest = _check_manifest(cache_dir)
-    if manifest is not None and manifest.get("format", 1) < CACHE_FORMAT:
-        manifest = None  # written before caches kept the file's own blocks: rebuild
+    manifest = _current_manifest(cache_dir)
+    from_cache = manifest is not None
     if manifest is None:
         models_dir.mkdir(parents=True, exist_ok=True)
-        for stale in models_dir.glob(f".tmp-{cache_dir.name}-*"):
-            shutil.rmtree(stale, ignore_errors=True)  # left by a crash mid-write
-        if cache_dir.exists():  # incomplete or corrupt: rebuild
-            shutil.rmtree(cache_dir)
-        tmp_dir = models_dir / f".tmp-{cache_dir.name}-{uuid.uuid4().hex[:8]}"
-        tmp_dir.mkdir()
-        try:
-            _dequantise_gguf(source.path, tmp_dir)
-            manifest = _write_manifest(tmp_dir, source.path, source_sha)
-            _fsync_dir(tmp_dir)
-            try:
-                os.rename(tmp_dir, cache_dir)
-            except OSError:
-                # another process finished the same cache first: use theirs
-                if _check_manifest(cache_dir) is None:
-                    raise
-                shutil.rmtree(tmp_dir, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp_dir, ignore_errors=True)
-            raise
-        from_cache = False
-    else:
-        from_cache = True
+        # one builder at a time (replicas starting together on a shared data dir): the others
+        # wait, then find its cache; so a temporary directory is never another's, in progress
+        with exclusive(models_dir / f".{cache_dir.name}.lock"):
+            manifest = _current_manifest(cache_dir)
+            from_cache = manifest is not None
+            if manifest is None:
+                manifest = _build_cache(source, source_sha, models_dir, cache_dir)
     weights_sha = manifest["files"]["model.safetensors"]["sha256"]
     return PreparedModel(source.id, cache_dir, weights_sha, from_cache, time.perf_counter() - start)

@@ -1,5 +1,7 @@
+import contextlib
 import json
 import os
+import threading
 
 import pytest
 
@@ -61,7 +63,8 @@ def test_crash_mid_write_leaves_no_cache(tmp_path, monkeypatch, tiny_model_dir):
     monkeypatch.setattr(cache, "_dequantise_gguf", crash)
     with pytest.raises(KeyboardInterrupt):
         prepare_model(resolve_model(str(gguf)), tmp_path)
-    assert [p.name for p in (tmp_path / "models").iterdir()] == []
+    # no cache and no temporary directory: only the builders' lock file
+    assert [p.name for p in (tmp_path / "models").iterdir()] == [".m-" + _sha12(gguf) + ".lock"]
 
     monkeypatch.setattr(cache, "_dequantise_gguf", _fake_dequantise(tiny_model_dir))
     first = prepare_model(resolve_model(str(gguf)), tmp_path)
@@ -70,6 +73,54 @@ def test_crash_mid_write_leaves_no_cache(tmp_path, monkeypatch, tiny_model_dir):
     assert second.from_cache and second.path == first.path
     manifest = json.loads((first.path / "MANIFEST.json").read_text())
     assert manifest["files"]["model.safetensors"]["sha256"] == first.weights_sha256
+
+
+def _sha12(path) -> str:
+    return cache.sha256_file(path)[:12]
+
+
+def test_two_processes_preparing_at_once_build_it_once(tmp_path, monkeypatch, tiny_model_dir):
+    """Replicas starting together on one data dir: the second waits for the first's build
+    (it used to delete the first's temporary directory as a crash's leftover)."""
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"weights")
+    fake = _fake_dequantise(tiny_model_dir)
+    builds, second_waits = [], threading.Event()
+
+    def slow_build(source, out_dir):
+        builds.append(out_dir)
+        assert second_waits.wait(60), "the second preparer never reached the lock"
+        fake(source, out_dir)
+
+    real_exclusive = cache.exclusive
+
+    @contextlib.contextmanager
+    def exclusive(path):
+        if threading.current_thread().name == "second":
+            second_waits.set()  # about to block on the lock the first holds
+        with real_exclusive(path):
+            yield
+
+    monkeypatch.setattr(cache, "_dequantise_gguf", slow_build)
+    monkeypatch.setattr(cache, "exclusive", exclusive)
+    results = {}
+
+    def prepare(name):
+        results[name] = prepare_model(resolve_model(str(gguf)), tmp_path)
+
+    first = threading.Thread(target=prepare, args=("first",), name="first")
+    first.start()
+    while not builds:  # the first holds the lock and is building
+        first.join(0.01)
+        assert first.is_alive() or builds, "the first preparer ended without building"
+    second = threading.Thread(target=prepare, args=("second",), name="second")
+    second.start()
+    first.join(60)
+    second.join(60)
+    assert len(builds) == 1
+    assert not results["first"].from_cache and results["second"].from_cache
+    assert results["second"].path == results["first"].path
+    assert (results["first"].path / "model.safetensors").is_file()
 
 
 def test_a_cache_of_an_older_format_is_rebuilt(tmp_path, monkeypatch, tiny_model_dir):
