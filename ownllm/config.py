@@ -160,6 +160,15 @@ class ModelConfig:
         env="OWNLLM_DTYPE",
         choices=("auto", "float32", "bfloat16", "float16"),
     )
+    quantization: str = setting(
+        "none",
+        "Base weights: none (dense, in dtype); q4_1, q4_0, q8_0 (a GGUF file's own blocks, "
+        "else quantised at load); int8 (per-channel, from any model); auto (a GGUF file's "
+        "own types, none for a Hugging Face directory). Quantised weights need the C "
+        "kernels on CPU; elsewhere they are served dequantised.",
+        env="OWNLLM_QUANTIZATION",
+        choices=("none", "auto", "q4_1", "q4_0", "q8_0", "int8"),
+    )
     device: str = setting("auto", "Device: auto, cpu or cuda.", choices=("auto", "cpu", "cuda"))
     max_model_len: int = setting(
         0, "Context length limit in tokens (0: the model's own).", min=0, max=1_048_576

@@ -34,6 +34,7 @@ class EmbeddedBackend:
         max_model_len: int = 0,
         adapter_resolver: Callable[[str], str | None] | None = None,
         weights_sha256: str = "",
+        quantization: str = "none",
     ) -> None:
         from ownllm.engine.llm_engine import LLMEngine
 
@@ -44,6 +45,7 @@ class EmbeddedBackend:
             device=device,
             max_model_len=max_model_len,
             adapter_resolver=adapter_resolver,
+            quantization=quantization,
         )
         args = self.engine.args
         self._model_info = ModelInfo(

@@ -121,6 +121,7 @@ def _embedded(context: BackendContext) -> Backend:
         model_id=context.model_id,
         engine_config=context.engine,
         dtype=context.model.dtype,
+        quantization=context.model.quantization,
         device=device,
         max_model_len=context.model.max_model_len,
         adapter_resolver=context.adapter_resolver,

@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="model id served to clients")
     parser.add_argument("--dtype", help="auto | float32 | bfloat16 | float16")
     parser.add_argument(
+        "--quantization", help="none | auto | q4_1 | q4_0 | q8_0 | int8 (base weights)"
+    )
+    parser.add_argument(
         "--backend",
         action="append",
         metavar="KIND=URL",
@@ -47,7 +50,12 @@ def run(args: argparse.Namespace) -> int:
             args,
             {
                 "server": {"host": args.host, "port": args.port},
-                "model": {"model": args.model, "name": args.name, "dtype": args.dtype},
+                "model": {
+                    "model": args.model,
+                    "name": args.name,
+                    "dtype": args.dtype,
+                    "quantization": args.quantization,
+                },
             },
             backends=[parse_backend_flag(value) for value in args.backend or ()],
         )

@@ -11,7 +11,11 @@ Kernels (source: `csrc/cpu_kernels.c`):
 - `add_rms_norm` (the residual add and the next RMSNorm in one pass) and
   `silu_mul`: one call each instead of the several ops torch runs for them;
 - `lora`: every row's adapter slot applied in one pass over the rows (the torch
-  path tiles rows by slot for two `bmm`, with a gather and a scatter).
+  path tiles rows by slot for two `bmm`, with a gather and a scatter);
+- `quant_matmul` (source: `csrc/quant_kernels.c`): x W^T for a few rows of x with W
+  in q4_0, q4_1, q8_0 or int8 (`ownllm.formats.quant`), dequantised in registers
+  (AVX-512, AVX2 + FMA or a portable loop), and `quant_dequantize`, W's rows in
+  float32 or bfloat16 for the GEMM of a prompt chunk.
 
 The source is compiled once per machine with the system C compiler
 (`cc -O3 -march=native -fopenmp`) into a cache directory keyed by the source,
@@ -50,12 +54,17 @@ from pathlib import Path
 
 import torch
 
+from ownllm.formats.quant import QuantWeight
+
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.c"
+SOURCES = (SOURCE, SOURCE.with_name("quant_kernels.c"))  # compiled into one library
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
 COMPILE_TIMEOUT_S = 300.0  # a first build takes seconds; past this the compiler is killed
 _SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}
+_QUANT_TYPES = {"q4_0": 0, "q4_1": 1, "q8_0": 2, "int8": 3}  # csrc/quant_kernels.c's QT_*
+_QUANT_PATHS = {2: "AVX-512", 1: "AVX2", 0: "portable"}
 _ENOMEM = 12  # what a kernel returns when its scratch allocation failed (OWNLLM_ENOMEM)
 _P, _I64, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
 # what the library's `decode_path` answers, as the startup log names it
@@ -92,7 +101,7 @@ def build(directory: Path | None = None, extra_flags: list[str] | None = None) -
     compiler = _compiler()
     if compiler is None:
         raise RuntimeError("no C compiler found (set CC or install gcc)")
-    source = SOURCE.read_bytes()
+    source = b"\0".join(path.read_bytes() for path in SOURCES)
     version = _run([compiler, "--version"]).stdout
     flags = FLAGS + list(extra_flags or ())
     key = hashlib.sha256(
@@ -109,7 +118,7 @@ def build(directory: Path | None = None, extra_flags: list[str] | None = None) -
     os.close(fd)
     start = time.perf_counter()
     try:
-        done = _run([compiler, *flags, "-o", tmp, str(SOURCE)])
+        done = _run([compiler, *flags, "-o", tmp, *map(str, SOURCES)])
         if done.returncode != 0:
             raise RuntimeError(f"{compiler} failed: {done.stderr.strip()[-2000:]}")
         os.replace(tmp, target)
@@ -215,6 +224,13 @@ class CpuKernels:
         self._lora = getattr(library, f"lora_{suffix}")
         self._lora.argtypes = [_P, _I64, _P, _I64, _P, _I64, _P, _P, _I64, _I64, _I64, _I]
         self._lora.restype = _I
+        self._quant_matmul = getattr(library, f"quant_matmul_{suffix}")
+        self._quant_matmul.argtypes = [_P, _I64, _I64, _P, _I, _I64, _I64, _P, _P, _I64, _I]
+        self._quant_matmul.restype = _I
+        self._quant_dequantize = getattr(library, f"quant_dequantize_{suffix}")
+        self._quant_dequantize.argtypes = [_P, _I, _I64, _I64, _P, _P, _I]
+        self._quant_dequantize.restype = None
+        self.quant_path = _QUANT_PATHS[library.quant_path()]
         self.max_query_group = library.max_query_group()
         self._decode_path = library.decode_path
         self._decode_path.argtypes = [_I, _I, _I]
@@ -272,6 +288,58 @@ class CpuKernels:
             torch.get_num_threads(),
         )
         _done("lora", code)
+
+    def quant_matmul(self, x: torch.Tensor, weight: QuantWeight) -> torch.Tensor:
+        """x W^T [T, out] for x [T, in] (rows contiguous), W dequantised in registers."""
+        _tensor("quant_matmul x", x, self.dtype, 2, rows=True)
+        self._check_quant("quant_matmul", weight)
+        if x.shape[1] != weight.in_features:
+            raise ValueError(
+                f"quant_matmul: x [T, {x.shape[1]}] does not fit a weight of {list(weight.shape)}"
+            )
+        num_rows = x.shape[0]
+        out = torch.empty(num_rows, weight.out_features, dtype=self.dtype)
+        if num_rows == 0:
+            return out
+        code = self._quant_matmul(
+            x.data_ptr(),
+            x.stride(0),
+            num_rows,
+            weight.data.data_ptr(),
+            _QUANT_TYPES[weight.qtype],
+            weight.out_features,
+            weight.in_features,
+            None if weight.scale is None else weight.scale.data_ptr(),
+            out.data_ptr(),
+            out.stride(0),
+            torch.get_num_threads(),
+        )
+        _done("quant_matmul", code)
+        return out
+
+    def quant_dequantize(self, weight: QuantWeight) -> torch.Tensor:
+        """W dense [out, in] in this library's dtype."""
+        self._check_quant("quant_dequantize", weight)
+        out = torch.empty(weight.shape, dtype=self.dtype)
+        self._quant_dequantize(
+            weight.data.data_ptr(),
+            _QUANT_TYPES[weight.qtype],
+            weight.out_features,
+            weight.in_features,
+            None if weight.scale is None else weight.scale.data_ptr(),
+            out.data_ptr(),
+            torch.get_num_threads(),
+        )
+        return out
+
+    @staticmethod
+    def _check_quant(name: str, weight: QuantWeight) -> None:
+        if not isinstance(weight, QuantWeight):
+            raise TypeError(f"{name}: expected a QuantWeight, got {type(weight).__name__}")
+        data_dtype = torch.int8 if weight.qtype == "int8" else torch.uint8
+        _tensor(f"{name} weight", weight.data, data_dtype, 2)
+        if weight.scale is not None:
+            _tensor(f"{name} scale", weight.scale, torch.float32, 1)
 
     def add_rms_norm(
         self, x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float

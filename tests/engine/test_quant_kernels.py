@@ -1,0 +1,148 @@
+"""The quantised matmul kernels (csrc/quant_kernels.c) against dequantise-then-matmul.
+
+Three builds run on any x86 machine: the native one (AVX-512 where the CPU has it),
+AVX2 + FMA (-DOWNLLM_NO_AVX512) and the portable loop (-DOWNLLM_NO_AVX2 too); a build
+whose instructions this CPU lacks is skipped. Every type, both dtypes, odd shapes.
+
+Tolerance: the kernel sums float32 products of the exact dequantised weights, so
+against a float64 reference its error is float32 summation error, bounded here by
+1e-5 * sum |x| |w| per output; bf16 outputs add one bf16 rounding (2^-8 relative).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import pytest
+import torch
+
+from ownllm.engine import cpu_kernels
+from ownllm.formats.quant import QuantWeight, dequantize, quantize
+
+pytestmark = pytest.mark.skipif(
+    cpu_kernels._compiler() is None, reason="no C compiler on this machine (the torch path runs)"
+)
+
+BUILDS = {
+    "native": [],
+    "avx2": ["-DOWNLLM_NO_AVX512"],
+    "portable": ["-DOWNLLM_NO_AVX512", "-DOWNLLM_NO_AVX2"],
+}
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return set(next((ln for ln in text.splitlines() if ln.startswith("flags")), "").split())
+
+
+@pytest.fixture(scope="module", params=list(BUILDS))
+def build(request, tmp_path_factory):
+    flags = _cpu_flags()
+    if request.param == "avx2" and not {"avx2", "fma"} <= flags:
+        pytest.skip("this CPU has no AVX2 + FMA")
+    path = cpu_kernels.build(tmp_path_factory.mktemp(request.param), BUILDS[request.param])
+    library = ctypes.CDLL(str(path))
+    kernels = {dt: cpu_kernels.CpuKernels(library, dt) for dt in (torch.float32, torch.bfloat16)}
+    return request.param, kernels
+
+
+def test_each_build_runs_the_loop_it_was_built_for(build):
+    name, kernels = build
+    flags = _cpu_flags()
+    expected = {
+        "native": "AVX-512"
+        if "avx512f" in flags
+        else ("AVX2" if {"avx2", "fma"} <= flags else "portable"),
+        "avx2": "AVX2",
+        "portable": "portable",
+    }[name]
+    assert kernels[torch.float32].quant_path == expected
+
+
+def _weight(qtype: str, rows: int, cols: int, seed: int) -> QuantWeight:
+    gen = torch.Generator().manual_seed(seed)
+    # rows of different magnitudes, and an offset so q4_1's minimum matters
+    dense = torch.randn(rows, cols, generator=gen) * torch.rand(rows, 1, generator=gen) + 0.1
+    return quantize(dense, qtype)
+
+
+SHAPES = [  # (rows of x, out_features, in_features)
+    (1, 37, 96),
+    (1, 4, 32),
+    (2, 5, 64),
+    (3, 33, 160),
+    (5, 64, 576),
+    (7, 9, 32),
+    (16, 41, 288),
+    (20, 6, 64),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("qtype", ["q4_0", "q4_1", "q8_0", "int8"])
+def test_quant_matmul_matches_dequantise_then_matmul(build, qtype, dtype):
+    _, kernels = build
+    shapes = SHAPES + ([(1, 7, 50), (3, 11, 77)] if qtype == "int8" else [])  # int8: any width
+    for seed, (num_rows, out_features, in_features) in enumerate(shapes):
+        w = _weight(qtype, out_features, in_features, seed)
+        gen = torch.Generator().manual_seed(100 + seed)
+        x = torch.randn(num_rows, in_features, generator=gen).to(dtype)
+        got = kernels[dtype].quant_matmul(x, w)
+        assert got.dtype == dtype and got.shape == (num_rows, out_features)
+        dense = dequantize(w).double()
+        reference = x.double() @ dense.T
+        bound = 1e-5 * (x.double().abs() @ dense.abs().T) + 1e-7
+        if dtype == torch.bfloat16:
+            bound += reference.abs() * 2**-8
+        err = (got.double() - reference).abs()
+        assert (err <= bound).all(), (qtype, num_rows, out_features, in_features, err.max())
+
+
+def test_quant_matmul_reads_strided_rows(build):
+    _, kernels = build
+    w = _weight("q4_1", 10, 64, 7)
+    wide = torch.randn(3, 100)
+    x = wide[:, 10:74]  # rows contiguous, stride 100
+    got = kernels[torch.float32].quant_matmul(x, w)
+    torch.testing.assert_close(got, x @ dequantize(w).T, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("qtype", ["q4_0", "q4_1", "q8_0", "int8"])
+def test_quant_dequantize_is_the_reference_bit_for_bit(build, qtype):
+    _, kernels = build
+    w = _weight(qtype, 13, 77 if qtype == "int8" else 96, 3)
+    for dtype in (torch.float32, torch.bfloat16):
+        assert torch.equal(kernels[dtype].quant_dequantize(w), dequantize(w, dtype))
+
+
+def test_quant_wrappers_check_before_calling(build):
+    _, kernels = build
+    w = _weight("q8_0", 4, 64, 0)
+    with pytest.raises(ValueError, match="does not fit"):
+        kernels[torch.float32].quant_matmul(torch.zeros(2, 32), w)
+    with pytest.raises(TypeError, match="cpu torch.float32"):
+        kernels[torch.float32].quant_matmul(torch.zeros(2, 64, dtype=torch.bfloat16), w)
+    with pytest.raises(TypeError, match="QuantWeight"):
+        kernels[torch.float32].quant_matmul(torch.zeros(2, 64), torch.zeros(4, 64))
+    assert kernels[torch.float32].quant_matmul(torch.zeros(0, 64), w).shape == (0, 4)
+
+
+@pytest.mark.parametrize("num_rows", [3, 16, 17, 40])
+def test_ckernel_ops_quant_linear_decode_rows_and_prompt_tiles(build, monkeypatch, num_rows):
+    """Up to QUANT_KERNEL_MAX_ROWS rows: the kernel; above: dequantised tiles of weight
+    rows (here 3 rows a tile, so the last tile is partial) through the GEMM, bias added."""
+    from ownllm.engine import ops
+
+    _, kernels = build
+    monkeypatch.setattr(ops, "QUANT_TILE_ELEMENTS", 3 * 64)
+    c_ops = ops.CKernelOps.__new__(ops.CKernelOps)
+    c_ops.kernels = kernels[torch.float32]
+    w = _weight("q4_1", 10, 64, 11)
+    bias = torch.randn(10)
+    x = torch.randn(num_rows, 64)
+    got = c_ops.quant_linear(x, w, bias)
+    torch.testing.assert_close(got, torch.nn.functional.linear(x, dequantize(w), bias))
