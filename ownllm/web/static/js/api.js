@@ -80,7 +80,8 @@ export async function download(path, body) {
  * time a tool call grows (its name first, then its arguments in fragments, as OpenAI
  * streams them: `delta.tool_calls[{index, id, function: {name, arguments}}]`), and resolves
  * with {text, toolCalls, usage, finishReason, ttftMs, totalMs}; each call is
- * {index, id, name, arguments}. Server-sent events exactly as OpenAI sends them.
+ * {index, id, name, arguments}; `citations` are ownllm's file_search sources (the first
+ * delta carries them). Server-sent events exactly as OpenAI sends them.
  */
 export async function streamChat(body, onDelta, signal, onToolCall = () => {}) {
   const started = performance.now();
@@ -92,7 +93,7 @@ export async function streamChat(body, onDelta, signal, onToolCall = () => {}) {
   });
   if (!response.ok) throw await errorFrom(response);
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-  const result = { text: "", toolCalls: [], usage: null, finishReason: null, ttftMs: null, totalMs: null };
+  const result = { text: "", toolCalls: [], usage: null, finishReason: null, ttftMs: null, totalMs: null, citations: null };
   let buffer = "";
   for (;;) {
     const { value, done } = await reader.read();
@@ -112,6 +113,7 @@ export async function streamChat(body, onDelta, signal, onToolCall = () => {}) {
       if (chunk.error) throw new ApiError(chunk.error.message, 500, chunk.error.param, chunk.error.code);
       if (chunk.usage) result.usage = chunk.usage;
       for (const choice of chunk.choices || []) {
+        if (choice.delta && Array.isArray(choice.delta.citations)) result.citations = choice.delta.citations;
         const text = choice.delta && choice.delta.content;
         if (text) {
           if (result.ttftMs === null) result.ttftMs = performance.now() - started;

@@ -5,6 +5,7 @@
 
 import { api, streamChat } from "../api.js";
 import { announce, errorBox, field, fill, fmtInt, fmtMs, h } from "../dom.js";
+import { sourcesList, storeSelect, withFileSearch } from "../sources.js";
 
 export const TITLE = "Playground";
 
@@ -80,6 +81,8 @@ class Pane {
       const seconds = result.totalMs / 1000;
       const rate = tokens && seconds > 0 ? ` · ${(tokens / seconds).toFixed(1)} tok/s` : "";
       msg.append(h("span", { class: "stats" }, `${fmtInt(tokens)} tokens · first token ${fmtMs(result.ttftMs)}${rate} · ${result.finishReason || "stopped"}`));
+      const sources = sourcesList(result.citations);
+      if (sources) msg.append(sources);
     } catch (error) {
       if (error.name === "AbortError") {
         msg.append(h("span", { class: "stats" }, "stopped"));
@@ -105,6 +108,7 @@ export function mount(main, { me, params }) {
   const tools = h("textarea", { name: "tools", rows: "4", spellcheck: "false", class: "mono", placeholder: '[{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]' });
   const toolChoice = h("select", { name: "tool-choice" }, option("auto", "auto", true), option("required", "required"), option("none", "none"));
   const compare = h("input", { type: "checkbox", name: "compare", id: "compare" });
+  const store = storeSelect(api);
   const prompt = h("textarea", { id: "prompt", name: "prompt", rows: "2", placeholder: "Ask something… (Enter sends, Shift+Enter adds a line)" });
   const sendButton = h("button", { type: "submit" }, "Send");
   const stopButton = h("button", { type: "button", class: "secondary", disabled: true }, "Stop");
@@ -155,7 +159,7 @@ export function mount(main, { me, params }) {
       body.tools = parsed;
       body.tool_choice = toolChoice.value;
     }
-    return body;
+    return withFileSearch(body, store.value);
   }
 
   function toolsChanged() {
@@ -216,6 +220,7 @@ export function mount(main, { me, params }) {
     field("System prompt", system),
     field("Tools (JSON)", tools, "Function tools as the API takes them; calls appear as they stream."),
     field("Tool choice", toolChoice),
+    field("Answer from a vector store", store),
     h("label", { class: "check", for: "compare" }, compare, "Compare with the base model side by side"),
   );
   const composer = h(
