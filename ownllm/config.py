@@ -213,20 +213,27 @@ class EngineConfig:
     max_num_batched_tokens: int = setting(
         1024, "Token budget of one engine step (prefill is chunked to fit).", min=16, max=1 << 20
     )
-    batch_step_tokens: int = setting(
-        128,
-        "Most tokens batch-priority rows (/v1/batches lines, eval runs) compute in one step: "
-        "an interactive request that arrives waits for the step in progress, so batch "
-        "prompts advance in chunks this long (0: the whole step budget).",
+    batch_tokens_with_interactive: int = setting(
+        8,
+        "Most tokens batch-priority rows (/v1/batches lines, eval runs) compute in one step "
+        "while interactive requests run or wait (0: batch_step_tokens).",
         min=0,
         max=1 << 20,
     )
-    batch_tokens_with_interactive: int = setting(
-        16,
-        "Most tokens batch-priority rows compute in a step while interactive requests run "
-        "or wait (0: batch_step_tokens).",
+    batch_step_tokens: int = setting(
+        32,
+        "Most tokens batch-priority rows compute in one step for a while after interactive "
+        "work (engine.batch_full_after_steps): an interactive request that arrives waits for "
+        "the step in progress, so that step stays short (0: the whole step budget).",
         min=0,
         max=1 << 20,
+    )
+    batch_full_after_steps: int = setting(
+        512,
+        "Steps without interactive work after which batch rows fill whole steps again, for "
+        "a batch's full throughput on an otherwise idle server (0: never).",
+        min=0,
+        max=1 << 30,
     )
     block_size: int = setting(16, "KV-cache block size in tokens.", choices=(8, 16, 32, 64))
     kv_cache_tokens: int = setting(

@@ -127,6 +127,7 @@ class LLMEngine:
             max_num_batched_tokens=config.max_num_batched_tokens,
             batch_step_tokens=config.batch_step_tokens,
             batch_tokens_with_interactive=config.batch_tokens_with_interactive,
+            batch_full_after_steps=config.batch_full_after_steps,
         )
         self.lora = LoraStacks(self.args, config.max_loras, self.dtype, self.device)
         self.runner = ModelRunner(self.model, num_blocks, config.block_size, self.lora)

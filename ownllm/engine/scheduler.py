@@ -21,13 +21,16 @@ rest of each step, and a waiting interactive sequence that finds no seat or
 no KV blocks preempts running batch sequences (newest first) to get them;
 nothing of a lower class is admitted while a higher one waits for room.
 
-Batch rows are also held to a token cap of their own (`batch_step_tokens`, and the
-smaller `batch_tokens_with_interactive` while any interactive sequence runs or waits).
+Batch rows are also held to token caps of their own while interactive traffic is about.
 A step cannot be interrupted: an interactive request that arrives waits for the step in
-progress, so batch-only steps are kept short (a prompt chunk of `batch_step_tokens`, not
-the whole budget), and while interactive work is there the batch rows add only a few
-tokens to each of its steps (a batch prompt advances in small chunks, and only that many
-batch rows decode a token; the others wait, keeping their KV). 0 lifts a cap.
+progress. So while any interactive sequence runs or waits, batch rows add at most
+`batch_tokens_with_interactive` tokens to a step (a batch prompt advances in small chunks
+and only that many batch rows decode; the others wait, keeping their KV), and for
+`batch_full_after_steps` steps after the last interactive work, batch-only steps stay at
+`batch_step_tokens`, so the next interactive arrival waits for a short step only. Once
+that many steps passed without interactive work, batch rows fill whole steps again (the
+throughput of a batch on an otherwise idle server). 0 lifts a cap (for
+`batch_full_after_steps`: the caps are never lifted).
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ class Scheduler:
         max_num_batched_tokens: int,
         batch_step_tokens: int = 0,
         batch_tokens_with_interactive: int = 0,
+        batch_full_after_steps: int = 0,
     ) -> None:
         self.block_manager = block_manager
         self.adapter_slots = adapter_slots
@@ -69,6 +73,8 @@ class Scheduler:
         self.max_num_batched_tokens = max_num_batched_tokens
         self.batch_step_tokens = batch_step_tokens  # 0: no cap of its own
         self.batch_tokens_with_interactive = batch_tokens_with_interactive
+        self.batch_full_after_steps = batch_full_after_steps
+        self._quiet_steps = 1 << 62  # steps planned since the last interactive work (none yet)
         self.waiting: list[Sequence] = []  # sorted by (priority, arrival)
         self.running: list[Sequence] = []  # admission order
 
@@ -115,9 +121,11 @@ class Scheduler:
         out = SchedulerOutput()
         self._budget = self.max_num_batched_tokens
         classes = sorted({s.priority for s in self.running} | {s.priority for s in self.waiting})
+        interactive = bool(classes) and classes[0] < PRIORITY_BATCH
+        self._quiet_steps = 0 if interactive else self._quiet_steps + 1
         for priority in classes:
             if priority >= PRIORITY_BATCH:
-                self._budget = min(self._budget, self._batch_cap(interactive=classes[0] < priority))
+                self._budget = min(self._budget, self._batch_cap(interactive))
             self._schedule_running(priority, out)
             if not self._admit_waiting(priority, out):
                 break  # a sequence of this class waits for room: none below it takes it
@@ -125,9 +133,14 @@ class Scheduler:
 
     def _batch_cap(self, interactive: bool) -> int:
         """The most tokens batch-class rows may compute this step."""
-        cap = self.batch_tokens_with_interactive if interactive else 0
-        cap = cap or self.batch_step_tokens
-        return min(cap, self.max_num_batched_tokens) if cap else self.max_num_batched_tokens
+        full = self.max_num_batched_tokens
+        if interactive:
+            cap = self.batch_tokens_with_interactive or self.batch_step_tokens
+        elif self.batch_full_after_steps and self._quiet_steps > self.batch_full_after_steps:
+            return full  # no interactive work for a while: whole steps
+        else:
+            cap = self.batch_step_tokens
+        return min(cap, full) if cap else full
 
     def _schedule_running(self, priority: int, out: SchedulerOutput) -> None:
         bm = self.block_manager

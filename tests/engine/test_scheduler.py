@@ -9,7 +9,14 @@ from ownllm.engine.sequence import Sequence, SequenceStatus
 
 
 def make(
-    num_blocks=64, block_size=4, max_num_seqs=8, budget=32, num_slots=2, batch=0, beside=0
+    num_blocks=64,
+    block_size=4,
+    max_num_seqs=8,
+    budget=32,
+    num_slots=2,
+    batch=0,
+    beside=0,
+    full_after=0,
 ) -> Scheduler:
     return Scheduler(
         BlockManager(num_blocks, block_size),
@@ -18,6 +25,7 @@ def make(
         max_num_batched_tokens=budget,
         batch_step_tokens=batch,
         batch_tokens_with_interactive=beside,
+        batch_full_after_steps=full_after,
     )
 
 
@@ -197,7 +205,8 @@ def test_with_one_class_the_plan_is_as_before():
     assert step(s) == {a: 5, b: 3}
 
 
-# -- the batch caps: short batch-only steps, a few batch tokens beside interactive work ----
+# -- the batch caps: a few batch tokens beside interactive work, short batch-only steps
+# for a while after it (here, with full_after=0, for ever) ----------------------------------
 
 
 def test_alone_a_batch_prompt_advances_in_chunks_of_batch_step_tokens():
@@ -252,3 +261,19 @@ def test_caps_of_zero_leave_the_plan_as_before():
     assert step(s) == {bulk: 16}
     s.add(seq(10, priority=INTERACTIVE, first=100))
     assert sum(step(s).values()) == 16
+
+
+def test_batch_rows_fill_whole_steps_again_after_quiet_steps():
+    s = make(budget=32, batch=4, beside=2, full_after=3)
+    bulk = seq(200, priority=BATCH)
+    s.add(bulk)
+    assert step(s) == {bulk: 32}  # no interactive work yet: the whole budget
+    chat = seq(2, priority=INTERACTIVE, first=500)
+    s.add(chat)
+    assert step(s) == {chat: 2, bulk: 2}
+    s.finish(chat, "stop")
+    # three steps without interactive work stay short, for the next arrival's sake
+    assert [step(s)[bulk] for _ in range(4)] == [4, 4, 4, 32]
+    s.add(seq(2, priority=INTERACTIVE, first=600))
+    assert step(s)[bulk] == 2  # back beside interactive work at once
+    assert step(s)[bulk] == 2  # it decodes: still there
