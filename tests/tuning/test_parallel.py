@@ -39,7 +39,7 @@ def _train_both(model_dir, chat_path, pairs_path, parallel=None) -> dict[str, to
     ):
         model = TrainableModel.from_dir(model_dir, LoraSettings(), dtype=torch.float32)
         model.reset_lora(0)
-        settings = TrainSettings(Hyperparameters(2, 4, 1.0), seed=0)
+        settings = TrainSettings(Hyperparameters(1, 4, 1.0), seed=0)
         Trainer(model, data, settings, objective=objective, parallel=parallel).run()
         out.update({f"{name}/{k}": v for k, v in model.lora_state().items()})
     return out
@@ -139,8 +139,8 @@ def test_a_killed_rank_requeues_the_job_which_resumes_on_one_rank(
     tmp_path, learnable_model_dir, db_url
 ):
     state = make_state(tmp_path, learnable_model_dir, db_url)
-    # 6 steps an epoch, 48 in all: the ranks run 10 ms at a time between looks
-    job_id = _job(state, {"n_epochs": 8, "batch_size": 2})
+    # 6 steps an epoch, 36 in all: the ranks run 10 ms at a time between looks
+    job_id = _job(state, {"n_epochs": 6, "batch_size": 2})
     worker = _ranked_worker(state, 2)
     running = threading.Thread(target=worker.run_once)
     running.start()
