@@ -131,11 +131,15 @@ def fake_state(tmp_path, tiny_model_dir):
 
 @pytest.fixture(scope="session")
 def vllm_model_dir(tmp_path_factory) -> Path:
-    """The shipped model as the HF directory ownllm's cache writes (what vLLM loads)."""
+    """The shipped model as the HF directory ownllm's cache writes, as vLLM reads it
+    (`vllm_model_dir`: without the cache's quant.safetensors)."""
+    from ownllm.backends.vllm import vllm_model_dir
     from ownllm.models import prepare_model, resolve_model
     from tests.vllm_servers import SERVED_NAME
 
-    return prepare_model(resolve_model(SERVED_NAME), tmp_path_factory.mktemp("vllm-home")).path
+    home = tmp_path_factory.mktemp("vllm-home")
+    model_dir = prepare_model(resolve_model(SERVED_NAME), home).path
+    return vllm_model_dir(model_dir, home / "vllm-model")
 
 
 @pytest.fixture(scope="session")

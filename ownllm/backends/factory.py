@@ -56,14 +56,28 @@ def build_backend(cfg: BackendConfig, context: BackendContext) -> Backend:
         from ownllm.backends.openai_compat import OpenAIBackend
 
         return OpenAIBackend(cfg, model_info=info, tokenizer=context.tokenizer, api_key=key)
-    from ownllm.backends.vllm import VLLMBackend, VllmProcess, base_url, expand_command
+    from ownllm.backends.vllm import (
+        VLLMBackend,
+        VllmProcess,
+        base_url,
+        expand_command,
+        vllm_model_dir,
+    )
 
     process = None
     if cfg.command:
         url = base_url(cfg.url)
         host_port = url.split("://", 1)[1]
+        model_dir = ""
+        if context.model_dir is not None:  # without ownllm's quant.safetensors
+            model_dir = str(
+                vllm_model_dir(
+                    context.model_dir,
+                    context.data_dir / "cache" / "vllm-model" / context.model_dir.name,
+                )
+            )
         values = {
-            "model_dir": str(context.model_dir or ""),
+            "model_dir": model_dir,
             "model": cfg.upstream_model or context.model_id,
             "host": host_port.rsplit(":", 1)[0],
             "port": host_port.rsplit(":", 1)[-1] if ":" in host_port else "80",

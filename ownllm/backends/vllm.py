@@ -311,6 +311,28 @@ def vllm_command(
     ]  # fmt: skip
 
 
+def vllm_model_dir(model_dir: Path, out: Path) -> Path:
+    """`model_dir` (a model cache's HF directory) as a vLLM server should read it: `out`,
+    holding links to its files but ownllm's quant.safetensors (the GGUF's own blocks, kept
+    for QLoRA tuning: vLLM loads every *.safetensors of a directory, and these are no
+    weights of the model)."""
+    from ownllm.formats.quant import QUANT_FILE
+
+    out.mkdir(parents=True, exist_ok=True)
+    for src in model_dir.iterdir():
+        link = out / src.name
+        if src.name == QUANT_FILE or not src.is_file():
+            continue
+        if link.is_symlink() and link.resolve() == src.resolve():
+            continue
+        link.unlink(missing_ok=True)
+        link.symlink_to(src.resolve())
+    for link in out.iterdir():  # what the cache no longer has (a rebuilt cache)
+        if link.is_symlink() and not link.exists():
+            link.unlink()
+    return out
+
+
 def expand_command(command: Sequence[str], values: dict[str, str]) -> list[str]:
     """`{model_dir}`, `{model}`, `{host}` and `{port}` in a configured command filled in."""
     out = []
@@ -421,4 +443,5 @@ __all__ = [
     "lora_name",
     "structured_outputs",
     "vllm_command",
+    "vllm_model_dir",
 ]

@@ -55,8 +55,12 @@ def test_a_managed_vllm_gets_its_command_filled_in_and_a_log_in_the_data_dir(con
     backend = build_backend(cfg, context)
     assert isinstance(backend, VLLMBackend)
     process = backend.process
-    assert process.argv == ["py", "--model", str(context.model_dir), "--served-model-name",
+    served_dir = context.data_dir / "cache" / "vllm-model" / context.model_dir.name
+    assert process.argv == ["py", "--model", str(served_dir), "--served-model-name",
                             "tiny", "--port", "8123"]  # fmt: skip
+    assert (served_dir / "config.json").read_bytes() == (
+        context.model_dir / "config.json"
+    ).read_bytes()
     assert process.log_path == context.data_dir / "logs" / "vllm-gpu0.log"
     assert backend.cache_dir == context.data_dir / "cache" / "compositions"
 
@@ -64,3 +68,23 @@ def test_a_managed_vllm_gets_its_command_filled_in_and_a_log_in_the_data_dir(con
 def test_an_external_vllm_has_no_process(context):
     backend = build_backend(BackendConfig(kind="vllm", url="http://10.0.0.5:8000"), context)
     assert backend.process is None and backend.health_path == "/health"
+
+
+def test_vllm_reads_the_model_cache_without_its_quant_file(tmp_path):
+    """vLLM loads every *.safetensors of its model directory: the cache's GGUF blocks
+    (quant.safetensors) are left out of the directory it is given, the rest linked."""
+    from ownllm.backends.vllm import vllm_model_dir
+
+    cache = tmp_path / "models" / "m"
+    cache.mkdir(parents=True)
+    for name, data in [("config.json", b"{}"), ("model.safetensors", b"dense"),
+                       ("quant.safetensors", b"blocks"), ("tokenizer.json", b"{}")]:  # fmt: skip
+        (cache / name).write_bytes(data)
+    out = vllm_model_dir(cache, tmp_path / "served")
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json", "model.safetensors", "tokenizer.json"
+    ]  # fmt: skip
+    assert (out / "model.safetensors").read_bytes() == b"dense"
+    (cache / "tokenizer.json").unlink()  # a rebuilt cache: the view follows it
+    assert vllm_model_dir(cache, out) == out
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
