@@ -258,6 +258,11 @@ class Router:
             return remote or local
         return local
 
+    def running_on(self, request_id: str) -> str | None:
+        """The name of the replica running `request_id` now (None: not running here)."""
+        replica = self._where.get(request_id)
+        return None if replica is None else replica.name
+
     def served_by(self, request_id: str) -> Replica | None:
         """The replica that answered `request_id` (forgotten once asked)."""
         return self._served.pop(request_id, None)

@@ -248,3 +248,15 @@ def test_a_policy_naming_no_remote_backend_is_a_config_error():
 
     with pytest.raises(ConfigError, match="remote = true"):
         make_router(n_local=1, policies=[HybridPolicy(mode="fallback", remote="nowhere")])
+
+
+async def test_running_on_names_the_replica_of_a_running_request_only():
+    router, replicas, _ = make_router(n_local=2)
+    stream = router.generate(request(7))
+    await anext(stream)  # running now
+    where = router.running_on("req-7")
+    assert where in replicas and replicas[where].backend.requests
+    async for _ in stream:
+        pass
+    assert router.running_on("req-7") is None
+    assert router.running_on("req-unknown") is None
