@@ -69,7 +69,7 @@ def build_backend(cfg: BackendConfig, context: BackendContext) -> Backend:
         url = base_url(cfg.url)
         host_port = url.split("://", 1)[1]
         model_dir = ""
-        if context.model_dir is not None:  # without ownllm's quant.safetensors
+        if context.model_dir is not None:  # without ownllm's quantised blocks
             model_dir = str(
                 vllm_model_dir(
                     context.model_dir,

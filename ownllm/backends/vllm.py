@@ -313,9 +313,8 @@ def vllm_command(
 
 def vllm_model_dir(model_dir: Path, out: Path) -> Path:
     """`model_dir` (a model cache's HF directory) as a vLLM server should read it: `out`,
-    holding links to its files but ownllm's quant.safetensors (the GGUF's own blocks, kept
-    for QLoRA tuning: vLLM loads every *.safetensors of a directory, and these are no
-    weights of the model)."""
+    holding links to its files but ownllm's quantised blocks (`QUANT_FILE`, the GGUF's own
+    blocks: no weights vLLM should read; only the model's files are linked)."""
     from ownllm.formats.quant import QUANT_FILE
 
     out.mkdir(parents=True, exist_ok=True)

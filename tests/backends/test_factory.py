@@ -72,13 +72,15 @@ def test_an_external_vllm_has_no_process(context):
 
 def test_vllm_reads_the_model_cache_without_its_quant_file(tmp_path):
     """vLLM loads every *.safetensors of its model directory: the cache's GGUF blocks
-    (quant.safetensors) are left out of the directory it is given, the rest linked."""
+    (QUANT_FILE) are left out of the directory it is given, the rest linked."""
     from ownllm.backends.vllm import vllm_model_dir
 
     cache = tmp_path / "models" / "m"
     cache.mkdir(parents=True)
+    from ownllm.formats.quant import QUANT_FILE
+
     for name, data in [("config.json", b"{}"), ("model.safetensors", b"dense"),
-                       ("quant.safetensors", b"blocks"), ("tokenizer.json", b"{}")]:  # fmt: skip
+                       (QUANT_FILE, b"blocks"), ("tokenizer.json", b"{}")]:  # fmt: skip
         (cache / name).write_bytes(data)
     out = vllm_model_dir(cache, tmp_path / "served")
     assert sorted(p.name for p in out.iterdir()) == [
