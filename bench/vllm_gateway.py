@@ -141,7 +141,7 @@ def start_vllm(model: Path, out: Path, max_loras: int):
     from ownllm.backends.vllm import VllmProcess, vllm_command, vllm_model_dir
 
     port = common_free_port()
-    served_dir = vllm_model_dir(model, out / "vllm-model")  # without quant.safetensors
+    served_dir = vllm_model_dir(model, out / "vllm-model")  # without the cache's quantised blocks
     argv = vllm_command(str(common.VLLM_PYTHON), model_dir=str(served_dir), served_name=SERVED,
                         port=port, max_loras=max_loras, max_lora_rank=8)  # fmt: skip
     process = VllmProcess(argv, f"http://127.0.0.1:{port}", out / "vllm.log")

@@ -132,7 +132,7 @@ def fake_state(tmp_path, tiny_model_dir):
 @pytest.fixture(scope="session")
 def vllm_model_dir(tmp_path_factory) -> Path:
     """The shipped model as the HF directory ownllm's cache writes, as vLLM reads it
-    (`vllm_model_dir`: without the cache's quant.safetensors)."""
+    (`vllm_model_dir`: without the cache's quantised blocks)."""
     from ownllm.backends.vllm import vllm_model_dir
     from ownllm.models import prepare_model, resolve_model
     from tests.vllm_servers import SERVED_NAME
