@@ -23,9 +23,10 @@ format (a problem naming it), multimodal content parts (content must be a string
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ownllm.errors import InvalidRequestError
 from ownllm.models.tool_format import check_function_tool, render_conversation
@@ -228,17 +229,18 @@ def parse_line(number: int, line: str) -> Example | Problem:
     return Example(number, rendered, tools)
 
 
-def read_examples(path: str | Path, param: str = "training_file") -> list[Example]:
-    """Parse and validate a JSONL file; raise DataError listing every problem with its line."""
-    examples: list[Example] = []
+def read_valid_lines(path: str | Path, param: str, parse: Callable[[int, str], Any]) -> list:
+    """`parse(number, line)` over a JSONL file's non-blank lines; raise DataError listing
+    every line it returned a Problem for, else return what it parsed."""
+    parsed_lines: list = []
     problems: list[Problem] = []
     try:
         with open(path, encoding="utf-8") as f:
             for number, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
-                parsed = parse_line(number, line)
-                (problems if isinstance(parsed, Problem) else examples).append(parsed)
+                parsed = parse(number, line)
+                (problems if isinstance(parsed, Problem) else parsed_lines).append(parsed)
     except UnicodeDecodeError:
         raise DataError(
             f"The {param} is not UTF-8 text.", param=param, code="invalid_file_format"
@@ -252,6 +254,12 @@ def read_examples(path: str | Path, param: str = "training_file") -> list[Exampl
             param=param,
             code="invalid_file_format",
         )
+    return parsed_lines
+
+
+def read_examples(path: str | Path, param: str = "training_file") -> list[Example]:
+    """Parse and validate a JSONL file; raise DataError listing every problem with its line."""
+    examples: list[Example] = read_valid_lines(path, param, parse_line)
     if param == "training_file" and len(examples) < MIN_EXAMPLES:
         raise DataError(
             f"The training file has {len(examples)} example(s); at least {MIN_EXAMPLES} are needed.",

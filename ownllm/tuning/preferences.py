@@ -25,12 +25,12 @@ from pathlib import Path
 from ownllm.errors import InvalidRequestError
 from ownllm.models.tool_format import check_function_tool
 from ownllm.tuning.data import (
-    MAX_REPORTED_PROBLEMS,
     MIN_EXAMPLES,
     DataError,
     Example,
     Problem,
     TokenizedExample,
+    read_valid_lines,
     tokenize_example,
 )
 
@@ -140,27 +140,7 @@ def parse_pair(number: int, line: str) -> PreferencePair | Problem:
 
 def read_pairs(path: str | Path, param: str = "training_file") -> list[PreferencePair]:
     """Parse and validate a preference JSONL file; raise DataError naming every bad line."""
-    pairs: list[PreferencePair] = []
-    problems: list[Problem] = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, start=1):
-                if line.strip():
-                    parsed = parse_pair(number, line)
-                    (problems if isinstance(parsed, Problem) else pairs).append(parsed)
-    except UnicodeDecodeError:
-        raise DataError(
-            f"The {param} is not UTF-8 text.", param=param, code="invalid_file_format"
-        ) from None
-    if problems:
-        shown = "; ".join(str(p) for p in problems[:MAX_REPORTED_PROBLEMS])
-        more = len(problems) - MAX_REPORTED_PROBLEMS
-        suffix = f"; and {more} more" if more > 0 else ""
-        raise DataError(
-            f"The {param} has {len(problems)} invalid line(s): {shown}{suffix}.",
-            param=param,
-            code="invalid_file_format",
-        )
+    pairs: list[PreferencePair] = read_valid_lines(path, param, parse_pair)
     if param == "training_file" and len(pairs) < MIN_EXAMPLES:
         raise DataError(
             f"The training file has {len(pairs)} preference pair(s); "
