@@ -6,8 +6,11 @@ directory ownllm's model cache makes, with LoRA enabled and runtime adapter load
 run through the vllm backend's own `VllmProcess` (its own process group, its output in a log
 file). `start("a", "b")` spawns every server not yet running at once and then waits for all
 of them (vLLM takes a minute or more to start on a loaded box: two in parallel cost about
-one). `VllmServer.kill()` is `kill -9` of the server and its engine process; `restart()`
-brings it back on the same port.
+one). Each server's engine runs on its own cores (`VLLM_CPU_OMP_THREADS_BIND`, by
+`core_slices`): left to vLLM's automatic binding every server on one box binds its engine to
+the same first core and reserves the rest, and two engines sharing it starve each other
+(minute-long stalls, health checks timing out). `VllmServer.kill()` is `kill -9` of the
+server and its engine process; `restart()` brings it back on the same port.
 
 vLLM lives in its own virtualenv (`make vllm-venv`): `OWNLLM_VLLM_PYTHON`, else
 `<repo>/.venv-vllm/bin/python`. Without it `start` skips the test, saying so; CI has it
@@ -36,11 +39,25 @@ MAX_MODEL_LEN = 2048
 START_TIMEOUT_S = 600.0  # bounds a hang: a loaded CI box takes a minute or two
 
 
+SERVER_NAMES = ("a", "b")  # the servers a session may start, in the order they get cores
+
+
 def vllm_python() -> Path:
     return Path(os.environ.get("OWNLLM_VLLM_PYTHON") or REPO / ".venv-vllm" / "bin" / "python")
 
 
 @dataclass
+def core_slices(cpus: list[int], num_servers: int = len(SERVER_NAMES)) -> list[str]:
+    """VLLM_CPU_OMP_THREADS_BIND for each server: `cpus` split into `num_servers` contiguous
+    slices (`"0"`, `"1"` on two cores; `"0,1"`, `"2,3"` on four). With fewer cores than
+    servers every server gets all of them."""
+    cpus = sorted(cpus)
+    if len(cpus) < num_servers:
+        return [",".join(map(str, cpus))] * num_servers
+    size = len(cpus) // num_servers
+    return [",".join(map(str, cpus[i * size : (i + 1) * size])) for i in range(num_servers)]
+
+
 class VllmServer:
     name: str
     url: str
@@ -102,7 +119,9 @@ class VllmServers:
             )
             log = self.log_root / f"vllm-{name}.log"
             url = f"http://127.0.0.1:{port}"
-            process = VllmProcess(argv, url, log, start_timeout_s=START_TIMEOUT_S)
+            cores = core_slices(sorted(os.sched_getaffinity(0)))[SERVER_NAMES.index(name)]
+            process = VllmProcess(argv, url, log, start_timeout_s=START_TIMEOUT_S,
+                                  env={"VLLM_CPU_OMP_THREADS_BIND": cores})  # fmt: skip
             process.spawn()
             self.servers[name] = VllmServer(name, process.url, process, self.model_dir)
             fresh.append(process)

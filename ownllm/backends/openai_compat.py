@@ -205,8 +205,11 @@ class OpenAIBackend:
                 self._model_info = replace(self._model_info, max_model_len=length)
 
     async def health(self) -> bool:
+        """Whether the server answers its health path with 200. The wait is bounded by the
+        caller (the router's `health_timeout_s`), not here: a cap of its own would fail a
+        busy server sooner than the operator's setting allows."""
         try:
-            response = await self.client.get(self.health_path, timeout=HEALTH_TIMEOUT_S)
+            response = await self.client.get(self.health_path)
         except httpx.HTTPError:
             return False
         return response.status_code == 200

@@ -8,8 +8,11 @@ request sent after the kill is answered, /ready shows the replica down, and traf
 once it is back.
 
 Greedy decoding with ignore_eos throughout: every answer is exactly max_tokens long. The
-long streams (1,200 tokens) cannot end before the kill that follows their first tokens on any
-machine this runs on; waits poll for an event with a deadline that only bounds a hang."""
+long streams fill the context (about 1,650 tokens, a minute or more of decoding on these
+machines) and are opened at once, each one's replica read when its first token arrives, so
+the kill that follows the last first token finds them running; each server's engine has its
+own core (tests/vllm_servers.py), so one cannot stall the other. Waits poll for an event
+with a deadline that only bounds a hang."""
 
 from __future__ import annotations
 
@@ -24,12 +27,12 @@ from sqlalchemy import select
 
 from ownllm.gateway.routing import Router
 from ownllm.store.schema import UsageRecord
-from tests.vllm_servers import SERVED_NAME
+from tests.vllm_servers import MAX_MODEL_LEN, SERVED_NAME
 
 pytestmark = pytest.mark.slow
 
 DEADLINE_S = 120.0
-LONG_TOKENS = 1200  # a stream that is still running when the test acts on it
+LONG_TOKENS = MAX_MODEL_LEN - 400  # the context less the prompt: still running when acted on
 WORDS = [
     "river",
     "stone",
@@ -153,17 +156,20 @@ def ask(url: str, messages, max_tokens: int = 4, model: str = SERVED_NAME) -> di
 
 
 class Stream:
-    """A streamed chat on the gateway, opened up to its first token."""
+    """A long streamed chat on the gateway, opened up to its first token; `replica` is where
+    the router runs it, read as that token arrives."""
 
-    def __init__(self, http: httpx.Client, url: str, messages, max_tokens: int) -> None:
-        self._cm = http.stream("POST", url + "/v1/chat/completions",
-                               json=body(messages, max_tokens, stream=True))  # fmt: skip
+    def __init__(self, url: str, router: Router, messages) -> None:
+        self._http = httpx.Client(timeout=DEADLINE_S)
+        self._cm = self._http.stream("POST", url + "/v1/chat/completions",
+                                     json=body(messages, LONG_TOKENS, stream=True))  # fmt: skip
         response = self._cm.__enter__()
         assert response.status_code == 200, response.read()
         self._lines = response.iter_lines()
         first = self.next_event()
         assert first is not None and "choices" in first, first
         self.id = first["id"]
+        self.replica = router.running_on(self.id)
 
     def next_event(self) -> dict | None:
         for line in self._lines:
@@ -179,6 +185,25 @@ class Stream:
 
     def close(self) -> None:
         self._cm.__exit__(None, None, None)
+        self._http.close()
+
+
+def open_streams(url: str, router: Router, seeds) -> list[Stream]:
+    """Long streams sent at once (each on its own connection), returned once every one has
+    its first token: a replica slow to start one does not hold up sending the others."""
+    with ThreadPoolExecutor(len(seeds)) as pool:
+        return list(pool.map(lambda seed: Stream(url, router, prompt(seed)), seeds))
+
+
+def wait_idle(url: str) -> None:
+    """Until no replica runs or queues anything (the gateway's count and the scraped one)."""
+
+    def idle() -> bool:
+        replicas = httpx.get(url + "/ready", timeout=30).json()["replicas"]
+        return all(r["in_flight"] == 0 and r["running"] == 0 and r["queued"] == 0
+                   for r in replicas)  # fmt: skip
+
+    wait_for(idle, "the replicas to be idle")
 
 
 def test_requests_spread_and_adapters_load_on_demand_with_affinity_in_metrics(fleet, servers):
@@ -215,45 +240,42 @@ def test_requests_spread_and_adapters_load_on_demand_with_affinity_in_metrics(fl
 
     # concurrent long streams spread over both replicas (the load term of the score)
     routed = {n: counter(url, "ownllm_routed_requests", n) for n in servers}
-    with httpx.Client(timeout=DEADLINE_S) as http:
-        streams = [Stream(http, url, prompt(100 + i), LONG_TOKENS) for i in range(4)]
-        on = [router.running_on(s.id) for s in streams]
-        for s in streams:
-            s.close()  # the gateway aborts them on the replicas
-    assert set(on) == set(servers), on
+    streams = open_streams(url, router, [100 + i for i in range(4)])
+    for s in streams:
+        s.close()  # the gateway aborts them on the replicas
+    assert {s.replica for s in streams} == set(servers), [s.replica for s in streams]
     assert all(counter(url, "ownllm_routed_requests", n) > routed[n] for n in servers)
-    wait_for(lambda: all(r["in_flight"] == 0 for r in httpx.get(url + "/ready").json()["replicas"]),
-             "the closed streams to be aborted")  # fmt: skip
+    wait_idle(url)  # the closed streams were aborted there
 
 
 def test_kill_9_of_a_vllm_replica_under_load(fleet, servers):
     url, router, app = fleet["url"], fleet["router"], fleet["app"]
     victim, survivor = "vllm-b", "vllm-a"
-    with httpx.Client(timeout=DEADLINE_S) as http:
-        streams = [Stream(http, url, prompt(200 + i), LONG_TOKENS) for i in range(4)]
-        on = {s.id: router.running_on(s.id) for s in streams}
-        assert set(on.values()) == {survivor, victim}, on  # spread by load
-        num_cut = list(on.values()).count(victim)
+    wait_idle(url)  # nothing left from another test weighs on the load term
+    streams = open_streams(url, router, [200 + i for i in range(4)])
+    on = {s.id: s.replica for s in streams}
+    assert set(on.values()) == {survivor, victim}, on  # spread by load
+    num_cut = list(on.values()).count(victim)
 
-        servers[victim].kill()
-        for s in (s for s in streams if on[s.id] == victim):
-            events = s.rest()
-            assert events and events[-1]["error"]["code"] == "replica_failed", events[-1:]
-            tokens = sum(1 for e in events[:-1] for c in e.get("choices", ()) if c["delta"])
-            assert tokens < LONG_TOKENS  # it was cut, and said so: no silent truncation
+    servers[victim].kill()
+    for s in (s for s in streams if on[s.id] == victim):
+        events = s.rest()
+        assert events and events[-1]["error"]["code"] == "replica_failed", events[-1:]
+        tokens = sum(1 for e in events[:-1] for c in e.get("choices", ()) if c["delta"])
+        assert tokens < LONG_TOKENS  # it was cut, and said so: no silent truncation
 
-        # nothing that had not started is lost: all of these are answered (by the survivor,
-        # after a retry where one went to the dead replica first)
-        with ThreadPoolExecutor(6) as pool:
-            answers = list(pool.map(lambda i: ask(url, prompt(300 + i)), range(6)))
-        assert len(answers) == 6
-        # the survivor's streams carry on
-        assert all(router.running_on(s.id) == survivor for s in streams if on[s.id] == survivor)
-        for s in (s for s in streams if on[s.id] == survivor):
-            assert "choices" in s.next_event()
-            s.close()
-        for s in (s for s in streams if on[s.id] == victim):
-            s.close()
+    # nothing that had not started is lost: all of these are answered (by the survivor,
+    # after a retry where one went to the dead replica first)
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda i: ask(url, prompt(300 + i)), range(6)))
+    assert len(answers) == 6
+    # the survivor's streams carry on
+    assert all(router.running_on(s.id) == survivor for s in streams if on[s.id] == survivor)
+    for s in (s for s in streams if on[s.id] == survivor):
+        assert "choices" in s.next_event()
+        s.close()
+    for s in (s for s in streams if on[s.id] == victim):
+        s.close()
 
     wait_for(lambda: replica_states(url)[victim] == "down", f"/ready to show {victim} down")
     ready = httpx.get(url + "/ready", timeout=30)
@@ -268,11 +290,11 @@ def test_kill_9_of_a_vllm_replica_under_load(fleet, servers):
     servers[victim].restart()  # back on the same port
     wait_for(lambda: replica_states(url)[victim] == "healthy", f"{victim} to be healthy again")
     before = counter(url, "ownllm_routed_requests", victim)
-    with httpx.Client(timeout=DEADLINE_S) as http:
-        streams = [Stream(http, url, prompt(400 + i), LONG_TOKENS) for i in range(3)]
-        on_victim = [s for s in streams if router.running_on(s.id) == victim]
-        assert on_victim  # traffic returns, and it answers
-        assert "choices" in on_victim[0].next_event()
-        for s in streams:
-            s.close()
+    wait_idle(url)
+    streams = open_streams(url, router, [400 + i for i in range(3)])
+    on_victim = [s for s in streams if s.replica == victim]
+    assert on_victim, [s.replica for s in streams]  # traffic returns, and it answers
+    assert "choices" in on_victim[0].next_event()
+    for s in streams:
+        s.close()
     assert counter(url, "ownllm_routed_requests", victim) > before

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
@@ -23,7 +25,9 @@ async def ready(state: AppState = Depends(get_state)) -> JSONResponse:
     healthy) and the database answers. A router's replicas are listed with their state
     (healthy, circuit_open, down)."""
     backend = state.backend
-    backend_ok = backend is not None and await backend.health()
+    backend_ok = backend is not None and await _healthy(
+        backend, state.config.routing.health_timeout_s
+    )
     db_ok = state.db is not None and state.db.ping()
     body = {
         "status": "ready" if backend_ok and db_ok else "not_ready",
@@ -34,3 +38,11 @@ async def ready(state: AppState = Depends(get_state)) -> JSONResponse:
     if isinstance(backend, Router):
         body["replicas"] = backend.replica_states()
     return JSONResponse(body, status_code=200 if backend_ok and db_ok else 503)
+
+
+async def _healthy(backend, timeout_s: float) -> bool:
+    """The backend's health, a check that takes longer than `timeout_s` counting as down."""
+    try:
+        return await asyncio.wait_for(backend.health(), timeout_s)
+    except TimeoutError:
+        return False
