@@ -21,6 +21,7 @@ import asyncio
 import hashlib
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -170,6 +171,22 @@ def request_messages(row: StoredCompletion) -> list[dict[str, Any]]:
     return list((row.request or {}).get("messages") or [])
 
 
+def text_turns(row: StoredCompletion) -> list[dict[str, str]]:
+    """The request's system, user and assistant turns that hold text, as role and content."""
+    return [
+        {"role": m["role"], "content": m["content"]}
+        for m in request_messages(row)
+        if m.get("role") in ("system", "user", "assistant") and isinstance(m.get("content"), str)
+    ]
+
+
+def stored_answer(row: StoredCompletion) -> str | None:
+    """The first choice's answer, or None when there is none or it is blank."""
+    choices = row.response.get("choices") or []
+    content = (choices[0].get("message") or {}).get("content") if choices else None
+    return content if isinstance(content, str) and content.strip() else None
+
+
 def delete_completion(db: Database, principal: Principal, completion_id: str) -> None:
     row = get_completion(db, principal, completion_id)
     with db.session() as session:
@@ -228,10 +245,7 @@ class ExportStats:
 
 def training_example(row: StoredCompletion, min_rating: int | None) -> dict[str, Any] | None:
     """The chat fine-tuning example of one stored completion, or None to leave it out."""
-    messages = []
-    for m in request_messages(row):
-        if m.get("role") in ("system", "user", "assistant") and isinstance(m.get("content"), str):
-            messages.append({"role": m["role"], "content": m["content"]})
+    messages = text_turns(row)
     if not any(m["role"] == "user" for m in messages):
         return None
     if row.correction:
@@ -242,14 +256,32 @@ def training_example(row: StoredCompletion, min_rating: int | None) -> dict[str,
         if row.rating is not None and row.rating <= BAD_RATING:
             return None
         choices = row.response.get("choices") or []
-        if not choices:
-            return None
-        if row.rating is None and choices[0].get("finish_reason") not in ("stop", None):
+        if row.rating is None and choices and choices[0].get("finish_reason") not in ("stop", None):
             return None  # cut off (length, content_filter) and nobody vouched for it
-        answer = (choices[0].get("message") or {}).get("content")
-        if not isinstance(answer, str) or not answer.strip():
+        answer = stored_answer(row)
+        if answer is None:
             return None
     return {"messages": messages + [{"role": "assistant", "content": answer}]}
+
+
+def export_rows(
+    db: Database, *, tenant_id: str | None, since: int | None, model: str | None
+) -> Iterator[StoredCompletion]:
+    """The stored completions an export reads, oldest stored first, in one session."""
+    q = select(StoredCompletion).order_by(StoredCompletion.stored_at, StoredCompletion.id)
+    if tenant_id:
+        q = q.where(StoredCompletion.tenant_id == tenant_id)
+    if since is not None:
+        q = q.where(StoredCompletion.created_at >= since)
+    if model:
+        q = q.where(StoredCompletion.model == model)
+    with db.session() as session:
+        yield from session.execute(q).scalars()
+
+
+def digest(record: dict[str, Any]) -> str:
+    """What makes two exported records duplicates: their JSON, keys sorted."""
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 
 def export_dataset(
@@ -261,28 +293,20 @@ def export_dataset(
     model: str | None = None,
 ) -> tuple[list[dict[str, Any]], ExportStats]:
     """Fine-tuning examples from stored completions, oldest first, without duplicates."""
-    q = select(StoredCompletion).order_by(StoredCompletion.stored_at, StoredCompletion.id)
-    if tenant_id:
-        q = q.where(StoredCompletion.tenant_id == tenant_id)
-    if since is not None:
-        q = q.where(StoredCompletion.created_at >= since)
-    if model:
-        q = q.where(StoredCompletion.model == model)
     stats, seen, examples = ExportStats(), set(), []
-    with db.session() as session:
-        for row in session.execute(q).scalars():
-            stats.num_rows += 1
-            example = training_example(row, min_rating)
-            if example is None:
-                stats.num_skipped += 1
-                continue
-            digest = hashlib.sha256(json.dumps(example, sort_keys=True).encode()).hexdigest()
-            if digest in seen:
-                stats.num_duplicates += 1
-                continue
-            seen.add(digest)
-            stats.num_corrected += bool(row.correction)
-            examples.append(example)
+    for row in export_rows(db, tenant_id=tenant_id, since=since, model=model):
+        stats.num_rows += 1
+        example = training_example(row, min_rating)
+        if example is None:
+            stats.num_skipped += 1
+            continue
+        fingerprint = digest(example)
+        if fingerprint in seen:
+            stats.num_duplicates += 1
+            continue
+        seen.add(fingerprint)
+        stats.num_corrected += bool(row.correction)
+        examples.append(example)
     stats.num_exported = len(examples)
     return examples, stats
 

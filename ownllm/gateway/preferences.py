@@ -15,14 +15,11 @@ redacted comes back. Identical pairs are written once.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
-
-from ownllm.gateway.capture import request_messages
+from ownllm.gateway.capture import digest, export_rows, stored_answer, text_turns
 from ownllm.store.db import Database
 from ownllm.store.schema import StoredCompletion
 
@@ -38,18 +35,8 @@ class PreferenceStats:
 
 def _prompt(row: StoredCompletion) -> list[dict[str, str]] | None:
     """The conversation up to the answer, when it ends with the user's turn."""
-    messages = [
-        {"role": m["role"], "content": m["content"]}
-        for m in request_messages(row)
-        if m.get("role") in ("system", "user", "assistant") and isinstance(m.get("content"), str)
-    ]
+    messages = text_turns(row)
     return messages if messages and messages[-1]["role"] == "user" else None
-
-
-def _answer(row: StoredCompletion) -> str | None:
-    choices = row.response.get("choices") or []
-    content = (choices[0].get("message") or {}).get("content") if choices else None
-    return content if isinstance(content, str) and content.strip() else None
 
 
 def preference_pair(messages: list[dict], preferred: str, non_preferred: str) -> dict[str, Any]:
@@ -68,28 +55,20 @@ def export_preferences(
     model: str | None = None,
 ) -> tuple[list[dict[str, Any]], PreferenceStats]:
     """DPO pairs from stored completions, oldest evidence first, without duplicates."""
-    q = select(StoredCompletion).order_by(StoredCompletion.stored_at, StoredCompletion.id)
-    if tenant_id:
-        q = q.where(StoredCompletion.tenant_id == tenant_id)
-    if since is not None:
-        q = q.where(StoredCompletion.created_at >= since)
-    if model:
-        q = q.where(StoredCompletion.model == model)
     stats = PreferenceStats()
     candidates: list[tuple[str, dict[str, Any]]] = []
     rated: dict[str, list[tuple[int, str, list[dict]]]] = {}  # prompt -> (rating, answer, …)
-    with db.session() as session:
-        for row in session.execute(q).scalars():
-            stats.num_rows += 1
-            messages, answer = _prompt(row), _answer(row)
-            if messages is None:
-                continue
-            correction = (row.correction or "").strip()
-            if correction and answer and correction != answer.strip():
-                candidates.append(("corrected", preference_pair(messages, row.correction, answer)))
-            if row.rating is not None and answer and not correction:
-                key = json.dumps([row.tenant_id, messages], sort_keys=True)
-                rated.setdefault(key, []).append((row.rating, answer, messages))
+    for row in export_rows(db, tenant_id=tenant_id, since=since, model=model):
+        stats.num_rows += 1
+        messages, answer = _prompt(row), stored_answer(row)
+        if messages is None:
+            continue
+        correction = (row.correction or "").strip()
+        if correction and answer and correction != answer.strip():
+            candidates.append(("corrected", preference_pair(messages, row.correction, answer)))
+        if row.rating is not None and answer and not correction:
+            key = json.dumps([row.tenant_id, messages], sort_keys=True)
+            rated.setdefault(key, []).append((row.rating, answer, messages))
     for answers in rated.values():
         best_rating, best, messages = max(answers, key=lambda a: a[0])  # the first of the best
         for rating, answer, _ in answers:
@@ -98,11 +77,11 @@ def export_preferences(
     seen: set[str] = set()
     pairs = []
     for kind, candidate in candidates:
-        digest = hashlib.sha256(json.dumps(candidate, sort_keys=True).encode()).hexdigest()
-        if digest in seen:
+        fingerprint = digest(candidate)
+        if fingerprint in seen:
             stats.num_duplicates += 1
             continue
-        seen.add(digest)
+        seen.add(fingerprint)
         if kind == "corrected":
             stats.num_corrected += 1
         else:
