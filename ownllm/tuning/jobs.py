@@ -212,43 +212,17 @@ def recover_stale(db: Database, timeout_s: float, max_attempts: int) -> list[str
     recovered = []
     for job_id, beat, attempts in stale:
         retry = attempts < max_attempts
-        values: dict[str, Any] = {"worker_id": None, "heartbeat_at": None}
-        if retry:
-            values["status"] = "queued"
-        else:
-            values.update(
-                status="failed",
-                finished_at=int(time.time()),
-                estimated_finish=None,
-                error={
-                    "code": "worker_lost",
-                    "message": f"The worker running this job stopped {attempts} time(s); "
-                    "giving up. Create the job again to retry.",
-                    "param": None,
-                },
-            )
+        taken = (
+            FineTuningJob.id == job_id,
+            FineTuningJob.status == "running",
+            FineTuningJob.heartbeat_at == beat,
+        )
+        message = f"The worker running this job stopped {attempts} time(s); giving up."
         with db.session() as s:
-            done = s.execute(
-                update(FineTuningJob)
-                .where(
-                    FineTuningJob.id == job_id,
-                    FineTuningJob.status == "running",
-                    FineTuningJob.heartbeat_at == beat,
-                )
-                .values(**values)
-            ).rowcount
-            if done and not retry:
-                _meter(s, s.get(FineTuningJob, job_id))
+            done = _end_attempt(s, job_id, taken, retry, message)
         if done:
             recovered.append(job_id)
-            add_event(
-                db,
-                job_id,
-                "Worker lost; job requeued to resume from its last checkpoint."
-                if retry
-                else "Worker lost too many times; job failed.",
-                level="warn" if retry else "error",
-            )
+            _note_end(db, job_id, retry, "Worker lost" if retry else "Worker lost too many times")
     return recovered
 
 
@@ -265,28 +239,39 @@ def requeue_attempt(db: Database, job_id: str, worker_id: str, max_attempts: int
         if job is None:
             return False
         retry = job.attempts < max_attempts
-        values: dict[str, Any] = {"worker_id": None, "heartbeat_at": None}
-        if retry:
-            values["status"] = "queued"
-        else:
-            values.update(
-                status="failed",
-                finished_at=int(time.time()),
-                estimated_finish=None,
-                error={
-                    "code": "worker_lost",
-                    "param": None,
-                    "message": f"{why}; the job was started {job.attempts} time(s), "
-                    "giving up. Create the job again to retry.",
-                },  # fmt: skip
-            )
-        done = s.execute(update(FineTuningJob).where(*owned).values(**values)).rowcount == 1
-        if done and not retry:
-            _meter(s, s.get(FineTuningJob, job_id))
+        message = f"{why}; the job was started {job.attempts} time(s), giving up."
+        done = _end_attempt(s, job_id, owned, retry, message)
     if done:
-        then = "job requeued to resume from its last checkpoint" if retry else "job failed"
-        add_event(db, job_id, f"{why}; {then}.", level="warn" if retry else "error")
+        _note_end(db, job_id, retry, why)
     return done
+
+
+def _end_attempt(s: Any, job_id: str, where: tuple, retry: bool, message: str) -> bool:
+    """End the running attempt at a job if `where` still holds: back to the queue, or failed
+    (and metered) with `message`. False when `where` no longer holds."""
+    values: dict[str, Any] = {"worker_id": None, "heartbeat_at": None}
+    if retry:
+        values["status"] = "queued"
+    else:
+        values.update(
+            status="failed",
+            finished_at=int(time.time()),
+            estimated_finish=None,
+            error={
+                "code": "worker_lost",
+                "message": f"{message} Create the job again to retry.",
+                "param": None,
+            },
+        )
+    done = s.execute(update(FineTuningJob).where(*where).values(**values)).rowcount == 1
+    if done and not retry:
+        _meter(s, s.get(FineTuningJob, job_id))
+    return done
+
+
+def _note_end(db: Database, job_id: str, retry: bool, why: str) -> None:
+    then = "job requeued to resume from its last checkpoint" if retry else "job failed"
+    add_event(db, job_id, f"{why}; {then}.", level="warn" if retry else "error")
 
 
 def request_cancel(db: Database, job_id: str) -> str:
