@@ -46,7 +46,6 @@ def vllm_python() -> Path:
     return Path(os.environ.get("OWNLLM_VLLM_PYTHON") or REPO / ".venv-vllm" / "bin" / "python")
 
 
-@dataclass
 def core_slices(cpus: list[int], num_servers: int = len(SERVER_NAMES)) -> list[str]:
     """VLLM_CPU_OMP_THREADS_BIND for each server: `cpus` split into `num_servers` contiguous
     slices (`"0"`, `"1"` on two cores; `"0,1"`, `"2,3"` on four). With fewer cores than
@@ -58,6 +57,7 @@ def core_slices(cpus: list[int], num_servers: int = len(SERVER_NAMES)) -> list[s
     return [",".join(map(str, cpus[i * size : (i + 1) * size])) for i in range(num_servers)]
 
 
+@dataclass
 class VllmServer:
     name: str
     url: str
