@@ -42,6 +42,13 @@
 #define Q_ENOMEM 12
 #define INLINE static inline __attribute__((always_inline))
 
+#if QPATH > 0 && defined(__F16C__)
+static inline float q_half(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h); /* one vcvtph2ps */
+}
+#else
 static inline float q_half(const uint8_t *p) {
     const uint32_t h = (uint32_t)p[0] | (uint32_t)p[1] << 8;
     const uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu;
@@ -56,6 +63,7 @@ static inline float q_half(const uint8_t *p) {
     }
     return v.f;
 }
+#endif
 
 static inline float q_bf16_load(uint16_t h) {
     union { uint32_t u; float f; } v;
