@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,14 @@ def read_config(model_dir: Path) -> ModelArgs:
         raise WeightsError(f"cannot read {path}: {e}") from None
 
 
+def safetensors_files(model_dir: Path) -> list[Path]:
+    """The directory's *.safetensors files, sorted (a model cache's quant.blocks is not one)."""
+    files = sorted(f for f in Path(model_dir).glob("*.safetensors") if f.name != QUANT_FILE)
+    if not files:
+        raise WeightsError(f"{model_dir} has no *.safetensors files")
+    return files
+
+
 def load_tensors(
     model_dir: Path, skip: set[str] | frozenset = frozenset()
 ) -> dict[str, torch.Tensor]:
@@ -137,11 +146,8 @@ def load_tensors(
     blocks, read by `load_weights` and for QLoRA tuning)."""
     from safetensors import safe_open
 
-    files = sorted(f for f in Path(model_dir).glob("*.safetensors") if f.name != QUANT_FILE)
-    if not files:
-        raise WeightsError(f"{model_dir} has no *.safetensors files")
     tensors: dict[str, torch.Tensor] = {}
-    for file in files:
+    for file in safetensors_files(model_dir):
         with safe_open(str(file), framework="pt") as f:
             for key in f.keys():  # noqa: SIM118 (safe_open is not a dict)
                 name = key.removeprefix("model.")
@@ -248,6 +254,8 @@ def fuse_weights(
 
     def cat(*names: str) -> torch.Tensor | QuantWeight:
         parts = [take(n) for n in names]
+        if len(parts) == 1:
+            return parts[0]
         if all(isinstance(p, QuantWeight) for p in parts):
             types = {p.qtype for p in parts}
             if len(types) == 1:
@@ -257,28 +265,40 @@ def fuse_weights(
         ]
         return torch.cat(dense).contiguous()
 
+    return assemble_weights(args, cat, cat, lambda name: name in tensors)
+
+
+def assemble_weights(
+    args: ModelArgs,
+    take: Callable[..., torch.Tensor | QuantWeight],
+    matrix: Callable[..., torch.Tensor | QuantWeight],
+    has: Callable[[str], bool],
+) -> LlamaWeights:
+    """The fused layout of a Llama-family model, its parts taken in checkpoint order (so a
+    loader that reads as it goes holds little at once). `take(*names)` gives the embedding,
+    the norms, the biases and the head, `matrix(*names)` a decoder layer's matrix; each
+    concatenates the rows of several names. `has(name)` says whether an optional one exists."""
+
     def maybe(name: str) -> torch.Tensor | None:
-        return take(name) if name in tensors else None
+        return take(name) if has(name) else None
 
     embed, layers = take("embed_tokens.weight"), []
     for i in range(args.num_layers):
         p, att = f"layers.{i}.", f"layers.{i}.self_attn."
-        has_bias = att + "q_proj.bias" in tensors
+        bias = (att + "q_proj.bias", att + "k_proj.bias", att + "v_proj.bias")
         layers.append(
             LayerWeights(
                 input_norm=take(p + "input_layernorm.weight"),
-                qkv=cat(att + "q_proj.weight", att + "k_proj.weight", att + "v_proj.weight"),
-                qkv_bias=cat(att + "q_proj.bias", att + "k_proj.bias", att + "v_proj.bias")
-                if has_bias
-                else None,
+                qkv=matrix(att + "q_proj.weight", att + "k_proj.weight", att + "v_proj.weight"),
+                qkv_bias=take(*bias) if has(bias[0]) else None,
                 q_norm=maybe(att + "q_norm.weight"),
                 k_norm=maybe(att + "k_norm.weight"),
-                o=take(att + "o_proj.weight"),
+                o=matrix(att + "o_proj.weight"),
                 post_norm=take(p + "post_attention_layernorm.weight"),
-                gate_up=cat(p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"),
-                down=take(p + "mlp.down_proj.weight"),
+                gate_up=matrix(p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"),
+                down=matrix(p + "mlp.down_proj.weight"),
             )
         )
     norm = take("norm.weight")
-    tied = args.tie_word_embeddings or "lm_head.weight" not in tensors
+    tied = args.tie_word_embeddings or not has("lm_head.weight")
     return LlamaWeights(embed, norm, None if tied else take("lm_head.weight"), layers)

@@ -2,14 +2,14 @@
 dequantised for each matmul and dropped after it.
 
 `load_quantized_base` reads a model directory tensor by tensor and builds the engine's
-fused layer weights (q/k/v and gate/up concatenated, as `ownllm.engine.weights.fuse_weights`
-does), each fused matrix a `QuantWeight` (`ownllm.formats.quant`) as soon as it exists, so
-no full-precision copy of the decoder is ever resident. A model cache built from a GGUF
-file holds the file's own blocks (quant.blocks): where they are of the requested type
-they are used as they are, otherwise the dense weights are quantised. `frozen_linear` is
-`x Wᵀ` through a custom autograd function: forward dequantises W into the compute dtype,
-backward dequantises it again for the input gradient (`grad · W`); nothing but the
-quantised form outlives the call, and the frozen weight gets no gradient.
+fused layer weights (q/k/v and gate/up concatenated, by `ownllm.engine.weights`'s one
+layout, `assemble_weights`), each fused matrix a `QuantWeight` (`ownllm.formats.quant`)
+as soon as it exists, so no full-precision copy of the decoder is ever resident. A model
+cache built from a GGUF file holds the file's own blocks (quant.blocks): where they are of
+the requested type they are used as they are, otherwise the dense weights are quantised.
+`frozen_linear` is `x Wᵀ` through a custom autograd function: forward dequantises W into
+the compute dtype, backward dequantises it again for the input gradient (`grad · W`);
+nothing but the quantised form outlives the call, and the frozen weight gets no gradient.
 
 The embedding (and the tied output head) and the norms stay in the compute dtype, as in
 QLoRA; the adapter is trained in fp32.
@@ -24,7 +24,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ownllm.engine.weights import LayerWeights, LlamaWeights, ModelArgs, WeightsError
+from ownllm.engine.weights import (
+    LlamaWeights,
+    ModelArgs,
+    WeightsError,
+    assemble_weights,
+    safetensors_files,
+)
 from ownllm.formats.quant import (
     QUANT_FILE,
     QuantError,
@@ -61,10 +67,7 @@ class _LazyTensors:
     def __init__(self, model_dir: Path) -> None:
         from safetensors import safe_open
 
-        files = sorted(f for f in Path(model_dir).glob("*.safetensors") if f.name != QUANT_FILE)
-        if not files:
-            raise WeightsError(f"{model_dir} has no *.safetensors files")
-        self._handles = [safe_open(str(f), framework="pt") for f in files]
+        self._handles = [safe_open(str(f), framework="pt") for f in safetensors_files(model_dir)]
         self._where = {
             key.removeprefix("model."): (h, key)
             for h in self._handles
@@ -94,8 +97,10 @@ def load_quantized_base(
     own = Path(model_dir) / QUANT_FILE
     blocks = load_quant_file(own) if own.is_file() else {}
 
-    def plain(name: str) -> torch.Tensor:
-        return tensors.take(name).to(dtype).contiguous()
+    def plain(*names: str) -> torch.Tensor:
+        if len(names) > 1:
+            return torch.cat([plain(n) for n in names])
+        return tensors.take(names[0]).to(dtype).contiguous()
 
     def fused(*names: str) -> QuantWeight:
         keys = [f"model.{n}" for n in names]
@@ -108,26 +113,4 @@ def load_quantized_base(
         except QuantError as e:
             raise WeightsError(f"cannot train on a {kind} base: {e}") from None
 
-    def maybe(name: str) -> torch.Tensor | None:
-        return plain(name) if name in tensors else None
-
-    embed, layers = plain("embed_tokens.weight"), []
-    for i in range(args.num_layers):
-        p, att = f"layers.{i}.", f"layers.{i}.self_attn."
-        bias = (att + "q_proj.bias", att + "k_proj.bias", att + "v_proj.bias")
-        layers.append(
-            LayerWeights(
-                input_norm=plain(p + "input_layernorm.weight"),
-                qkv=fused(att + "q_proj.weight", att + "k_proj.weight", att + "v_proj.weight"),
-                qkv_bias=torch.cat([plain(b) for b in bias]) if bias[0] in tensors else None,
-                q_norm=maybe(att + "q_norm.weight"),
-                k_norm=maybe(att + "k_norm.weight"),
-                o=fused(att + "o_proj.weight"),
-                post_norm=plain(p + "post_attention_layernorm.weight"),
-                gate_up=fused(p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"),
-                down=fused(p + "mlp.down_proj.weight"),
-            )
-        )
-    norm = plain("norm.weight")
-    tied = args.tie_word_embeddings or "lm_head.weight" not in tensors
-    return LlamaWeights(embed, norm, None if tied else plain("lm_head.weight"), layers)
+    return assemble_weights(args, plain, fused, tensors.__contains__)
