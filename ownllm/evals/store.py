@@ -551,45 +551,27 @@ def claim_run(db: Database, worker_id: str, lease_s: float) -> EvalRun | None:
     than `lease_s` ago (it resumes from its items)."""
     now = time.time()
     stale = now - lease_s
-    query = (
-        select(EvalRun.id)
-        .where(
-            or_(
-                EvalRun.status == "queued",
-                (EvalRun.status == "in_progress") & (EvalRun.heartbeat_at < stale),
-            )
-        )
-        .order_by(EvalRun.created_at, EvalRun.id)
-        .limit(1)
+    free = or_(
+        EvalRun.status == "queued",
+        (EvalRun.status == "in_progress") & (EvalRun.heartbeat_at < stale),
     )
-    for _ in range(5):
-        with db.session() as s:
-            if db.is_postgres:
-                run_id = s.scalar(query.with_for_update(of=EvalRun, skip_locked=True))
-            else:
-                run_id = s.scalar(query)
-            if run_id is None:
-                return None
-            done = s.execute(
-                update(EvalRun)
-                .where(
-                    EvalRun.id == run_id,
-                    or_(
-                        EvalRun.status == "queued",
-                        (EvalRun.status == "in_progress") & (EvalRun.heartbeat_at < stale),
-                    ),
-                )
-                .values(
-                    status="in_progress",
-                    worker_id=worker_id,
-                    heartbeat_at=now,
-                    attempts=EvalRun.attempts + 1,
-                )
-            ).rowcount
-        if done == 1:
-            with db.session() as s:
-                return s.get(EvalRun, run_id)
-    return None
+    query = select(EvalRun.id).where(free).order_by(EvalRun.created_at, EvalRun.id).limit(1)
+
+    def take(s: Any, picked: Any) -> str | None:
+        values = {
+            "status": "in_progress",
+            "worker_id": worker_id,
+            "heartbeat_at": now,
+            "attempts": EvalRun.attempts + 1,
+        }
+        done = s.execute(update(EvalRun).where(EvalRun.id == picked.id, free).values(**values))
+        return picked.id if done.rowcount == 1 else None
+
+    run_id = db.claim_first(query, EvalRun, take)
+    if run_id is None:
+        return None
+    with db.session() as s:
+        return s.get(EvalRun, run_id)
 
 
 def heartbeat(db: Database, run_id: str, worker_id: str) -> bool:

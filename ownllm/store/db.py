@@ -14,18 +14,21 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
-from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy import Select, create_engine, event, text
+from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class DatabaseError(RuntimeError):
@@ -153,6 +156,27 @@ class Database:
     @property
     def is_postgres(self) -> bool:
         return self.engine.dialect.name == "postgresql"
+
+    def claim_first(
+        self, query: Select, locked: type, take: Callable[[Session, Row], T | None]
+    ) -> T | None:
+        """What `take(session, row)` returns for the first row of `query` (an UPDATE
+        conditional on the row still being free makes it this worker's; None: it was not
+        free any more); None when `query` finds none. On PostgreSQL rows of `locked` that
+        another worker holds are skipped; a row taken between the read and the UPDATE
+        costs a new try, up to five."""
+        for _ in range(5):
+            with self.session() as s:
+                if self.is_postgres:
+                    picked = s.execute(query.with_for_update(of=locked, skip_locked=True)).first()
+                else:
+                    picked = s.execute(query).first()
+                if picked is None:
+                    return None
+                taken = take(s, picked)
+            if taken is not None:
+                return taken
+        return None
 
     def close(self) -> None:
         self.engine.dispose()

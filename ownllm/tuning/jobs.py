@@ -135,23 +135,14 @@ def claim(db: Database, worker_id: str) -> FineTuningJob | None:
         "attempts": FineTuningJob.attempts + 1,
         "started_at": func.coalesce(FineTuningJob.started_at, int(now)),
     }
-    query = _next_queued()
-    for _ in range(5):
-        with db.session() as s:
-            if db.is_postgres:
-                job_id = s.scalar(query.with_for_update(of=FineTuningJob, skip_locked=True))
-            else:
-                job_id = s.scalar(query)
-            if job_id is None:
-                return None
-            done = s.execute(
-                update(FineTuningJob)
-                .where(FineTuningJob.id == job_id, FineTuningJob.status == "queued")
-                .values(**values)
-            ).rowcount
-        if done == 1:
-            return get_job(db, job_id)
-    return None
+
+    def take(s: Any, picked: Any) -> str | None:
+        queued = (FineTuningJob.id == picked.id, FineTuningJob.status == "queued")
+        done = s.execute(update(FineTuningJob).where(*queued).values(**values)).rowcount == 1
+        return picked.id if done else None
+
+    job_id = db.claim_first(_next_queued(), FineTuningJob, take)
+    return None if job_id is None else get_job(db, job_id)
 
 
 def heartbeat(db: Database, job_id: str, worker_id: str) -> tuple[bool, bool]:

@@ -116,33 +116,24 @@ def _next_queued():
 
 def claim(db: Database, worker_id: str) -> VectorStoreFile | None:
     """Take the next queued file for `worker_id`, or None when none is queued."""
-    query = _next_queued()
-    for _ in range(5):
-        with db.session() as s:
-            if db.is_postgres:
-                picked = s.execute(
-                    query.with_for_update(of=VectorStoreFile, skip_locked=True)
-                ).first()
-            else:
-                picked = s.execute(query).first()
-            if picked is None:
-                return None
-            done = s.execute(
-                update(VectorStoreFile)
-                .where(
-                    *_key(*picked),
-                    VectorStoreFile.status == "in_progress",
-                    VectorStoreFile.worker_id.is_(None),
-                )
-                .values(
-                    worker_id=worker_id,
-                    heartbeat_at=time.time(),
-                    attempts=VectorStoreFile.attempts + 1,
-                )
-            ).rowcount
-            if done == 1:
-                return s.get(VectorStoreFile, tuple(picked))
-    return None
+
+    def take(s: Any, picked: Any) -> VectorStoreFile | None:
+        done = s.execute(
+            update(VectorStoreFile)
+            .where(
+                *_key(*picked),
+                VectorStoreFile.status == "in_progress",
+                VectorStoreFile.worker_id.is_(None),
+            )
+            .values(
+                worker_id=worker_id,
+                heartbeat_at=time.time(),
+                attempts=VectorStoreFile.attempts + 1,
+            )
+        )
+        return s.get(VectorStoreFile, tuple(picked)) if done.rowcount == 1 else None
+
+    return db.claim_first(_next_queued(), VectorStoreFile, take)
 
 
 def recover_stale(db: Database, timeout_s: float, max_attempts: int) -> list[tuple[str, str]]:
