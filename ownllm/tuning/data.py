@@ -184,13 +184,19 @@ def _render_message(message: dict, calls: list[dict] | None) -> dict:
     return out
 
 
-def parse_line(number: int, line: str) -> Example | Problem:
+def json_object(number: int, line: str) -> dict | Problem:
+    """The JSON object on line `number`, or the Problem that it is not one."""
     try:
         record = json.loads(line)
     except json.JSONDecodeError as e:
         return Problem(number, f"invalid JSON ({e.msg} at column {e.colno})")
-    if not isinstance(record, dict):
-        return Problem(number, "the line is not a JSON object")
+    return record if isinstance(record, dict) else Problem(number, "the line is not a JSON object")
+
+
+def parse_line(number: int, line: str) -> Example | Problem:
+    record = json_object(number, line)
+    if isinstance(record, Problem):
+        return record
     messages = record.get("messages")
     if not isinstance(messages, list) or not messages:
         return Problem(number, "missing 'messages' (a non-empty list)")
@@ -260,15 +266,21 @@ def read_valid_lines(path: str | Path, param: str, parse: Callable[[int, str], A
 def read_examples(path: str | Path, param: str = "training_file") -> list[Example]:
     """Parse and validate a JSONL file; raise DataError listing every problem with its line."""
     examples: list[Example] = read_valid_lines(path, param, parse_line)
-    if param == "training_file" and len(examples) < MIN_EXAMPLES:
+    return enough(examples, param, "example(s)", "examples")
+
+
+def enough(items: list, param: str, counted: str, plural: str) -> list:
+    """`items`, or DataError when a training file has fewer than MIN_EXAMPLES or any file none
+    (`counted` and `plural` name them in the message: "example(s)", "examples")."""
+    if param == "training_file" and len(items) < MIN_EXAMPLES:
         raise DataError(
-            f"The training file has {len(examples)} example(s); at least {MIN_EXAMPLES} are needed.",
+            f"The training file has {len(items)} {counted}; at least {MIN_EXAMPLES} are needed.",
             param=param,
             code="invalid_n_examples",
         )
-    if not examples:
-        raise DataError(f"The {param} has no examples.", param=param, code="invalid_n_examples")
-    return examples
+    if not items:
+        raise DataError(f"The {param} has no {plural}.", param=param, code="invalid_n_examples")
+    return items
 
 
 def _assistant_spans(

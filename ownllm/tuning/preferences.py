@@ -18,18 +18,18 @@ Left out: tool calls as outputs, multimodal content parts.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ownllm.errors import InvalidRequestError
 from ownllm.models.tool_format import check_function_tool
 from ownllm.tuning.data import (
-    MIN_EXAMPLES,
     DataError,
     Example,
     Problem,
     TokenizedExample,
+    enough,
+    json_object,
     read_valid_lines,
     tokenize_example,
 )
@@ -101,12 +101,9 @@ def _tools(tools: object) -> list[dict] | str | None:
 
 
 def parse_pair(number: int, line: str) -> PreferencePair | Problem:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as e:
-        return Problem(number, f"invalid JSON ({e.msg} at column {e.colno})")
-    if not isinstance(record, dict):
-        return Problem(number, "the line is not a JSON object")
+    record = json_object(number, line)
+    if isinstance(record, Problem):
+        return record
     if "messages" in record and "input" not in record:
         return Problem(number, "a chat example where a preference pair is expected "
                        "(use input, preferred_output, non_preferred_output for method dpo)")  # fmt: skip
@@ -141,16 +138,7 @@ def parse_pair(number: int, line: str) -> PreferencePair | Problem:
 def read_pairs(path: str | Path, param: str = "training_file") -> list[PreferencePair]:
     """Parse and validate a preference JSONL file; raise DataError naming every bad line."""
     pairs: list[PreferencePair] = read_valid_lines(path, param, parse_pair)
-    if param == "training_file" and len(pairs) < MIN_EXAMPLES:
-        raise DataError(
-            f"The training file has {len(pairs)} preference pair(s); "
-            f"at least {MIN_EXAMPLES} are needed.",
-            param=param,
-            code="invalid_n_examples",
-        )
-    if not pairs:
-        raise DataError(f"The {param} has no pairs.", param=param, code="invalid_n_examples")
-    return pairs
+    return enough(pairs, param, "preference pair(s)", "pairs")
 
 
 def _answer(tokenizer, pair: PreferencePair, answer: str, max_len: int) -> TokenizedExample:
