@@ -1,24 +1,46 @@
-"""What bf16 costs in quality against fp32 on the shipped model.
+"""What lower-precision weights cost in quality against fp32 on the shipped model.
 
-Two measures over a set of chat prompts, greedy 64 tokens:
-- generation: our engine in fp32 and in bf16; how many tokens match before the first
-  divergence (a divergence is not an error, just a different but often equally good path);
-- teacher-forced: transformers runs the fp32 continuation in fp32 and bf16; the share of
-  positions where bf16's top-1 token equals fp32's, and the mean KL(fp32 || bf16).
-Usage: python -m bench.dtype_quality
+Every system answers the same chat prompts. fp32 (ownllm's engine, float32 weights and
+compute) generates a greedy continuation of up to 64 tokens for each; then, per system:
+- teacher-forced: the system reads the prompt and fp32's continuation (prompt as one
+  prefill, then one decode step per token, as it serves) and gives the next-token
+  logits at every continuation position; we report the share of positions where its
+  top-1 token equals fp32's, and the mean KL(fp32 || system) per token;
+- greedy: the system's own greedy continuation, and how many tokens of it equal fp32's
+  before the first divergence (a divergence is not an error, just another path).
+
+Systems: ownllm's engine in bf16; the quantised weight types through `model.quantization`
+where the engine has it (int8, q8_0, q4_1 served by the quantised kernels); the same
+types as a reference (weights quantised, dequantised back to fp32, then the fp32 engine:
+the weight error alone, without the kernels'); llama.cpp's own logits on the shipped GGUF
+(llama-cpp-python, `logits_all=True`) at 1 and 2 threads. Pairs beside fp32: ownllm q4_1
+against llama.cpp q4_1, and llama.cpp against itself across thread counts.
+
+The shipped GGUF is itself Q4_1 (token embedding Q8_0), so "fp32" is the Q4_1 file
+dequantised to fp32: q4_1 re-creates the file's own blocks, and int8/q8_0 re-quantise
+already 4-bit weights. Decoder linear weights are quantised; the embedding and the tied
+output head stay as the engine loads them.
+
+Usage: python -m bench.dtype_quality [--skip ownllm,reference,llama.cpp] [--threads N]
 """
 
 from __future__ import annotations
 
+import argparse
+import inspect
+import os
 import statistics
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ownllm.backends.base import GenerateRequest, SamplingParams
 from ownllm.config import EngineConfig
 from ownllm.engine.llm_engine import LLMEngine
-from ownllm.models import prepare_model, resolve_model
 
 PROMPTS = [
     "What is the capital of France?",
@@ -30,54 +52,291 @@ PROMPTS = [
     "What is 17 times 23?",
     "Give me a name for a bakery.",
 ]
+MAX_TOKENS = 64
+LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def generate(engine: LLMEngine, prompts: list[list[int]]) -> list[list[int]]:
-    for i, ids in enumerate(prompts):
-        engine.add_request(
-            GenerateRequest(str(i), ids, SamplingParams(max_tokens=64, temperature=0))
-        )
-    out: dict[str, list[int]] = {}
-    while engine.has_work():
-        for o in engine.step():
-            out.setdefault(o.request_id, []).extend(o.delta.token_ids)
-    return [out[str(i)] for i in range(len(prompts))]
+@dataclass
+class System:
+    """What the comparison needs of a system: teacher-forced logits and its own greedy."""
+
+    name: str
+    forced: Callable[[list[int], list[int]], torch.Tensor]  # (prompt, cont) -> [len(cont), V]
+    greedy: Callable[[list[int]], list[int]]
+    close: Callable[[], None] = lambda: None
+
+
+# --- ownllm's engine ------------------------------------------------------------------------
+
+
+def engine_system(name: str, engine: LLMEngine, eos: set[int]) -> System:
+    def greedy(prompt: list[int]) -> list[int]:
+        sampling = SamplingParams(max_tokens=MAX_TOKENS, temperature=0)
+        engine.add_request(GenerateRequest("g", prompt, sampling))
+        out: list[int] = []
+        while engine.has_work():
+            for o in engine.step():
+                out.extend(o.delta.token_ids)
+        return out
+
+    def forced(prompt: list[int], cont: list[int]) -> torch.Tensor:
+        """The engine's step loop with its sampled token replaced by the teacher's."""
+        captured: list[torch.Tensor] = []
+        original = engine._postprocess
+
+        def force(logits: torch.Tensor, sampling: list) -> list:
+            captured.append(logits[0].float().clone())
+            one_hot = torch.full_like(logits, float("-inf"))
+            one_hot[0, cont[len(captured) - 1]] = 0.0
+            return original(one_hot, sampling)
+
+        engine._postprocess = force
+        try:
+            sampling = SamplingParams(max_tokens=len(cont), temperature=0, ignore_eos=True)
+            engine.add_request(GenerateRequest("t", prompt, sampling))
+            while engine.has_work():
+                engine.step()
+        finally:
+            engine._postprocess = original
+        return torch.stack(captured)
+
+    return System(name, forced, greedy)
+
+
+def new_engine(model_dir: Path, dtype: str, threads: int, quantization: str = "") -> LLMEngine:
+    config = EngineConfig(kv_cache_tokens=4096, threads=threads)
+    extra = {"quantization": quantization} if quantization else {}
+    return LLMEngine(model_dir, config, dtype=dtype, **extra)
+
+
+def engine_quantization() -> bool:
+    """Whether this engine serves quantised weights (`model.quantization`)."""
+    return "quantization" in inspect.signature(LLMEngine.__init__).parameters
+
+
+# --- the reference: weights quantised and dequantised back, fp32 compute --------------------
+
+
+def fake_quant(w: torch.Tensor, kind: str) -> torch.Tensor:
+    """`w` [out, in] quantised to `kind` and back to float32 (`ownllm.formats.quant`)."""
+    from ownllm.formats.quant import dequantize, quantize
+
+    return dequantize(quantize(w, kind))
+
+
+def dense_view(model_dir: Path, root: Path) -> Path:
+    """`model_dir` without a GGUF cache's quantised blocks (links to the other files): the
+    dense weights alone, whatever an engine's loader makes of quant.safetensors."""
+    from ownllm.formats.quant import QUANT_FILE
+
+    out = root / "dense"
+    out.mkdir()
+    for file in model_dir.iterdir():
+        if file.name != QUANT_FILE and file.is_file():
+            (out / file.name).symlink_to(file)
+    return out
+
+
+def reference_dir(model_dir: Path, kind: str, root: Path) -> Path:
+    """A copy of `model_dir` whose decoder linear weights went through `fake_quant`."""
+    from safetensors.torch import load_file, save_file
+
+    from ownllm.formats.quant import QUANT_FILE
+
+    out = root / f"ref-{kind}"
+    out.mkdir()
+    for file in model_dir.iterdir():
+        if file.suffix != ".safetensors" and file.is_file():
+            (out / file.name).symlink_to(file)
+    for file in model_dir.glob("*.safetensors"):
+        if file.name == QUANT_FILE:  # a GGUF cache's own blocks: not for the reference
+            continue
+        tensors = load_file(str(file))
+        for key, t in tensors.items():
+            if t.ndim == 2 and key.split(".")[-2] in LINEAR:
+                tensors[key] = fake_quant(t, kind).to(t.dtype)
+        save_file(tensors, str(out / file.name), metadata={"format": "pt"})
+    return out
+
+
+# --- llama.cpp ------------------------------------------------------------------------------
+
+
+def llama_cpp_system(gguf_path: Path, threads: int, eos: set[int]) -> System:
+    from llama_cpp import Llama
+
+    llm = Llama(
+        model_path=str(gguf_path),
+        n_ctx=1024,
+        n_threads=threads,
+        n_threads_batch=threads,
+        logits_all=True,
+        verbose=False,
+    )
+
+    def last_logits() -> torch.Tensor:
+        return torch.from_numpy(np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32))
+
+    def forced(prompt: list[int], cont: list[int]) -> torch.Tensor:
+        llm.reset()
+        llm.eval(prompt)  # one prefill, then one decode per token, as ownllm is driven
+        rows = [last_logits()]
+        for token in cont[:-1]:
+            llm.eval([token])
+            rows.append(last_logits())
+        return torch.stack(rows)
+
+    def greedy(prompt: list[int]) -> list[int]:
+        llm.reset()
+        llm.eval(prompt)
+        out: list[int] = []
+        while len(out) < MAX_TOKENS:
+            token = int(last_logits().argmax())
+            out.append(token)
+            if token in eos:
+                break
+            llm.eval([token])
+        return out
+
+    return System(f"llama.cpp Q4_1 ({threads} thread{'s' * (threads > 1)})", forced, greedy)
+
+
+# --- comparing ------------------------------------------------------------------------------
+
+
+@dataclass
+class Runs:
+    """A system's teacher-forced log-probabilities and greedy continuations, per prompt."""
+
+    name: str
+    logprobs: list[torch.Tensor]
+    greedy: list[list[int]]
+
+
+def run(system: System, prompts: list[list[int]], conts: list[list[int]]) -> Runs:
+    logprobs = [system.forced(p, c).log_softmax(-1) for p, c in zip(prompts, conts)]
+    greedy = [system.greedy(p) for p in prompts]
+    return Runs(system.name, logprobs, greedy)
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def compare(ref: Runs, other: Runs) -> dict[str, float]:
+    agree, kls, prefix, identical = [], [], [], 0
+    for lr, lo, gr, go in zip(ref.logprobs, other.logprobs, ref.greedy, other.greedy):
+        v = min(lr.shape[-1], lo.shape[-1])  # llama.cpp's vocab may be padded
+        lr, lo = lr[:, :v], lo[:, :v]
+        agree.append((lr.argmax(-1) == lo.argmax(-1)).float().mean().item())
+        kls.append((lr.exp() * (lr - lo)).sum(-1).mean().item())
+        prefix.append(common_prefix(gr, go))
+        identical += gr == go
+    return {
+        "top1": statistics.mean(agree),
+        "kl": statistics.mean(kls),
+        "prefix": statistics.mean(prefix),
+        "identical": identical,
+    }
+
+
+def row(label: str, m: dict[str, float]) -> str:
+    return (
+        f"| {label} | {m['top1']:.1%} | {m['kl']:.5f} | {m['prefix']:.1f} | "
+        f"{m['identical']}/{len(PROMPTS)} |"
+    )
+
+
+def cpu_flags() -> str:
+    words = (
+        set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else set()
+    )
+    flags = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16")
+    return " ".join(f for f in flags if f in words) or "none"
 
 
 def main() -> None:
-    model_dir = prepare_model(
-        resolve_model("smollm2-135m-instruct"), Path.home() / ".cache" / "ownllm-bench"
-    ).path
-    config = EngineConfig(kv_cache_tokens=8192)
-    fp32 = LLMEngine(model_dir, config, dtype="float32")
-    prompts = [fp32.tokenizer.encode_chat([{"role": "user", "content": p}]) for p in PROMPTS]
-    out32 = generate(fp32, prompts)
-    del fp32
-    out16 = generate(LLMEngine(model_dir, config, dtype="bfloat16"), prompts)
-    prefix = []
-    for a, b in zip(out32, out16):
-        n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-        prefix.append(n / max(len(a), 1))
+    from bench._engine_common import model_dir as shipped_dir
+    from bench._engine_common import shipped_gguf
 
-    from transformers import AutoModelForCausalLM
-
-    hf32 = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    hf16 = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
-    agree, kls = [], []
-    with torch.no_grad():
-        for p, c in zip(prompts, out32):
-            ids = torch.tensor([p + c])
-            l32 = hf32(ids).logits[0, len(p) - 1 : -1].float().log_softmax(-1)
-            l16 = hf16(ids).logits[0, len(p) - 1 : -1].float().log_softmax(-1)
-            agree.append((l32.argmax(-1) == l16.argmax(-1)).float().mean().item())
-            kls.append((l32.exp() * (l32 - l16)).sum(-1).mean().item())
-    print(f"prompts: {len(PROMPTS)}, greedy 64 tokens")
-    print(
-        f"engine bf16 vs fp32, identical greedy prefix: mean {statistics.mean(prefix):.0%}, "
-        f"fully identical {sum(x == 1.0 for x in prefix)}/{len(prefix)}"
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--skip", default="", help="comma list of: ownllm,reference,llama.cpp")
+    parser.add_argument("--threads", type=int, default=0, help="ownllm torch threads (0: all)")
+    parser.add_argument("--model", help="a HF model directory (default: the shipped model)")
+    parser.add_argument(
+        "--quant-dtype", default="auto", help="compute dtype of ownllm's quantised systems"
     )
-    print(f"teacher-forced top-1 agreement bf16 vs fp32: {statistics.mean(agree):.1%}")
-    print(f"teacher-forced mean KL(fp32 || bf16): {statistics.mean(kls):.4f} nats/token")
+    args = parser.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    print(f"CPU flags: {cpu_flags()}; load average {os.getloadavg()[0]:.2f} at start", flush=True)
+
+    shipped = Path(args.model) if args.model else shipped_dir()
+    if args.model:  # a small model to try the script on; no GGUF, so no llama.cpp
+        skip |= {"llama.cpp"}
+    scratch = tempfile.TemporaryDirectory()
+    model = dense_view(shipped, Path(scratch.name))
+    fp32_engine = new_engine(model, "float32", args.threads)
+    tok = fp32_engine.tokenizer
+    eos = set(tok.eos_token_ids)
+    prompts = [tok.encode_chat([{"role": "user", "content": p}]) for p in PROMPTS]
+    fp32_system = engine_system("ownllm fp32", fp32_engine, eos)
+    conts = [fp32_system.greedy(p) for p in prompts]
+    fp32 = run(fp32_system, prompts, conts)
+    del fp32_engine, fp32_system
+
+    results: dict[str, Runs] = {}
+
+    print(f"prompts: {len(PROMPTS)}, fp32 greedy continuations of up to {MAX_TOKENS} tokens")
+    print(f"fp32 continuation lengths: {[len(c) for c in conts]}")
+    print(
+        "| system vs ownllm fp32 | top-1 agreement | mean KL (nats/token) | "
+        "greedy-identical prefix (tokens) | fully identical |"
+    )
+    print("|---|---|---|---|---|", flush=True)
+
+    def measure(system: System) -> None:
+        results[system.name] = run(system, prompts, conts)
+        print(row(system.name, compare(fp32, results[system.name])), flush=True)
+        system.close()
+
+    measure(engine_system("ownllm bf16", new_engine(model, "bfloat16", args.threads), eos))
+    kinds = ("int8", "q8_0", "q4_1")
+    if "ownllm" not in skip:
+        served = engine_quantization()
+        if not served:
+            print("ownllm quantised serving: this engine has no quantization setting yet")
+        for kind in kinds if served else ():
+            engine = new_engine(shipped, args.quant_dtype, args.threads, kind)
+            measure(engine_system(f"ownllm {kind}", engine, eos))
+    if "reference" not in skip:
+        with tempfile.TemporaryDirectory() as root:
+            for kind in kinds:
+                ref_dir = reference_dir(model, kind, Path(root))
+                engine = new_engine(ref_dir, "float32", args.threads)
+                measure(engine_system(f"reference {kind} (dequantised, fp32)", engine, eos))
+    if "llama.cpp" not in skip:
+        try:
+            for threads in (1, 2):
+                measure(llama_cpp_system(shipped_gguf(), threads, eos))
+        except ImportError:
+            print("llama.cpp: llama-cpp-python is not installed (make bench-deps)")
+
+    pairs = [
+        ("ownllm q4_1", "llama.cpp Q4_1 (2 threads)"),
+        ("ownllm q4_1", "llama.cpp Q4_1 (1 thread)"),
+        ("reference q4_1 (dequantised, fp32)", "llama.cpp Q4_1 (2 threads)"),
+        ("llama.cpp Q4_1 (1 thread)", "llama.cpp Q4_1 (2 threads)"),
+    ]
+    print(
+        "\n| pair (teacher-forced on fp32's continuation) | top-1 agreement | mean KL | "
+        "greedy-identical prefix | fully identical |"
+    )
+    print("|---|---|---|---|---|")
+    for a, b in pairs:
+        if a in results and b in results:
+            print(row(f"{a} vs {b}", compare(results[a], results[b])))
+    print(f"load average {os.getloadavg()[0]:.2f} at end")
+    scratch.cleanup()
 
 
 if __name__ == "__main__":

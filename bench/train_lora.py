@@ -9,7 +9,11 @@ the final loss — the token-mean loss on assistant tokens of the training set
 after training, computed the same way for both.
 
     python -m bench.train_lora [--examples 64] [--epochs 1] [--batch-size 8]
-           [--baseline-dtype bf16|fp32] [--append bench/RESULTS.md]
+           [--baselines fp32,bf16] [--ours none,q4_1,int8] [--append bench/RESULTS.md]
+
+`--ours` runs ownllm's trainer once per frozen base: `none` (the compute dtype) or a
+quantised one (QLoRA-style, `LoraSettings.base_quantization`); each reports its RSS
+after loading the model as well as its peak.
 """
 
 from __future__ import annotations
@@ -86,6 +90,12 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        line = next(x for x in f if x.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
 def run_ours(args) -> dict:
     import torch
 
@@ -95,8 +105,10 @@ def run_ours(args) -> dict:
 
     torch.set_num_threads(args.threads)
     data = tokenised(args.model_dir, args.examples, args.max_len)
-    lora = LoraSettings(r=args.rank, alpha=args.alpha)
+    lora = LoraSettings(r=args.rank, alpha=args.alpha, base_quantization=args.base_quantization)
+    before = rss_mb()
     model = TrainableModel.from_dir(args.model_dir, lora)
+    loaded = rss_mb() - before
     model.reset_lora(0)
     hyper = Hyperparameters(args.epochs, args.batch_size, args.lr / 1e-3)
     trainer = Trainer(
@@ -111,6 +123,7 @@ def run_ours(args) -> dict:
         "seconds": seconds,
         "cpu_seconds": cpu,
         "final_loss": final,
+        "load_rss_mb": loaded,
     }
 
 
@@ -218,6 +231,12 @@ def main() -> None:
         default="fp32,bf16",
         help="PEFT runs to compare: fp32 (Trainer's CPU default), bf16 autocast",
     )
+    parser.add_argument(
+        "--ours",
+        default="none",
+        help="ownllm runs: the frozen base of each (none, int8, q8_0, q4_1), comma-separated",
+    )
+    parser.add_argument("--base-quantization", default="none", help=argparse.SUPPRESS)
     parser.add_argument("--append", help="append the results to this Markdown file")
     parser.add_argument("--side", choices=("ours", "peft"), help=argparse.SUPPRESS)
     parser.add_argument("--tmp", default="/tmp", help=argparse.SUPPRESS)
@@ -233,7 +252,8 @@ def main() -> None:
         child(args)
         return
     results = {}
-    sides = [f"peft-{d}" for d in args.baselines.split(",")] + ["ours"]
+    ours_sides = ["ours" if q == "none" else f"ours-{q}" for q in args.ours.split(",")]
+    sides = [f"peft-{d}" for d in filter(None, args.baselines.split(","))] + ours_sides
     for side in sides:
         argv = [a for a in sys.argv[1:]]
         cmd = [
@@ -248,6 +268,8 @@ def main() -> None:
         ]
         if side.startswith("peft-"):
             cmd += ["--baseline-dtype", side.split("-")[1]]
+        elif side.startswith("ours-"):
+            cmd += ["--base-quantization", side.split("-", 1)[1]]
         out = subprocess.run(cmd, capture_output=True, text=True, check=False)
         line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
         if line is None:
@@ -259,17 +281,22 @@ def main() -> None:
         print(
             f"{side:>10}: {r['tokens_per_s']:7.1f} tokens/s  {r['tokens_per_cpu_s']:7.1f} "
             f"tokens/CPU-s  peak RSS {r['peak_rss_mb']:6.0f} MB  final loss "
-            f"{r['final_loss']:.4f}  ({r['tokens']} tokens in {r['seconds']:.1f}s)",
+            f"{r['final_loss']:.4f}  ({r['tokens']} tokens in {r['seconds']:.1f}s)"
+            + (f"  model load +{r['load_rss_mb']:.0f} MB RSS" if "load_rss_mb" in r else ""),
             flush=True,
         )
-    ours = results["ours"]
-    for side in sides[:-1]:
-        base = results[side]
+    ours = results[ours_sides[0]]
+    for side in sides:
+        if side == ours_sides[0]:
+            continue
+        # PEFT: ownllm against it; a quantised base: it against ownllm's first base
+        a, b = (ours, results[side]) if side.startswith("peft") else (results[side], ours)
+        label = f"ownllm vs {side}" if side.startswith("peft") else f"{side} vs {ours_sides[0]}"
         print(
-            f"vs {side}: {ours['tokens_per_s'] / base['tokens_per_s']:.2f}x tokens/s, "
-            f"{ours['tokens_per_cpu_s'] / base['tokens_per_cpu_s']:.2f}x tokens/CPU-s, "
-            f"RSS {ours['peak_rss_mb'] / base['peak_rss_mb']:.2f}x, final loss "
-            f"{(ours['final_loss'] - base['final_loss']) / base['final_loss']:+.1%}"
+            f"{label}: {a['tokens_per_s'] / b['tokens_per_s']:.2f}x tokens/s, "
+            f"{a['tokens_per_cpu_s'] / b['tokens_per_cpu_s']:.2f}x tokens/CPU-s, "
+            f"peak RSS {a['peak_rss_mb'] / b['peak_rss_mb']:.2f}x, final loss "
+            f"{(a['final_loss'] - b['final_loss']) / b['final_loss']:+.1%}"
         )
     if args.append:
         write_results(args, results, sides)
@@ -294,13 +321,17 @@ def write_results(args, results: dict, sides: list[str]) -> None:
         "| trainer | tokens/s (wall) | tokens per CPU-second | peak RSS (MB) | final loss |",
         "|---|---|---|---|---|",
     ]
-    ours = results["ours"]
+    ours_sides = [side for side in sides if side.startswith("ours")]
+    ours = results[ours_sides[0]]
     for side in sides:
         r = results[side]
-        name = "ownllm" if side == "ours" else f"PEFT + transformers Trainer ({side[5:]})"
+        if side.startswith("ours"):
+            name = "ownllm" + (f", {side[5:]} base" if side != "ours" else "")
+        else:
+            name = f"PEFT + transformers Trainer ({side[5:]})"
         speed = (
             ""
-            if side == "ours"
+            if side.startswith("ours")
             else (
                 f" (ownllm: {ours['tokens_per_s'] / r['tokens_per_s']:.2f}x wall, "
                 f"{ours['tokens_per_cpu_s'] / r['tokens_per_cpu_s']:.2f}x CPU, loss "
