@@ -10,7 +10,7 @@ compute) generates a greedy continuation of up to 64 tokens for each; then, per 
   before the first divergence (a divergence is not an error, just another path).
 
 Systems: ownllm's engine in bf16; the quantised weight types through `model.quantization`
-where the engine has it (int8, q8_0, q4_1 served by the quantised kernels); the same
+where the engine has it (int8, q8_0, q4_1 and auto, served by the quantised kernels); the same
 types as a reference (weights quantised, dequantised back to fp32, then the fp32 engine:
 the weight error alone, without the kernels'); llama.cpp's own logits on the shipped GGUF
 (llama-cpp-python, `logits_all=True`) at 1 and 2 threads. Pairs beside fp32: ownllm q4_1
@@ -18,10 +18,13 @@ against llama.cpp q4_1, and llama.cpp against itself across thread counts.
 
 The shipped GGUF is itself Q4_1 (token embedding Q8_0), so "fp32" is the Q4_1 file
 dequantised to fp32: q4_1 re-creates the file's own blocks, and int8/q8_0 re-quantise
-already 4-bit weights. Decoder linear weights are quantised; the embedding and the tied
-output head stay as the engine loads them.
+already 4-bit weights. ownllm's int8/q8_0/q4_1 put every linear layer, the embedding and
+the tied output head in that type (`model.quantization`); ownllm auto keeps the file's own
+mix (the head in q8_0), the weights llama.cpp runs, so that is the pair to compare. The
+reference quantises the decoder linear weights only.
 
 Usage: python -m bench.dtype_quality [--skip ownllm,reference,llama.cpp] [--threads N]
+    [--prompts N] [--max-tokens N]  (fewer of each on a loaded box)
 """
 
 from __future__ import annotations
@@ -237,13 +240,14 @@ def compare(ref: Runs, other: Runs) -> dict[str, float]:
         "kl": statistics.mean(kls),
         "prefix": statistics.mean(prefix),
         "identical": identical,
+        "n": len(ref.greedy),
     }
 
 
 def row(label: str, m: dict[str, float]) -> str:
     return (
         f"| {label} | {m['top1']:.1%} | {m['kl']:.5f} | {m['prefix']:.1f} | "
-        f"{m['identical']}/{len(PROMPTS)} |"
+        f"{m['identical']}/{m['n']} |"
     )
 
 
@@ -259,6 +263,7 @@ def main() -> None:
     from bench._engine_common import model_dir as shipped_dir
     from bench._engine_common import shipped_gguf
 
+    global MAX_TOKENS
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--skip", default="", help="comma list of: ownllm,reference,llama.cpp")
     parser.add_argument("--threads", type=int, default=0, help="ownllm torch threads (0: all)")
@@ -266,7 +271,10 @@ def main() -> None:
     parser.add_argument(
         "--quant-dtype", default="auto", help="compute dtype of ownllm's quantised systems"
     )
+    parser.add_argument("--prompts", type=int, default=len(PROMPTS), help="the first N prompts")
+    parser.add_argument("--max-tokens", type=int, default=MAX_TOKENS, help="per continuation")
     args = parser.parse_args()
+    MAX_TOKENS = args.max_tokens
     skip = set(filter(None, args.skip.split(",")))
     print(f"CPU flags: {cpu_flags()}; load average {os.getloadavg()[0]:.2f} at start", flush=True)
 
@@ -278,7 +286,8 @@ def main() -> None:
     fp32_engine = new_engine(model, "float32", args.threads)
     tok = fp32_engine.tokenizer
     eos = set(tok.eos_token_ids)
-    prompts = [tok.encode_chat([{"role": "user", "content": p}]) for p in PROMPTS]
+    texts = PROMPTS[: args.prompts]
+    prompts = [tok.encode_chat([{"role": "user", "content": p}]) for p in texts]
     fp32_system = engine_system("ownllm fp32", fp32_engine, eos)
     conts = [fp32_system.greedy(p) for p in prompts]
     fp32 = run(fp32_system, prompts, conts)
@@ -286,7 +295,7 @@ def main() -> None:
 
     results: dict[str, Runs] = {}
 
-    print(f"prompts: {len(PROMPTS)}, fp32 greedy continuations of up to {MAX_TOKENS} tokens")
+    print(f"prompts: {len(texts)}, fp32 greedy continuations of up to {MAX_TOKENS} tokens")
     print(f"fp32 continuation lengths: {[len(c) for c in conts]}")
     print(
         "| system vs ownllm fp32 | top-1 agreement | mean KL (nats/token) | "
@@ -305,7 +314,9 @@ def main() -> None:
         served = engine_quantization()
         if not served:
             print("ownllm quantised serving: this engine has no quantization setting yet")
-        for kind in kinds if served else ():
+        # auto: the GGUF's own mix (q4_1 layers, the q8_0 embedding / tied head), which is
+        # what llama.cpp runs; q4_1 puts the embedding and head in q4_1 as well
+        for kind in kinds + ("auto",) if served else ():
             engine = new_engine(shipped, args.quant_dtype, args.threads, kind)
             measure(engine_system(f"ownllm {kind}", engine, eos))
     if "reference" not in skip:
@@ -322,6 +333,8 @@ def main() -> None:
             print("llama.cpp: llama-cpp-python is not installed (make bench-deps)")
 
     pairs = [
+        ("ownllm auto", "llama.cpp Q4_1 (2 threads)"),
+        ("ownllm auto", "llama.cpp Q4_1 (1 thread)"),
         ("ownllm q4_1", "llama.cpp Q4_1 (2 threads)"),
         ("ownllm q4_1", "llama.cpp Q4_1 (1 thread)"),
         ("reference q4_1 (dequantised, fp32)", "llama.cpp Q4_1 (2 threads)"),
