@@ -16,6 +16,10 @@ Runs are claimed through `ownllm.evals.store` (heartbeats every quarter of
 `evals.lease_s`); each graded item is written at once, so a run whose server died is taken
 over by another worker once its lease ends and carries on from the items it has. At most
 `evals.max_concurrent_runs` runs, and `evals.max_concurrent_items` items of each, at once.
+
+Each look for work also moves the unattended loops (`ownllm.evals.loop.advance`): a
+trained adapter's eval and red-team runs are queued here, and once they end its alias is
+promoted or the refusal recorded.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from ownllm.api.routes.embeddings import embedding_run
 from ownllm.api.schemas import ChatCompletionRequest, EmbeddingRequest
 from ownllm.api.state import AppState
 from ownllm.errors import OverloadedError, OwnLLMError, ServerError
-from ownllm.evals import store
+from ownllm.evals import loop, store
 from ownllm.evals.graders import grade
 from ownllm.evals.templates import lookup, render_messages
 from ownllm.gateway.gateway import Gateway
@@ -66,8 +70,9 @@ class EvalWorker(PollingWorker):
         self.worker_id = worker_id or ids.worker_id()
 
     async def step(self) -> bool:
-        """Claim runs while there is room; True when one was claimed."""
-        has_worked = False
+        """Move the unattended loops a step, then claim runs while there is room; True when
+        a loop moved or a run was claimed."""
+        has_worked = await asyncio.to_thread(loop.advance, self.db)
         while len(self.running) < self.config.max_concurrent_runs:
             run = await asyncio.to_thread(
                 store.claim_run, self.db, self.worker_id, self.config.lease_s

@@ -300,6 +300,31 @@ class AliasMove(Base):
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
+class Promotion(Base):
+    """The unattended loop of one fine-tuning job (`promote` at its creation): once the job
+    succeeds, its adapter is evaluated and red-teamed, and the alias moves to it if the
+    alias's gate passes. `status`: waiting (training) | evaluating | promoted | refused |
+    failed | skipped (the job did not succeed); each step is a conditional UPDATE on it, so
+    replicas sharing the database start and decide each loop once."""
+
+    __tablename__ = "promotions"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # promo-…
+    job_id: Mapped[str] = mapped_column(ForeignKey("fine_tuning_jobs.id"), unique=True)
+    tenant_id: Mapped[str] = mapped_column(String(64), index=True)
+    key_id: Mapped[str | None] = mapped_column(String(40), nullable=True)  # the job's creator
+    alias: Mapped[str] = mapped_column(String(256))  # the alias's name
+    eval_id: Mapped[str] = mapped_column(String(40))
+    data_source: Mapped[dict[str, Any]] = mapped_column(JSON)  # the run to repeat on the adapter
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    adapter_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    eval_run_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    redteam_run_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    gate: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # the verdict
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+
+
 class EvalDefinition(Base):
     """An eval (OpenAI's Evals API): how items look and how samples are graded. `kind`
     is `eval`, or `redteam` for the shipped red-team suite's evals."""

@@ -16,7 +16,10 @@ OpenAI's: `{"type": "supervised"}` (the default: chat JSONL) or `{"type": "dpo",
 settings travel in an ownllm extension field: `"lora": {"r", "alpha",
 "dropout", "target_modules", "base_quantization"}`; `base_quantization` ("none",
 "int8", "q8_0", "q4_1") trains the adapter on a quantised frozen base (QLoRA-style,
-see `ownllm.tuning.frozen`). Another tenant's job is a 404.
+see `ownllm.tuning.frozen`). `"promote": {"alias", "eval"}` (another extension) makes the
+job the first step of the unattended loop (`ownllm.evals.loop`): once trained, the adapter
+is evaluated and red-teamed and the alias promoted to it if its gate passes; the job's
+`promotion` and events say how it went. Another tenant's job is a 404.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from starlette.concurrency import run_in_threadpool
 from ownllm.api.pages import cursor_page
 from ownllm.api.state import AppState, get_state
 from ownllm.errors import InvalidRequestError, ModelNotFoundError, NotFoundError
+from ownllm.evals import loop
 from ownllm.gateway.auth import require_scope
 from ownllm.gateway.principal import Principal
 from ownllm.ids import new_id
@@ -57,11 +61,14 @@ class CreateJob(BaseModel):
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
     metadata: dict[str, str] | None = None
     lora: dict[str, Any] | None = None
+    promote: dict[str, Any] | None = None
 
 
-def job_object(job: FineTuningJob) -> dict:
+def job_object(job: FineTuningJob, promotion: dict | None = None) -> dict:
+    """The OpenAI job object, with ownllm's `lora` and, for a job that promotes an alias,
+    `promotion` (the unattended loop's state: `ownllm.evals.loop`)."""
     hp = job.hyperparameters or {}
-    return {
+    out = {
         "id": job.id,
         "object": "fine_tuning.job",
         "model": job.model,
@@ -84,6 +91,13 @@ def job_object(job: FineTuningJob) -> dict:
         "metadata": job.metadata_,
         "lora": job.lora,
     }
+    if promotion is not None:
+        out["promotion"] = promotion
+    return out
+
+
+def job_view(state: AppState, job: FineTuningJob) -> dict:
+    return job_object(job, loop.promotions_of(state.db, [job.id]).get(job.id))
 
 
 def _default_lora(state: AppState) -> LoraSettings:
@@ -141,6 +155,9 @@ def _create(state: AppState, principal: Principal, body: CreateJob) -> FineTunin
     )
     method, requested = requested_method(body.method, body.hyperparameters)
     lora = lora_settings(body.lora, _default_lora(state))
+    promote = (
+        loop.check_request(state.db, principal, body.promote) if body.promote is not None else None
+    )
     job = FineTuningJob(
         id=new_id("ftjob"),
         tenant_id=principal.tenant_id,
@@ -164,6 +181,8 @@ def _create(state: AppState, principal: Principal, body: CreateJob) -> FineTunin
     )
     with state.db.session() as s:
         s.add(job)
+    if promote is not None:
+        loop.create(state.db, job, promote)
     jobs.add_event(state.db, job.id, "Validating training file: " + train.id)
     try:
         for row, param in ((train, "training_file"), (valid, "validation_file")):
@@ -193,7 +212,8 @@ async def create_job(
     principal: Principal = Depends(require_scope("fine-tuning")),
     state: AppState = Depends(get_state),
 ) -> dict:
-    return job_object(await run_in_threadpool(_create, state, principal, body))
+    job = await run_in_threadpool(_create, state, principal, body)
+    return await run_in_threadpool(job_view, state, job)
 
 
 def _page(state: AppState, query, model, after_id: str | None, limit: int, order_col):
@@ -221,7 +241,9 @@ async def list_jobs(
     rows, more = await run_in_threadpool(
         _page, state, query, FineTuningJob, after, limit, FineTuningJob.id
     )
-    return {"object": "list", "data": [job_object(j) for j in rows], "has_more": more}
+    promotions = await run_in_threadpool(loop.promotions_of, state.db, [j.id for j in rows])
+    data = [job_object(j, promotions.get(j.id)) for j in rows]
+    return {"object": "list", "data": data, "has_more": more}
 
 
 @router.get("/jobs/{job_id}")
@@ -230,7 +252,8 @@ async def retrieve_job(
     principal: Principal = Depends(require_scope("fine-tuning")),
     state: AppState = Depends(get_state),
 ) -> dict:
-    return job_object(await run_in_threadpool(_own_job, state, principal, job_id))
+    job = await run_in_threadpool(_own_job, state, principal, job_id)
+    return await run_in_threadpool(job_view, state, job)
 
 
 @router.post("/jobs/{job_id}/cancel")
@@ -243,7 +266,8 @@ async def cancel_job(
     if job.status in jobs.FINAL:
         raise InvalidRequestError(f"The job is already {job.status}.", param="fine_tuning_job_id")
     await run_in_threadpool(jobs.request_cancel, state.db, job_id)
-    return job_object(await run_in_threadpool(jobs.get_job, state.db, job_id))
+    job = await run_in_threadpool(jobs.get_job, state.db, job_id)
+    return await run_in_threadpool(job_view, state, job)
 
 
 @router.get("/jobs/{job_id}/events")
