@@ -29,6 +29,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from ownllm.adapters.registry import AdapterRecord, Viewer, get_adapter, own_adapter, validate_name
+from ownllm.adapters.routing import Router
 from ownllm.errors import ConflictError, InvalidRequestError, NotFoundError
 from ownllm.ids import new_id
 from ownllm.store.db import Database
@@ -138,6 +139,7 @@ class AliasRecord:
     created_at: int
     updated_at: int
     history: tuple[str | None, ...] = field(default=())
+    router: Router | None = None  # a router alias (`ownllm.adapters.routing`)
 
     @classmethod
     def from_row(cls, row: ModelAlias) -> AliasRecord:
@@ -151,6 +153,7 @@ class AliasRecord:
             created_at=row.created_at,
             updated_at=row.updated_at,
             history=tuple(row.history or ()),
+            router=Router.from_dict(row.router) if row.router else None,
         )
 
     def to_dict(self, target_name: str) -> dict[str, Any]:
@@ -167,6 +170,7 @@ class AliasRecord:
             "previous_adapter_id": self.history[-1] if self.history else None,
             "can_rollback": bool(self.history),
             "gate": self.gate.to_dict(),
+            "router": self.router.to_wire() if self.router is not None else None,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }
@@ -263,8 +267,11 @@ def create_alias(
     target: AdapterRecord | None,
     gate: Gate,
     actor: str,
+    router: Router | None = None,
 ) -> AliasRecord:
-    """A new alias of the viewer's tenant at `target` (its first move is recorded)."""
+    """A new alias of the viewer's tenant at `target`, or routing over `router`'s versions
+    (then `target` is None: the base model answers what no version is near); its first
+    move is recorded."""
     validate_name(name)
     if own_adapter(db, viewer.tenant_id, name) is not None:
         raise ConflictError(
@@ -281,6 +288,7 @@ def create_alias(
         version=1,
         created_at=now,
         updated_at=now,
+        router=router.to_dict() if router is not None else None,
     )
     try:
         with db.session() as s:
@@ -354,6 +362,7 @@ def promote(
     """Move the alias to `target` when `check` (the alias's gate on it) passes; a refusal
     is recorded (action `refused`, with the figures) and raised as GateRefusedError."""
     alias = get_alias(db, viewer, name)
+    _not_a_router(alias)
     to_target = target.id if target else None
     if to_target == alias.target:
         raise ConflictError(f"alias {name!r} already points at that version", param="to")
@@ -371,6 +380,7 @@ def promote(
 def rollback(db: Database, viewer: Viewer, name: str, actor: str) -> AliasRecord:
     """Return the alias to the version before its current one (no gate: it served)."""
     alias = get_alias(db, viewer, name)
+    _not_a_router(alias)
     if not alias.history:
         raise ConflictError(f"alias {name!r} has no earlier version to roll back to", param="alias")
     previous = alias.history[-1]
@@ -383,6 +393,15 @@ def rollback(db: Database, viewer: Viewer, name: str, actor: str) -> AliasRecord
                     param="alias",
                 )
     return _apply(db, alias, previous, list(alias.history[:-1]), "rollback", actor, PASSED_EMPTY)
+
+
+def _not_a_router(alias: AliasRecord) -> None:
+    if alias.router is not None:
+        raise ConflictError(
+            f"alias {alias.name!r} routes over its versions; it is not promoted or rolled "
+            "back (make it again to change them)",
+            param="alias",
+        )
 
 
 def _apply(

@@ -390,6 +390,14 @@ def delete_adapter(db: Database, data_dir: DataDir, principal: Viewer, ref: str)
             s.execute(select(Adapter.id).where(Adapter.id == row.id).with_for_update())
         query = select(ModelAlias.tenant_id, ModelAlias.name).where(ModelAlias.target == row.id)
         aliases = [f"{t}/{n}" if t != principal.tenant_id else n for t, n in s.execute(query)]
+        routers = select(ModelAlias.tenant_id, ModelAlias.name, ModelAlias.router).where(
+            ModelAlias.router.is_not(None)
+        )
+        aliases += [
+            f"{t}/{n}" if t != principal.tenant_id else n
+            for t, n, router in s.execute(routers)
+            if any(v["adapter_id"] == row.id for v in (router or {}).get("versions", ()))
+        ]
         if aliases:
             raise ConflictError(
                 f"adapter {ref!r} cannot be deleted: model alias {', '.join(sorted(aliases))} "

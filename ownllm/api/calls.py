@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from ownllm import __version__
+from ownllm.adapters.routing import route_text
 from ownllm.api.schemas import (
     MAX_ADAPTERS,
     AdapterRef,
@@ -61,24 +62,48 @@ def _resolve_adapter(state: AppState, principal: Principal, name: str, param: st
     return record.id
 
 
-def _resolve_model(state: AppState, principal: Principal, model: str) -> list[AdapterWeight]:
+def _resolve_model(
+    state: AppState, principal: Principal, model: str, text: str
+) -> tuple[list[AdapterWeight], dict[str, Any] | None]:
     """The adapters `model` runs: the version the caller's alias `model` points at, read
     once here so the request finishes on it whatever a promotion does meanwhile (none for
-    an alias of the base), else the adapter `model` names."""
+    an alias of the base), or for a router alias the version nearest `text`; else the
+    adapter `model` names. With the router's pick, when there was one."""
     if state.db is not None:
         from ownllm.adapters.aliases import find_alias
 
         alias = find_alias(state.db, principal.tenant_id, model)
+        if alias is not None and alias.router is not None:
+            return _route(state, alias, text)
         if alias is not None:
-            return [AdapterWeight(alias.target)] if alias.target is not None else []
-    return [AdapterWeight(_resolve_adapter(state, principal, model, "model"))]
+            return ([AdapterWeight(alias.target)] if alias.target is not None else []), None
+    return [AdapterWeight(_resolve_adapter(state, principal, model, "model"))], None
+
+
+def _route(state: AppState, alias, text: str) -> tuple[list[AdapterWeight], dict[str, Any]]:
+    """A router alias's pick for `text` (`ownllm.adapters.routing`): the shipped MiniLM
+    embeds it (loaded on the first routed request after a start, a few seconds once)."""
+    (vector,) = state.embedding_model.load_now().embed([text or " "])
+    version, similarity = alias.router.pick(vector)
+    route = {
+        "alias": alias.name,
+        "adapter_id": version.adapter_id if version is not None else None,
+        "adapter": version.name if version is not None else state.model_id,
+        "similarity": round(similarity, 4),
+    }
+    return ([AdapterWeight(version.adapter_id)] if version is not None else []), route
 
 
 def resolve_adapters(
-    state: AppState, principal: Principal, model: str, extra: list[AdapterRef] | None
-) -> tuple[AdapterWeight, ...]:
-    """The adapters a request runs with: `model` itself when it names one, then `adapters`.
-    A model the hybrid policy routes to a remote API for this tenant runs none."""
+    state: AppState,
+    principal: Principal,
+    model: str,
+    extra: list[AdapterRef] | None,
+    text: str = "",
+) -> tuple[tuple[AdapterWeight, ...], dict[str, Any] | None]:
+    """The adapters a request runs with: `model` itself when it names one (a router alias:
+    the version nearest `text`, the request's prompt), then `adapters`; and the router's
+    pick. A model the hybrid policy routes to a remote API for this tenant runs none."""
     backend = state.backend
     if isinstance(backend, Router) and backend.routes_remotely(principal.tenant_id, model):
         if extra:
@@ -86,10 +111,11 @@ def resolve_adapters(
                 f"adapters cannot run on '{model}': it is served by a remote API",
                 param="adapters",
             )
-        return ()
-    adapters = []
+        return (), None
+    adapters, route = [], None
     if model != state.model_id:
-        adapters.extend(_resolve_model(state, principal, model))
+        named, route = _resolve_model(state, principal, model, text)
+        adapters.extend(named)
     for i, ref in enumerate(extra or ()):
         adapter_id = _resolve_adapter(state, principal, ref.id, f"adapters[{i}].id")
         adapters.append(AdapterWeight(adapter_id, ref.weight))
@@ -99,7 +125,7 @@ def resolve_adapters(
             "(the model's own adapter counts)",
             param="adapters",
         )
-    return tuple(adapters)
+    return tuple(adapters), route
 
 
 # -- requests ---------------------------------------------------------------------------------
@@ -202,13 +228,16 @@ def chat_call(state: AppState, principal: Principal, body: ChatCompletionRequest
             }
     max_tokens = body.max_completion_tokens or body.max_tokens
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    text = route_text(messages, None)
+    adapters, route = resolve_adapters(state, principal, body.model, body.adapters, text)
     return InferenceCall(
         request_id=new_id("chatcmpl"),
         endpoint="chat.completions",
         principal=principal,
         model=body.model,
         base_model=state.model_id,
-        adapters=resolve_adapters(state, principal, body.model, body.adapters),
+        adapters=adapters,
+        route=route,
         sampling=_sampling(body, max_tokens, logprobs, state.generation_defaults),
         messages=messages,
         is_stream=body.stream,
@@ -266,13 +295,17 @@ def completion_call(
         raise InvalidRequestError(
             "echo with logprobs (prompt logprobs) is not supported", param="echo"
         )
+    adapters, route = resolve_adapters(
+        state, principal, body.model, body.adapters, route_text(None, prompts)
+    )
     return InferenceCall(
         request_id=new_id("cmpl"),
         endpoint="completions",
         principal=principal,
         model=body.model,
         base_model=state.model_id,
-        adapters=resolve_adapters(state, principal, body.model, body.adapters),
+        adapters=adapters,
+        route=route,
         sampling=_sampling(body, body.max_tokens, body.logprobs, state.generation_defaults),
         prompts=prompts,
         is_stream=body.stream,

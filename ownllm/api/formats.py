@@ -68,6 +68,7 @@ class Format:
         self.fingerprint = fingerprint
         self.has_logprobs = has_logprobs
         self.include_usage = include_usage
+        self.route: dict[str, Any] | None = None  # a router alias's pick, as `ownllm_route`
 
     def _envelope(self, object_name: str, choices: list[dict]) -> dict[str, Any]:
         return {
@@ -77,6 +78,7 @@ class Format:
             "model": self.model,
             "system_fingerprint": self.fingerprint,
             "choices": choices,
+            **({"ownllm_route": self.route} if self.route is not None else {}),
         }
 
     def chunk(self, choices: list[dict]) -> dict[str, Any]:

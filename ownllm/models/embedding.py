@@ -119,6 +119,12 @@ class LazyEmbeddingModel:
         self.model = model
         self._lock = asyncio.Lock()
 
+    def load_now(self) -> EmbeddingModel:
+        """The model, loaded here and now if it is not yet (a caller that cannot await)."""
+        if self.model is None:
+            self.model = EmbeddingModel.load()
+        return self.model
+
     async def get(self) -> EmbeddingModel:
         """The model, loading it on the first call. Raises ModelLoadError."""
         async with self._lock:

@@ -16,6 +16,12 @@ caller's alias names; another tenant's alias is a 404. A client calls the alias 
 
 A gate: {"evals": [{"eval": "support-holdout", "min_pass_rate": 0.8, "criterion": null}],
 "max_redteam_success_rate": 0.05}.
+
+A router alias (`{"name", "router": {"versions": [adapter, …], "threshold": 0.3}}`, no
+target) sends each request to the version whose training data is nearest its prompt by
+the shipped MiniLM (`ownllm.adapters.routing`), or to the base model below the threshold;
+the centroids are computed here, from the dataset files each version's lineage names. The
+answer names the pick in `ownllm_route`; the ledger row names the adapter that ran.
 """
 
 from __future__ import annotations
@@ -28,8 +34,15 @@ from starlette.concurrency import run_in_threadpool
 
 from ownllm.adapters import aliases, registry
 from ownllm.adapters.aliases import AliasRecord, Gate
+from ownllm.adapters.routing import (
+    ROUTE_CHARS,
+    RoutedVersion,
+    Router,
+    centroid,
+    check_router,
+)
 from ownllm.api.state import AppState, get_state
-from ownllm.errors import ServerError
+from ownllm.errors import InvalidRequestError, ServerError
 from ownllm.evals.gate import check_gate
 from ownllm.gateway.auth import require_scope
 from ownllm.gateway.principal import Principal
@@ -42,6 +55,58 @@ class AliasBody(BaseModel):
     name: str = Field(min_length=1, max_length=256)
     target: str = "base"
     gate: dict[str, Any] | None = None
+    router: dict[str, Any] | None = None  # {"versions": [adapter, …], "threshold": 0.3}
+
+
+MAX_ROUTE_EXAMPLES = 512  # of each version's training prompts, for its centroid
+
+
+def version_prompts(state: AppState, record, param: str) -> list[str]:
+    """The user messages of the dataset files `record`'s lineage names (its training data)."""
+    from ownllm.store.schema import File
+    from ownllm.tuning.data import DataError, read_examples
+    from ownllm.tuning.files import file_path
+
+    texts: list[str] = []
+    for dataset in record.datasets:
+        with _db(state).session() as s:
+            row = s.get(File, dataset.get("file_id"))
+        if row is None:
+            continue
+        try:
+            examples = read_examples(file_path(state.data_dir, row), param=param)
+        except (DataError, OSError):
+            continue
+        for example in examples:
+            texts += [m["content"] for m in example.messages
+                      if m.get("role") == "user" and isinstance(m.get("content"), str)]  # fmt: skip
+    if not texts:
+        raise InvalidRequestError(
+            f"adapter {record.name!r} names no training data this server still has (its "
+            "lineage's dataset files), so requests cannot be routed to it",
+            param=param,
+        )
+    return [t[:ROUTE_CHARS] for t in texts[:MAX_ROUTE_EXAMPLES]]
+
+
+def build_router(state: AppState, principal: Principal, raw: Any) -> Router:
+    """The router a client sent, with each version's centroid from its training data."""
+    refs, threshold = check_router(raw)
+    model = state.embedding_model.load_now()
+    versions = []
+    for i, ref in enumerate(refs):
+        param = f"router.versions[{i}]"
+        record = aliases.resolve_target(_db(state), principal, ref, state.model_id, param=param)
+        if record is None:
+            raise InvalidRequestError(
+                "a router's versions are adapters; the base model answers below the threshold",
+                param=param,
+            )
+        texts = version_prompts(state, record, param)
+        versions.append(
+            RoutedVersion(record.id, record.name, centroid(model.embed(texts)), len(texts))
+        )
+    return Router(tuple(versions), threshold)
 
 
 class GateBody(BaseModel):
@@ -123,8 +188,17 @@ async def create_alias_route(
     def work():
         db = _db(state)
         gate = Gate.from_dict(body.gate)
+        router = None
+        if body.router is not None:
+            if "target" in body.model_fields_set:
+                raise InvalidRequestError(
+                    "a router alias has no target: it routes over router.versions",
+                    param="target",
+                )
+            router = build_router(state, principal, body.router)
         target = aliases.resolve_target(db, principal, body.target, state.model_id)
-        record = aliases.create_alias(db, principal, body.name, target, gate, actor_of(principal))
+        actor = actor_of(principal)
+        record = aliases.create_alias(db, principal, body.name, target, gate, actor, router)
         return alias_object(state, principal, record)
 
     return await run_in_threadpool(work)

@@ -59,6 +59,7 @@ def chat_run(
         include_usage=bool(body.stream_options and body.stream_options.include_usage),
         tool_syntax=call_syntax(state.tokenizer) if call.tools is not None else None,
     )
+    fmt.route = call.route
     if body.file_search is not None:
         return FileSearchRun(call, fmt, state, gateway, body.file_search)
     return GenerationRun(call, fmt, state, gateway)

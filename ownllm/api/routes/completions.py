@@ -52,4 +52,5 @@ def completion_run(
         echo_prompts=call.prompts if body.echo else None,
         n=body.n,
     )
+    fmt.route = call.route
     return GenerationRun(call, fmt, state, gateway)

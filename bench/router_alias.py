@@ -1,0 +1,243 @@
+"""A router alias's accuracy and added latency, with the shipped MiniLM.
+
+Three adapters' domains (billing and refunds, Python programming, cooking): each version's
+centroid is built as `POST /v1/aliases` builds it (`ownllm.adapters.routing.centroid` of
+the MiniLM embeddings of its training prompts), then held-out prompts of each domain,
+written apart from the training ones (other wording, other topics of the domain), are
+routed with `Router.pick`. Accuracy: the share that reached their domain's version.
+Off-domain prompts show what the threshold sends to the base model.
+
+Added latency per request: what `ownllm.api.calls._route` does on the request path (embed
+the prompt, pick the nearest centroid), timed per request over the held-out prompts,
+repeated; the alias lookup itself is there for every alias, routed or not.
+
+    python -m bench.router_alias [--threshold 0.3] [--repeats 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import time
+from pathlib import Path
+
+from ownllm.adapters.routing import RoutedVersion, Router, centroid, route_text
+from ownllm.models.embedding import EmbeddingModel
+
+TRAINING = {
+    "billing": [
+        "Why was my credit card charged twice this month?",
+        "I want a refund for my last order.",
+        "How do I update the payment method on my account?",
+        "My invoice shows the wrong amount.",
+        "Can I get a copy of my receipt for March?",
+        "I was billed after I cancelled my subscription.",
+        "When will my refund arrive on my card?",
+        "How do I download my invoices as PDF?",
+        "The payment failed but money left my bank account.",
+        "Can you change the billing address on my invoice?",
+        "What is your refund policy for annual plans?",
+        "I see an unknown charge from your company on my statement.",
+        "How do I switch from monthly to yearly billing?",
+        "Please cancel my plan and refund the unused days.",
+        "Why did my subscription price go up?",
+        "Can I pay by bank transfer instead of card?",
+        "I need the VAT number added to my invoice.",
+        "My discount code was not applied at checkout.",
+        "How long does a chargeback take?",
+        "I was charged in dollars instead of euros.",
+    ],
+    "python": [
+        "How do I read a CSV file with pandas?",
+        "Why does my Python script raise a KeyError?",
+        "What is the difference between a list and a tuple in Python?",
+        "How do I write a unit test with pytest?",
+        "My for loop in Python never ends, why?",
+        "How can I sort a dictionary by its values?",
+        "What does the yield keyword do in Python?",
+        "How do I install a package with pip in a virtual environment?",
+        "Explain Python decorators with an example.",
+        "How do I parse JSON from an HTTP response in Python?",
+        "Why do I get IndentationError: unexpected indent?",
+        "How do I use async and await with asyncio?",
+        "What is a list comprehension?",
+        "How do I reverse a string in Python?",
+        "My Django migration fails with an IntegrityError.",
+        "How can I profile a slow Python function?",
+        "How do I type hint a function that returns None?",
+        "What is the GIL and why does it matter for threads?",
+        "How do I catch several exceptions in one except clause?",
+        "How do I merge two pandas DataFrames on a column?",
+    ],
+    "cooking": [
+        "How long should I boil an egg for a runny yolk?",
+        "What can I use instead of buttermilk in pancakes?",
+        "How do I make a simple tomato sauce for pasta?",
+        "At what temperature should I roast a chicken?",
+        "Why did my bread not rise?",
+        "How do I cook rice so it is not sticky?",
+        "What spices go well in a lentil curry?",
+        "How do I keep fresh basil from wilting?",
+        "Can I freeze homemade soup?",
+        "How do I make a crispy pizza crust at home?",
+        "What is the ratio of flour to water for pizza dough?",
+        "How do I caramelise onions properly?",
+        "How long do I bake chocolate chip cookies?",
+        "What is a good marinade for grilled salmon?",
+        "How do I thicken a stew without flour?",
+        "How do I make vinaigrette for a salad?",
+        "Why is my risotto gluey?",
+        "How do I sear a steak in a pan?",
+        "What vegetables can I roast together?",
+        "How do I make whipped cream by hand?",
+    ],
+}
+HELD_OUT = {
+    "billing": [
+        "Someone charged my Visa without permission, what do I do?",
+        "I'd like my money back for the order that never arrived.",
+        "Where can I find last year's invoices?",
+        "The amount on my bill doesn't match the quote.",
+        "Do you offer refunds if I downgrade my plan?",
+        "My card was declined but I have funds.",
+        "Please remove the late fee from my account.",
+        "How do I get a receipt with my company's name on it?",
+        "Why am I paying tax on this purchase?",
+        "I cancelled yesterday and still got billed today.",
+        "Can I split the payment into instalments?",
+        "Your app charged me for two seats instead of one.",
+        "How do I stop automatic renewal of my subscription?",
+        "I want to dispute a transaction from last week.",
+        "Is there a fee for paying with PayPal?",
+        "The refund went to an old card that is closed.",
+        "I need an invoice for my expense report.",
+        "What currency will my bank statement show?",
+        "Can I get a prorated credit for the outage?",
+        "How do I add a purchase order number to my bill?",
+    ],
+    "python": [
+        "How do I open a file and read it line by line in Python?",
+        "What is the best way to deep copy a nested dict?",
+        "My numpy array has the wrong shape after reshape.",
+        "How do I run a function in parallel with multiprocessing?",
+        "What does if __name__ == '__main__' mean?",
+        "How do I format a float with two decimals in an f-string?",
+        "TypeError: 'NoneType' object is not subscriptable, how to fix?",
+        "How can I make a class iterable?",
+        "What is the difference between is and == in Python?",
+        "How do I call a REST API with the requests library?",
+        "How do I remove duplicates from a list but keep the order?",
+        "Why does my recursive function hit the recursion limit?",
+        "How do I use dataclasses with default values?",
+        "How do I convert a string to a datetime?",
+        "What is a generator expression?",
+        "How do I mock a function in my tests?",
+        "How do I create a virtualenv with a specific Python version?",
+        "Flask returns 405 Method Not Allowed on my POST route.",
+        "How do I flatten a list of lists?",
+        "How do I read environment variables in a script?",
+    ],
+    "cooking": [
+        "How do I poach an egg without it falling apart?",
+        "What's a substitute for eggs in a cake?",
+        "How long does it take to bake a potato in the oven?",
+        "Which herbs go well with lamb?",
+        "My sourdough starter smells like acetone, is that bad?",
+        "How do I make a roux for gravy?",
+        "How do I stop pasta from sticking together?",
+        "What is the best oil for deep frying?",
+        "How do I make a quick pickle with cucumbers?",
+        "How do I know when fish is cooked through?",
+        "Can I use baking soda instead of baking powder?",
+        "How do I make a creamy mushroom soup?",
+        "What temperature do I fry chicken wings at?",
+        "How do I soften butter quickly for baking?",
+        "How do I make hummus without tahini?",
+        "How long should dough rest in the fridge?",
+        "Why are my pancakes flat?",
+        "How do I braise short ribs?",
+        "What goes into a classic pesto?",
+        "How do I cook quinoa so it is fluffy?",
+    ],
+}
+OFF_DOMAIN = [
+    "What is the capital of Australia?",
+    "Write a haiku about the sea.",
+    "Who won the football world cup in 2010?",
+    "How far is the moon from the earth?",
+    "Recommend a good science fiction novel.",
+    "What is the weather like in spring in Norway?",
+    "Tell me a joke about cats.",
+    "How many bones are in the human body?",
+]
+
+
+def cpu_flags() -> dict[str, bool]:
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return {f: bool(re.search(rf"\b{f}\b", text)) for f in ("avx512_bf16", "avx512f", "avx2")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threshold", type=float, default=0.3)
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args()
+
+    import torch
+
+    model = EmbeddingModel.load()
+    versions = tuple(
+        RoutedVersion(f"adapter-{d}", d, centroid(model.embed(texts)), len(texts))
+        for d, texts in TRAINING.items()
+    )
+    router = Router(versions, args.threshold)
+
+    confusion: dict[str, dict[str, int]] = {d: {} for d in HELD_OUT}
+    similarities = []
+    for domain, prompts in HELD_OUT.items():
+        for prompt in prompts:
+            (vector,) = model.embed([prompt])
+            picked, sim = router.pick(vector)
+            name = picked.name if picked else "base"
+            confusion[domain][name] = confusion[domain].get(name, 0) + 1
+            similarities.append(sim)
+    num_right = sum(confusion[d].get(d, 0) for d in HELD_OUT)
+    num_held_out = sum(map(len, HELD_OUT.values()))
+    off = [router.pick(v) for v in model.embed(OFF_DOMAIN)]
+    num_off_to_base = sum(1 for picked, _ in off if picked is None)
+
+    messages = [[{"role": "user", "content": p}] for ps in HELD_OUT.values() for p in ps]
+    for m in messages[:10]:  # warm up
+        model.embed([route_text(m, None)])
+    timings = []
+    for _ in range(args.repeats):
+        for m in messages:
+            start = time.perf_counter()
+            (vector,) = model.embed([route_text(m, None) or " "])
+            router.pick(vector)
+            timings.append((time.perf_counter() - start) * 1000)
+    timings.sort()
+    result = {
+        "held_out": num_held_out,
+        "accuracy": round(num_right / num_held_out, 4),
+        "confusion": confusion,
+        "held_out_similarity_min": round(min(similarities), 3),
+        "off_domain_to_base": f"{num_off_to_base}/{len(OFF_DOMAIN)}",
+        "off_domain_similarity_max": round(max(s for _, s in off), 3),
+        "threshold": args.threshold,
+        "route_ms_p50": round(statistics.median(timings), 3),
+        "route_ms_p90": round(timings[int(len(timings) * 0.9)], 3),
+        "route_ms_p99": round(timings[int(len(timings) * 0.99)], 3),
+        "requests_timed": len(timings),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_flags": cpu_flags(),
+        "load_average": os.getloadavg(),
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
