@@ -5,6 +5,9 @@
                                              latency percentiles, and totals
     GET /v1/dashboard/cost                   self-hosted cost vs each API in the price table
     GET /v1/dashboard/files/{id}/problems    a training file's invalid lines, by line number
+    GET /v1/dashboard/evals/{id}/compare     two completed runs of an eval side by side (base
+                                             vs candidate: per criterion the pass rates, the
+                                             delta and its 95% interval, the items that changed)
 
 All are tenant-scoped through the principal: a tenant key sees only its own tenant's
 usage and files (another tenant's file is a 404), the admin sees every tenant. Everything
@@ -223,6 +226,57 @@ def file_problems(db: Database, data_dir: DataDir, principal: Principal, file_id
         "num_problems": len(problems),
         "problems": problems[:MAX_PROBLEMS],
     }
+
+
+def eval_comparison(
+    db: Database, principal: Principal, eval_ref: str, base: str | None, candidate: str | None
+) -> dict[str, Any]:
+    """Run `base` against run `candidate` of the caller's eval (`ownllm.evals.compare`, as
+    `ownllm eval compare` prints it). Left out, they are chosen: the candidate is the newest
+    completed run, the base the newest completed run on the base model before it, else the
+    completed run before the candidate."""
+    from ownllm.evals import store
+    from ownllm.evals.compare import compare_runs
+
+    evaluation = store.get_eval(db, principal, eval_ref)
+    runs = store.list_runs(db, principal, evaluation["id"], store.Page(100, None, "desc"),
+                           status="completed")["data"]  # fmt: skip
+    by_id = {r["id"]: r for r in runs}
+    for run_id, param in ((base, "base"), (candidate, "candidate")):
+        if run_id is not None and run_id not in by_id:
+            store.get_run(db, principal, evaluation["id"], run_id)  # 404 if it is not theirs
+            raise InvalidRequestError(f"run {run_id} has not completed", param=param)
+    b = by_id[candidate] if candidate else (runs[0] if runs else None)
+    earlier = [r for r in runs if b is not None and r["id"] != b["id"]
+               and (r["created_at"], r["id"]) < (b["created_at"], b["id"])]  # fmt: skip
+    a = by_id[base] if base else next((r for r in earlier if r["adapter_id"] is None), None)
+    if a is None and earlier:
+        a = earlier[0]
+    out: dict[str, Any] = {
+        "eval": evaluation,
+        "base_run": a,
+        "candidate_run": b,
+        "comparison": None,
+    }
+    if a is not None and b is not None:
+        out["comparison"] = compare_runs(
+            evaluation["testing_criteria"],
+            store.run_items(db, a["id"]),
+            store.run_items(db, b["id"]),
+        )
+    return out
+
+
+@router.get("/evals/{eval_id}/compare")
+async def compare(
+    eval_id: str,
+    base: str | None = None,
+    candidate: str | None = None,
+    principal: Principal = Depends(require_scope("inference")),
+    dashboard: Dashboard = Depends(get_dashboard),
+) -> dict:
+    db = dashboard.require_db("evals need one")
+    return await run_in_threadpool(eval_comparison, db, principal, eval_id, base, candidate)
 
 
 @router.get("/files/{file_id}/problems")

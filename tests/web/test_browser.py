@@ -8,6 +8,7 @@ import io
 import json
 import re
 import tarfile
+import time
 
 import httpx
 import pytest
@@ -22,6 +23,7 @@ PAGES = {
     "models": "section[aria-labelledby=compose-title] :is(form, p)",
     "tuning": "section[aria-labelledby=jobs-title] tbody tr",
     "usage": "#savings-number",
+    "evals": "#eval-compare :is(table, p)",
 }
 
 
@@ -289,6 +291,41 @@ def test_usage_page_counts_the_requests_just_made(server, page):
     assert base_legend.count() == 2  # in the tokens chart and the requests chart
     assert page.locator("#savings-number").text_content().strip().lstrip("-−").startswith("$")
     assert page.get_by_role("row", name=re.compile("gpt-4o-mini")).count() == 1
+
+
+def test_evals_page_compares_base_and_candidate_with_the_items_that_changed(server, page):
+    http = httpx.Client(base_url=server.base_url, timeout=60)
+    criteria = [{"type": "string_check", "name": "right", "input": "{{sample.output_text}}",
+                 "reference": "Paris", "operation": "ilike"}]  # fmt: skip
+    r = http.post("/v1/evals", json={"name": "capitals", "testing_criteria": criteria,
+                  "data_source_config": {"type": "custom", "item_schema": {"type": "object"}}})  # fmt: skip
+    assert r.status_code == 200, r.text
+    eval_id = r.json()["id"]
+    said = {"base": ["Paris", "Lyon", "Nice", "Rome"], "tuned": ["Paris", "Paris", "Paris", "Rome"]}
+    runs = []
+    for name, outputs in said.items():  # samples given (jsonl): graded, no model sampled
+        items = [{"item": {"q": i}, "sample": {"output_text": o}} for i, o in enumerate(outputs)]
+        source = {"type": "jsonl", "source": {"type": "file_content", "content": items}}
+        r = http.post(f"/v1/evals/{eval_id}/runs", json={"name": name, "data_source": source})
+        assert r.status_code == 200, r.text
+        runs.append(r.json()["id"])
+    for run_id in runs:  # the server's eval worker grades them
+        for _ in range(1200):
+            if http.get(f"/v1/evals/{eval_id}/runs/{run_id}").json()["status"] == "completed":
+                break
+            time.sleep(0.1)
+
+    sign_in(page, server.base_url)
+    page.goto(f"{server.base_url}/#/evals?eval={eval_id}")
+    table = page.locator("#eval-comparison")
+    table.wait_for()
+    row = table.get_by_role("row", name=re.compile(r"^right"))
+    assert "25.0% (1/4" in row.text_content() and "75.0% (3/4" in row.text_content()
+    assert "+50.0 pts" in row.text_content()
+    changed = page.locator("#changed-items tbody tr")
+    assert changed.count() == 2
+    assert "fail Lyon" in changed.first.text_content()
+    assert "pass Paris" in changed.first.text_content()
 
 
 def test_keyboard_alone_signs_in_and_moves_between_pages(server, page):

@@ -190,3 +190,68 @@ async def test_file_problems_by_line_and_only_for_the_owner(client, two_tenants)
         f"/v1/dashboard/files/{row.id}/problems", headers=two_tenants.b.headers
     )
     assert theirs.status_code == 404
+
+
+def _completed_run(db, viewer, eval_id: str, model: str, verdicts: list[bool]) -> str:
+    """A completed run whose items got `verdicts` on criterion `right` (written as the eval
+    worker writes them: the runner itself is tested in tests/api/test_evals.py)."""
+    from ownllm.evals import store
+
+    items = [{"item": {"q": f"q{i}"}, "sample": {"output_text": f"{model} says {ok}"}}
+             for i, ok in enumerate(verdicts)]  # fmt: skip
+    source = {"type": "jsonl", "source": {"type": "file_content", "content": items}}
+    run = store.create_run(db, viewer, eval_id, data_source=source, adapter_id=None, name=model)
+    claimed = store.claim_run(db, "w", 60)
+    assert claimed.id == run["id"]
+    for i, (entry, ok) in enumerate(zip(items, verdicts)):
+        results = [{"name": "right", "type": "string_check", "passed": ok, "score": float(ok)}]
+        sample = {"output": [{"role": "assistant", "content": entry["sample"]["output_text"]}]}
+        store.record_item(db, claimed, i, entry, "pass" if ok else "fail", results, sample)
+    criteria = [{"name": "right"}]
+    assert store.finish_run(db, run["id"], "w", criteria)
+    return run["id"]
+
+
+async def test_eval_comparison_of_two_runs_with_the_items_that_changed(client, two_tenants):
+    from ownllm.evals import store
+    from ownllm.gateway.principal import Principal
+
+    acme = Principal(tenant_id="acme", key_id=two_tenants.a.key_id)
+    criteria = [{"type": "string_check", "name": "right", "input": "{{sample.output_text}}",
+                 "reference": "True", "operation": "ilike"}]  # fmt: skip
+    evaluation = store.create_eval(two_tenants.db, acme, name="holdout", testing_criteria=criteria,
+                                   data_source_config={"type": "custom", "item_schema": {
+                                       "type": "object"}})  # fmt: skip
+    base = _completed_run(
+        two_tenants.db, acme, evaluation["id"], "base", [True, False, False, False]
+    )
+    tuned = _completed_run(
+        two_tenants.db, acme, evaluation["id"], "tuned", [True, True, True, False]
+    )
+
+    url = f"/v1/dashboard/evals/{evaluation['id']}/compare"
+    r = await client.get(url, headers=two_tenants.a.headers)  # the runs chosen: older is the base
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["base_run"]["id"] == base and body["candidate_run"]["id"] == tuned
+    right = body["comparison"]["criteria"][0]
+    assert right["criterion"] == "right" and right["a"]["pass_rate"] == 0.25
+    assert right["b"]["pass_rate"] == 0.75 and right["delta"] == 0.5
+    lo, hi = right["delta_interval"]
+    assert lo < 0.5 < hi
+    changed = body["comparison"]["changed_items"]
+    assert [(c["datasource_item_id"], c["a"]["status"], c["b"]["status"]) for c in changed] == [
+        (1, "fail", "pass"),
+        (2, "fail", "pass"),
+    ]
+    assert changed[0]["b"]["output"] == "tuned says True"
+
+    swapped = await client.get(
+        f"{url}?base={tuned}&candidate={base}", headers=two_tenants.a.headers
+    )
+    assert swapped.json()["comparison"]["criteria"][0]["delta"] == -0.5
+    # another tenant's eval or run does not exist for this one
+    other = await client.get(url, headers=two_tenants.b.headers)
+    assert other.status_code == 404
+    bad = await client.get(f"{url}?base=evalrun-nope", headers=two_tenants.a.headers)
+    assert bad.status_code == 404 and bad.json()["error"]["param"] == "run_id"

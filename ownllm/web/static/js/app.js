@@ -2,13 +2,14 @@
 
 import { api, clearKey, getKey } from "./api.js";
 import { announce, fill } from "./dom.js";
+import * as evals from "./pages/evals.js";
 import * as models from "./pages/models.js";
 import * as playground from "./pages/playground.js";
 import * as signin from "./pages/signin.js";
 import * as tuning from "./pages/tuning.js";
 import * as usage from "./pages/usage.js";
 
-const PAGES = { playground, models, tuning, usage };
+const PAGES = { playground, models, tuning, usage, evals };
 const DEFAULT_PAGE = "playground";
 const main = document.getElementById("main");
 let cleanup = null;
