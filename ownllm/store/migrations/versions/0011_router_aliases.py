@@ -1,7 +1,7 @@
 """router aliases: an alias may route each request to the nearest of several versions
 
-Revision ID: 0010
-Revises: 0009
+Revision ID: 0011
+Revises: 0010
 Create Date: 2026-12-02 11:30:00.000000
 
 `model_aliases.router` holds a router alias's versions, each with the centroid of its
@@ -12,8 +12,8 @@ for an alias that points at one version (every existing row).
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0010"
-down_revision = "0009"
+revision = "0011"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 

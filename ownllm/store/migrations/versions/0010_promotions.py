@@ -1,7 +1,7 @@
 """the unattended loop: a fine-tuning job's promotion of an alias
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-02 11:00:00.000000
 
 A fine-tuning job created with `promote: {"alias", "eval"}` has one `promotions` row: once
@@ -12,8 +12,8 @@ the alias's gate passes; the row keeps the runs, the verdict and the reason.
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009"
-down_revision = "0008"
+revision = "0010"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
