@@ -61,6 +61,7 @@ NOT_INFERENCE = {
             ("GET", "/{eval_id}/runs/{run_id}/output_items/{item_id}"),
         ]
     },  # fmt: skip
+    ("GET", "/v1/dashboard/evals/{eval_id}/compare"): EVALS,
     ("POST", "/v1/redteam/runs"): EVALS,
     ("GET", "/v1/redteam/runs/{run_id}"): EVALS,
     ("POST", "/v1/batches"): BATCHES,
