@@ -38,15 +38,18 @@ def with_adapter(fake_state, db_url, adapter_a):
 
 
 def test_base_model_needs_no_adapter(fake_state):
-    assert resolve_adapters(fake_state, ACME, "tiny", None) == ()
+    assert resolve_adapters(fake_state, ACME, "tiny", None) == ((), None)
     with pytest.raises(ModelNotFoundError):
         resolve_adapters(fake_state, ACME, "gpt-4o", None)
 
 
 def test_adapter_by_name_or_id_for_its_tenant_only(with_adapter):
     state, record = with_adapter
-    assert resolve_adapters(state, ACME, FT_NAME, None) == (AdapterWeight(record.id, 1.0),)
-    assert resolve_adapters(state, ACME, record.id, None) == (AdapterWeight(record.id, 1.0),)
+    assert resolve_adapters(state, ACME, FT_NAME, None) == ((AdapterWeight(record.id, 1.0),), None)
+    assert resolve_adapters(state, ACME, record.id, None) == (
+        (AdapterWeight(record.id, 1.0),),
+        None,
+    )
     with pytest.raises(ModelNotFoundError) as info:
         resolve_adapters(state, OTHER, FT_NAME, None)
     assert info.value.param == "model" and info.value.code == "model_not_found"
@@ -55,10 +58,9 @@ def test_adapter_by_name_or_id_for_its_tenant_only(with_adapter):
 def test_adapters_extension_stacks_with_weights(with_adapter):
     state, record = with_adapter
     refs = [AdapterRef(id=FT_NAME, weight=0.5)]
-    assert resolve_adapters(state, ACME, FT_NAME, refs) == (
-        AdapterWeight(record.id, 1.0),
-        AdapterWeight(record.id, 0.5),
-    )
+    adapters, route = resolve_adapters(state, ACME, FT_NAME, refs)
+    assert adapters == (AdapterWeight(record.id, 1.0), AdapterWeight(record.id, 0.5))
+    assert route is None  # not a router alias
     with pytest.raises(ModelNotFoundError) as info:
         resolve_adapters(state, OTHER, "tiny", refs)
     assert info.value.param == "adapters[0].id"
