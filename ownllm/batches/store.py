@@ -23,10 +23,11 @@ from typing import Any
 from sqlalchemy import case, func, or_, select, update
 
 from ownllm.batches.input import InputLine
-from ownllm.errors import ConflictError, NotFoundError
+from ownllm.errors import ConflictError
 from ownllm.ids import new_id
 from ownllm.store.db import Database
 from ownllm.store.schema import Batch, BatchLine
+from ownllm.store.tenancy import visible
 
 OPEN = ("pending", "running")
 ANSWERED = ("done", "failed", "expired")
@@ -112,9 +113,7 @@ def get(db: Database, principal: Any, batch_id: str) -> Batch:
     """The batch if the principal may see it; NotFoundError otherwise (never 403)."""
     with db.session() as s:
         row = s.get(Batch, batch_id)
-    if row is None or not principal.can_see(row.tenant_id):
-        raise NotFoundError(f"No such Batch object: {batch_id}", param="batch_id")
-    return row
+    return visible(row, principal, f"No such Batch object: {batch_id}", "batch_id")
 
 
 def list_batches(

@@ -28,12 +28,13 @@ from typing import Any
 from sqlalchemy import and_, or_, select
 
 from ownllm.config import CaptureConfig
-from ownllm.errors import InvalidRequestError, NotFoundError
+from ownllm.errors import InvalidRequestError
 from ownllm.gateway.guard.checks import Guard, events_for, record_events
 from ownllm.gateway.hooks import InferenceCall, InferenceHook, InferenceOutcome
 from ownllm.gateway.principal import Principal
 from ownllm.store.db import Database
 from ownllm.store.schema import ApiKey, StoredCompletion, Tenant
+from ownllm.store.tenancy import visible
 
 RATING_MIN, RATING_MAX = 1, 5
 BAD_RATING = 2  # at or below: not a training target unless corrected
@@ -109,10 +110,8 @@ def store_completion(
 def get_completion(db: Database, principal: Principal, completion_id: str) -> StoredCompletion:
     with db.session() as session:
         row = session.get(StoredCompletion, completion_id)
-    if row is None or not principal.can_see(row.tenant_id):
-        raise NotFoundError(f"No stored chat completion found with id '{completion_id}'.",
-                            param="completion_id")  # fmt: skip
-    return row
+    message = f"No stored chat completion found with id '{completion_id}'."
+    return visible(row, principal, message, "completion_id")
 
 
 def list_completions(

@@ -18,10 +18,11 @@ from typing import Any
 
 from sqlalchemy import delete
 
-from ownllm.errors import InvalidRequestError, NotFoundError
+from ownllm.errors import InvalidRequestError
 from ownllm.gateway.principal import Principal
 from ownllm.store.db import Database
 from ownllm.store.schema import StoredResponse
+from ownllm.store.tenancy import visible
 
 
 def save_response(
@@ -52,9 +53,7 @@ def get_response(
     """The stored response `response_id` of the principal's tenant, else a 404."""
     with db.session() as session:
         row = session.get(StoredResponse, response_id)
-    if row is None or not principal.can_see(row.tenant_id):
-        raise NotFoundError(f"Response with id '{response_id}' not found.", param=param)
-    return row
+    return visible(row, principal, f"Response with id '{response_id}' not found.", param)
 
 
 def delete_response(db: Database, principal: Principal, response_id: str) -> None:

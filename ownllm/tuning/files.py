@@ -17,12 +17,13 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from ownllm.errors import NotFoundError, PayloadTooLargeError
+from ownllm.errors import PayloadTooLargeError
 from ownllm.ids import new_id
 from ownllm.store.blobs import DataDir
 from ownllm.store.db import Database
 from ownllm.store.quota import StorageQuota
 from ownllm.store.schema import File
+from ownllm.store.tenancy import visible
 
 PURPOSES = ("fine-tune", "fine-tune-results", "batch", "assistants", "user_data", "evals")
 
@@ -136,9 +137,7 @@ def get_file(db: Database, principal, file_id: str, param: str = "file_id") -> F
     """The file if the principal may see it; NotFoundError otherwise (never 403)."""
     with db.session() as s:
         row = s.get(File, file_id)
-    if row is None or not principal.can_see(row.tenant_id):
-        raise NotFoundError(f"No such File object: {file_id}", param=param)
-    return row
+    return visible(row, principal, f"No such File object: {file_id}", param)
 
 
 def file_path(data_dir: DataDir, row: File) -> Path:

@@ -29,6 +29,7 @@ from ownllm.store.schema import (
     VectorStoreFile,
     VectorStoreFileBatch,
 )
+from ownllm.store.tenancy import visible
 from ownllm.vectors.chunking import Chunking
 
 STATUSES = ("in_progress", "completed", "failed", "cancelled")
@@ -177,9 +178,7 @@ def get_store(
 ) -> VectorStore:
     with db.session() as s:
         row = s.get(VectorStore, store_id)
-    if row is None or not principal.can_see(row.tenant_id):
-        raise NotFoundError(f"No vector store found with id '{store_id}'.", param=param)
-    return row
+    return visible(row, principal, f"No vector store found with id '{store_id}'.", param)
 
 
 def touch(db: Database, row: VectorStore) -> None:
@@ -250,10 +249,7 @@ def delete_store(db: Database, principal: Any, store_id: str) -> VectorStore:
 
 
 def _visible_file(s: Any, principal: Any, file_id: str, param: str) -> File:
-    row = s.get(File, file_id)
-    if row is None or not principal.can_see(row.tenant_id):
-        raise NotFoundError(f"No such File object: {file_id}", param=param)
-    return row
+    return visible(s.get(File, file_id), principal, f"No such File object: {file_id}", param)
 
 
 def attach_files(

@@ -41,6 +41,7 @@ from ownllm.gateway.auth import require_scope
 from ownllm.gateway.principal import Principal
 from ownllm.ids import new_id
 from ownllm.store.schema import FineTuningJob, JobCheckpoint, JobEvent
+from ownllm.store.tenancy import visible
 from ownllm.tuning import files as file_store
 from ownllm.tuning import jobs
 from ownllm.tuning.data import DataError, read_examples
@@ -201,9 +202,7 @@ def _create(state: AppState, principal: Principal, body: CreateJob) -> FineTunin
 
 def _own_job(state: AppState, principal: Principal, job_id: str) -> FineTuningJob:
     job = jobs.get_job(state.db, job_id)
-    if job is None or not principal.can_see(job.tenant_id):
-        raise NotFoundError(f"No fine-tuning job {job_id}.", param="fine_tuning_job_id")
-    return job
+    return visible(job, principal, f"No fine-tuning job {job_id}.", "fine_tuning_job_id")
 
 
 @router.post("/jobs")

@@ -1,0 +1,28 @@
+"""One rule for a row read by its id on a caller's behalf: a row of another tenant reads as
+one that does not exist. The answer is 404 with the caller's own message, never 403, which
+would confirm that the id is taken. Here in the store, so that every layer that reads rows
+(gateway, tuning, batches, vectors, api) can use it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, TypeVar
+
+from ownllm.errors import NotFoundError
+
+T = TypeVar("T")
+
+
+class Viewer(Protocol):
+    """What the rule needs of a principal (ownllm.gateway.principal.Principal)."""
+
+    def can_see(self, owner_tenant_id: str, is_public: bool = False) -> bool: ...
+
+
+def visible(row: T | None, viewer: Viewer, message: str, param: str) -> T:
+    """`row` when it exists and the viewer may see it (its `tenant_id`); otherwise
+    NotFoundError(message, param)."""
+    owned: Any = row
+    if owned is None or not viewer.can_see(owned.tenant_id):
+        raise NotFoundError(message, param=param)
+    return owned
