@@ -26,7 +26,8 @@ rate is `--load` times the cluster's capacity at the mean request size.
 The router is the real one: a `Router` (ownllm.gateway.routing) over stand-in replicas,
 whose `route()` picks — the same scoring, prefix and adapter indexes and bookkeeping as
 in `ownllm serve`. Its load view is what a gateway has: the requests it has in flight on
-each replica at once, the replica's queue and KV use as of the last scrape
+each replica at once, which of them have no first token yet (`Router.started` at the end
+of the step that produced it), the replica's queue and KV use as of the last scrape
 (`--scrape-s`).
 
 Reported per strategy: prefix-cache hit rate (prompt tokens served from cache / all prompt
@@ -296,6 +297,8 @@ def simulate(strategy: str, args: argparse.Namespace, num_replicas: int) -> dict
             if not rep.is_stepping:
                 rep.is_stepping = True
                 push(now, "step", rep)
+        elif kind == "first":  # the gateway sees the first token when its step ends
+            router.started(f"r{data.id}")
         elif kind == "step":
             rep: SimReplica = data
             if not rep.running and not rep.waiting:
@@ -305,6 +308,7 @@ def simulate(strategy: str, args: argparse.Namespace, num_replicas: int) -> dict
             end = now + duration
             for req in firsts:
                 req.first_token = end
+                push(end, "first", req)
             for req in done:
                 views[rep.index].num_in_flight -= 1
                 finished.append(req)

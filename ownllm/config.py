@@ -586,6 +586,25 @@ class RoutingConfig:
     queue_scale: float = setting(
         8.0, "Requests at which the load penalty reaches half its weight.", min=0.1, max=1 << 20
     )
+    load_factor: float = setting(
+        1.25, "Bounded load: a replica whose q exceeds load_factor x the candidates' mean q + "
+        "load_slack is not scored (affinity yields to balance).", min=1, max=1 << 20,
+    )  # fmt: skip
+    load_slack: float = setting(
+        2.0, "Requests a replica may run above load_factor x the mean before it is passed over.",
+        min=0, max=1 << 20,
+    )  # fmt: skip
+    prefill_slack: int = setting(
+        50, "Bounded prefill: a replica with more than this many prompt tokens still to prefill "
+        "(this gateway's requests there without a first token, less what it is thought to have "
+        "cached) beyond the least such replica is not scored: a request waits behind no long "
+        "prefill.", min=0, max=1 << 30,
+    )  # fmt: skip
+    adapter_wait_tokens: int = setting(
+        200, "When no replica within prefill_slack holds the request's adapter, one that does "
+        "is still taken if its prefill backlog is within this many tokens of the least "
+        "(a short wait instead of loading the adapter elsewhere).", min=0, max=1 << 30,
+    )  # fmt: skip
     prefix_block_tokens: int = setting(
         16, "Prompt tokens per hashed prefix block (vLLM's block size).", min=1, max=4096
     )

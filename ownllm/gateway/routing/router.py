@@ -7,7 +7,8 @@
    (`ownllm.gateway.routing.health`) and whose last health check passed.
 2. pick one by the configured strategy (`ownllm.gateway.routing.scoring`); remember the
    prompt's prefix blocks (chained from the tenant and the adapter set, which key a
-   replica's KV cache) and the adapter set on it.
+   replica's KV cache) and the adapter set on it, and count the prompt tokens it was not
+   thought to hold in its prefill backlog until the first token (`started`).
 3. stream its deltas. A failure before the first delta (connection refused, 5xx, queue
    full) is retried on another replica, up to `max_attempts` replicas in all; an error
    that is the request's own (400, 404) is raised as it is. A failure after the first delta
@@ -111,6 +112,10 @@ class Router:
             config.queue_weight,
             config.kv_weight,
             config.queue_scale,
+            config.load_factor,
+            config.load_slack,
+            config.prefill_slack,
+            config.adapter_wait_tokens,
         )
         self.policies = PolicyTable(config.policy, [r.name for r in replicas if r.is_remote])
         self._routed = self.policies.routed_models()
@@ -124,6 +129,8 @@ class Router:
         self._clock = clock
         self._turn = 0
         self._where: dict[str, Replica] = {}  # request id -> the replica running it
+        # request id -> (its replica, prompt tokens counted in view.num_prefill_tokens)
+        self._prefilling: dict[str, tuple[Replica, int]] = {}
         # request id -> the replica that answered it, until the ledger asks (`served_by`)
         self._served: OrderedDict[str, Replica] = OrderedDict()
         self._health_task: asyncio.Task | None = None
@@ -157,6 +164,7 @@ class Router:
                 async for delta in stream:
                     if not is_started:
                         is_started = True
+                        self.started(request.request_id)
                         replica.breaker.record_success()
                         self._remember(request.request_id, replica)
                     yield delta
@@ -180,6 +188,7 @@ class Router:
                 replica.num_retried += 1
                 last_error = e
             finally:
+                self.started(request.request_id)  # (failed or cancelled before it began)
                 replica.view.num_in_flight -= 1
                 if self._where.get(request.request_id) is replica:
                     del self._where[request.request_id]
@@ -318,7 +327,20 @@ class Router:
             replica.num_prefix_blocks_hit += choice.num_prefix_blocks
             replica.view.prefixes.add(hashes)
             replica.view.adapters.add(adapter_key)
+            uncached = len(request.prompt_token_ids) - choice.num_prefix_blocks * (
+                self.config.prefix_block_tokens
+            )
+            self.started(request.request_id)  # (a stale entry: request ids are unique)
+            replica.view.num_prefill_tokens += uncached
+            self._prefilling[request.request_id] = (replica, uncached)
             return replica
+
+    def started(self, request_id: str) -> None:
+        """`request_id` has its first token (or failed before it): its prompt no longer
+        counts in its replica's prefill backlog."""
+        replica, uncached = self._prefilling.pop(request_id, (None, 0))
+        if replica is not None:
+            replica.view.num_prefill_tokens -= uncached
 
     # -- health --------------------------------------------------------------------------------
 

@@ -14,12 +14,30 @@ For each healthy candidate replica r serving the requested base model (affinity 
     K(r) = r's KV-cache use, 0..1 (vllm:kv_cache_usage_perc; ownllm's blocks used / total;
            scraped by the backend, `Backend.stats()`)
 
-Defaults: w_adapter = 1, w_prefix = 2, w_queue = 3, w_kv = 1, queue_scale = 8 (`[routing]`).
-The highest score wins; ties go to the lower q, then round robin. The load penalty keeps a
-hot adapter or a shared system prompt from piling onto one replica: it is 1.5 at q =
-queue_scale and 2 at q = 2 × queue_scale, so a request leaves the replica holding its whole
-prefix once that one runs about 16 more requests than an idle peer, and leaves its
-adapter's replica at about 4 more (bench/routing_sim.py measures the trade).
+Only the replicas within two bounds are scored (after consistent hashing with bounded
+loads, Mirrokni et al., and SGLang's cache-aware balance thresholds), so affinity never
+piles work onto one replica:
+
+    prefill:  p(r) <= min(p) + prefill_slack
+    load:     q(r) <= load_factor × mean(q) + load_slack    (min, mean: over the candidates,
+                                                            then over those within the first)
+
+    p(r) = the prompt tokens r still has to prefill for this gateway: its requests there
+           that have no first token yet, less the blocks each was thought to have cached
+
+A request that arrives while its replica prefills another prompt waits the rest of that
+engine step (a 1,024-token chunk is most of a second on CPU), so the prefill bound sends it
+to a replica that is only decoding, at the cost of its cache. One exception: when no
+replica within prefill_slack holds the request's adapter, a replica that holds it is still
+taken if p(r) <= min(p) + adapter_wait_tokens (a short wait rather than loading the
+adapter elsewhere). The least prefilling replica passes the first bound and the least
+loaded of those the second, so the set is never empty. load_factor = 1 with load_slack = 0
+is least-loaded with affinity breaking the ties; large slacks give the unbounded score.
+
+Defaults: w_adapter = 1, w_prefix = 2, w_queue = 3, w_kv = 1, queue_scale = 8,
+load_factor = 1.25, load_slack = 2, prefill_slack = 50, adapter_wait_tokens = 200
+(`[routing]`; bench/RESULTS.md has the simulation they were picked on). The highest score
+wins; ties go to the lower q, then round robin.
 
 `round_robin` takes the candidates in turn; `least_loaded` takes the lowest q (then the
 lowest K). Pure functions over `ReplicaView`s, no I/O: the router and the routing
@@ -41,6 +59,10 @@ class Weights:
     queue: float = 3.0
     kv: float = 1.0
     queue_scale: float = 8.0
+    load_factor: float = 1.25  # the load bound: q <= load_factor × mean q + load_slack
+    load_slack: float = 2.0
+    prefill_slack: float = 50.0  # the prefill bound: p <= min p + prefill_slack
+    adapter_wait_tokens: float = 200.0  # ... + adapter_wait_tokens for the adapter's replica
 
 
 @dataclass
@@ -54,6 +76,7 @@ class ReplicaView:
     num_running: int = 0  # scraped: running in the replica
     kv_usage: float = 0.0  # scraped: 0..1
     num_in_flight: int = 0  # this gateway's requests on it now
+    num_prefill_tokens: int = 0  # uncached prompt tokens of those without a first token yet
 
     @property
     def load(self) -> int:
@@ -102,9 +125,27 @@ def choose(
     if strategy == "least_loaded":
         i = min(range(n), key=lambda j: (views[j].load, views[j].kv_usage, (j - turn) % n))
         return _choice(views, i, adapter_key, hashes)
+    least_prefill = min(v.num_prefill_tokens for v in views)
+    choice = _best(views, adapter_key, hashes, weights, turn, least_prefill + weights.prefill_slack)
+    if adapter_key and not choice.is_adapter_hit:
+        limit = least_prefill + weights.adapter_wait_tokens
+        waited = _best(views, adapter_key, hashes, weights, turn, limit)
+        if waited.is_adapter_hit:
+            return waited
+    return choice
+
+
+def _best(views, adapter_key, hashes, w: Weights, turn: int, max_prefill: float) -> Choice:
+    """The highest score among the views within both bounds (see the module docstring)."""
+    n = len(views)
+    within = [j for j in range(n) if views[j].num_prefill_tokens <= max_prefill]
+    bound = w.load_factor * sum(views[j].load for j in within) / len(within) + w.load_slack
     best = None
-    for j, view in enumerate(views):
-        value, matched, is_hit = score(view, adapter_key, hashes, weights)
+    for j in within:
+        view = views[j]
+        if view.load > bound:
+            continue
+        value, matched, is_hit = score(view, adapter_key, hashes, w)
         key = (-value, view.load, (j - turn) % n)
         if best is None or key < best[0]:
             best = (key, Choice(j, is_hit, matched))

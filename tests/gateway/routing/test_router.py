@@ -260,3 +260,29 @@ async def test_running_on_names_the_replica_of_a_running_request_only():
         pass
     assert router.running_on("req-7") is None
     assert router.running_on("req-unknown") is None
+
+
+async def test_a_prompt_counts_in_its_replicas_prefill_backlog_until_its_first_token():
+    router, replicas, _ = make_router(n_local=2)
+    prompt = list(range(64))  # four full blocks
+    first = router.route(request(0, prompt=prompt))
+    assert first.view.num_prefill_tokens == 64  # nothing of it thought cached
+    # the same prompt again: `first` holds its prefix, but is busy prefilling it
+    second = router.route(request(1, prompt=prompt))
+    assert second is not first and second.view.num_prefill_tokens == 64
+    router.started("req-0")
+    assert first.view.num_prefill_tokens == 0
+    third = router.route(request(2, prompt=prompt))
+    assert third is first and first.view.num_prefill_tokens == 0  # all of it cached there
+    router.started("req-1")
+    router.started("req-2")
+    assert [r.view.num_prefill_tokens for r in replicas.values()] == [0, 0]
+
+
+async def test_the_prefill_backlog_empties_after_answers_and_failures():
+    router, replicas, _ = make_router(n_local=2, strategy="round_robin")
+    replicas["local-0"].backend.fail_after = 0  # fails before its first token: retried
+    for i in range(4):
+        assert await run(router, request(i)) == "ok"
+    assert replicas["local-0"].num_retried >= 1
+    assert [r.view.num_prefill_tokens for r in replicas.values()] == [0, 0]

@@ -60,3 +60,80 @@ def test_load_is_the_larger_of_scraped_and_in_flight():
     assert v.load == 5
     v.num_in_flight = 9  # requests sent since the last scrape
     assert v.load == 9
+
+
+def test_a_replica_past_the_load_bound_is_passed_over_despite_its_prefix():
+    vs = views(4)
+    hashes = prefix_hashes("acme", list(range(64)))
+    vs[0].prefixes.add(hashes)
+    vs[0].num_in_flight = 10
+    for v in vs[1:]:
+        v.num_in_flight = 2
+    # mean 4: bound 1.25 × 4 + 2 = 7 < 10; the score alone would keep the prefix's replica
+    unbounded = Weights(load_slack=1e9)
+    assert choose(vs, (), hashes, strategy="affinity", weights=unbounded, turn=0).index == 0
+    choice = choose(vs, (), hashes, strategy="affinity", weights=W, turn=0)
+    assert choice.index != 0 and choice.num_prefix_blocks == 0
+    vs[0].num_in_flight = 7  # mean 3.25: bound 6.06, still past it
+    assert choose(vs, (), hashes, strategy="affinity", weights=W, turn=0).index != 0
+    vs[0].num_in_flight = 6  # mean 3: bound 5.75
+    assert choose(vs, (), hashes, strategy="affinity", weights=W, turn=0).index != 0
+    vs[0].num_in_flight = 5  # mean 2.75: bound 5.44, within it: affinity wins again
+    assert choose(vs, (), hashes, strategy="affinity", weights=W, turn=0).index == 0
+
+
+def test_factor_one_and_no_slack_is_least_loaded_with_affinity_breaking_ties():
+    vs = views(3)
+    vs[0].num_in_flight, vs[1].num_in_flight, vs[2].num_in_flight = 3, 1, 1
+    vs[0].adapters.add(("a",))
+    vs[2].adapters.add(("a",))
+    tight = Weights(load_factor=1.0, load_slack=0.0)
+    choice = choose(vs, ("a",), [], strategy="affinity", weights=tight, turn=0)
+    assert choice.index == 2 and choice.is_adapter_hit  # r0 holds it too, but is busier
+
+
+def test_a_hot_adapter_is_spread_within_the_bound():
+    def busiest(weights: Weights) -> int:
+        vs = views(4)
+        hashes = prefix_hashes("acme", list(range(64)))
+        for turn in range(40):  # one hot adapter and prompt, none finishing
+            c = choose(vs, ("hot",), hashes, strategy="affinity", weights=weights, turn=turn)
+            vs[c.index].adapters.add(("hot",))
+            vs[c.index].prefixes.add(hashes)
+            vs[c.index].num_in_flight += 1
+            mean = sum(v.load for v in vs) / 4
+            assert max(v.load for v in vs) <= weights.load_factor * mean + weights.load_slack + 1
+        return max(v.load for v in vs)
+
+    assert busiest(W) <= 14  # 1.25 × 10 + 2 (the mean is 10)
+    assert busiest(Weights(load_slack=1e9)) > 14  # the score alone lets it pile up
+
+
+def test_a_replica_prefilling_a_long_prompt_is_passed_over_until_it_starts():
+    vs = views(3)
+    hashes = prefix_hashes("acme", list(range(64)))
+    vs[0].prefixes.add(hashes)
+    vs[0].num_prefill_tokens = 800  # a new arrival would wait out that prefill's step
+    choice = choose(vs, (), hashes, strategy="affinity", weights=W, turn=0)
+    assert choice.index != 0 and choice.num_prefix_blocks == 0
+    vs[0].num_prefill_tokens = W.prefill_slack  # within the slack: its prefix wins again
+    assert choose(vs, (), hashes, strategy="affinity", weights=W, turn=0).index == 0
+
+
+def test_the_prefill_bound_is_relative_to_the_least_prefilling_replica():
+    vs = views(2)
+    hashes = prefix_hashes("acme", list(range(64)))
+    vs[0].prefixes.add(hashes)
+    vs[0].num_prefill_tokens, vs[1].num_prefill_tokens = 900, 880  # both busy alike
+    assert choose(vs, (), hashes, strategy="affinity", weights=W, turn=0).index == 0
+
+
+def test_a_short_wait_on_the_adapters_replica_beats_loading_it_elsewhere():
+    vs = views(3)
+    vs[1].adapters.add(("ad-1",))
+    vs[1].num_prefill_tokens = 150  # past prefill_slack (50), within adapter_wait_tokens (200)
+    choice = choose(vs, ("ad-1",), [], strategy="affinity", weights=W, turn=0)
+    assert choice.index == 1 and choice.is_adapter_hit
+    vs[1].num_prefill_tokens = 201  # past both: the adapter is loaded on an idle replica
+    choice = choose(vs, ("ad-1",), [], strategy="affinity", weights=W, turn=0)
+    assert choice.index != 1 and not choice.is_adapter_hit
