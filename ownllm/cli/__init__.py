@@ -61,7 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"ownllm {name}", description=help_)
     module.add_arguments(parser)
     args = parser.parse_args(rest)
+    from ownllm.cli.common import CommandError, fail
+
     try:
         return int(module.run(args) or 0)
+    except CommandError as e:
+        return fail(e.message, e.code)
     except KeyboardInterrupt:
         return 130

@@ -19,7 +19,7 @@ import argparse
 import json
 import time
 
-from ownllm.cli.common import add_config_arguments, config_from_args, fail
+from ownllm.cli.common import add_config_arguments, base_model_id, closing, fail, open_database
 
 TEMPLATE_KEY, FILE_KEY, MAX_TOKENS_KEY = "ownllm_template", "ownllm_items_file", "ownllm_max_tokens"
 
@@ -124,24 +124,17 @@ def summary(run: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ownllm.errors import OwnLLMError
     from ownllm.evals import store
     from ownllm.evals.compare import compare_runs, format_table
     from ownllm.gateway.principal import ADMIN_TENANT, Principal
-    from ownllm.models import resolve_model
     from ownllm.store.blobs import DataDir
-    from ownllm.store.db import Database, DatabaseError
     from ownllm.tuning.files import save_bytes
 
-    try:
-        config = config_from_args(args, {})
-        data_dir = DataDir(config.store.home).ensure()
-        db = Database.open(config.store.url)
-        base = resolve_model(config.model.model, config.model.name).id
-    except (ValueError, DatabaseError) as e:
-        return fail(str(e))
+    config, db = open_database(args, data_dir=True)
+    data_dir = DataDir(config.store.home)
+    base = base_model_id(config)
     operator = Principal(tenant_id=args.tenant or ADMIN_TENANT, is_admin=args.tenant is None)
-    try:
+    with closing(db, code=1, bad_input=(ValueError, OSError)):
         if args.action == "create":
             items = read_items(args.items)
             with open(args.criteria, encoding="utf-8") as f:
@@ -201,10 +194,4 @@ def run(args: argparse.Namespace) -> int:
                 print(json.dumps(result, indent=2))
             else:
                 print(format_table(result, a["model"], b["model"]))
-    except (ValueError, OSError) as e:
-        return fail(str(e))
-    except OwnLLMError as e:
-        return fail(getattr(e, "message", None) or str(e), code=1)
-    finally:
-        db.close()
     return 0

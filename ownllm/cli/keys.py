@@ -97,18 +97,12 @@ def _limit_text(limits) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ownllm.cli.common import ConfigError, config_from_args, fail
-    from ownllm.errors import OwnLLMError
+    from ownllm.cli.common import closing, open_database
     from ownllm.gateway import keys
     from ownllm.gateway.principal import NO_LIMITS
-    from ownllm.store.db import Database, DatabaseError
 
-    try:
-        config = config_from_args(args, {})
-        db = Database.open(config.store.url)
-    except (ConfigError, DatabaseError) as e:
-        return fail(str(e))
-    try:
+    config, db = open_database(args)
+    with closing(db):
         if args.action == "create":
             start = NO_LIMITS if args.unlimited else keys.DEFAULT_KEY_LIMITS
             created = keys.create_key(
@@ -157,8 +151,4 @@ def run(args: argparse.Namespace) -> int:
                 old = NO_LIMITS if args.clear else keys.get_key(db, args.key).limits
                 info = keys.set_key_limits(db, args.key, _limits(args, old))
                 print(f"key {info.id}: {_limit_text(info.limits)}{_applies(config)}")
-    except OwnLLMError as e:
-        return fail(e.message)
-    finally:
-        db.close()
     return 0

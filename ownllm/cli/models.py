@@ -18,7 +18,7 @@ import argparse
 import json
 import time
 
-from ownllm.cli.common import add_config_arguments, config_from_args, fail
+from ownllm.cli.common import add_config_arguments, base_model_id, closing, fail, open_database
 
 
 def _tenant(p: argparse.ArgumentParser) -> None:
@@ -117,18 +117,11 @@ def print_report(report: dict) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ownllm.adapters import aliases
-    from ownllm.errors import OwnLLMError
     from ownllm.evals.gate import check_gate
     from ownllm.gateway.principal import ADMIN_TENANT, Principal
-    from ownllm.models import resolve_model
-    from ownllm.store.db import Database, DatabaseError
 
-    try:
-        config = config_from_args(args, {})
-        db = Database.open(config.store.url)
-        base = resolve_model(config.model.model, config.model.name).id
-    except (ValueError, DatabaseError) as e:
-        return fail(str(e))
+    config, db = open_database(args)
+    base = base_model_id(config)
     operator = Principal(tenant_id=args.tenant or ADMIN_TENANT, is_admin=True)
     actor = "cli"
 
@@ -140,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         record = find(db, operator, alias.target)
         return record.name if record is not None else alias.target
 
-    try:
+    with closing(db, code=1, bad_input=(ValueError,)):
         if args.action == "aliases":
             records = aliases.list_aliases(db, operator)
             if args.json:
@@ -186,10 +179,4 @@ def run(args: argparse.Namespace) -> int:
         elif args.action == "unalias":
             aliases.delete_alias(db, operator, args.name)
             print(f"deleted alias {args.name}")
-    except ValueError as e:
-        return fail(str(e))
-    except OwnLLMError as e:
-        return fail(getattr(e, "message", None) or str(e), code=1)
-    finally:
-        db.close()
     return 0

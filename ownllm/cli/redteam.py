@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ownllm.cli.common import add_config_arguments, config_from_args, fail
+from ownllm.cli.common import add_config_arguments, base_model_id, closing, open_database
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,21 +57,14 @@ def format_report(run: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ownllm.cli.eval import wait_for
-    from ownllm.errors import OwnLLMError
     from ownllm.evals import store
     from ownllm.gateway.principal import ADMIN_TENANT, Principal
-    from ownllm.models import resolve_model
     from ownllm.redteam.suite import create_redteam_run
-    from ownllm.store.db import Database, DatabaseError
 
-    try:
-        config = config_from_args(args, {})
-        db = Database.open(config.store.url)
-        base = resolve_model(config.model.model, config.model.name).id
-    except (ValueError, DatabaseError) as e:
-        return fail(str(e))
+    config, db = open_database(args)
+    base = base_model_id(config)
     operator = Principal(tenant_id=args.tenant or ADMIN_TENANT, is_admin=args.tenant is None)
-    try:
+    with closing(db, code=1):
         if args.action == "run":
             created = create_redteam_run(db, operator, args.model, base, args.seed)
             print(f"{created['id']}  queued")
@@ -82,8 +75,4 @@ def run(args: argparse.Namespace) -> int:
         else:
             shown = store.run_by_id(db, operator, args.run)
             print(json.dumps(shown, indent=2) if args.json else format_report(shown))
-    except OwnLLMError as e:
-        return fail(getattr(e, "message", None) or str(e), code=1)
-    finally:
-        db.close()
     return 0

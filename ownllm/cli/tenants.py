@@ -30,10 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ownllm.cli.common import ConfigError, config_from_args, fail
+    from ownllm.cli.common import fail, open_database
     from ownllm.gateway.purge import purge_tenant
     from ownllm.store.blobs import DataDir
-    from ownllm.store.db import Database, DatabaseError
 
     if not args.yes:
         if not sys.stdin.isatty():
@@ -41,11 +40,7 @@ def run(args: argparse.Namespace) -> int:
         answer = input(f"Delete everything tenant {args.tenant!r} stored? Type its name: ")
         if answer.strip() != args.tenant:
             return fail("not confirmed; nothing deleted", code=1)
-    try:
-        config = config_from_args(args, {})
-        db = Database.open(config.store.url)
-    except (ConfigError, DatabaseError) as e:
-        return fail(str(e))
+    config, db = open_database(args)
     try:
         report = purge_tenant(db, DataDir(config.store.home), args.tenant,
                               keep_account=args.keep_account)  # fmt: skip

@@ -59,17 +59,11 @@ def format_table(by: str, rows: list[dict]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ownllm.cli.common import ConfigError, config_from_args, fail
-    from ownllm.errors import OwnLLMError
+    from ownllm.cli.common import closing, open_database
     from ownllm.gateway.usage import parse_since, summarize
-    from ownllm.store.db import Database, DatabaseError
 
-    try:
-        config = config_from_args(args, {})
-        db = Database.open(config.store.url)
-    except (ConfigError, DatabaseError) as e:
-        return fail(str(e))
-    try:
+    _, db = open_database(args)
+    with closing(db):
         rows = summarize(
             db,
             by=args.by,
@@ -77,10 +71,6 @@ def run(args: argparse.Namespace) -> int:
             since=parse_since(args.since),
             until=parse_since(args.until),
         )
-    except OwnLLMError as e:
-        return fail(e.message)
-    finally:
-        db.close()
     if args.json:
         for row in rows:
             print(json.dumps(row))
