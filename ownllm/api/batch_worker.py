@@ -123,15 +123,6 @@ class BatchWorker(PollingWorker):
             await asyncio.to_thread(store.renew, self.db, self.worker_id, ids, self.config.lease_s)
         return has_worked
 
-    async def drain(self) -> None:
-        """Run until no batch has work this worker can do (lines of other workers aside)."""
-        while True:
-            has_worked = await self.step()
-            if self.running:
-                await asyncio.wait(list(self.running.values()))
-            elif not has_worked:
-                return
-
     # -- batches: validate, expire, finalize ----------------------------------------------
 
     async def _tend_batch(self) -> bool:

@@ -83,14 +83,6 @@ class EvalWorker(PollingWorker):
             self.running[run.id] = asyncio.create_task(self._own(run), name=f"eval-{run.id}")
         return has_worked
 
-    async def drain(self) -> None:
-        while True:
-            has_worked = await self.step()
-            if self.running:
-                await asyncio.wait(list(self.running.values()))
-            elif not has_worked:
-                return
-
     async def _own(self, run: EvalRun) -> None:
         try:
             await self.run(run)

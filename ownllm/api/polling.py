@@ -3,7 +3,7 @@ none, wait for a wake-up or the poll interval, whichever comes first.
 
 The batch worker and the eval worker are `PollingWorker`s; each supplies `step()` (one
 look for work, True when it found some) and keeps its per-item tasks in `running`, which
-`stop()` cancels with the loop.
+`stop()` cancels with the loop. `drain()` works until nothing is left (tests, the CLI).
 """
 
 from __future__ import annotations
@@ -43,6 +43,16 @@ class PollingWorker:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def drain(self) -> None:
+        """Run until a step finds no work this worker can do and none of its tasks is
+        running (work another worker holds aside)."""
+        while True:
+            has_worked = await self.step()
+            if self.running:
+                await asyncio.wait(list(self.running.values()))
+            elif not has_worked:
+                return
 
     async def _run_forever(self) -> None:
         while True:
