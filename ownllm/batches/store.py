@@ -27,7 +27,7 @@ from ownllm.errors import ConflictError
 from ownllm.ids import new_id
 from ownllm.store.db import Database
 from ownllm.store.schema import Batch, BatchLine
-from ownllm.store.tenancy import visible
+from ownllm.store.tenancy import get_visible
 
 OPEN = ("pending", "running")
 ANSWERED = ("done", "failed", "expired")
@@ -111,9 +111,9 @@ def create(
 
 def get(db: Database, principal: Any, batch_id: str) -> Batch:
     """The batch if the principal may see it; NotFoundError otherwise (never 403)."""
-    with db.session() as s:
-        row = s.get(Batch, batch_id)
-    return visible(row, principal, f"No such Batch object: {batch_id}", "batch_id")
+    return get_visible(
+        db, Batch, batch_id, principal, f"No such Batch object: {batch_id}", "batch_id"
+    )
 
 
 def list_batches(

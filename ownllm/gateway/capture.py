@@ -34,7 +34,7 @@ from ownllm.gateway.hooks import InferenceCall, InferenceHook, InferenceOutcome
 from ownllm.gateway.principal import Principal
 from ownllm.store.db import Database
 from ownllm.store.schema import ApiKey, StoredCompletion, Tenant
-from ownllm.store.tenancy import visible
+from ownllm.store.tenancy import get_visible
 
 RATING_MIN, RATING_MAX = 1, 5
 BAD_RATING = 2  # at or below: not a training target unless corrected
@@ -108,10 +108,8 @@ def store_completion(
 
 
 def get_completion(db: Database, principal: Principal, completion_id: str) -> StoredCompletion:
-    with db.session() as session:
-        row = session.get(StoredCompletion, completion_id)
     message = f"No stored chat completion found with id '{completion_id}'."
-    return visible(row, principal, message, "completion_id")
+    return get_visible(db, StoredCompletion, completion_id, principal, message, "completion_id")
 
 
 def list_completions(

@@ -22,7 +22,7 @@ from ownllm.errors import InvalidRequestError
 from ownllm.gateway.principal import Principal
 from ownllm.store.db import Database
 from ownllm.store.schema import StoredResponse
-from ownllm.store.tenancy import visible
+from ownllm.store.tenancy import get_visible
 
 
 def save_response(
@@ -51,9 +51,8 @@ def get_response(
     db: Database, principal: Principal, response_id: str, param: str = "response_id"
 ) -> StoredResponse:
     """The stored response `response_id` of the principal's tenant, else a 404."""
-    with db.session() as session:
-        row = session.get(StoredResponse, response_id)
-    return visible(row, principal, f"Response with id '{response_id}' not found.", param)
+    message = f"Response with id '{response_id}' not found."
+    return get_visible(db, StoredResponse, response_id, principal, message, param)
 
 
 def delete_response(db: Database, principal: Principal, response_id: str) -> None:

@@ -6,9 +6,12 @@ would confirm that the id is taken. Here in the store, so that every layer that 
 
 from __future__ import annotations
 
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ownllm.errors import NotFoundError
+
+if TYPE_CHECKING:
+    from ownllm.store.db import Database
 
 T = TypeVar("T")
 
@@ -26,3 +29,12 @@ def visible(row: T | None, viewer: Viewer, message: str, param: str) -> T:
     if owned is None or not viewer.can_see(owned.tenant_id):
         raise NotFoundError(message, param=param)
     return owned
+
+
+def get_visible(
+    db: Database, model: type[T], key: Any, viewer: Viewer, message: str, param: str
+) -> T:
+    """The row of `model` whose primary key is `key`, when `visible` to the viewer."""
+    with db.session() as s:
+        row = s.get(model, key)
+    return visible(row, viewer, message, param)

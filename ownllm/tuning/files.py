@@ -23,7 +23,7 @@ from ownllm.store.blobs import DataDir
 from ownllm.store.db import Database
 from ownllm.store.quota import StorageQuota
 from ownllm.store.schema import File
-from ownllm.store.tenancy import visible
+from ownllm.store.tenancy import get_visible
 
 PURPOSES = ("fine-tune", "fine-tune-results", "batch", "assistants", "user_data", "evals")
 
@@ -135,9 +135,7 @@ def save_bytes(
 
 def get_file(db: Database, principal, file_id: str, param: str = "file_id") -> File:
     """The file if the principal may see it; NotFoundError otherwise (never 403)."""
-    with db.session() as s:
-        row = s.get(File, file_id)
-    return visible(row, principal, f"No such File object: {file_id}", param)
+    return get_visible(db, File, file_id, principal, f"No such File object: {file_id}", param)
 
 
 def file_path(data_dir: DataDir, row: File) -> Path:

@@ -29,7 +29,7 @@ from ownllm.store.schema import (
     VectorStoreFile,
     VectorStoreFileBatch,
 )
-from ownllm.store.tenancy import visible
+from ownllm.store.tenancy import get_visible, visible
 from ownllm.vectors.chunking import Chunking
 
 STATUSES = ("in_progress", "completed", "failed", "cancelled")
@@ -176,9 +176,8 @@ def create_store(
 def get_store(
     db: Database, principal: Any, store_id: str, param: str = "vector_store_id"
 ) -> VectorStore:
-    with db.session() as s:
-        row = s.get(VectorStore, store_id)
-    return visible(row, principal, f"No vector store found with id '{store_id}'.", param)
+    message = f"No vector store found with id '{store_id}'."
+    return get_visible(db, VectorStore, store_id, principal, message, param)
 
 
 def touch(db: Database, row: VectorStore) -> None:

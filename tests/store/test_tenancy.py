@@ -7,7 +7,11 @@ import pytest
 
 from ownllm.errors import NotFoundError
 from ownllm.gateway.principal import ADMIN_TENANT, Principal
-from ownllm.store.tenancy import visible
+from ownllm.store.blobs import DataDir
+from ownllm.store.db import Database
+from ownllm.store.schema import File
+from ownllm.store.tenancy import get_visible, visible
+from ownllm.tuning.files import save_bytes
 
 ROW = SimpleNamespace(id="thing-1", tenant_id="acme")
 
@@ -27,3 +31,18 @@ def test_another_tenants_row_reads_as_a_missing_one(row):
         "No such thing: thing-1",
         "thing_id",
     )
+
+
+def test_get_visible_reads_the_row_by_its_key(db_url, tmp_path):
+    db = Database.open(db_url)
+    try:
+        data_dir = DataDir(tmp_path / "home").ensure()
+        saved = save_bytes(db, data_dir, [b"{}\n"], tenant_id="acme", filename="a.jsonl",
+                           purpose="fine-tune")  # fmt: skip
+        row = get_visible(db, File, saved.id, Principal(tenant_id="acme"), "unused", "file_id")
+        assert (row.id, row.filename) == (saved.id, "a.jsonl")
+        with pytest.raises(NotFoundError) as e:
+            get_visible(db, File, saved.id, Principal(tenant_id="globex"), "gone", "file_id")
+        assert (e.value.message, e.value.param) == ("gone", "file_id")
+    finally:
+        db.close()
