@@ -1,6 +1,6 @@
 """ownllm's C kernels for the CPU hot path, compiled on first use and called via ctypes.
 
-Kernels (source: `csrc/cpu_kernels.c`):
+Kernels (source: `csrc/cpu_kernels.c`; both C files include `csrc/kernels_common.h`):
 
 - `rope_cache`: rotary on the q and k heads of the step's qkv rows, in place, and
   the k and v heads copied into their cache slots: one call per layer instead of
@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.c"
 SOURCES = (SOURCE, SOURCE.with_name("quant_kernels.c"))  # compiled into one library
+HEADERS = (SOURCE.with_name("kernels_common.h"),)  # included by both; part of the cache key
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
 COMPILE_TIMEOUT_S = 300.0  # a first build takes seconds; past this the compiler is killed
 _SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}
@@ -101,7 +102,7 @@ def build(directory: Path | None = None, extra_flags: list[str] | None = None) -
     compiler = _compiler()
     if compiler is None:
         raise RuntimeError("no C compiler found (set CC or install gcc)")
-    source = b"\0".join(path.read_bytes() for path in SOURCES)
+    source = b"\0".join(path.read_bytes() for path in SOURCES + HEADERS)
     version = _run([compiler, "--version"]).stdout
     flags = FLAGS + list(extra_flags or ())
     key = hashlib.sha256(

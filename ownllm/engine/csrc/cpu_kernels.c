@@ -19,30 +19,11 @@
  * return 0, or OWNLLM_ENOMEM when an allocation failed (their output is then partial).
  */
 #include <math.h>
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
 
-static inline float bf16_to_f32(uint16_t h) {
-    union { uint32_t u; float f; } v;
-    v.u = (uint32_t)h << 16;
-    return v.f;
-}
-
-static inline uint16_t f32_to_bf16(float f) {
-    union { uint32_t u; float f; } v;
-    v.f = f;
-    if ((v.u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((v.u >> 16) | 0x40u); /* NaN */
-    v.u += 0x7fffu + ((v.u >> 16) & 1u); /* round to nearest even */
-    return (uint16_t)(v.u >> 16);
-}
-
-static inline float f32_id(float x) { return x; }
+#include "kernels_common.h"
 
 #define TILE 16
 #define MAX_GROUP 64
-/* What a kernel that allocates returns when malloc fails (0: done). */
-#define OWNLLM_ENOMEM 12
 
 /* Every kernel family is defined for both storage types: fp32, and bf16 widened to fp32 in
  * registers. DEFINE takes (SUFFIX, storage type, LOAD to fp32, STORE from fp32). */

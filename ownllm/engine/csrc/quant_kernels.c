@@ -20,9 +20,7 @@
  * int8 or the weights rounded to bf16 (what llama.cpp does with VNNI); the dequantised
  * float path keeps the reference's exact weights.
  */
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
+#include "kernels_common.h"
 
 #if defined(__AVX512F__) && !defined(OWNLLM_NO_AVX512)
 #define QPATH 2
@@ -39,7 +37,6 @@
 #define QT_Q8_0 2
 #define QT_INT8 3
 #define QB 32
-#define Q_ENOMEM 12
 #define INLINE static inline __attribute__((always_inline))
 
 #if QPATH > 0 && defined(__F16C__)
@@ -64,20 +61,6 @@ static inline float q_half(const uint8_t *p) {
     return v.f;
 }
 #endif
-
-static inline float q_bf16_load(uint16_t h) {
-    union { uint32_t u; float f; } v;
-    v.u = (uint32_t)h << 16;
-    return v.f;
-}
-
-static inline uint16_t q_bf16_store(float f) {
-    union { uint32_t u; float f; } v;
-    v.f = f;
-    if ((v.u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((v.u >> 16) | 0x40u); /* NaN */
-    v.u += 0x7fffu + ((v.u >> 16) & 1u);
-    return (uint16_t)(v.u >> 16);
-}
 
 static inline int64_t q_row_bytes(int type, int64_t k) {
     switch (type) {
@@ -336,7 +319,7 @@ int quant_matmul_##SUFFIX(const T_ *x, int64_t x_stride, int64_t num_rows, const
                           int64_t out_stride, int num_threads) {                               \
     /* x widened and packed once: [num_rows, k] float32 */                                     \
     float *xf = malloc(sizeof(float) * (size_t)(num_rows * k + 1));                            \
-    if (xf == NULL) return Q_ENOMEM;                                                           \
+    if (xf == NULL) return OWNLLM_ENOMEM;                                                           \
     for (int64_t m = 0; m < num_rows; m++)                                                     \
         for (int64_t c = 0; c < k; c++) xf[m * k + c] = LOAD(x[m * x_stride + c]);             \
     const int64_t row_bytes = q_row_bytes(type, k);                                            \
@@ -368,7 +351,7 @@ int quant_matmul_##SUFFIX(const T_ *x, int64_t x_stride, int64_t num_rows, const
         free(sums);                                                                            \
     }                                                                                          \
     free(xf);                                                                                  \
-    return failed ? Q_ENOMEM : 0;                                                              \
+    return failed ? OWNLLM_ENOMEM : 0;                                                              \
 }                                                                                              \
                                                                                                \
 /* out [n, k] (contiguous) = W's rows [0, n) dequantised (int8: times scale). */               \
@@ -396,10 +379,8 @@ void quant_dequantize_##SUFFIX(const uint8_t *w, int type, int64_t n, int64_t k,
     }                                                                                          \
 }
 
-static inline float q_f32_id(float v) { return v; }
-
-DEFINE_QUANT(f32, float, q_f32_id, q_f32_id)
-DEFINE_QUANT(bf16, uint16_t, q_bf16_load, q_bf16_store)
+DEFINE_QUANT(f32, float, f32_id, f32_id)
+DEFINE_QUANT(bf16, uint16_t, bf16_to_f32, f32_to_bf16)
 
 /* Which inner loop this build runs: 2 AVX-512F, 1 AVX2 + FMA, 0 the portable loop. */
 int quant_path(void) { return QPATH; }
