@@ -27,7 +27,7 @@ from ownllm.errors import ConflictError
 from ownllm.ids import new_id
 from ownllm.store.db import Database
 from ownllm.store.schema import Batch, BatchLine
-from ownllm.store.tenancy import get_visible
+from ownllm.store.tenancy import get_visible, visible_rows
 
 OPEN = ("pending", "running")
 ANSWERED = ("done", "failed", "expired")
@@ -120,9 +120,7 @@ def list_batches(
     db: Database, principal: Any, *, after: str | None, limit: int
 ) -> tuple[list[Batch], bool]:
     """Newest first; ids sort in creation order, so `after` (an id) is the cursor."""
-    query = select(Batch)
-    if not principal.is_admin:
-        query = query.where(Batch.tenant_id == principal.tenant_id)
+    query = visible_rows(select(Batch), Batch, principal)
     if after:
         query = query.where(Batch.id < after)
     with db.session() as s:

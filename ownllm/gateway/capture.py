@@ -34,7 +34,7 @@ from ownllm.gateway.hooks import InferenceCall, InferenceHook, InferenceOutcome
 from ownllm.gateway.principal import Principal
 from ownllm.store.db import Database
 from ownllm.store.schema import ApiKey, StoredCompletion, Tenant
-from ownllm.store.tenancy import get_visible
+from ownllm.store.tenancy import get_visible, visible_rows
 
 RATING_MIN, RATING_MAX = 1, 5
 BAD_RATING = 2  # at or below: not a training target unless corrected
@@ -123,9 +123,7 @@ def list_completions(
     order: str = "asc",
 ) -> tuple[list[StoredCompletion], bool]:
     """One page of stored completions (oldest first for `asc`) and whether more follow."""
-    q = select(StoredCompletion)
-    if not principal.is_admin:
-        q = q.where(StoredCompletion.tenant_id == principal.tenant_id)
+    q = visible_rows(select(StoredCompletion), StoredCompletion, principal)
     if model:
         q = q.where(StoredCompletion.model == model)
     for key, value in (metadata or {}).items():

@@ -23,7 +23,7 @@ from ownllm.store.blobs import DataDir
 from ownllm.store.db import Database
 from ownllm.store.quota import StorageQuota
 from ownllm.store.schema import File
-from ownllm.store.tenancy import get_visible
+from ownllm.store.tenancy import get_visible, visible_rows
 
 PURPOSES = ("fine-tune", "fine-tune-results", "batch", "assistants", "user_data", "evals")
 
@@ -151,9 +151,7 @@ def list_files(
     limit: int,
     order: str,
 ) -> tuple[list[File], bool]:
-    query = select(File)
-    if not principal.is_admin:
-        query = query.where(File.tenant_id == principal.tenant_id)
+    query = visible_rows(select(File), File, principal)
     if purpose:
         query = query.where(File.purpose == purpose)
     # ids sort in creation order (see PartialFile), so the id is the cursor

@@ -29,7 +29,7 @@ from ownllm.store.schema import (
     VectorStoreFile,
     VectorStoreFileBatch,
 )
-from ownllm.store.tenancy import get_visible, visible
+from ownllm.store.tenancy import get_visible, visible, visible_rows
 from ownllm.vectors.chunking import Chunking
 
 STATUSES = ("in_progress", "completed", "failed", "cancelled")
@@ -214,9 +214,7 @@ def list_stores(
     db: Database, principal: Any, *, after: str | None, before: str | None, limit: int, order: str
 ) -> tuple[list[VectorStore], bool]:
     """A page of the principal's stores; ids sort in creation order, so they are the cursor."""
-    query = select(VectorStore)
-    if not principal.is_admin:
-        query = query.where(VectorStore.tenant_id == principal.tenant_id)
+    query = visible_rows(select(VectorStore), VectorStore, principal)
     descending = order == "desc"
     if after:
         query = query.where(VectorStore.id < after if descending else VectorStore.id > after)

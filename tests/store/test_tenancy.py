@@ -4,13 +4,14 @@ message, the owner and the admin see it."""
 from types import SimpleNamespace
 
 import pytest
+from sqlalchemy import select
 
 from ownllm.errors import NotFoundError
 from ownllm.gateway.principal import ADMIN_TENANT, Principal
 from ownllm.store.blobs import DataDir
 from ownllm.store.db import Database
 from ownllm.store.schema import File
-from ownllm.store.tenancy import get_visible, visible
+from ownllm.store.tenancy import get_visible, visible, visible_rows
 from ownllm.tuning.files import save_bytes
 
 ROW = SimpleNamespace(id="thing-1", tenant_id="acme")
@@ -44,5 +45,26 @@ def test_get_visible_reads_the_row_by_its_key(db_url, tmp_path):
         with pytest.raises(NotFoundError) as e:
             get_visible(db, File, saved.id, Principal(tenant_id="globex"), "gone", "file_id")
         assert (e.value.message, e.value.param) == ("gone", "file_id")
+    finally:
+        db.close()
+
+
+def test_visible_rows_lists_the_tenants_own_and_all_for_the_admin(db_url, tmp_path):
+    db = Database.open(db_url)
+    try:
+        data_dir = DataDir(tmp_path / "home").ensure()
+        ids = {
+            tenant: save_bytes(
+                db, data_dir, [b"{}\n"], tenant_id=tenant, filename="a.jsonl", purpose="fine-tune"
+            ).id
+            for tenant in ("acme", "globex")
+        }
+        admin = Principal(tenant_id=ADMIN_TENANT, is_admin=True)
+        with db.session() as s:
+            listed = {
+                who.tenant_id: set(s.scalars(visible_rows(select(File.id), File, who)))
+                for who in (Principal(tenant_id="acme"), admin)
+            }
+        assert listed == {"acme": {ids["acme"]}, ADMIN_TENANT: set(ids.values())}
     finally:
         db.close()

@@ -41,7 +41,7 @@ from ownllm.gateway.auth import require_scope
 from ownllm.gateway.principal import Principal
 from ownllm.ids import new_id
 from ownllm.store.schema import FineTuningJob, JobCheckpoint, JobEvent
-from ownllm.store.tenancy import visible
+from ownllm.store.tenancy import visible, visible_rows
 from ownllm.tuning import files as file_store
 from ownllm.tuning import jobs
 from ownllm.tuning.data import DataError, read_examples
@@ -233,9 +233,7 @@ async def list_jobs(
     principal: Principal = Depends(require_scope("fine-tuning")),
     state: AppState = Depends(get_state),
 ) -> dict:
-    query = select(FineTuningJob)
-    if not principal.is_admin:
-        query = query.where(FineTuningJob.tenant_id == principal.tenant_id)
+    query = visible_rows(select(FineTuningJob), FineTuningJob, principal)
     # job ids sort in creation order (see ownllm.ids.new_id)
     rows, more = await run_in_threadpool(
         _page, state, query, FineTuningJob, after, limit, FineTuningJob.id
