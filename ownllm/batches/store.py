@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import case, func, or_, select, update
+from sqlalchemy import Update, case, func, or_, select, update
 
 from ownllm.batches.input import InputLine
 from ownllm.errors import ConflictError
@@ -367,19 +367,21 @@ def _fail_exhausted(session: Any, now: float, max_attempts: int) -> None:
         )
 
 
+def _held(worker_id: str, *where: Any) -> Update:
+    """An UPDATE of the lines among `where`'s that `worker_id` still runs (one whose lease
+    another worker has taken over is left alone)."""
+    return update(BatchLine).where(
+        *where, BatchLine.worker_id == worker_id, BatchLine.status == "running"
+    )
+
+
 def renew(db: Database, worker_id: str, line_ids: list[int], lease_s: float) -> None:
     """Extend the lease of the lines `worker_id` still runs (and of the batch it holds)."""
     if not line_ids:
         return
     with db.session() as s:
         s.execute(
-            update(BatchLine)
-            .where(
-                BatchLine.id.in_(line_ids),
-                BatchLine.worker_id == worker_id,
-                BatchLine.status == "running",
-            )
-            .values(lease_until=time.time() + lease_s)
+            _held(worker_id, BatchLine.id.in_(line_ids)).values(lease_until=time.time() + lease_s)
         )
 
 
@@ -398,13 +400,9 @@ def record(db: Database, line_id: int, worker_id: str, status: str, result: dict
     with db.session() as s:
         return (
             s.execute(
-                update(BatchLine)
-                .where(
-                    BatchLine.id == line_id,
-                    BatchLine.worker_id == worker_id,
-                    BatchLine.status == "running",
+                _held(worker_id, BatchLine.id == line_id).values(
+                    status=status, result=result, worker_id=None, lease_until=None
                 )
-                .values(status=status, result=result, worker_id=None, lease_until=None)
             ).rowcount
             == 1
         )
@@ -415,13 +413,7 @@ def release(db: Database, line_id: int, worker_id: str) -> None:
     start does not count against `max_attempts`."""
     with db.session() as s:
         s.execute(
-            update(BatchLine)
-            .where(
-                BatchLine.id == line_id,
-                BatchLine.worker_id == worker_id,
-                BatchLine.status == "running",
-            )
-            .values(
+            _held(worker_id, BatchLine.id == line_id).values(
                 status="pending",
                 worker_id=None,
                 lease_until=None,
