@@ -54,17 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def read_items(path: str) -> list[dict]:
-    items = []
+    from ownllm.evals.store import item_lines
+
     with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    value = json.loads(line)
-                except ValueError:
-                    raise ValueError(f"{path} line {n} is not JSON") from None
-                if not isinstance(value, dict):
-                    raise ValueError(f"{path} line {n} is not a JSON object")
-                items.append(value if isinstance(value.get("item"), dict) else {"item": value})
+        items = list(item_lines(f, path, ValueError))
     if not items:
         raise ValueError(f"{path} has no items")
     return items

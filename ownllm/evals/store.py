@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -334,19 +335,27 @@ def read_file_items(db: Database, data_dir: DataDir, tenant_id: str, file_id: st
         raise InvalidRequestError(f"file {file_id} is larger than {MAX_FILE_BYTES} bytes")
     items = []
     with open(data_dir.resolve(row.path), encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except ValueError:
-                raise InvalidRequestError(f"{file_id} line {n} is not JSON") from None
-            if not isinstance(value, dict):
-                raise InvalidRequestError(f"{file_id} line {n} is not a JSON object")
-            items.append(value if isinstance(value.get("item"), dict) else {"item": value})
+        for item in item_lines(f, file_id, InvalidRequestError):
+            items.append(item)
             if len(items) > MAX_ITEMS:
                 raise InvalidRequestError(f"{file_id} has more than {MAX_ITEMS} items")
     return items
+
+
+def item_lines(lines: Iterable[str], name: str, error: type[Exception]) -> Iterator[dict]:
+    """The entries of JSONL `lines` (blank ones skipped): each {"item": …}, or a bare object
+    taken as the item. A line that is not a JSON object raises `error` naming `name` and
+    the line's number."""
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except ValueError:
+            raise error(f"{name} line {n} is not JSON") from None
+        if not isinstance(value, dict):
+            raise error(f"{name} line {n} is not a JSON object")
+        yield value if isinstance(value.get("item"), dict) else {"item": value}
 
 
 def run_object(row: EvalRun) -> dict[str, Any]:
