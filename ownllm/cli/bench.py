@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     import json
     from dataclasses import asdict
 
-    from ownllm.cli.common import ConfigError, config_from_args, fail
+    from ownllm.cli.common import ConfigError, config_from_args, fail, server_state
     from ownllm.errors import OwnLLMError
 
     if args.input_tokens < 1 or args.output_tokens < 1:
@@ -64,15 +64,9 @@ def run(args: argparse.Namespace) -> int:
         return fail(str(e))
     concurrency = args.concurrency or config.engine.max_num_seqs
     requests = args.requests or 3 * concurrency
-    from ownllm.api.app import build_state, start_backend
-    from ownllm.models.catalog import ModelLoadError
-    from ownllm.models.tokenizer import TokenizerError
-    from ownllm.store.db import DatabaseError
+    from ownllm.api.app import start_backend
 
-    try:
-        state = build_state(config)
-    except (ModelLoadError, TokenizerError, DatabaseError) as e:
-        return fail(str(e))
+    state = server_state(config)
     try:
         backend = start_backend(state)
     except ConfigError as e:

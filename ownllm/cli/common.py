@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ownllm.config import Config, ConfigError, load_config
 
 if TYPE_CHECKING:
+    from ownllm.api.state import AppState
     from ownllm.store.db import Database
 
 
@@ -67,6 +68,20 @@ def open_database(args: argparse.Namespace, *, data_dir: bool = False) -> tuple[
         raise CommandError(str(e)) from None
 
 
+def server_state(config: Config) -> AppState:
+    """What a server of `config` runs on (model, tokenizer, database: `build_state`); one
+    that cannot be loaded ends the command (status 2)."""
+    from ownllm.api.app import build_state
+    from ownllm.models.catalog import ModelLoadError
+    from ownllm.models.tokenizer import TokenizerError
+    from ownllm.store.db import DatabaseError
+
+    try:
+        return build_state(config)
+    except (ModelLoadError, TokenizerError, DatabaseError) as e:
+        raise CommandError(str(e)) from None
+
+
 def base_model_id(config: Config) -> str:
     """The id of the configured base model; one that cannot be found ends the command
     (status 2)."""
@@ -105,4 +120,5 @@ __all__ = [
     "config_from_args",
     "fail",
     "open_database",
+    "server_state",
 ]

@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ownllm.cli.common import ConfigError, config_from_args, fail
+    from ownllm.cli.common import ConfigError, config_from_args, fail, server_state
     from ownllm.config import parse_backend_flag
 
     try:
@@ -68,18 +68,12 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         return fail(str(e))
     configure_logging(config.server.log_level)
-    from ownllm.api.app import build_state, create_app
-    from ownllm.models.catalog import ModelLoadError
-    from ownllm.models.tokenizer import TokenizerError
-    from ownllm.store.db import DatabaseError
+    from ownllm.api.app import create_app
 
     problem = _auth_problem(config)
     if problem:
         return fail(problem)
-    try:
-        state = build_state(config)
-    except (ModelLoadError, TokenizerError, DatabaseError) as e:
-        return fail(str(e))
+    state = server_state(config)
     try:
         app = create_app(state)
     except ConfigError as e:  # the guard's classifier cannot be loaded
