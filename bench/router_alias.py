@@ -1,31 +1,39 @@
 """A router alias's accuracy and added latency, with the shipped MiniLM.
 
 Three adapters' domains (billing and refunds, Python programming, cooking): each version's
-centroid is built as `POST /v1/aliases` builds it (`ownllm.adapters.routing.centroid` of
-the MiniLM embeddings of its training prompts), then held-out prompts of each domain,
-written apart from the training ones (other wording, other topics of the domain), are
-routed with `Router.pick`. Accuracy: the share that reached their domain's version.
-Off-domain prompts show what the threshold sends to the base model.
+index is built as `POST /v1/aliases` builds it (the MiniLM embeddings of its training
+prompts; the threshold calibrated on them, `ownllm.adapters.routing.calibrate`, unless
+`--threshold`), then held-out prompts of each domain, written apart from the training ones
+(other wording, other topics of the domain), are routed with `Router.pick`. Accuracy: the
+share that reached their domain's version. Off-domain prompts show what the threshold
+sends to the base model. `--centroid` scores each version by its centroid instead (the
+router before the index), for comparison in the same run.
 
 Added latency per request: what `ownllm.api.calls._route` does on the request path (embed
-the prompt, pick the nearest centroid), timed per request over the held-out prompts,
-repeated; the alias lookup itself is there for every alias, routed or not.
+the prompt on the model's one-thread worker, pick the nearest version), timed per request
+over the held-out prompts, repeated, beside the baseline of the same loop without routing
+(the text a request would route on, taken, nothing embedded), and beside the embedding
+on the process's own torch threads from a second thread (how it ran before). The alias
+lookup itself is there for every alias, routed or not (the router's index is parsed once
+per process, `ownllm.adapters.aliases._router_of`).
 
-    python -m bench.router_alias [--threshold 0.3] [--repeats 10]
+    python -m bench.router_alias [--threshold T] [--repeats 10] [--centroid]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ownllm.adapters.routing import RoutedVersion, Router, centroid, route_text
-from ownllm.models.embedding import EmbeddingModel
+from ownllm.adapters.routing import RoutedVersion, Router, calibrate, route_text, spread
+from ownllm.models.embedding import LazyEmbeddingModel
 
 TRAINING = {
     "billing": [
@@ -180,20 +188,45 @@ def cpu_flags() -> dict[str, bool]:
     return {f: bool(re.search(rf"\b{f}\b", text)) for f in ("avx512_bf16", "avx512f", "avx2")}
 
 
+def _centroid(vectors: list[list[float]]) -> tuple[float, ...]:
+    dims = len(vectors[0])
+    mean = [sum(v[i] for v in vectors) / len(vectors) for i in range(dims)]
+    norm = math.sqrt(sum(x * x for x in mean)) or 1.0
+    return tuple(x / norm for x in mean)
+
+
+def _percentiles(timings: list[float]) -> dict[str, float]:
+    timings = sorted(timings)
+    return {
+        "p50": round(statistics.median(timings), 3),
+        "p90": round(timings[int(len(timings) * 0.9)], 3),
+        "p99": round(timings[int(len(timings) * 0.99)], 3),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threshold", type=float, default=0.3)
+    parser.add_argument("--threshold", type=float, default=None, help="default: calibrated")
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--centroid", action="store_true", help="one centroid per version")
     args = parser.parse_args()
 
     import torch
 
-    model = EmbeddingModel.load()
-    versions = tuple(
-        RoutedVersion(f"adapter-{d}", d, centroid(model.embed(texts)), len(texts))
-        for d, texts in TRAINING.items()
-    )
-    router = Router(versions, args.threshold)
+    lazy = LazyEmbeddingModel()
+    model = lazy.load_now()
+    versions = []
+    for d, texts in TRAINING.items():
+        index = [tuple(v) for v in model.embed(spread(texts))]
+        if args.centroid:
+            index = [_centroid(index)]
+        versions.append(RoutedVersion(f"adapter-{d}", d, tuple(index), len(texts)))
+    if args.threshold is None:
+        # calibrated on the training data alone: the index of each version, never the centroid
+        threshold = calibrate([model.embed(spread(t)) for t in TRAINING.values()])
+    else:
+        threshold = args.threshold
+    router = Router(tuple(versions), threshold, is_calibrated=args.threshold is None)
 
     confusion: dict[str, dict[str, int]] = {d: {} for d in HELD_OUT}
     similarities = []
@@ -210,28 +243,46 @@ def main() -> None:
     num_off_to_base = sum(1 for picked, _ in off if picked is None)
 
     messages = [[{"role": "user", "content": p}] for ps in HELD_OUT.values() for p in ps]
+    own_threads = ThreadPoolExecutor(1)  # a second thread on the process's torch threads
+
+    def routed(m):
+        (vector,) = lazy.embed_one_thread([route_text(m, None) or " "])
+        router.pick(vector)
+
+    def routed_own_threads(m):
+        (vector,) = own_threads.submit(model.embed, [route_text(m, None) or " "]).result()
+        router.pick(vector)
+
+    def baseline(m):
+        route_text(m, None)
+
+    ways = {"baseline": baseline, "routed": routed, "routed_process_threads": routed_own_threads}
+    timings: dict[str, list[float]] = {w: [] for w in ways}
     for m in messages[:10]:  # warm up
-        model.embed([route_text(m, None)])
-    timings = []
+        routed(m), routed_own_threads(m)
     for _ in range(args.repeats):
         for m in messages:
-            start = time.perf_counter()
-            (vector,) = model.embed([route_text(m, None) or " "])
-            router.pick(vector)
-            timings.append((time.perf_counter() - start) * 1000)
-    timings.sort()
+            for way, f in ways.items():  # interleaved: the same load for each
+                start = time.perf_counter()
+                f(m)
+                timings[way].append((time.perf_counter() - start) * 1000)
+    base_p50 = statistics.median(timings["baseline"])
     result = {
         "held_out": num_held_out,
         "accuracy": round(num_right / num_held_out, 4),
         "confusion": confusion,
-        "held_out_similarity_min": round(min(similarities), 3),
+        "held_out_score_min": round(min(similarities), 3),
         "off_domain_to_base": f"{num_off_to_base}/{len(OFF_DOMAIN)}",
-        "off_domain_similarity_max": round(max(s for _, s in off), 3),
-        "threshold": args.threshold,
-        "route_ms_p50": round(statistics.median(timings), 3),
-        "route_ms_p90": round(timings[int(len(timings) * 0.9)], 3),
-        "route_ms_p99": round(timings[int(len(timings) * 0.99)], 3),
-        "requests_timed": len(timings),
+        "off_domain_score_max": round(max(s for _, s in off), 3),
+        "scoring": "centroid" if args.centroid else "mean of the 3 nearest examples",
+        "threshold": round(threshold, 4),
+        "threshold_calibrated": args.threshold is None,
+        "ms": {way: _percentiles(t) for way, t in timings.items()},
+        "added_ms_p50": round(statistics.median(timings["routed"]) - base_p50, 3),
+        "added_ms_p50_process_threads": round(
+            statistics.median(timings["routed_process_threads"]) - base_p50, 3
+        ),
+        "requests_timed": len(timings["routed"]),
         "torch_threads": torch.get_num_threads(),
         "cpu_flags": cpu_flags(),
         "load_average": os.getloadavg(),

@@ -27,6 +27,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import defer
 
 from ownllm.adapters.registry import AdapterRecord, Viewer, get_adapter, own_adapter, validate_name
 from ownllm.adapters.routing import Router
@@ -153,7 +154,7 @@ class AliasRecord:
             created_at=row.created_at,
             updated_at=row.updated_at,
             history=tuple(row.history or ()),
-            router=Router.from_dict(row.router) if row.router else None,
+            router=_router_of(row),
         )
 
     def to_dict(self, target_name: str) -> dict[str, Any]:
@@ -193,9 +194,33 @@ def _move_dict(row: AliasMove) -> dict[str, Any]:
 # -- reading ------------------------------------------------------------------------------------
 
 
+_ROUTERS: dict[str, Router | None] = {}  # by alias id: a row's router never changes
+_MAX_CACHED = 4096
+
+
+def _router_of(row: ModelAlias) -> Router | None:
+    """The row's router, parsed once per process: a router alias is never moved or
+    changed (it is made again, under a new id), so its id names its router for good.
+    `row.router` (deferred by `find_alias`) is read only on the first sight of the id."""
+    try:
+        return _ROUTERS[row.id]
+    except KeyError:
+        pass
+    router = Router.from_dict(row.router) if row.router else None
+    if len(_ROUTERS) >= _MAX_CACHED:
+        _ROUTERS.clear()
+    _ROUTERS[row.id] = router
+    return router
+
+
 def find_alias(db: Database, tenant_id: str, name: str) -> AliasRecord | None:
-    """The tenant's alias `name`, or None (what model resolution asks, once per request)."""
-    query = select(ModelAlias).where(ModelAlias.tenant_id == tenant_id, ModelAlias.name == name)
+    """The tenant's alias `name`, or None (what model resolution asks, once per request:
+    the router's index, which may be large, is not read again)."""
+    query = (
+        select(ModelAlias)
+        .options(defer(ModelAlias.router))
+        .where(ModelAlias.tenant_id == tenant_id, ModelAlias.name == name)
+    )
     with db.session() as s:
         row = s.scalars(query).first()
         return AliasRecord.from_row(row) if row is not None else None

@@ -1,14 +1,19 @@
 """An alias that routes: each request goes to the version whose training data is nearest.
 
-A router alias holds several versions (adapters). For each, the centroid of its training
-prompts' embeddings (the shipped MiniLM, unit vectors, their mean normalised again) is
-computed once, from the dataset files its lineage names, when the router is made; a
-request's prompt is embedded and sent to the version of the most similar centroid (cosine),
-or to the base model when no centroid reaches the router's `threshold`.
+A router alias holds several versions (adapters). For each, a small index of its training
+prompts' embeddings (the shipped MiniLM, unit vectors: up to INDEX_SIZE of them, spread
+over its dataset files) is built once, from the dataset files its lineage names, when the
+router is made. A request's prompt is embedded and sent to the version whose index is
+nearest: the mean cosine of its K nearest examples (per-example nearest neighbours, not
+one centroid: a domain is several clusters, and a centroid of them is near none); or to
+the base model when no version reaches the router's `threshold`. Without a threshold from
+the client it is calibrated from the training data alone (`calibrate`): the CALIBRATION_
+QUANTILE of each training prompt's leave-one-out score against its own version, so that
+nine in ten prompts like the training ones route to an adapter.
 
 Here: the router's shape, checks and the pick (pure, no model). Reading the datasets and
 embedding are the caller's (`ownllm.api.routes.aliases`, `ownllm.api.calls`).
-Left out: re-centring when a version's data changes (make the router again).
+Left out: rebuilding the index when a version's data changes (make the router again).
 """
 
 from __future__ import annotations
@@ -17,71 +22,130 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from ownllm.errors import InvalidRequestError
 
 MAX_VERSIONS = 16
 ROUTE_CHARS = 2000  # of the prompt embedded: its start says what it is about
+INDEX_SIZE = 128  # training prompts' embeddings kept per version (spread over its data)
+K = 3  # nearest examples whose mean similarity scores a version
+CALIBRATION_QUANTILE = 0.10
 
 
 @dataclass(frozen=True)
 class RoutedVersion:
     adapter_id: str
     name: str
-    centroid: tuple[float, ...]  # unit length
+    index: tuple[tuple[float, ...], ...]  # unit vectors of its training prompts
     num_examples: int
 
 
 @dataclass(frozen=True)
 class Router:
     versions: tuple[RoutedVersion, ...]
-    threshold: float  # cosine similarity below which the base model answers
+    threshold: float  # score below which the base model answers
+    is_calibrated: bool = False  # the threshold was calibrated, not given
+
+    def __post_init__(self) -> None:
+        # all versions' examples in one matrix, each version's rows a slice of it
+        rows = [e for v in self.versions for e in v.index]
+        object.__setattr__(self, "_matrix", np.asarray(rows, dtype=np.float32))
+        bounds, start = [], 0
+        for v in self.versions:
+            bounds.append((start, start + len(v.index)))
+            start += len(v.index)
+        object.__setattr__(self, "_bounds", tuple(bounds))
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Router:
-        return cls(
-            tuple(
-                RoutedVersion(v["adapter_id"], v["name"], tuple(v["centroid"]), v["num_examples"])
-                for v in raw["versions"]
-            ),
-            float(raw["threshold"]),
-        )
+        versions = []
+        for v in raw["versions"]:
+            # a row from before the index holds its centroid alone: a one-example index
+            index = v.get("index") or [v["centroid"]]
+            versions.append(
+                RoutedVersion(v["adapter_id"], v["name"], tuple(map(tuple, index)),
+                              v["num_examples"])
+            )  # fmt: skip
+        return cls(tuple(versions), float(raw["threshold"]), bool(raw.get("calibrated")))
 
     def to_dict(self) -> dict[str, Any]:
-        """As the alias row stores it (centroids included)."""
+        """As the alias row stores it (indexes included, 5 decimals)."""
         return {
             "threshold": self.threshold,
+            "calibrated": self.is_calibrated,
             "versions": [
-                {"adapter_id": v.adapter_id, "name": v.name, "centroid": list(v.centroid),
-                 "num_examples": v.num_examples}
+                {"adapter_id": v.adapter_id, "name": v.name, "num_examples": v.num_examples,
+                 "index": [[round(x, 5) for x in e] for e in v.index]}
                 for v in self.versions
             ],
         }  # fmt: skip
 
     def to_wire(self) -> dict[str, Any]:
-        """What a client sees of it (no centroids)."""
+        """What a client sees of it (no indexes)."""
         return {
-            "threshold": self.threshold,
+            "threshold": round(self.threshold, 4),
+            "threshold_calibrated": self.is_calibrated,
             "versions": [
                 {"adapter_id": v.adapter_id, "name": v.name, "num_examples": v.num_examples}
                 for v in self.versions
             ],
         }
 
+    def scores(self, vector: list[float]) -> list[float]:
+        """Each version's score for `vector` (a unit vector): the mean cosine of its K
+        nearest training examples."""
+        sims = self._matrix @ np.asarray(vector, dtype=np.float32)
+        return [_top_k_mean(sims[a:b]) for a, b in self._bounds]
+
     def pick(self, vector: list[float]) -> tuple[RoutedVersion | None, float]:
-        """The version nearest `vector` (a unit vector) and its similarity; None (the
-        base model) when the best is below the threshold."""
-        best, best_sim = None, -math.inf
-        for version in self.versions:
-            sim = sum(a * b for a, b in zip(version.centroid, vector))
-            if sim > best_sim:
-                best, best_sim = version, sim
-        if best is None or best_sim < self.threshold:
-            return None, best_sim
-        return best, best_sim
+        """The version nearest `vector` and its score; None (the base model) when the
+        best is below the threshold."""
+        scores = self.scores(vector)
+        best = max(range(len(scores)), key=scores.__getitem__, default=None)
+        if best is None:
+            return None, -math.inf
+        if scores[best] < self.threshold:
+            return None, scores[best]
+        return self.versions[best], scores[best]
 
 
-def check_router(raw: Any, param: str = "router") -> tuple[list[str], float]:
-    """(the version refs, the threshold) of a router a client sent; a 400 naming the field."""
+def _top_k_mean(sims: np.ndarray) -> float:
+    if len(sims) > K:
+        sims = np.partition(sims, len(sims) - K)[-K:]
+    return float(sims.mean())
+
+
+def calibrate(indexes: list[list[list[float]]]) -> float:
+    """A threshold from the training data alone: each example's leave-one-out score
+    against its own version's index, and their CALIBRATION_QUANTILE."""
+    loo = []
+    for index in indexes:
+        m = np.asarray(index, dtype=np.float32)
+        if len(m) < 2:
+            continue
+        sims = m @ m.T
+        np.fill_diagonal(sims, -np.inf)
+        loo += [_top_k_mean(row[np.isfinite(row)]) for row in sims]
+    if not loo:
+        return 0.0
+    return float(np.quantile(np.asarray(loo), CALIBRATION_QUANTILE))
+
+
+def spread(texts: list[str], size: int = INDEX_SIZE) -> list[str]:
+    """At most `size` of `texts`' distinct ones, evenly spaced (not only the first
+    file's). Distinct: a repeated example would be its own nearest neighbour, and the
+    calibration would read 1.0 off it."""
+    texts = list(dict.fromkeys(texts))
+    if len(texts) <= size:
+        return list(texts)
+    step = len(texts) / size
+    return [texts[int(i * step)] for i in range(size)]
+
+
+def check_router(raw: Any, param: str = "router") -> tuple[list[str], float | None]:
+    """(the version refs, the threshold or None: calibrate it) of a router a client sent;
+    a 400 naming the field."""
     if not isinstance(raw, dict):
         raise InvalidRequestError(f"{param} must be an object {{versions, threshold}}", param=param)
     unknown = sorted(set(raw) - {"versions", "threshold"})
@@ -104,7 +168,9 @@ def check_router(raw: Any, param: str = "router") -> tuple[list[str], float]:
         raise InvalidRequestError(
             f"{param}.versions names an adapter twice", param=f"{param}.versions"
         )
-    threshold = raw.get("threshold", 0.3)
+    threshold = raw.get("threshold")
+    if threshold is None:
+        return versions, None
     if (
         isinstance(threshold, bool)
         or not isinstance(threshold, int | float)
@@ -115,14 +181,6 @@ def check_router(raw: Any, param: str = "router") -> tuple[list[str], float]:
             param=f"{param}.threshold",
         )
     return versions, float(threshold)
-
-
-def centroid(vectors: list[list[float]]) -> tuple[float, ...]:
-    """The normalised mean of unit vectors."""
-    dims = len(vectors[0])
-    mean = [sum(v[i] for v in vectors) / len(vectors) for i in range(dims)]
-    norm = math.sqrt(sum(x * x for x in mean)) or 1.0
-    return tuple(x / norm for x in mean)
 
 
 def route_text(messages: list[dict[str, Any]] | None, prompts: list[str] | None) -> str:

@@ -82,8 +82,9 @@ def _resolve_model(
 
 def _route(state: AppState, alias, text: str) -> tuple[list[AdapterWeight], dict[str, Any]]:
     """A router alias's pick for `text` (`ownllm.adapters.routing`): the shipped MiniLM
-    embeds it (loaded on the first routed request after a start, a few seconds once)."""
-    (vector,) = state.embedding_model.load_now().embed([text or " "])
+    embeds it on its one-thread worker (loaded on the first routed request after a start,
+    a few seconds once)."""
+    (vector,) = state.embedding_model.embed_one_thread([text or " "])
     version, similarity = alias.router.pick(vector)
     route = {
         "alias": alias.name,

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +113,22 @@ class EmbeddingModel:
         return out
 
 
+_WORKER_LOCK = threading.Lock()
+
+
+def _one_thread_worker() -> ThreadPoolExecutor:
+    """A one-thread pool whose thread runs torch on one intra-op thread. torch's
+    `set_num_threads` sets the calling thread's count and the default of threads made
+    later, so the default is put back at once: only this worker runs on one."""
+    import torch
+
+    before = torch.get_num_threads()
+    worker = ThreadPoolExecutor(1, "ownllm-embed", initializer=torch.set_num_threads, initargs=(1,))
+    worker.submit(torch.get_num_threads).result()  # the thread exists, on one
+    torch.set_num_threads(before)
+    return worker
+
+
 class LazyEmbeddingModel:
     """The app's embedding model: loaded by the first `get` (in a worker thread, a few
     seconds), then kept. `model` is the loaded model, or None before."""
@@ -118,12 +136,25 @@ class LazyEmbeddingModel:
     def __init__(self, model: EmbeddingModel | None = None) -> None:
         self.model = model
         self._lock = asyncio.Lock()
+        self._worker: ThreadPoolExecutor | None = None
 
     def load_now(self) -> EmbeddingModel:
         """The model, loaded here and now if it is not yet (a caller that cannot await)."""
         if self.model is None:
             self.model = EmbeddingModel.load()
         return self.model
+
+    def embed_one_thread(self, texts: list[str]) -> list[list[float]]:
+        """`embed` on this model's own worker thread, whose torch ops use one intra-op
+        thread (what a router alias does per request). A short text's forward on the
+        process's threads from a second Python thread starts a second OpenMP team beside
+        the engine's: on a busy box they spin against each other, and one text took
+        ~10x longer so (bench/router_alias.py measures both)."""
+        if self._worker is None:
+            with _WORKER_LOCK:
+                if self._worker is None:
+                    self._worker = _one_thread_worker()
+        return self._worker.submit(lambda: self.load_now().embed(texts)).result()
 
     async def get(self) -> EmbeddingModel:
         """The model, loading it on the first call. Raises ModelLoadError."""

@@ -281,7 +281,7 @@ class ModelAlias(Base):
     version: Mapped[int] = mapped_column(Integer, default=1)  # moves so far, the first is 1
     created_at: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[int] = mapped_column(BigInteger)
-    # a router alias: its versions with their training data's centroids, and the threshold
+    # a router alias: its versions with their training data's indexes, and the threshold
     # (`ownllm.adapters.routing.Router`); None: the alias points at `target`
     router: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 

@@ -143,6 +143,37 @@ async def test_each_request_runs_the_version_nearest_its_prompt(api, two_tenants
     assert r.status_code == 409 and "routes over its versions" in r.json()["error"]["message"]
 
 
+async def test_a_router_without_a_threshold_calibrates_it_on_the_training_data(api, two_tenants):
+    """No threshold sent: it is the 10th percentile of the training prompts' own
+    leave-one-out scores, so prompts like them route and a prompt near none goes to base."""
+    client, state = api
+    acme, db = two_tenants.a, two_tenants.db
+    ids = {d: await trained_on(client, db, acme, d, TRAINING[d], state.model_id) for d in DOMAINS}
+    body = {"name": "helpdesk", "router": {"versions": list(DOMAINS)}}
+    r = await client.post("/v1/aliases", json=body, headers=acme.headers)
+    assert r.status_code == 200, r.text
+    router = r.json()["router"]
+    assert router["threshold_calibrated"] is True and 0.5 < router["threshold"] <= 1.0
+
+    async def routed(prompt: str) -> dict:
+        chat = {"model": "helpdesk", "max_tokens": 2,
+                "messages": [{"role": "user", "content": prompt}]}  # fmt: skip
+        r = await client.post("/v1/chat/completions", json=chat, headers=acme.headers)
+        assert r.status_code == 200, r.text
+        return r.json()["ownllm_route"]
+
+    # the stand-in embedding puts each training prompt (two keywords) on its domain's one
+    # direction, so the calibrated threshold is near 1: a prompt like them routes
+    assert (await routed("my card was charged"))["adapter_id"] == ids["billing"]
+    assert (await routed("bake it in the oven"))["adapter_id"] == ids["cooking"]
+    # one keyword: off the training prompts' direction (0.995), below that threshold
+    assert (await routed("a refund"))["adapter_id"] is None
+    assert (await routed("Tell me about the weather today"))["adapter_id"] is None
+    # listed again (the index is read from the row once per process): the same router
+    listed = (await client.get("/v1/aliases/helpdesk", headers=acme.headers)).json()
+    assert listed["router"] == router
+
+
 class _Acme:
     tenant_id, is_admin = "acme", False
 

@@ -19,8 +19,9 @@ A gate: {"evals": [{"eval": "support-holdout", "min_pass_rate": 0.8, "criterion"
 
 A router alias (`{"name", "router": {"versions": [adapter, …], "threshold": 0.3}}`, no
 target) sends each request to the version whose training data is nearest its prompt by
-the shipped MiniLM (`ownllm.adapters.routing`), or to the base model below the threshold;
-the centroids are computed here, from the dataset files each version's lineage names. The
+the shipped MiniLM (`ownllm.adapters.routing`), or to the base model below the threshold
+(calibrated on the training data when omitted); each version's index is built here, from
+the dataset files its lineage names. The
 answer names the pick in `ownllm_route`; the ledger row names the adapter that ran.
 """
 
@@ -38,8 +39,9 @@ from ownllm.adapters.routing import (
     ROUTE_CHARS,
     RoutedVersion,
     Router,
-    centroid,
+    calibrate,
     check_router,
+    spread,
 )
 from ownllm.api.state import AppState, get_state
 from ownllm.errors import InvalidRequestError, ServerError
@@ -55,10 +57,7 @@ class AliasBody(BaseModel):
     name: str = Field(min_length=1, max_length=256)
     target: str = "base"
     gate: dict[str, Any] | None = None
-    router: dict[str, Any] | None = None  # {"versions": [adapter, …], "threshold": 0.3}
-
-
-MAX_ROUTE_EXAMPLES = 512  # of each version's training prompts, for its centroid
+    router: dict[str, Any] | None = None  # {"versions": [adapter, …], "threshold"?: 0.3}
 
 
 def version_prompts(state: AppState, record, param: str) -> list[str]:
@@ -86,11 +85,12 @@ def version_prompts(state: AppState, record, param: str) -> list[str]:
             "lineage's dataset files), so requests cannot be routed to it",
             param=param,
         )
-    return [t[:ROUTE_CHARS] for t in texts[:MAX_ROUTE_EXAMPLES]]
+    return [t[:ROUTE_CHARS] for t in texts]
 
 
 def build_router(state: AppState, principal: Principal, raw: Any) -> Router:
-    """The router a client sent, with each version's centroid from its training data."""
+    """The router a client sent, with each version's index from its training data (and
+    its threshold calibrated on that data when the client gave none)."""
     refs, threshold = check_router(raw)
     model = state.embedding_model.load_now()
     versions = []
@@ -103,9 +103,10 @@ def build_router(state: AppState, principal: Principal, raw: Any) -> Router:
                 param=param,
             )
         texts = version_prompts(state, record, param)
-        versions.append(
-            RoutedVersion(record.id, record.name, centroid(model.embed(texts)), len(texts))
-        )
+        index = model.embed(spread(texts))
+        versions.append(RoutedVersion(record.id, record.name, tuple(map(tuple, index)), len(texts)))
+    if threshold is None:
+        return Router(tuple(versions), calibrate([v.index for v in versions]), is_calibrated=True)
     return Router(tuple(versions), threshold)
 
 

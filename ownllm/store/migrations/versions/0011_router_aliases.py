@@ -4,7 +4,7 @@ Revision ID: 0011
 Revises: 0010
 Create Date: 2026-12-02 11:30:00.000000
 
-`model_aliases.router` holds a router alias's versions, each with the centroid of its
+`model_aliases.router` holds a router alias's versions, each with an index of its
 training prompts' embeddings, and the threshold below which the base model answers; NULL
 for an alias that points at one version (every existing row).
 """
