@@ -14,7 +14,8 @@ Kernels (source: `csrc/cpu_kernels.c`; both C files include `csrc/kernels_common
   path tiles rows by slot for two `bmm`, with a gather and a scatter);
 - `quant_matmul` (source: `csrc/quant_kernels.c`): x W^T for a few rows of x with W
   in q4_0, q4_1, q8_0 or int8 (`ownllm.formats.quant`), dequantised in registers
-  (AVX-512, AVX2 + FMA or a portable loop), and `quant_dequantize`, W's rows in
+  (AVX-512, AVX2 + FMA or a portable loop; bf16 x times q4 in AVX512-BF16 dot
+  products where the CPU has them), and `quant_dequantize`, W's rows in
   float32 or bfloat16 for the GEMM of a prompt chunk.
 
 The source is compiled once per machine with the system C compiler
@@ -232,6 +233,8 @@ class CpuKernels:
         self._quant_dequantize.argtypes = [_P, _I, _I64, _I64, _P, _P, _I]
         self._quant_dequantize.restype = None
         self.quant_path = _QUANT_PATHS[library.quant_path()]
+        # bf16 x times q4_0 / q4_1 in AVX512-BF16 dot products (csrc/quant_kernels.c)
+        self.quant_bf16_dot = bool(library.quant_bf16_dot())
         self.max_query_group = library.max_query_group()
         self._decode_path = library.decode_path
         self._decode_path.argtypes = [_I, _I, _I]

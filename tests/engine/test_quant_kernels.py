@@ -7,6 +7,8 @@ whose instructions this CPU lacks is skipped. Every type, both dtypes, odd shape
 Tolerance: the kernel sums float32 products of the exact dequantised weights, so
 against a float64 reference its error is float32 summation error, bounded here by
 1e-5 * sum |x| |w| per output; bf16 outputs add one bf16 rounding (2^-8 relative).
+With AVX512-BF16, bf16 x times q4_0 / q4_1 multiplies x by the nibbles in bf16 (exact
+products) and scales each block's sum (csrc/quant_kernels.c): the same bounds hold.
 """
 
 from __future__ import annotations
@@ -61,6 +63,10 @@ def test_each_build_runs_the_loop_it_was_built_for(build):
         "portable": "portable",
     }[name]
     assert kernels[torch.float32].quant_path == expected
+    # bf16 x times q4_0 / q4_1 in vdpbf16ps: the native build on an AVX512-BF16 CPU, so the
+    # bf16 cases below test that path there and the float path everywhere else
+    dot = name == "native" and {"avx512f", "avx512_bf16"} <= flags
+    assert kernels[torch.bfloat16].quant_bf16_dot is dot
 
 
 def _weight(qtype: str, rows: int, cols: int, seed: int) -> QuantWeight:
