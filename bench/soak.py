@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import os
 import subprocess
@@ -59,6 +60,8 @@ def serve(port: int, num_replicas: int, delay_s: float, home: Path) -> None:
     replicas = [
         Replica(f"r{i}", counting_backend(tokenizer, delay_s=delay_s)) for i in range(num_replicas)
     ]
+    for r in replicas:  # a ScriptedBackend records every request for tests: not the gateway's
+        r.backend.requests = collections.deque(maxlen=1)
     router = Router(replicas, RoutingConfig(), tokenizer=tokenizer)
     state = AppState(
         config,
