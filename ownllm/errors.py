@@ -45,6 +45,17 @@ class InvalidRequestError(OwnLLMError):
     type = "invalid_request_error"
 
 
+def reject_unknown_fields(raw: dict, known: tuple[str, ...], param: str) -> None:
+    """A 400 naming the first field of `raw` (sorted) that is not in `known`, as
+    `param.field`; the message lists the known fields in their given order."""
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise InvalidRequestError(
+            f"unknown field {unknown[0]!r} in {param} (known: {', '.join(known)})",
+            param=f"{param}.{unknown[0]}",
+        )
+
+
 class ContextLengthExceededError(InvalidRequestError):
     code = "context_length_exceeded"
 

@@ -31,7 +31,12 @@ from sqlalchemy.orm import defer
 
 from ownllm.adapters.registry import AdapterRecord, Viewer, get_adapter, own_adapter, validate_name
 from ownllm.adapters.routing import Router
-from ownllm.errors import ConflictError, InvalidRequestError, NotFoundError
+from ownllm.errors import (
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    reject_unknown_fields,
+)
 from ownllm.ids import new_id
 from ownllm.store.db import Database
 from ownllm.store.schema import Adapter, AliasMove, ModelAlias
@@ -72,12 +77,7 @@ class Gate:
             return cls()
         if not isinstance(raw, dict):
             raise InvalidRequestError(f"{param} must be an object", param=param)
-        unknown = sorted(set(raw) - {"evals", "max_redteam_success_rate"})
-        if unknown:
-            raise InvalidRequestError(
-                f"unknown field {unknown[0]!r} in {param} (known: evals, max_redteam_success_rate)",
-                param=f"{param}.{unknown[0]}",
-            )
+        reject_unknown_fields(raw, ("evals", "max_redteam_success_rate"), param)
         evals = []
         for i, item in enumerate(raw.get("evals") or ()):
             where = f"{param}.evals[{i}]"

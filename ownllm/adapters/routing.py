@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ownllm.errors import InvalidRequestError
+from ownllm.errors import InvalidRequestError, reject_unknown_fields
 
 MAX_VERSIONS = 16
 ROUTE_CHARS = 2000  # of the prompt embedded: its start says what it is about
@@ -148,12 +148,7 @@ def check_router(raw: Any, param: str = "router") -> tuple[list[str], float | No
     a 400 naming the field."""
     if not isinstance(raw, dict):
         raise InvalidRequestError(f"{param} must be an object {{versions, threshold}}", param=param)
-    unknown = sorted(set(raw) - {"versions", "threshold"})
-    if unknown:
-        raise InvalidRequestError(
-            f"unknown field {unknown[0]!r} in {param} (known: versions, threshold)",
-            param=f"{param}.{unknown[0]}",
-        )
+    reject_unknown_fields(raw, ("versions", "threshold"), param)
     versions = raw.get("versions")
     if (
         not isinstance(versions, list)

@@ -35,7 +35,7 @@ from sqlalchemy import select, update
 
 from ownllm.adapters import aliases
 from ownllm.adapters.registry import own_adapter
-from ownllm.errors import ConflictError, InvalidRequestError, OwnLLMError
+from ownllm.errors import ConflictError, InvalidRequestError, OwnLLMError, reject_unknown_fields
 from ownllm.evals import store
 from ownllm.evals.gate import check_gate, find_eval_row, version_label
 from ownllm.ids import new_id
@@ -73,12 +73,7 @@ def check_request(db: Database, viewer: Any, raw: Any) -> Request:
     naming the field for anything wrong."""
     if not isinstance(raw, dict):
         raise InvalidRequestError("promote must be an object {'alias', 'eval'}", param="promote")
-    unknown = sorted(set(raw) - set(FIELDS))
-    if unknown:
-        raise InvalidRequestError(
-            f"unknown field {unknown[0]!r} in promote (known: {', '.join(FIELDS)})",
-            param=f"promote.{unknown[0]}",
-        )
+    reject_unknown_fields(raw, FIELDS, "promote")
     for name in ("alias", "eval"):
         if not isinstance(raw.get(name), str) or not raw[name]:
             raise InvalidRequestError(
