@@ -1,7 +1,7 @@
 """What a quantised base does to a LoRA adapter, both ways, on the shipped model.
 
 One adapter per frozen base learns the same behaviour (answers that open with "Ahoy,
-matey!", the data of tests/tuning/test_openai_flow.py: 32 examples trained, 10 held out,
+matey!", the data of bench/_pirate.py: 32 examples trained, 10 held out,
 3 epochs, r=8 on all linear layers, the same seed): on the bf16 base, and on quantised
 bases (QLoRA-style, `LoraSettings.base_quantization`). Then every adapter on every base:
 - held-out loss: the token-mean loss of the 10 held-out answers through the trainer's
@@ -28,9 +28,9 @@ from pathlib import Path
 
 import torch
 
+from bench._pirate import ANSWERS, HELD_OUT, MARK, QUESTIONS
 from bench.dtype_quality import cpu_flags, engine_quantization, new_engine, reference_dir
 from ownllm.backends.base import AdapterWeight, GenerateRequest, SamplingParams
-from tests.tuning.test_openai_flow import ANSWERS, HELD_OUT, MARK, QUESTIONS
 
 NUM_TRAIN, MAX_TOKENS = 32, 24
 

@@ -1,6 +1,7 @@
 """Layers import only downward: the gateway knows nothing of the api layer that serves it,
 and the dashboard (web, beside api) nothing of api either — api includes web's routers,
-so an import back would be a cycle. Read from the source, lazy imports included."""
+so an import back would be a cycle; bench/ imports nothing of tests/. Read from the
+source, lazy imports included."""
 
 from __future__ import annotations
 
@@ -31,5 +32,18 @@ def test_a_layer_below_api_does_not_import_it(layer):
             m for m in imported_modules(path) if m.startswith("ownllm.api")
         )
         for path in sorted((PACKAGE / layer).rglob("*.py"))
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_the_benchmarks_do_not_import_the_tests():
+    """bench/ runs without the test suite (README, Development): what a benchmark shares
+    with a test lives in bench/ or the package."""
+    bench = PACKAGE.parent / "bench"
+    offenders = {
+        path.name: sorted(
+            m for m in imported_modules(path) if m == "tests" or m.startswith("tests.")
+        )
+        for path in sorted(bench.rglob("*.py"))
     }
     assert {k: v for k, v in offenders.items() if v} == {}

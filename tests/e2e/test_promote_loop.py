@@ -15,9 +15,9 @@ import time
 import httpx
 import pytest
 
+from bench._pirate import ANSWERS, QUESTIONS
 from tests.server import Server
 from tests.tuning.conftest import chat, write_jsonl
-from tests.tuning.test_openai_flow import ANSWERS, QUESTIONS
 
 BASE = "smollm2-135m-instruct"
 ENV = {

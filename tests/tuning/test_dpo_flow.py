@@ -14,17 +14,10 @@ import json
 import pytest
 import torch
 
+from bench._pirate import ANSWERS, HELD_OUT, MARK, QUESTIONS
 from tests.server import Server
 from tests.tuning.conftest import PAIRS, pair, write_jsonl
-from tests.tuning.test_openai_flow import (
-    ANSWERS,
-    HELD_OUT,
-    MARK,
-    QUESTIONS,
-    WORKER_ENV,
-    reply,
-    run_job,
-)
+from tests.tuning.test_openai_flow import WORKER_ENV, reply, run_job
 
 
 def test_a_dpo_job_with_the_openai_client_is_served(tmp_path, learnable_model_dir):
