@@ -1,7 +1,7 @@
 """W2, many adapters: 64 requests over 16 rank-8 adapters + the base model.
 
     .venv/bin/python -m bench.many_adapters [--requests 64] [--output-len 64,256]
-        [--arrivals all,poisson] [--rate 2] [--dtypes fp32,bf16]
+        [--arrivals all,poisson] [--rate 2] [--dtypes fp32,bf16,bf16:auto]
         [--baselines grouped-fp32,mixed-fp32,mixed-bf16] [--baseline-arrivals all,poisson]
 
 Prompts and outputs are uniform in 64–256 tokens (greedy, EOS ignored), each
@@ -17,6 +17,10 @@ Prints aggregate output tok/s (all output tokens over the time from the first
 arrival to the last token), TTFT and inter-token latency p50/p99, the ratio to
 the strongest baseline under the same arrivals, and the share of the matmul
 roofline measured at the start of the run.
+
+An ownllm system is DTYPE[:QUANTIZATION]: `bf16:auto` serves the base in the shipped
+GGUF's own quantised blocks (`model.quantization`), `bf16:q4_1` everything in q4_1; the
+adapters stay in the compute dtype on top.
 """
 
 from __future__ import annotations
@@ -42,7 +46,11 @@ def main() -> None:
     parser.add_argument("--output-len", type=pair, default=(64, 256))
     parser.add_argument("--arrivals", default="all,poisson")
     parser.add_argument("--rate", type=float, default=2.0, help="Poisson arrivals, req/s")
-    parser.add_argument("--dtypes", default="fp32,bf16", help="ownllm engine dtypes")
+    parser.add_argument(
+        "--dtypes",
+        default="fp32,bf16",
+        help="ownllm engines, DTYPE[:QUANTIZATION] (fp32 or bf16; none, auto, q4_1, q8_0, ...)",
+    )
     parser.add_argument(
         "--baselines",
         default="grouped-fp32,mixed-fp32,mixed-bf16",
@@ -86,7 +94,10 @@ def main() -> None:
     )
     systems = {}
     for d in filter(None, args.dtypes.split(",")):
-        engine = LLMEngine(model, config, dtype=common.engine_dtype(d))
+        dtype, _, quant = d.partition(":")
+        engine = LLMEngine(
+            model, config, dtype=common.engine_dtype(dtype), quantization=quant or "none"
+        )
         ids = [f"a{i}" for i in range(args.adapters)]
         for adapter_id, path in zip(ids, adapters):
             engine.load_adapter(adapter_id, str(path))
@@ -141,7 +152,7 @@ def main() -> None:
                 "itl50": s.itl_p50,
                 "itl99": s.itl_p99,
                 "vs_best": s.tok_s / best if best and "ownllm" in name else None,
-                "roof": common.roofline_fraction(params, s.tok_s, flops[d]),
+                "roof": common.roofline_fraction(params, s.tok_s, flops[d.partition(":")[0]]),
             }
         )
     common.print_table(

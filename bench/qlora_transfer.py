@@ -10,12 +10,19 @@ bases (QLoRA-style, `LoraSettings.base_quantization`). Then every adapter on eve
   open with the mark, and how many tokens equal the same adapter's answer on the bf16
   base before the first divergence (24 tokens at most).
 
-Serving bases: the engine in bf16, and the quantised types through `model.quantization`
-where the engine has it; else the weights quantised and dequantised back (fp32 engine, the
-weight error alone). The shipped GGUF is Q4_1 already, so its q4_1 blocks are the
+Serving bases: the engine in bf16, dense or with the quantised types of
+`model.quantization`. The shipped GGUF is Q4_1 already, so its q4_1 blocks are the
 dequantised cache's weights exactly: say so when reading the q4_1 rows.
 
-Usage: python -m bench.qlora_transfer [--bases none,q4_1,int8] [--threads N]
+Serving bases (`--serve`, default the training bases) may add `auto`: the file's own mix
+(q4_1 layers, q8_0 embedding and head), what a q4 deployment serves; `q4_1` there puts the
+tied head in 4 bits as well, where the q4_1 trainer keeps it in bf16.
+
+`--keep DIR` keeps each trained adapter in DIR and reuses one already there, so the
+trainings and the evaluation can run apart (`--train-only` stops after training).
+
+Usage: python -m bench.qlora_transfer [--bases none,q4_1,int8] [--serve none,auto,q4_1]
+           [--keep DIR] [--train-only] [--threads N]
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from pathlib import Path
 import torch
 
 from bench._pirate import ANSWERS, HELD_OUT, MARK, QUESTIONS
-from bench.dtype_quality import cpu_flags, engine_quantization, new_engine, reference_dir
+from bench.dtype_quality import cpu_flags, new_engine
 from ownllm.backends.base import AdapterWeight, GenerateRequest, SamplingParams
 
 NUM_TRAIN, MAX_TOKENS = 32, 24
@@ -45,19 +52,30 @@ def dataset(tok, pairs):
     return tokenize(tok, examples, 256)
 
 
-def train(model_dir: Path, data, kind: str, out: Path):
+def train(model_dir: Path, data, kind: str, out: Path) -> dict[str, torch.Tensor]:
+    """The adapter trained on the `kind` base, written to `out` (PEFT) and `out`/state.pt;
+    one already there is read back instead."""
     from ownllm.formats.peft import PeftAdapter, modules_of, write_adapter
     from ownllm.tuning.hyperparams import Hyperparameters, LoraSettings
     from ownllm.tuning.model import TrainableModel
     from ownllm.tuning.trainer import Trainer, TrainSettings
 
+    if (out / "state.pt").is_file():
+        print(f"the adapter trained on the {kind} base: reused from {out}", flush=True)
+        return torch.load(out / "state.pt", weights_only=True)
     cfg = LoraSettings(r=8, alpha=16, base_quantization=kind)
     model = TrainableModel.from_dir(model_dir, cfg)
     model.reset_lora(0)
     start = time.perf_counter()
     Trainer(model, data, TrainSettings(Hyperparameters(3, 4, 1.0), seed=0)).run()
-    print(f"trained on the {kind} base in {time.perf_counter() - start:.0f} s", flush=True)
+    seconds = time.perf_counter() - start
+    print(
+        f"trained on the {kind} base in {seconds:.0f} s ({data.num_tokens * 3} tokens); "
+        f"load average {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
     write_adapter(out, PeftAdapter(cfg.peft_config("base"), modules_of(model.lora_state())))
+    torch.save(model.lora_state(), out / "state.pt")
     return model.lora_state()
 
 
@@ -90,34 +108,34 @@ def main() -> None:
     from ownllm.models.tokenizer import Tokenizer
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bases", default="none,q4_1,int8")
+    parser.add_argument("--bases", default="none,q4_1,int8", help="training bases")
+    parser.add_argument("--serve", default="", help="serving bases (default: --bases)")
+    parser.add_argument("--keep", type=Path, help="keep (and reuse) the adapters here")
+    parser.add_argument("--train-only", action="store_true")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     kinds = args.bases.split(",")
+    serving = args.serve.split(",") if args.serve else kinds
     print(f"CPU flags: {cpu_flags()}; load average {os.getloadavg()[0]:.2f} at start", flush=True)
     model = shipped_dir()
     tok = Tokenizer.from_dir(model)
     pairs = [(q, f"{MARK} {a}") for q, a in zip(QUESTIONS, ANSWERS)]
     train_data, valid_data = dataset(tok, pairs[:NUM_TRAIN]), dataset(tok, pairs[NUM_TRAIN:])
     prompts = [tok.encode_chat([{"role": "user", "content": q}]) for q in HELD_OUT]
-    with tempfile.TemporaryDirectory() as root:
-        root = Path(root)
+    with tempfile.TemporaryDirectory() as scratch:
+        root = args.keep or Path(scratch)
+        root.mkdir(parents=True, exist_ok=True)
         states = {k: train(model, train_data, k, root / f"adapter-{k}") for k in kinds}
+        if args.train_only:
+            return
         losses = {k: held_out_loss(model, valid_data, k, states) for k in kinds}
-        field = engine_quantization()
+        print(f"held-out losses done; load average {os.getloadavg()[0]:.2f}", flush=True)
         answers: dict[str, dict[str, list[list[int]]]] = {}
-        for serve in kinds:
-            if serve == "none":
-                engine, label = new_engine(model, "bfloat16", args.threads), "engine bf16"
-            elif field:
-                engine = new_engine(model, "auto", args.threads, **{field: serve})
-                label = f"engine {serve}"
-            else:
-                ref = reference_dir(model, serve, root)
-                engine, label = new_engine(ref, "float32", args.threads), f"reference {serve}"
-            print(f"serving on {label}", flush=True)
+        for serve in serving:
+            engine = new_engine(model, "bfloat16", args.threads, serve)
+            print(f"serving on the bf16 engine, model.quantization = {serve}", flush=True)
             for k in kinds:
                 engine.load_adapter(k, str(root / f"adapter-{k}"))
             answers[serve] = {k: greedy(engine, prompts, k) for k in kinds}
@@ -131,14 +149,14 @@ def main() -> None:
         print(f"| {trained} | {cells} |")
     print(
         f"\ngreedy on {len(HELD_OUT)} held-out questions: answers opening with {MARK!r}, and "
-        "mean tokens identical to the same adapter on the bf16 engine"
+        f"mean tokens identical to the same adapter served on {serving[0]}"
     )
-    print("| adapter trained on | " + " | ".join(f"served on {k}" for k in kinds) + " |")
-    print("|---" * (len(kinds) + 1) + "|")
+    print("| adapter trained on | " + " | ".join(f"served on {k}" for k in serving) + " |")
+    print("|---" * (len(serving) + 1) + "|")
     for trained in kinds:
         cells = []
-        ref = answers[kinds[0]][trained]
-        for serve in kinds:
+        ref = answers[serving[0]][trained]
+        for serve in serving:
             got = answers[serve][trained]
             marked = sum(tok.decode(a).startswith(MARK) for a in got)
             same = sum(

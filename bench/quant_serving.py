@@ -15,7 +15,9 @@ the weight bytes a decode step reads (every linear layer and the output head, in
 their stored form); that times tok/s over the copy bandwidth measured at the start
 of the run (torch `copy_` of 256 MiB, read + write bytes per second) is the fraction
 of the memory-bandwidth roofline; RSS after load is measured in a fresh process per
-config (the engine with a 4096-token KV cache, the tokenizer, torch itself).
+config (the engine with a 4096-token KV cache, the tokenizer, torch itself), and again with
+32,768 more KV tokens: the difference over 32,768 is the RSS a KV token costs, beside
+the bytes the engine's cache holds a token (`kv_caches.nbytes` over its tokens).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from bench._engine_common import Req
 from bench._hf_serving import load_llama_cpp, run_engine, run_llama_cpp
 
 KV_TOKENS = 4096
+MORE_KV_TOKENS = 32768
 
 
 def copy_bandwidth(mib: int = 256, reps: int = 5) -> float:
@@ -66,28 +69,35 @@ def weight_bytes(engine) -> int:
     return total
 
 
-def build(model, config: str):
+def build(model, config: str, kv_tokens: int = KV_TOKENS):
     from ownllm.config import EngineConfig
     from ownllm.engine.llm_engine import LLMEngine
 
     dtype, _, quant = config.partition(":")
-    engine_config = EngineConfig(max_num_seqs=8, kv_cache_tokens=KV_TOKENS)
+    engine_config = EngineConfig(max_num_seqs=8, kv_cache_tokens=kv_tokens)
     return LLMEngine(
         model, engine_config, dtype=common.engine_dtype(dtype), quantization=quant or "none"
     )
 
 
-def rss_after_load(config: str) -> float:
-    """RSS in MiB of a fresh process that has built the engine for `config`."""
+def rss_after_load(config: str, kv_tokens: int = KV_TOKENS) -> tuple[float, float]:
+    """RSS in MiB of a fresh process that has built the engine for `config` with
+    `kv_tokens` of KV cache, and the bytes its cache holds a token."""
     code = (
         "import json,sys; from bench import _engine_common as c; "
-        "from bench.quant_serving import build; e = build(c.model_dir(), sys.argv[1]); "
-        "print(json.dumps(c.rss_mib()))"
+        "from bench.quant_serving import build; "
+        "e = build(c.model_dir(), sys.argv[1], int(sys.argv[2])); "
+        "kv = e.runner.kv_caches; tokens = kv.shape[2] * kv.shape[3]; "
+        "print(json.dumps([c.rss_mib(), kv.nbytes / tokens]))"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code, config], capture_output=True, text=True, check=True
+        [sys.executable, "-c", code, config, str(kv_tokens)],
+        capture_output=True,
+        text=True,
+        check=True,
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    rss, per_token = json.loads(out.stdout.strip().splitlines()[-1])
+    return rss, per_token
 
 
 def main() -> None:
@@ -130,10 +140,12 @@ def main() -> None:
         for key, run in systems.items():
             results[key].append(common.summarise(run(req)))
         print(f"rep {rep + 1}/{args.reps} done; load average {common.load_average()}", flush=True)
-    rss = {}
+    rss, kv_rss, kv_bytes = {}, {}, {}
     if not args.skip_rss:
         for config in configs:
-            rss[config] = rss_after_load(config)
+            rss[config], kv_bytes[config] = rss_after_load(config)
+            more, _ = rss_after_load(config, KV_TOKENS + MORE_KV_TOKENS)
+            kv_rss[config] = (more - rss[config]) * 1024 / MORE_KV_TOKENS
     llama = results.get("llama.cpp Q4_1 GGUF")
     llama_tok_s = statistics.median(s.tok_s for s in llama) if llama else None
     base_tok_s = statistics.median(s.tok_s for s in results[configs[0]])
@@ -151,6 +163,8 @@ def main() -> None:
                 "mb": read_bytes[key] / 1e6,
                 "bw": read_bytes[key] * tok_s / bandwidth,
                 "rss": rss.get(key),
+                "kv_rss": kv_rss.get(key),
+                "kv_bytes": kv_bytes[key] / 1024 if key in kv_bytes else None,
             }
         )
     print(
@@ -169,6 +183,8 @@ def main() -> None:
             ("mb", "MB/token", ".0f"),
             ("bw", "of bandwidth", ".1%"),
             ("rss", "RSS MiB", ".0f"),
+            ("kv_rss", "RSS KiB/KV token", ".1f"),
+            ("kv_bytes", "cache KiB/KV token", ".1f"),
         ],
     )
 
