@@ -71,7 +71,14 @@ def serve(port: int, num_replicas: int, delay_s: float, home: Path) -> None:
     )
     state.backend = router
     app = create_app(state, start_engine=False)
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", backlog=4096)
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        backlog=4096,
+        timeout_keep_alive=config.server.keep_alive_s,  # as `ownllm serve` runs it
+    )
 
 
 def rss_mib(pid: int) -> float:
@@ -88,8 +95,10 @@ async def one_stream(client: httpx.AsyncClient, url: str, num_tokens: int, expec
         "max_tokens": num_tokens,
         "stream": True,
     }
+    began = False  # whether the response's status line had come (mid-stream errors)
     try:
         async with client.stream("POST", url, json=body) as response:
+            began = True
             if response.status_code != 200:
                 return f"status {response.status_code}"
             text, done = [], False
@@ -106,7 +115,7 @@ async def one_stream(client: httpx.AsyncClient, url: str, num_tokens: int, expec
                 return "no [DONE]"
             return "ok" if "".join(text) == expected else "wrong text"
     except httpx.HTTPError as e:
-        return f"{type(e).__name__}"
+        return f"{type(e).__name__} {'mid-stream' if began else 'before the response'}"
 
 
 async def run(args: argparse.Namespace, pid: int, base: str) -> None:

@@ -86,6 +86,17 @@ class ServerConfig:
         min=0,
         max=86400,
     )
+    # uvicorn's own default is 5 s, the same as httpx's (and so the openai client's) idle
+    # expiry: a client then reuses a connection in the instant the server closes it, and the
+    # request fails with a reset (httpx.ReadError). 75 s is nginx's keepalive_timeout.
+    keep_alive_s: float = setting(
+        75.0,
+        "Seconds an idle keep-alive connection stays open. Longer than clients' own idle "
+        "expiry (httpx and the openai client: 5 s) and, behind a load balancer, than its idle "
+        "timeout, so no client sends a request on a connection the server is closing.",
+        min=1,
+        max=3600,
+    )
 
 
 @dataclass(frozen=True)

@@ -113,6 +113,7 @@ def _serve(app, state) -> bool:
             port=cfg.port,
             log_config=None,  # uvicorn's lines go through ours: one format, one level
             timeout_graceful_shutdown=5,
+            timeout_keep_alive=cfg.keep_alive_s,
         )
     )
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it handled
