@@ -9,20 +9,30 @@ share that reached their domain's version. Off-domain prompts show what the thre
 sends to the base model. `--centroid` scores each version by its centroid instead (the
 router before the index), for comparison in the same run.
 
-Added latency per request: what `ownllm.api.calls._route` does on the request path (embed
-the prompt on the model's one-thread worker, pick the nearest version), timed per request
-over the held-out prompts, repeated, beside the baseline of the same loop without routing
-(the text a request would route on, taken, nothing embedded), and beside the embedding
-on the process's own torch threads from a second thread (how it ran before). The alias
-lookup itself is there for every alias, routed or not (the router's index is parsed once
-per process, `ownllm.adapters.aliases._router_of`).
+Two stages (the router as `POST /v1/aliases` builds it now): each example is also indexed
+by its static vector (`ownllm.models.static_embedding`, distilled from MiniLM once and
+cached in `--static-dir`, the server's model cache by default), the fast margin calibrated
+on the training prompts (`calibrate_fast`); a request goes by its static vector when that
+is clear, else by the full forward. Reported: the two stages' picks (right / wrong / to
+base), the share the static stage decided, and the full stage alone, in the same run.
+
+Added latency per request: what `ownllm.api.calls._route` does on the request path
+(`Router.route`: the static vector and, when it is unclear, the MiniLM forward on the
+model's one-thread worker), timed per request over the held-out prompts, repeated, beside
+the baseline of the same loop without routing (the text a request would route on, taken,
+nothing embedded) and the full stage alone (every request embedded, as before);
+`--process-threads` adds the embedding on the process's own torch threads from a second
+thread. The alias lookup itself is there for every alias, routed or not (the router's
+index is parsed once per process, `ownllm.adapters.aliases._router_of`).
 
     python -m bench.router_alias [--threshold T] [--repeats 10] [--centroid]
+        [--static-dir DIR] [--process-threads]
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import math
 import os
@@ -32,7 +42,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ownllm.adapters.routing import RoutedVersion, Router, calibrate, route_text, spread
+from ownllm.adapters.routing import (
+    RoutedVersion,
+    Router,
+    calibrate,
+    calibrate_fast,
+    route_text,
+    spread,
+)
+from ownllm.config import default_home
 from ownllm.models.embedding import LazyEmbeddingModel
 
 TRAINING = {
@@ -204,50 +222,81 @@ def _percentiles(timings: list[float]) -> dict[str, float]:
     }
 
 
+def _tally(picks: dict[str, list[str]]) -> dict[str, int]:
+    """right / wrong / base counts of {domain: [picked name or "base"]}."""
+    out = {"right": 0, "wrong": 0, "base": 0}
+    for domain, names in picks.items():
+        for name in names:
+            out["right" if name == domain else "base" if name == "base" else "wrong"] += 1
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threshold", type=float, default=None, help="default: calibrated")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--centroid", action="store_true", help="one centroid per version")
+    parser.add_argument("--static-dir", type=Path, default=Path(default_home()) / "models")
+    parser.add_argument("--process-threads", action="store_true")
     args = parser.parse_args()
 
     import torch
 
-    lazy = LazyEmbeddingModel()
+    lazy = LazyEmbeddingModel(static_dir=args.static_dir)
     model = lazy.load_now()
+    start = time.perf_counter()
+    static = lazy.static(distill=True)
+    static_load_s = time.perf_counter() - start
     versions = []
     for d, texts in TRAINING.items():
-        index = [tuple(v) for v in model.embed(spread(texts))]
+        examples = spread(texts)
+        index = [tuple(v) for v in model.embed(examples)]
         if args.centroid:
             index = [_centroid(index)]
-        versions.append(RoutedVersion(f"adapter-{d}", d, tuple(index), len(texts)))
+        static_index = () if args.centroid else tuple(map(tuple, static.embed(examples)))
+        versions.append(RoutedVersion(f"adapter-{d}", d, tuple(index), len(texts), static_index))
     if args.threshold is None:
         # calibrated on the training data alone: the index of each version, never the centroid
         threshold = calibrate([model.embed(spread(t)) for t in TRAINING.values()])
     else:
         threshold = args.threshold
-    router = Router(tuple(versions), threshold, is_calibrated=args.threshold is None)
+    fast: tuple[float | None, float] = (None, math.inf)
+    if not args.centroid:
+        fast = calibrate_fast([v.static_index for v in versions], [v.index for v in versions])
+    router = Router(tuple(versions), threshold, args.threshold is None, *fast)
 
-    confusion: dict[str, dict[str, int]] = {d: {} for d in HELD_OUT}
+    def static_vector(text):
+        return static.embed([text])[0]
+
+    def full_vector(text):
+        return lazy.embed_one_thread([text])[0]
+
+    full_picks: dict[str, list[str]] = {d: [] for d in HELD_OUT}
+    two_stage: dict[str, list[str]] = {d: [] for d in HELD_OUT}
+    static_stage: dict[str, list[str]] = {d: [] for d in HELD_OUT}
     similarities = []
     for domain, prompts in HELD_OUT.items():
         for prompt in prompts:
-            (vector,) = model.embed([prompt])
-            picked, sim = router.pick(vector)
-            name = picked.name if picked else "base"
-            confusion[domain][name] = confusion[domain].get(name, 0) + 1
+            picked, sim = router.pick(full_vector(prompt))
+            full_picks[domain].append(picked.name if picked else "base")
             similarities.append(sim)
-    num_right = sum(confusion[d].get(d, 0) for d in HELD_OUT)
+            picked, _, stage = router.route(prompt, static_vector, full_vector)
+            two_stage[domain].append(picked.name if picked else "base")
+            if stage == "static":
+                static_stage[domain].append(picked.name)
     num_held_out = sum(map(len, HELD_OUT.values()))
-    off = [router.pick(v) for v in model.embed(OFF_DOMAIN)]
-    num_off_to_base = sum(1 for picked, _ in off if picked is None)
+    off = [router.pick(full_vector(p)) for p in OFF_DOMAIN]
+    off_two = [router.route(p, static_vector, full_vector) for p in OFF_DOMAIN]
+    num_static = sum(map(len, static_stage.values()))
 
     messages = [[{"role": "user", "content": p}] for ps in HELD_OUT.values() for p in ps]
     own_threads = ThreadPoolExecutor(1)  # a second thread on the process's torch threads
 
-    def routed(m):
-        (vector,) = lazy.embed_one_thread([route_text(m, None) or " "])
-        router.pick(vector)
+    def routed_full(m):
+        router.pick(full_vector(route_text(m, None) or " "))
+
+    def routed_two_stage(m):
+        router.route(route_text(m, None) or " ", static_vector, full_vector)
 
     def routed_own_threads(m):
         (vector,) = own_threads.submit(model.embed, [route_text(m, None) or " "]).result()
@@ -256,33 +305,50 @@ def main() -> None:
     def baseline(m):
         route_text(m, None)
 
-    ways = {"baseline": baseline, "routed": routed, "routed_process_threads": routed_own_threads}
+    ways = {"baseline": baseline, "two_stage": routed_two_stage, "full_stage": routed_full}
+    if args.process_threads:
+        ways["full_stage_process_threads"] = routed_own_threads
     timings: dict[str, list[float]] = {w: [] for w in ways}
     for m in messages[:10]:  # warm up
-        routed(m), routed_own_threads(m)
+        for f in ways.values():
+            f(m)
     for _ in range(args.repeats):
         for m in messages:
             for way, f in ways.items():  # interleaved: the same load for each
                 start = time.perf_counter()
                 f(m)
                 timings[way].append((time.perf_counter() - start) * 1000)
-    base_p50 = statistics.median(timings["baseline"])
+    base = _percentiles(timings["baseline"])
     result = {
         "held_out": num_held_out,
-        "accuracy": round(num_right / num_held_out, 4),
-        "confusion": confusion,
+        "two_stage": _tally(two_stage),
+        "two_stage_accuracy": round(_tally(two_stage)["right"] / num_held_out, 4),
+        "static_stage_decided": f"{num_static}/{num_held_out}",
+        "static_stage_picks": _tally(static_stage),
+        "full_stage": _tally(full_picks),
+        "full_stage_accuracy": round(_tally(full_picks)["right"] / num_held_out, 4),
+        "confusion_two_stage": {d: dict(collections.Counter(p)) for d, p in two_stage.items()},
         "held_out_score_min": round(min(similarities), 3),
-        "off_domain_to_base": f"{num_off_to_base}/{len(OFF_DOMAIN)}",
+        "off_domain_to_base": f"{sum(1 for p, _ in off if p is None)}/{len(OFF_DOMAIN)}",
+        "off_domain_to_base_two_stage": (
+            f"{sum(1 for p, _, _ in off_two if p is None)}/{len(OFF_DOMAIN)}"
+        ),
+        "off_domain_static_stage_decided": sum(1 for _, _, st in off_two if st == "static"),
         "off_domain_score_max": round(max(s for _, s in off), 3),
         "scoring": "centroid" if args.centroid else "mean of the 3 nearest examples",
         "threshold": round(threshold, 4),
         "threshold_calibrated": args.threshold is None,
+        "static_threshold": round(fast[0], 4) if fast[0] is not None else None,
+        "fast_margin": round(fast[1], 4),
+        "static_table_s": round(static_load_s, 1),
+        "static_distilled": static.num_distilled > 0,
         "ms": {way: _percentiles(t) for way, t in timings.items()},
-        "added_ms_p50": round(statistics.median(timings["routed"]) - base_p50, 3),
-        "added_ms_p50_process_threads": round(
-            statistics.median(timings["routed_process_threads"]) - base_p50, 3
-        ),
-        "requests_timed": len(timings["routed"]),
+        "added_ms": {
+            way: {p: round(v - base[p], 3) for p, v in _percentiles(t).items()}
+            for way, t in timings.items()
+            if way != "baseline"
+        },
+        "requests_timed": len(timings["two_stage"]),
         "torch_threads": torch.get_num_threads(),
         "cpu_flags": cpu_flags(),
         "load_average": os.getloadavg(),

@@ -45,6 +45,7 @@ from ownllm.gateway.gateway import Gateway
 from ownllm.gateway.purge import start_retention
 from ownllm.gateway.routing import Replica, Router
 from ownllm.models import prepare_model, resolve_model
+from ownllm.models.embedding import LazyEmbeddingModel
 from ownllm.models.generation import generation_defaults
 from ownllm.models.tokenizer import Tokenizer
 from ownllm.store.blobs import DataDir
@@ -114,6 +115,7 @@ def build_state(config: Config) -> AppState:
         model=model,
         tokenizer=tokenizer,
         generation_defaults=generation,
+        embedding_model=LazyEmbeddingModel(static_dir=data_dir.models),
         vector_index=IndexCache(
             config.vector_stores.exact_max_chunks, config.vector_stores.index_cache_vectors
         ),

@@ -81,16 +81,22 @@ def _resolve_model(
 
 
 def _route(state: AppState, alias, text: str) -> tuple[list[AdapterWeight], dict[str, Any]]:
-    """A router alias's pick for `text` (`ownllm.adapters.routing`): the shipped MiniLM
-    embeds it on its one-thread worker (loaded on the first routed request after a start,
-    a few seconds once)."""
-    (vector,) = state.embedding_model.embed_one_thread([text or " "])
-    version, similarity = alias.router.pick(vector)
+    """A router alias's pick for `text` (`ownllm.adapters.routing`): by its static vector
+    when that is clear, else the shipped MiniLM embeds it on its one-thread worker (loaded
+    on the first such request after a start, a few seconds once)."""
+    embedding = state.embedding_model
+    static = embedding.static() if alias.router.has_fast_stage else None
+    version, similarity, stage = alias.router.route(
+        text or " ",
+        (lambda t: static.embed([t])[0]) if static is not None else None,
+        lambda t: embedding.embed_one_thread([t])[0],
+    )
     route = {
         "alias": alias.name,
         "adapter_id": version.adapter_id if version is not None else None,
         "adapter": version.name if version is not None else state.model_id,
         "similarity": round(similarity, 4),
+        "stage": stage,  # "static" (token vectors) or "full" (the MiniLM forward)
     }
     return ([AdapterWeight(version.adapter_id)] if version is not None else []), route
 

@@ -66,7 +66,8 @@ class InferenceCall:
     tools: ToolRequest | None = None  # function tools the model is shown and may call
     started_at: float = 0.0  # time.monotonic() when the request arrived
     batch_id: str | None = None  # a line of this batch: batch priority, marked in the ledger
-    # a router alias's pick: {"alias", "adapter_id" (None: the base), "adapter", "similarity"}
+    # a router alias's pick: {"alias", "adapter_id" (None: the base), "adapter", "similarity",
+    # "stage": "static" or "full"}
     route: dict[str, Any] | None = None
 
     @property

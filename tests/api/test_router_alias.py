@@ -52,6 +52,27 @@ class KeywordEmbedding:
         return out
 
 
+class KeywordStatic(KeywordEmbedding):
+    """A cruder stand-in for the static vectors: the constant dimension weighs more."""
+
+    def embed(self, texts: list[str]) -> list[list[float] | None]:
+        out = []
+        for v in super().embed(texts):
+            tilted = v[:-1] + [v[-1] + 0.3]
+            norm = math.sqrt(sum(x * x for x in tilted))
+            out.append([x / norm for x in tilted])
+        return out
+
+
+class CountingKeywordEmbedding(KeywordEmbedding):
+    def __init__(self) -> None:
+        self.embedded: list[str] = []
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        self.embedded += texts
+        return super().embed(texts)
+
+
 @pytest.fixture
 async def api(gateway, two_tenants):
     app, state = gateway
@@ -112,7 +133,7 @@ async def test_each_request_runs_the_version_nearest_its_prompt(api, two_tenants
         assert answer["model"] == "helpdesk"
         route = answer["ownllm_route"]
         assert route["adapter_id"] == ids[domain] and route["adapter"] == domain
-        assert route["similarity"] > 0.5
+        assert route["similarity"] > 0.5 and route["stage"] == "full"  # no static vectors
         assert [a.adapter_id for a in state.backend.requests[-1].adapters] == [ids[domain]]
         assert (await ledger_row(db, answer["id"])).adapter_id == ids[domain]
 
@@ -172,6 +193,40 @@ async def test_a_router_without_a_threshold_calibrates_it_on_the_training_data(a
     # listed again (the index is read from the row once per process): the same router
     listed = (await client.get("/v1/aliases/helpdesk", headers=acme.headers)).json()
     assert listed["router"] == router
+
+
+async def test_a_clear_prompt_is_routed_by_its_static_vector_without_the_full_forward(
+    gateway, two_tenants
+):
+    app, state = gateway
+    full = CountingKeywordEmbedding()
+    state.embedding_model = LazyEmbeddingModel(full, static=KeywordStatic())
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    acme, db = two_tenants.a, two_tenants.db
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        ids = {d: await trained_on(client, db, acme, d, TRAINING[d], state.model_id)
+               for d in DOMAINS}  # fmt: skip
+        body = {"name": "helpdesk", "router": {"versions": list(DOMAINS)}}
+        r = await client.post("/v1/aliases", json=body, headers=acme.headers)
+        assert r.status_code == 200, r.text
+        full.embedded.clear()
+
+        async def routed(prompt: str) -> dict:
+            chat = {"model": "helpdesk", "max_tokens": 2,
+                    "messages": [{"role": "user", "content": prompt}]}  # fmt: skip
+            r = await client.post("/v1/chat/completions", json=chat, headers=acme.headers)
+            assert r.status_code == 200, r.text
+            return r.json()
+
+        answer = await routed("my card was charged")
+        assert answer["ownllm_route"]["adapter_id"] == ids["billing"]
+        assert answer["ownllm_route"]["stage"] == "static" and full.embedded == []
+        assert [a.adapter_id for a in state.backend.requests[-1].adapters] == [ids["billing"]]
+        assert (await ledger_row(db, answer["id"])).adapter_id == ids["billing"]
+        # a close call between two versions: the full forward decides
+        answer = await routed("a python recipe")
+        assert answer["ownllm_route"]["stage"] == "full"
+        assert full.embedded == ["a python recipe"]
 
 
 class _Acme:

@@ -40,6 +40,7 @@ from ownllm.adapters.routing import (
     RoutedVersion,
     Router,
     calibrate,
+    calibrate_fast,
     check_router,
     spread,
 )
@@ -93,6 +94,7 @@ def build_router(state: AppState, principal: Principal, raw: Any) -> Router:
     its threshold calibrated on that data when the client gave none)."""
     refs, threshold = check_router(raw)
     model = state.embedding_model.load_now()
+    static = state.embedding_model.static(distill=True)  # the first router distils it
     versions = []
     for i, ref in enumerate(refs):
         param = f"router.versions[{i}]"
@@ -103,11 +105,27 @@ def build_router(state: AppState, principal: Principal, raw: Any) -> Router:
                 param=param,
             )
         texts = version_prompts(state, record, param)
-        index = model.embed(spread(texts))
-        versions.append(RoutedVersion(record.id, record.name, tuple(map(tuple, index)), len(texts)))
+        examples = spread(texts)
+        index = model.embed(examples)
+        static_index = _static_index(static, examples)
+        versions.append(RoutedVersion(record.id, record.name, tuple(map(tuple, index)),
+                                      len(texts), tuple(map(tuple, static_index))))  # fmt: skip
+    is_calibrated = threshold is None
     if threshold is None:
-        return Router(tuple(versions), calibrate([v.index for v in versions]), is_calibrated=True)
-    return Router(tuple(versions), threshold)
+        threshold = calibrate([v.index for v in versions])
+    if not all(v.static_index for v in versions):
+        return Router(tuple(versions), threshold, is_calibrated)
+    static_threshold, margin = calibrate_fast(
+        [v.static_index for v in versions], [v.index for v in versions]
+    )
+    return Router(tuple(versions), threshold, is_calibrated, static_threshold, margin)
+
+
+def _static_index(static, examples: list[str]) -> list[list[float]]:
+    """The examples' static vectors; none (no static stage) without static vectors or
+    when an example has no tokens."""
+    vectors = static.embed(examples) if static is not None else []
+    return vectors if vectors and all(v is not None for v in vectors) else []
 
 
 class GateBody(BaseModel):
