@@ -23,8 +23,12 @@ the tied output head in that type (`model.quantization`); ownllm auto keeps the 
 mix (the head in q8_0), the weights llama.cpp runs, so that is the pair to compare. The
 reference quantises the decoder linear weights only.
 
+`--kinds auto+i8` adds `engine.quant_activations = int8` to a kind: x rounded to int8
+blocks for integer dot products, as llama.cpp does.
+
 Usage: python -m bench.dtype_quality [--skip ownllm,reference,llama.cpp] [--threads N]
-    [--prompts N] [--max-tokens N]  (fewer of each on a loaded box)
+    [--prompts N] [--max-tokens N] [--kinds int8,q8_0,q4_1,auto,auto+i8]
+    (fewer of each on a loaded box)
 """
 
 from __future__ import annotations
@@ -107,7 +111,11 @@ def engine_system(name: str, engine: LLMEngine, eos: set[int]) -> System:
 
 
 def new_engine(model_dir: Path, dtype: str, threads: int, quantization: str = "") -> LLMEngine:
+    """`quantization` may end in +i8: `engine.quant_activations = int8` as well."""
+    quantization, int8, _ = quantization.partition("+i8")
     config = EngineConfig(kv_cache_tokens=4096, threads=threads)
+    if int8:
+        config = EngineConfig(kv_cache_tokens=4096, threads=threads, quant_activations="int8")
     extra = {"quantization": quantization} if quantization else {}
     return LLMEngine(model_dir, config, dtype=dtype, **extra)
 
@@ -271,6 +279,12 @@ def main() -> None:
     parser.add_argument(
         "--quant-dtype", default="auto", help="compute dtype of ownllm's quantised systems"
     )
+    parser.add_argument(
+        "--kinds",
+        default="int8,q8_0,q4_1,auto",
+        help="ownllm's quantised systems: model.quantization values; KIND+i8 adds "
+        "engine.quant_activations = int8 (x rounded to int8 blocks, llama.cpp's scheme)",
+    )
     parser.add_argument("--prompts", type=int, default=len(PROMPTS), help="the first N prompts")
     parser.add_argument("--max-tokens", type=int, default=MAX_TOKENS, help="per continuation")
     args = parser.parse_args()
@@ -316,7 +330,7 @@ def main() -> None:
             print("ownllm quantised serving: this engine has no quantization setting yet")
         # auto: the GGUF's own mix (q4_1 layers, the q8_0 embedding / tied head), which is
         # what llama.cpp runs; q4_1 puts the embedding and head in q4_1 as well
-        for kind in kinds + ("auto",) if served else ():
+        for kind in args.kinds.split(",") if served else ():
             engine = new_engine(shipped, args.quant_dtype, args.threads, kind)
             measure(engine_system(f"ownllm {kind}", engine, eos))
     if "reference" not in skip:
@@ -335,6 +349,8 @@ def main() -> None:
     pairs = [
         ("ownllm auto", "llama.cpp Q4_1 (2 threads)"),
         ("ownllm auto", "llama.cpp Q4_1 (1 thread)"),
+        ("ownllm auto+i8", "llama.cpp Q4_1 (1 thread)"),
+        ("ownllm auto+i8", "ownllm auto"),
         ("ownllm q4_1", "llama.cpp Q4_1 (2 threads)"),
         ("ownllm q4_1", "llama.cpp Q4_1 (1 thread)"),
         ("reference q4_1 (dequantised, fp32)", "llama.cpp Q4_1 (2 threads)"),

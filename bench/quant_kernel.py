@@ -6,7 +6,8 @@ against torch's dense product on the same shape, in one run.
 
 Builds: native (AVX-512 where present), nobf16dot (-DOWNLLM_NO_BF16DOT), avx2 (-DOWNLLM_NO_AVX512), portable. Each row
 is the median microseconds of --iters calls after a warm-up, the builds and torch taking
-turns in rounds so the shared box's load hits them alike; weights are resident in cache
+turns in rounds so the shared box's load hits them alike; "int8 x" rows round x to int8
+blocks first and use integer dot products (`engine.quant_activations = int8`); weights are resident in cache
 (1.1 MB in q4_1), so this is the kernel's arithmetic, not memory bandwidth.
 """
 
@@ -82,6 +83,9 @@ def main() -> None:
                 dot = " + bf16 dot" if kernels.quant_bf16_dot and qtype in ("q4_0", "q4_1") else ""
                 label = f"{qtype} {name} ({kernels.quant_path}{dot})"
                 systems[label] = lambda k=kernels, w=w: k.quant_matmul(x, w)
+                if qtype in cpu_kernels.I8_TYPES:  # x rounded to int8 blocks (quant_i8.c)
+                    label = f"{qtype} {name} int8 x ({kernels.quant_i8_path})"
+                    systems[label] = lambda k=kernels, w=w: k.quant_matmul_i8(x, w)
         for fn in systems.values():
             timed(fn, 50)
         results: dict[str, list[float]] = {k: [] for k in systems}
@@ -94,10 +98,10 @@ def main() -> None:
         f"{args.in_features}]^T; median of {args.rounds} rounds of {args.iters} calls; "
         f"load average {os.getloadavg()}"
     )
-    print(f"{'system':40} {'µs':>8} {'x dense':>8}")
+    print(f"{'system':48} {'µs':>8} {'x dense':>8}")
     for key, values in results.items():
         us = statistics.median(values)
-        print(f"{key:40} {us:8.1f} {us / base:8.2f}")
+        print(f"{key:48} {us:8.1f} {us / base:8.2f}")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ memory-bandwidth roofline.
 
     .venv/bin/python -m bench.quant_serving [--reps 3] [--configs bf16,fp32,bf16:auto,...]
 
-A config is DTYPE[:QUANTIZATION] (dtype fp32 or bf16; quantization none, auto, q4_1,
-q4_0, q8_0, int8). `auto` on the shipped SmolLM2 GGUF is the file's own mix, q4_1
+A config is DTYPE[:QUANTIZATION[:i8]] (dtype fp32 or bf16; quantization none, auto,
+q4_1, q4_0, q8_0, int8; `:i8` adds `engine.quant_activations = int8`, x rounded to int8
+blocks for integer dot products). `auto` on the shipped SmolLM2 GGUF is the file's own mix, q4_1
 layers and a q8_0 embedding / tied output head: the weights llama.cpp runs.
 
 Per config: output tok/s of one greedy stream (128-token random prompt, 128 tokens,
@@ -74,7 +75,12 @@ def build(model, config: str, kv_tokens: int = KV_TOKENS):
     from ownllm.engine.llm_engine import LLMEngine
 
     dtype, _, quant = config.partition(":")
-    engine_config = EngineConfig(max_num_seqs=8, kv_cache_tokens=kv_tokens)
+    quant, _, activations = quant.partition(":")
+    engine_config = EngineConfig(
+        max_num_seqs=8,
+        kv_cache_tokens=kv_tokens,
+        quant_activations="int8" if activations == "i8" else "float",
+    )
     return LLMEngine(
         model, engine_config, dtype=common.engine_dtype(dtype), quantization=quant or "none"
     )

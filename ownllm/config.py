@@ -280,6 +280,14 @@ class EngineConfig:
         "RMSNorm, SiLU, multi-LoRA), compiled once with the system C compiler into "
         "~/.cache/ownllm/kernels ($OWNLLM_KERNEL_CACHE); without a compiler, the torch path.",
     )
+    quant_activations: str = setting(
+        "float",
+        "What the quantised weights (model.quantization) multiply: float (x as computed, in "
+        "dtype; the reference) or int8 (each row of x rounded to int8 blocks of 32 for "
+        "integer dot products, llama.cpp's scheme: faster, slightly less exact; q4_0, q4_1, "
+        "q8_0 weights).",
+        choices=("float", "int8"),
+    )
 
 
 @dataclass(frozen=True)

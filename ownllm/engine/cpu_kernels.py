@@ -17,6 +17,9 @@ Kernels (source: `csrc/cpu_kernels.c`; both C files include `csrc/kernels_common
   (AVX-512, AVX2 + FMA or a portable loop; bf16 x times q4 in AVX512-BF16 dot
   products where the CPU has them), and `quant_dequantize`, W's rows in
   float32 or bfloat16 for the GEMM of a prompt chunk.
+- `quant_matmul_i8` (source: `csrc/quant_i8.c`): the same product with x first rounded
+  to int8 blocks of 32 and integer dot products (AVX-512 VNNI, AVX2 or portable),
+  llama.cpp's scheme, for `engine.quant_activations = int8`.
 
 The source is compiled once per machine with the system C compiler
 (`cc -O3 -march=native -fopenmp`) into a cache directory keyed by the source,
@@ -60,13 +63,15 @@ from ownllm.formats.quant import QuantWeight
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.c"
-SOURCES = (SOURCE, SOURCE.with_name("quant_kernels.c"))  # compiled into one library
-HEADERS = (SOURCE.with_name("kernels_common.h"),)  # included by both; part of the cache key
+SOURCES = tuple(SOURCE.with_name(n) for n in ("cpu_kernels.c", "quant_kernels.c", "quant_i8.c"))
+HEADERS = tuple(SOURCE.with_name(n) for n in ("kernels_common.h", "quant_common.h"))
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
 COMPILE_TIMEOUT_S = 300.0  # a first build takes seconds; past this the compiler is killed
 _SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}
 _QUANT_TYPES = {"q4_0": 0, "q4_1": 1, "q8_0": 2, "int8": 3}  # csrc/quant_kernels.c's QT_*
 _QUANT_PATHS = {2: "AVX-512", 1: "AVX2", 0: "portable"}
+_I8_PATHS = {2: "AVX-512 VNNI", 1: "AVX2", 0: "portable"}  # csrc/quant_i8.c's I8_PATH
+I8_TYPES = ("q4_0", "q4_1", "q8_0")  # what quant_matmul_i8 takes
 _ENOMEM = 12  # what a kernel returns when its scratch allocation failed (OWNLLM_ENOMEM)
 _P, _I64, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
 # what the library's `decode_path` answers, as the startup log names it
@@ -232,7 +237,11 @@ class CpuKernels:
         self._quant_dequantize = getattr(library, f"quant_dequantize_{suffix}")
         self._quant_dequantize.argtypes = [_P, _I, _I64, _I64, _P, _P, _I]
         self._quant_dequantize.restype = None
+        self._quant_matmul_i8 = getattr(library, f"quant_matmul_i8_{suffix}")
+        self._quant_matmul_i8.argtypes = [_P, _I64, _I64, _P, _I, _I64, _I64, _P, _I64, _I]
+        self._quant_matmul_i8.restype = _I
         self.quant_path = _QUANT_PATHS[library.quant_path()]
+        self.quant_i8_path = _I8_PATHS[library.quant_i8_path()]
         # bf16 x times q4_0 / q4_1 in AVX512-BF16 dot products (csrc/quant_kernels.c)
         self.quant_bf16_dot = bool(library.quant_bf16_dot())
         self.max_query_group = library.max_query_group()
@@ -319,6 +328,38 @@ class CpuKernels:
             torch.get_num_threads(),
         )
         _done("quant_matmul", code)
+        return out
+
+    def quant_matmul_i8(self, x: torch.Tensor, weight: QuantWeight) -> torch.Tensor:
+        """x W^T [T, out] with each row of x rounded to int8 blocks of 32 first
+        (`formats.quant.round_activations`) and integer dot products (csrc/quant_i8.c);
+        W in one of I8_TYPES."""
+        _tensor("quant_matmul_i8 x", x, self.dtype, 2, rows=True)
+        self._check_quant("quant_matmul_i8", weight)
+        if weight.qtype not in I8_TYPES:
+            raise ValueError(f"quant_matmul_i8 takes {', '.join(I8_TYPES)}, not {weight.qtype}")
+        if x.shape[1] != weight.in_features:
+            raise ValueError(
+                f"quant_matmul_i8: x [T, {x.shape[1]}] does not fit a weight of "
+                f"{list(weight.shape)}"
+            )
+        num_rows = x.shape[0]
+        out = torch.empty(num_rows, weight.out_features, dtype=self.dtype)
+        if num_rows == 0:
+            return out
+        code = self._quant_matmul_i8(
+            x.data_ptr(),
+            x.stride(0),
+            num_rows,
+            weight.data.data_ptr(),
+            _QUANT_TYPES[weight.qtype],
+            weight.out_features,
+            weight.in_features,
+            out.data_ptr(),
+            out.stride(0),
+            torch.get_num_threads(),
+        )
+        _done("quant_matmul_i8", code)
         return out
 
     def quant_dequantize(self, weight: QuantWeight) -> torch.Tensor:

@@ -94,7 +94,13 @@ class LLMEngine:
         self.device = torch.device(device)
         self.args: ModelArgs = read_config(Path(model_dir))
         self.dtype = resolve_dtype(dtype, device)
-        ops = select_ops(self.args, self.dtype, self.device, config.cpu_kernels)
+        ops = select_ops(
+            self.args,
+            self.dtype,
+            self.device,
+            config.cpu_kernels,
+            int8_activations=config.quant_activations == "int8",
+        )
         tensors = load_weights(Path(model_dir), quantization)
         self.quantization = _quantization(tensors)
         if self.quantization != "none" and not isinstance(ops, CKernelOps):
@@ -152,6 +158,8 @@ class LLMEngine:
         threads = torch.get_num_threads()
         if self.quantization != "none":  # weights in a quantised type: say which
             dtype += f", weights {self.quantization}"
+            if cfg.quant_activations == "int8":
+                dtype += " times int8 activations"
         log.info(
             "built in %.1fs: dtype %s, device %s, %d threads, kernels %s",
             seconds,

@@ -12,6 +12,11 @@ run; the engine serves dequantised weights instead, see `llm_engine.py`); the
 C path multiplies decode-sized steps (up to QUANT_KERNEL_MAX_ROWS rows) in
 registers and dequantises prompt chunks tile by tile for the dense GEMM.
 
+With `engine.quant_activations = int8`, both multiply q4_0 / q4_1 / q8_0 weights by x
+rounded to int8 blocks of 32 (llama.cpp's scheme, `round_activations`): the C path in
+integer dot products for decode-sized steps, and both by the rounded x, d q, elsewhere;
+rows are rounded one by one, so a row's result does not depend on its batch.
+
 Left out: a mixed choice per operation (the kernels come as one library).
 """
 
@@ -24,11 +29,11 @@ import torch.nn.functional as F
 
 from ownllm.engine import cpu_kernels
 from ownllm.engine.attention import AttentionMetadata, attend, paged_attention
-from ownllm.engine.cpu_kernels import CpuKernels
+from ownllm.engine.cpu_kernels import I8_TYPES, CpuKernels
 from ownllm.engine.lora import LoraBatch, add_lora
 from ownllm.engine.rotary import Rotary, apply_rotary
 from ownllm.engine.weights import ModelArgs
-from ownllm.formats.quant import QuantWeight, dequantize
+from ownllm.formats.quant import QuantWeight, dequantize, round_activations
 
 LORA_KERNEL_MAX_ROWS = 128  # above: the tiled bmm path (the C loop is per row, 2-3x slower
 # than MKL's bmm on a 1024-row prefill step; at 64 decode rows it is 1.15x faster)
@@ -91,9 +96,12 @@ class TorchOps:
 
     fused_decode = False
 
-    def __init__(self, args: ModelArgs, dtype: torch.dtype, note: str = "") -> None:
+    def __init__(
+        self, args: ModelArgs, dtype: torch.dtype, note: str = "", int8_activations: bool = False
+    ) -> None:
         self.num_heads, self.num_kv_heads = args.num_heads, args.num_kv_heads
         self.head_dim, self.dtype, self.note = args.head_dim, dtype, note
+        self.int8_activations = int8_activations
 
     def describe(self) -> str:
         return f"torch ({self.note})" if self.note else "torch"
@@ -122,10 +130,19 @@ class TorchOps:
         add_lora(out, x, a, b, batch)
 
     def quant_linear(self, x, weight, bias):
+        if self.int8_activations and weight.qtype in I8_TYPES:
+            x = rounded(x)
         return F.linear(x, self.dequantize(weight), bias)
 
     def dequantize(self, weight):
         return dequantize(weight, self.dtype)
+
+
+def rounded(x: torch.Tensor) -> torch.Tensor:
+    """x [T, K] rounded to int8 blocks and back, d q, in x's dtype (the int8 kernels' input)."""
+    q, d = round_activations(x)
+    blocks = q.view(*q.shape[:-1], -1, 32).float() * d.unsqueeze(-1)
+    return blocks.view(q.shape).to(x.dtype)
 
 
 class CKernelOps:
@@ -134,8 +151,11 @@ class CKernelOps:
 
     fused_decode = True
 
-    def __init__(self, kernels: CpuKernels, args: ModelArgs) -> None:
+    def __init__(
+        self, kernels: CpuKernels, args: ModelArgs, int8_activations: bool = False
+    ) -> None:
         self.kernels = kernels
+        self.int8_activations = int8_activations
         self.shape = (args.num_heads, args.num_kv_heads, args.head_dim)
         self.window = args.sliding_window
 
@@ -165,9 +185,13 @@ class CKernelOps:
     def quant_linear(self, x, weight, bias):
         if x.stride(-1) != 1:
             x = x.contiguous()
+        int8 = self.int8_activations and weight.qtype in I8_TYPES
         if x.shape[0] <= QUANT_KERNEL_MAX_ROWS:
-            out = self.kernels.quant_matmul(x, weight)
+            kernel = self.kernels.quant_matmul_i8 if int8 else self.kernels.quant_matmul
+            out = kernel(x, weight)
             return out if bias is None else out.add_(bias)
+        if int8:
+            x = rounded(x)
         # a prompt chunk: dequantise W a tile of rows at a time, each through the GEMM
         rows = max(1, QUANT_TILE_ELEMENTS // weight.in_features)
         if rows >= weight.out_features:
@@ -183,10 +207,18 @@ class CKernelOps:
         return self.kernels.quant_dequantize(weight)
 
 
-def select_ops(args: ModelArgs, dtype: torch.dtype, device: torch.device, use_kernels: bool) -> Ops:
+def select_ops(
+    args: ModelArgs,
+    dtype: torch.dtype,
+    device: torch.device,
+    use_kernels: bool,
+    int8_activations: bool = False,
+) -> Ops:
     """The C kernels where asked for and they load (`cpu_kernels.load` logs why not), else
-    torch."""
+    torch; `int8_activations`: `engine.quant_activations = int8`."""
     if not use_kernels:
-        return TorchOps(args, dtype, "engine.cpu_kernels = false")
+        return TorchOps(args, dtype, "engine.cpu_kernels = false", int8_activations)
     kernels = cpu_kernels.load(dtype, device, args.num_heads, args.num_kv_heads)
-    return TorchOps(args, dtype) if kernels is None else CKernelOps(kernels, args)
+    if kernels is None:
+        return TorchOps(args, dtype, int8_activations=int8_activations)
+    return CKernelOps(kernels, args, int8_activations)

@@ -18,6 +18,8 @@ GGUF types, a block each):
 `dequantize` computes in float32 in the order gguf's numpy reference does
 (`gguf.quants.dequantize`), so the two agree bit for bit; `quantize` uses gguf's
 reference quantisers (llama.cpp's, round to nearest) for the GGUF types.
+`round_activations` is the other half of llama.cpp's scheme, x rounded to int8 blocks
+for integer dot products (`model.activations = int8`).
 `save_quant_file` / `load_quant_file` store named weights in one safetensors file
 (the raw bytes, the types in its metadata): the model cache keeps a GGUF file's
 own blocks there.
@@ -162,6 +164,22 @@ def dequantize(weight: QuantWeight, dtype: torch.dtype | None = None) -> torch.T
     else:  # q4_1
         dense = d * _nibbles(blocks[..., 4:]).float() + _fp16(blocks, 2)
     return dense.reshape(rows, cols).to(dtype)
+
+
+def round_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [..., K] (K a multiple of 32) rounded to 8 bits a block of 32, as the int8-activation
+    kernels round it (ggml's q8_0 with a float32 scale): q int8 [..., K] and d float32
+    [..., K / 32] with d = max |x| / 127 and q = round(x / d), half to even; x ~ d q."""
+    import torch
+
+    *lead, cols = x.shape
+    if cols % BLOCK:
+        raise QuantError(f"activations of width {cols} are not whole blocks of {BLOCK}")
+    blocks = x.float().reshape(*lead, cols // BLOCK, BLOCK)
+    d = blocks.abs().amax(dim=-1, keepdim=True) / 127.0
+    inverse = torch.where(d > 0, 1.0 / d, torch.zeros_like(d))
+    q = torch.round(blocks * inverse).to(torch.int8)
+    return q.reshape(*lead, cols), d.squeeze(-1)
 
 
 def quantize(weight: torch.Tensor, qtype: str) -> QuantWeight:

@@ -86,6 +86,22 @@ def test_quantised_greedy_matches_the_dequantised_reference(llama_dir, adapter, 
 
 
 @needs_compiler
+@pytest.mark.parametrize("qtype", ["q8_0", "q4_1"])
+def test_int8_activations_greedy_matches_the_rounded_reference(llama_dir, monkeypatch, qtype):
+    """engine.quant_activations = int8: decode steps in the integer kernels give the same
+    tokens as every step through rounded x and the dequantised weights (float32)."""
+    from ownllm.engine import ops
+
+    eng = engine(llama_dir, qtype, quant_activations="int8")
+    assert eng.model.ops.int8_activations
+    got = generate(eng)
+    monkeypatch.setattr(ops, "QUANT_KERNEL_MAX_ROWS", 0)  # no kernel: rounded x, GEMM
+    reference = generate(engine(llama_dir, qtype, quant_activations="int8"))
+    assert len(got) == len(PROMPTS)
+    assert got == reference
+
+
+@needs_compiler
 def test_quantised_weights_take_a_fraction_of_the_memory(llama_dir):
     dense = engine(llama_dir).model.layers[0].down
     quant = engine(llama_dir, "q4_1").model.layers[0].down.weight

@@ -9,6 +9,11 @@ against a float64 reference its error is float32 summation error, bounded here b
 1e-5 * sum |x| |w| per output; bf16 outputs add one bf16 rounding (2^-8 relative).
 With AVX512-BF16, bf16 x times q4_0 / q4_1 multiplies x by the nibbles in bf16 (exact
 products) and scales each block's sum (csrc/quant_kernels.c): the same bounds hold.
+
+The int8-activation kernels (csrc/quant_i8.c: AVX-512 VNNI natively, AVX2 in the avx2
+build, the portable loop) round x to int8 blocks first: against x_hat = d q
+(`round_activations`, which must round exactly as the C code does, else one step of q
+is far outside the bound) times the dequantised weights, the same bounds hold.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import pytest
 import torch
 
 from ownllm.engine import cpu_kernels
-from ownllm.formats.quant import QuantWeight, dequantize, quantize
+from ownllm.formats.quant import QuantWeight, dequantize, quantize, round_activations
 
 pytestmark = pytest.mark.skipif(
     cpu_kernels._compiler() is None, reason="no C compiler on this machine (the torch path runs)"
@@ -67,6 +72,9 @@ def test_each_build_runs_the_loop_it_was_built_for(build):
     # bf16 cases below test that path there and the float path everywhere else
     dot = name == "native" and {"avx512f", "avx512_bf16"} <= flags
     assert kernels[torch.bfloat16].quant_bf16_dot is dot
+    vnni = name == "native" and {"avx512f", "avx512vl", "avx512_vnni"} <= flags
+    i8 = "AVX-512 VNNI" if vnni else ("portable" if expected == "portable" else "AVX2")
+    assert kernels[torch.float32].quant_i8_path == i8
 
 
 def _weight(qtype: str, rows: int, cols: int, seed: int) -> QuantWeight:
@@ -146,9 +154,67 @@ def test_ckernel_ops_quant_linear_decode_rows_and_prompt_tiles(build, monkeypatc
     _, kernels = build
     monkeypatch.setattr(ops, "QUANT_TILE_ELEMENTS", 3 * 64)
     c_ops = ops.CKernelOps.__new__(ops.CKernelOps)
-    c_ops.kernels = kernels[torch.float32]
+    c_ops.kernels, c_ops.int8_activations = kernels[torch.float32], False
     w = _weight("q4_1", 10, 64, 11)
     bias = torch.randn(10)
     x = torch.randn(num_rows, 64)
     got = c_ops.quant_linear(x, w, bias)
     torch.testing.assert_close(got, torch.nn.functional.linear(x, dequantize(w), bias))
+
+
+def _rounded_x(x: torch.Tensor) -> torch.Tensor:
+    q, d = round_activations(x)
+    return (q.double().view(x.shape[0], -1, 32) * d.double().unsqueeze(-1)).view(x.shape)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("qtype", ["q4_0", "q4_1", "q8_0"])
+def test_quant_matmul_i8_matches_rounded_x_times_dequantised(build, qtype, dtype):
+    _, kernels = build
+    for seed, (num_rows, out_features, in_features) in enumerate(SHAPES):
+        w = _weight(qtype, out_features, in_features, seed)
+        gen = torch.Generator().manual_seed(200 + seed)
+        x = torch.randn(num_rows, in_features, generator=gen).to(dtype)
+        x[0, :32] = 0  # an all-zero block: d = 0
+        got = kernels[dtype].quant_matmul_i8(x, w)
+        assert got.dtype == dtype and got.shape == (num_rows, out_features)
+        dense, x_hat = dequantize(w).double(), _rounded_x(x)
+        reference = x_hat @ dense.T
+        bound = 1e-5 * (x_hat.abs() @ dense.abs().T) + 1e-7
+        if dtype == torch.bfloat16:
+            bound += reference.abs() * 2**-8
+        err = (got.double() - reference).abs()
+        assert (err <= bound).all(), (qtype, num_rows, out_features, in_features, err.max())
+        # what the rounding costs against the exact x: about 1 % of the output's size
+        exact = x.double() @ dense.T
+        assert (got.double() - exact).norm() <= 0.03 * exact.norm()
+
+
+def test_quant_matmul_i8_takes_the_block_types_only(build):
+    _, kernels = build
+    w = _weight("int8", 4, 64, 0)
+    with pytest.raises(ValueError, match="takes q4_0, q4_1, q8_0, not int8"):
+        kernels[torch.float32].quant_matmul_i8(torch.zeros(1, 64), w)
+    assert kernels[torch.float32].quant_matmul_i8(
+        torch.zeros(0, 64), _weight("q8_0", 4, 64, 0)
+    ).shape == (0, 4)
+
+
+@pytest.mark.parametrize("num_rows", [3, 40])
+def test_int8_activations_torch_and_c_ops_agree(build, num_rows):
+    """engine.quant_activations = int8: the C ops (the kernel up to 16 rows, rounded x
+    through the dense GEMM above) and the torch ops compute the same thing."""
+    from ownllm.engine import ops
+
+    _, kernels = build
+    c_ops = ops.CKernelOps.__new__(ops.CKernelOps)
+    c_ops.kernels, c_ops.int8_activations = kernels[torch.float32], True
+    torch_ops = ops.TorchOps.__new__(ops.TorchOps)
+    torch_ops.dtype, torch_ops.int8_activations = torch.float32, True
+    w = _weight("q4_1", 10, 64, 12)
+    bias = torch.randn(10)
+    x = torch.randn(num_rows, 64)
+    got = c_ops.quant_linear(x, w, bias)
+    torch.testing.assert_close(got, torch_ops.quant_linear(x, w, bias))
+    reference = (_rounded_x(x) @ dequantize(w).double().T + bias.double()).float()
+    torch.testing.assert_close(got, reference)

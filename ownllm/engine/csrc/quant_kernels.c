@@ -21,60 +21,7 @@
  * Not used: VNNI, which needs x quantised to int8 (what llama.cpp does); the weights stay
  * the reference's exact ones.
  */
-#include "kernels_common.h"
-
-#if defined(__AVX512F__) && !defined(OWNLLM_NO_AVX512)
-#define QPATH 2
-#include <immintrin.h>
-#elif defined(__AVX2__) && defined(__FMA__) && !defined(OWNLLM_NO_AVX2)
-#define QPATH 1
-#include <immintrin.h>
-#else
-#define QPATH 0
-#endif
-
-#define QT_Q4_0 0
-#define QT_Q4_1 1
-#define QT_Q8_0 2
-#define QT_INT8 3
-#define QB 32
-#define INLINE static inline __attribute__((always_inline))
-
-#if QPATH > 0 && defined(__F16C__)
-static inline float q_half(const uint8_t *p) {
-    uint16_t h;
-    memcpy(&h, p, 2);
-    return _cvtsh_ss(h); /* one vcvtph2ps */
-}
-#else
-static inline float q_half(const uint8_t *p) {
-    const uint32_t h = (uint32_t)p[0] | (uint32_t)p[1] << 8;
-    const uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu;
-    union { uint32_t u; float f; } v;
-    if (exp == 0) { /* zero or subnormal: mant * 2^-24 */
-        v.f = (float)mant * (1.0f / 16777216.0f);
-        v.u |= sign;
-    } else if (exp == 31) {
-        v.u = sign | 0x7f800000u | (mant << 13);
-    } else {
-        v.u = sign | ((exp + 112u) << 23) | (mant << 13);
-    }
-    return v.f;
-}
-#endif
-
-static inline int64_t q_row_bytes(int type, int64_t k) {
-    switch (type) {
-    case QT_Q4_0: return k / QB * 18;
-    case QT_Q4_1: return k / QB * 20;
-    case QT_Q8_0: return k / QB * 34;
-    default: return k;
-    }
-}
-
-static inline int q_block_bytes(int type) {
-    return type == QT_Q4_0 ? 18 : type == QT_Q4_1 ? 20 : type == QT_Q8_0 ? 34 : 32;
-}
+#include "quant_common.h"
 
 /* One block (32 elements) dequantised to float32, in the reference's arithmetic. */
 INLINE void q_block(const int type, const uint8_t *b, float *w) {
