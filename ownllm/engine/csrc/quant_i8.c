@@ -105,6 +105,7 @@ INLINE void i8_tile(const int type, const int NT, const int MT, const int8_t *xq
         float dw[4], cw[4];
         for (int r = 0; r < NT; r++) {
             const uint8_t *b = w + r * row_bytes + blk * bb;
+            q_prefetch(b);
             wv[r] = i8_weights(type, b);
             dw[r] = q_half(b);
             cw[r] = i8_offset(type, b, dw[r]);
@@ -138,6 +139,7 @@ INLINE void i8_tile(const int type, const int NT, const int MT, const int8_t *xq
     for (int64_t blk = 0; blk < nb; blk++) {
         for (int r = 0; r < NT; r++) {
             const uint8_t *b = w + r * row_bytes + blk * bb;
+            q_prefetch(b);
             int qw[QB];
             if (type == QT_Q8_0) {
                 for (int j = 0; j < QB; j++) qw[j] = (int8_t)b[2 + j];

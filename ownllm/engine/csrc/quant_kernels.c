@@ -90,7 +90,10 @@ INLINE void q_tile(const int type, const int NT, const int MT, const float *x, i
     const int bb = q_block_bytes(type);
     for (int64_t blk = 0; blk < nb; blk++) {
         __m512 w0[4], w1[4];
-        for (int r = 0; r < NT; r++) q_deq512(type, w + r * row_bytes + blk * bb, &w0[r], &w1[r]);
+        for (int r = 0; r < NT; r++) {
+            q_prefetch(w + r * row_bytes + blk * bb);
+            q_deq512(type, w + r * row_bytes + blk * bb, &w0[r], &w1[r]);
+        }
         for (int i = 0; i < MT; i++) {
             const __m512 x0 = _mm512_loadu_ps(x + i * k + blk * QB);
             const __m512 x1 = _mm512_loadu_ps(x + i * k + blk * QB + 16);
@@ -153,7 +156,10 @@ INLINE void q_tile(const int type, const int NT, const int MT, const float *x, i
     const int bb = q_block_bytes(type);
     for (int64_t blk = 0; blk < nb; blk++) {
         __m256 wv[4][4];
-        for (int r = 0; r < NT; r++) q_deq256(type, w + r * row_bytes + blk * bb, wv[r]);
+        for (int r = 0; r < NT; r++) {
+            q_prefetch(w + r * row_bytes + blk * bb);
+            q_deq256(type, w + r * row_bytes + blk * bb, wv[r]);
+        }
         for (int i = 0; i < MT; i++) {
             const float *xb = x + i * k + blk * QB;
             for (int p = 0; p < 4; p++) {
@@ -178,6 +184,7 @@ INLINE void q_tile(const int type, const int NT, const int MT, const float *x, i
     for (int64_t blk = 0; blk < nb; blk++) {
         for (int r = 0; r < NT; r++) {
             float wb[QB];
+            q_prefetch(w + r * row_bytes + blk * bb);
             q_block(type, w + r * row_bytes + blk * bb, wb);
             for (int i = 0; i < MT; i++) {
                 const float *xb = x + i * k + blk * QB;
@@ -237,6 +244,7 @@ INLINE void q4_tile_bf16(const int type, const int NT, const int MT, const uint1
         float m[4];
         for (int r = 0; r < NT; r++) {
             const uint8_t *b = w + r * row_bytes + blk * bb;
+            q_prefetch(b);
             wv[r] = q4_words(type, b, table);
             d[r] = _mm512_set1_ps(q_half(b));
             m[r] = type == QT_Q4_1 ? q_half(b + 2) : 0.f;
