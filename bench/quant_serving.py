@@ -11,7 +11,9 @@ layers and a q8_0 embedding / tied output head: the weights llama.cpp runs.
 
 Per config: output tok/s of one greedy stream (128-token random prompt, 128 tokens,
 EOS ignored, the time from submission to the last token, median of --reps; the
-systems take turns within each repetition so the shared box's load hits them alike);
+systems take turns within each repetition so the shared box's load hits them alike),
+which counts the prompt's prefill (TTFT) as well; the decode alone is the ITL p50, and
+"decode x llama.cpp" is llama.cpp's ITL p50 over the system's;
 the weight bytes a decode step reads (every linear layer and the output head, in
 their stored form); that times tok/s over the copy bandwidth measured at the start
 of the run (torch `copy_` of 256 MiB, read + write bytes per second) is the fraction
@@ -154,6 +156,7 @@ def main() -> None:
             kv_rss[config] = (more - rss[config]) * 1024 / MORE_KV_TOKENS
     llama = results.get("llama.cpp Q4_1 GGUF")
     llama_tok_s = statistics.median(s.tok_s for s in llama) if llama else None
+    llama_itl = statistics.median(s.itl_p50 for s in llama) if llama else None
     base_tok_s = statistics.median(s.tok_s for s in results[configs[0]])
     rows = []
     for key, sums in results.items():
@@ -163,7 +166,11 @@ def main() -> None:
                 "system": key,
                 "weights": paths[key],
                 "tok_s": tok_s,
+                "ttft": statistics.median(s.ttft_p50 for s in sums),
                 "itl": statistics.median(s.itl_p50 for s in sums),
+                "itl_vs_llama": llama_itl / statistics.median(s.itl_p50 for s in sums)
+                if llama_itl
+                else None,
                 "vs_base": tok_s / base_tok_s,
                 "vs_llama": tok_s / llama_tok_s if llama_tok_s else None,
                 "mb": read_bytes[key] / 1e6,
@@ -183,7 +190,9 @@ def main() -> None:
             ("system", "system", ""),
             ("weights", "weights / kernels", ""),
             ("tok_s", "out tok/s", ".1f"),
+            ("ttft", "TTFT ms", ".0f"),
             ("itl", "ITL p50 ms", ".2f"),
+            ("itl_vs_llama", "decode x llama.cpp", ".2f"),
             ("vs_base", "x base", ".2f"),
             ("vs_llama", "x llama.cpp", ".2f"),
             ("mb", "MB/token", ".0f"),
