@@ -150,14 +150,18 @@ class LazyEmbeddingModel:
         self._lock = asyncio.Lock()
         self._worker: ThreadPoolExecutor | None = None
         self._static = static  # given (a test's stand-in), or read from static_dir
+        self._is_static_missing = False  # not in static_dir when last looked for
 
     def static(self, distill: bool = False) -> StaticEmbedding | None:
         """The static vectors distilled from this model (`ownllm.models.static_embedding`),
         read from `static_dir` once; when they are not cached there, distilled now (tens of
-        seconds, once) if `distill`, else None. None without a `static_dir` or for a
-        model that is not a loaded MiniLM (a test's stand-in)."""
+        seconds, once) if `distill`, else None (and None again without looking until a
+        call that distils: a request path asks every time). None without a `static_dir` or
+        for a model that is not a loaded MiniLM (a test's stand-in)."""
         if self._static is not None or self.static_dir is None:
             return self._static
+        if self._is_static_missing and not distill:
+            return None
         if self.model is not None:
             model_dir = getattr(self.model, "model_dir", None)
         else:
@@ -172,6 +176,7 @@ class LazyEmbeddingModel:
                 self._static = StaticEmbedding.load_or_distill(
                     self.load_now, Path(model_dir), self.static_dir, distill=distill
                 )
+                self._is_static_missing = self._static is None
         return self._static
 
     def load_now(self) -> EmbeddingModel:

@@ -34,11 +34,12 @@ def tiny_minilm_dir(tmp_path_factory):
 def test_the_table_is_distilled_once_and_read_back_from_disk(tiny_minilm_dir, tmp_path):
     cache = tmp_path / "models"
     model = EmbeddingModel.load(tiny_minilm_dir)
-    assert LazyEmbeddingModel(model, static_dir=cache).static() is None  # not cached yet
+    lazy = LazyEmbeddingModel(model, static_dir=cache)
+    assert lazy.static() is None and lazy.static() is None  # not cached yet: not distilled
     before = StaticEmbedding.num_distilled
 
-    first = LazyEmbeddingModel(model, static_dir=cache).static(distill=True)
-    assert StaticEmbedding.num_distilled == before + 1
+    first = lazy.static(distill=True)  # the first router made distils it
+    assert StaticEmbedding.num_distilled == before + 1 and lazy.static() is first
     (cached,) = cache.glob("static-*.npy")  # one table, no temporary file left beside it
     assert np.load(cached).shape == (30522, 32)
     stamp = cached.stat().st_mtime_ns
