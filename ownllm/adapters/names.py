@@ -11,32 +11,24 @@ An entry holds while the database's count of this process's committed writes to 
 `adapters` and `model_aliases` tables (`Database.version`) is what it was when the entry
 was read: a delete, an unregister, a promotion, a rollback or a new adapter in this process
 takes effect on the next request. A write by another process (an `ownllm worker`, another
-gateway replica on PostgreSQL) cannot be counted here, so an entry is also read again
-once it is `ttl_s` (2 s) old: up to `max_age_s` (30 s) old, the request takes the entry as
-it is and the read runs on a thread of its own (a name in steady use never waits on the
-database, and sees another process's write within ttl_s plus one read); older, the
-request reads it itself. Errors (an ambiguous name) are not remembered. At most
-`max_entries` names, the least recently used forgotten first.
+gateway replica on PostgreSQL) is seen within `ttl_s` (1 s), when the entry is read again.
+Errors (an ambiguous name) are not remembered. At most `max_entries` names, the least
+recently used forgotten first.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ownllm.store.db import Database
 from ownllm.store.tenancy import Viewer
 
-log = logging.getLogger(__name__)
-
 TABLES = ("adapters", "model_aliases")
-TTL_S = 2.0
-MAX_AGE_S = 30.0
+TTL_S = 1.0
 MAX_ENTRIES = 10_000
 
 
@@ -48,20 +40,16 @@ class ModelNames:
         db: Database,
         *,
         ttl_s: float = TTL_S,
-        max_age_s: float = MAX_AGE_S,
         max_entries: int = MAX_ENTRIES,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.db = db
         self.ttl_s = ttl_s
-        self.max_age_s = max(max_age_s, ttl_s)
         self.max_entries = max_entries
         self._clock = clock
         # key -> (db version, read at, answer)
         self._entries: OrderedDict[tuple, tuple[int, float, Any]] = OrderedDict()
         self._lock = threading.Lock()
-        self._refreshing: set[tuple] = set()  # keys being read again on the thread
-        self._reader = ThreadPoolExecutor(1, thread_name_prefix="ownllm-names")
 
     def alias(self, tenant_id: str, name: str):
         """`find_alias(db, tenant_id, name)`: the tenant's alias record, or None."""
@@ -80,17 +68,9 @@ class ModelNames:
         version, now = self.db.version(*TABLES), self._clock()
         with self._lock:
             entry = self._entries.get(key)
-            if entry is not None and entry[0] == version:
-                age = now - entry[1]
-                if age < self.max_age_s:
-                    self._entries.move_to_end(key)
-                    if age >= self.ttl_s and key not in self._refreshing:
-                        self._refreshing.add(key)
-                        self._reader.submit(self._refresh, key, read)
-                    return entry[2]
-        return self._read(key, read, version, now)
-
-    def _read(self, key: tuple, read: Callable[[], Any], version: int, now: float):
+            if entry is not None and entry[0] == version and now - entry[1] < self.ttl_s:
+                self._entries.move_to_end(key)
+                return entry[2]
         answer = read()  # the version was taken before: a write meanwhile outdates it
         with self._lock:
             self._entries[key] = (version, now, answer)
@@ -98,14 +78,3 @@ class ModelNames:
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
         return answer
-
-    def _refresh(self, key: tuple, read: Callable[[], Any]) -> None:
-        try:
-            self._read(key, read, self.db.version(*TABLES), self._clock())
-        except Exception as e:  # the next request past max_age_s reads (and raises) itself
-            log.debug("model name %r not read again: %s", key, e)
-            with self._lock:
-                self._entries.pop(key, None)
-        finally:
-            with self._lock:
-                self._refreshing.discard(key)
