@@ -52,7 +52,11 @@ def system_fingerprint(state: AppState) -> str:
 def _resolve_adapter(state: AppState, principal: Principal, name: str, param: str) -> str:
     """The registry id of adapter `name` (an `ft:` model, adapter name or id) for this
     principal; another tenant's private adapter does not exist (404)."""
-    record = state.model_names.adapter(principal, name) if state.model_names else None
+    record = None
+    if state.db is not None:
+        from ownllm.adapters.registry import resolve_model
+
+        record = resolve_model(state.db, principal, name)
     if record is None:
         raise ModelNotFoundError(f"The model '{name}' does not exist.", param=param)
     return record.id
@@ -64,10 +68,11 @@ def _resolve_model(
     """The adapters `model` runs: the version the caller's alias `model` points at, read
     once here so the request finishes on it whatever a promotion does meanwhile (none for
     an alias of the base), or for a router alias the version nearest `text`; else the
-    adapter `model` names. With the router's pick, when there was one. Both names are
-    looked up in memory (`ownllm.adapters.names`: a write takes effect on the next request)."""
-    if state.model_names is not None:
-        alias = state.model_names.alias(principal.tenant_id, model)
+    adapter `model` names. With the router's pick, when there was one."""
+    if state.db is not None:
+        from ownllm.adapters.aliases import find_alias
+
+        alias = find_alias(state.db, principal.tenant_id, model)
         if alias is not None and alias.router is not None:
             return _route(state, alias, text)
         if alias is not None:

@@ -14,7 +14,6 @@ from typing import Any
 
 from fastapi import Request
 
-from ownllm.adapters.names import ModelNames
 from ownllm.api.metrics import Metrics
 from ownllm.config import Config, GenerationDefaults
 from ownllm.models.cache import PreparedModel
@@ -41,14 +40,10 @@ class AppState:
     started_at: float = field(default_factory=time.time)
     batch_worker: Any = None  # ownllm.api.batch_worker.BatchWorker once the app started
     eval_worker: Any = None  # ownllm.api.eval_runner.EvalWorker once the app started
-    # model names resolved in memory (aliases, adapters), over `db`; None without one
-    model_names: ModelNames | None = None
     metrics: Metrics = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.metrics = Metrics(self)  # its engine gauges read `self.backend` at each scrape
-        if self.db is not None and self.model_names is None:
-            self.model_names = ModelNames(self.db)
 
     @property
     def model_id(self) -> str:

@@ -7,18 +7,12 @@ created 0600 (its -wal and -shm files take the same mode) and an existing one is
 made so when this user owns it: it holds keys and stored completions. Alembic's
 own INFO lines (plugin setup, "Context impl") are kept out of the log: the
 migrations actually applied get one line, and errors still raise.
-
-`Database.version(table)` counts the committed transactions of this process that wrote to
-a table (INSERT, UPDATE or DELETE), whatever wrote them: what an in-memory cache of rows
-compares to see its entries are still current (`ownllm.adapters.names`). Other processes'
-writes are not counted; such a cache bounds their delay with a short time to live.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -112,69 +106,11 @@ def _quiet_alembic() -> None:
         logger.setLevel(logging.WARNING)
 
 
-# the table an INSERT, UPDATE or DELETE statement writes (as SQLAlchemy renders them)
-_WRITTEN_TABLE = re.compile(
-    r'\s*(?:INSERT\s+(?:OR\s+\w+\s+)?INTO|UPDATE|DELETE\s+FROM)\s+"?(\w+)', re.IGNORECASE
-)
-_WRITTEN = "ownllm_written"  # the connection's tables written in its open transaction
-_COMMITTED = "ownllm_committed"  # ... and committed, until the connection goes back to the pool
-
-
-class TableWrites:
-    """Per table, a counter of this process's committed transactions that wrote to it.
-
-    Bumped twice for each: when the transaction commits (before the database has it) and
-    when its connection goes back to the pool (after): a reader that read the old rows
-    between the two still sees the counter move past the value it read them at."""
-
-    def __init__(self, engine: Engine) -> None:
-        self._counts: dict[str, int] = {}
-        self._lock = threading.Lock()
-        event.listen(engine, "before_cursor_execute", self._on_execute)
-        event.listen(engine, "commit", self._on_commit)
-        event.listen(engine, "rollback", self._on_rollback)
-        event.listen(engine, "checkin", self._on_checkin)
-
-    def version(self, *tables: str) -> int:
-        return sum(self._counts.get(t, 0) for t in tables)
-
-    def _bump(self, tables) -> None:
-        with self._lock:
-            for t in tables:
-                self._counts[t] = self._counts.get(t, 0) + 1
-
-    def _on_execute(self, conn, cursor, statement, parameters, context, executemany) -> None:
-        if statement[:1] in "SsWw":  # SELECT, WITH: the common case, decided at once
-            return
-        match = _WRITTEN_TABLE.match(statement)
-        if match is not None:
-            conn.info.setdefault(_WRITTEN, set()).add(match.group(1).lower())
-
-    def _on_commit(self, conn) -> None:
-        tables = conn.info.pop(_WRITTEN, None)
-        if tables:
-            self._bump(tables)
-            conn.info.setdefault(_COMMITTED, set()).update(tables)
-
-    def _on_rollback(self, conn) -> None:
-        conn.info.pop(_WRITTEN, None)
-
-    def _on_checkin(self, dbapi_connection, record) -> None:
-        tables = record.info.pop(_COMMITTED, None) if record is not None else None
-        if tables:
-            self._bump(tables)
-
-
 class Database:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._write_lock = threading.Lock()
-        self._writes = TableWrites(engine)
-
-    def version(self, *tables: str) -> int:
-        """How many committed transactions of this process wrote to `tables` so far."""
-        return self._writes.version(*tables)
 
     @classmethod
     def open(cls, url: str, migrate: bool = True) -> Database:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 
-from ownllm.adapters.names import ModelNames
 from ownllm.adapters.registry import register_adapter
 from ownllm.api.calls import resolve_adapters
 from ownllm.api.schemas import AdapterRef
@@ -24,7 +23,6 @@ FT_NAME = "ft:tiny:acme:tone:ftjob-abc"
 @pytest.fixture
 def with_adapter(fake_state, db_url, adapter_a):
     fake_state.db = Database.open(db_url)
-    fake_state.model_names = ModelNames(fake_state.db)
     record = register_adapter(
         fake_state.db,
         fake_state.data_dir,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from openai import AsyncOpenAI
 
-from ownllm.adapters.names import ModelNames
 from ownllm.adapters.registry import register_adapter
 from ownllm.config import GenerationDefaults
 from ownllm.models.cache import PreparedModel
@@ -44,7 +43,6 @@ async def test_adapters_show_the_base_models_defaults(
     adapter_a,
 ):
     fake_state.db = Database.open(db_url)
-    fake_state.model_names = ModelNames(fake_state.db)
     fake_state.model = PreparedModel("tiny", tiny_model_dir, "", False, 0.0)
     fake_state.generation_defaults = GenerationDefaults(temperature=0.2)
     try:
