@@ -201,7 +201,9 @@ def attend(
     """The C-kernel path: decodes straight from the cache blocks, chunks as in torch."""
     outs = []
     for g in meta.groups:
-        rows = qkv[g.row_start : g.row_end]
+        # a decode step is one group of every row: no view of qkv for it
+        whole = g.row_start == 0 and g.row_end == qkv.shape[0]
+        rows = qkv if whole else qkv[g.row_start : g.row_end]
         if g.context_lens is not None:
             outs.append(
                 kernels.decode_attention(

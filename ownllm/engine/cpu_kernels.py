@@ -30,7 +30,8 @@ loaded only from a directory and file this user owns and no one else may write;
 otherwise it is compiled again, into a private directory (one log line says why).
 The compiler gets `COMPILE_TIMEOUT_S`; past it the engine uses torch. Every
 wrapper checks the dtype, device, shape and memory layout the C code assumes and
-raises TypeError or ValueError before a pointer crosses over; the values (slot
+raises TypeError or ValueError before a pointer crosses over (a QuantWeight, which is
+frozen, on its first call; its checked pointers are kept); the values (slot
 and block ids, lengths) are the caller's to keep in range.
 OpenMP resolves to the libgomp torch has already loaded, so the kernels share
 torch's thread pool. Without a compiler (or on another device, or with `engine.cpu_kernels =
@@ -72,6 +73,8 @@ _QUANT_TYPES = {"q4_0": 0, "q4_1": 1, "q8_0": 2, "int8": 3}  # csrc/quant_kernel
 _QUANT_PATHS = {2: "AVX-512", 1: "AVX2", 0: "portable"}
 _I8_PATHS = {2: "AVX-512 VNNI", 1: "AVX2", 0: "portable"}  # csrc/quant_i8.c's I8_PATH
 I8_TYPES = ("q4_0", "q4_1", "q8_0")  # what quant_matmul_i8 takes
+_I8_CODES = frozenset(_QUANT_TYPES[t] for t in I8_TYPES)
+_MAX_CACHED_WEIGHTS = 4096  # checked weights kept by `CpuKernels._quant_args` (a model: ~7 a layer)
 _ENOMEM = 12  # what a kernel returns when its scratch allocation failed (OWNLLM_ENOMEM)
 _P, _I64, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
 # what the library's `decode_path` answers, as the startup log names it
@@ -203,6 +206,13 @@ def _misfit(name: str, expected: str, **tensors: torch.Tensor | None) -> ValueEr
     return ValueError(f"{name}: shapes do not fit {expected}: got {shapes}")
 
 
+def _halves(kv_cache: torch.Tensor) -> tuple[int, int]:
+    """The pointers of kv_cache[0] and kv_cache[1] (keys, values) of a contiguous cache,
+    without making the two views."""
+    base = kv_cache.data_ptr()
+    return base, base + kv_cache.stride(0) * kv_cache.element_size()
+
+
 def _done(name: str, code: int) -> None:
     if code == _ENOMEM:
         raise MemoryError(f"the C kernel {name} could not allocate its scratch memory")
@@ -216,6 +226,7 @@ class CpuKernels:
     def __init__(self, library: ctypes.CDLL, dtype: torch.dtype) -> None:
         suffix = _SUFFIX[dtype]
         self.dtype = dtype
+        self._weights: dict[int, tuple[QuantWeight, tuple]] = {}  # see _quant_args
         self._rope_cache = getattr(library, f"rope_cache_{suffix}")
         self._rope_cache.argtypes = [_P, _I64, _I64, _I, _I, _I, _P, _P, _P, _P, _I]
         self._rope_cache.restype = None
@@ -304,63 +315,86 @@ class CpuKernels:
 
     def quant_matmul(self, x: torch.Tensor, weight: QuantWeight) -> torch.Tensor:
         """x W^T [T, out] for x [T, in] (rows contiguous), W dequantised in registers."""
+        data, qtype, out_features, in_features, scale = self._quant_args("quant_matmul", weight)
         _tensor("quant_matmul x", x, self.dtype, 2, rows=True)
-        self._check_quant("quant_matmul", weight)
-        if x.shape[1] != weight.in_features:
+        num_rows, width = x.shape
+        if width != in_features:
             raise ValueError(
-                f"quant_matmul: x [T, {x.shape[1]}] does not fit a weight of {list(weight.shape)}"
+                f"quant_matmul: x [T, {width}] does not fit a weight of {list(weight.shape)}"
             )
-        num_rows = x.shape[0]
-        out = torch.empty(num_rows, weight.out_features, dtype=self.dtype)
+        out = torch.empty(num_rows, out_features, dtype=self.dtype)
         if num_rows == 0:
             return out
         code = self._quant_matmul(
             x.data_ptr(),
             x.stride(0),
             num_rows,
-            weight.data.data_ptr(),
-            _QUANT_TYPES[weight.qtype],
-            weight.out_features,
-            weight.in_features,
-            None if weight.scale is None else weight.scale.data_ptr(),
+            data,
+            qtype,
+            out_features,
+            in_features,
+            scale,
             out.data_ptr(),
-            out.stride(0),
+            out_features,  # a fresh out's row stride
             torch.get_num_threads(),
         )
-        _done("quant_matmul", code)
+        if code:
+            _done("quant_matmul", code)
         return out
 
     def quant_matmul_i8(self, x: torch.Tensor, weight: QuantWeight) -> torch.Tensor:
         """x W^T [T, out] with each row of x rounded to int8 blocks of 32 first
         (`formats.quant.round_activations`) and integer dot products (csrc/quant_i8.c);
         W in one of I8_TYPES."""
-        _tensor("quant_matmul_i8 x", x, self.dtype, 2, rows=True)
-        self._check_quant("quant_matmul_i8", weight)
-        if weight.qtype not in I8_TYPES:
+        data, qtype, out_features, in_features, _ = self._quant_args("quant_matmul_i8", weight)
+        if qtype not in _I8_CODES:
             raise ValueError(f"quant_matmul_i8 takes {', '.join(I8_TYPES)}, not {weight.qtype}")
-        if x.shape[1] != weight.in_features:
+        _tensor("quant_matmul_i8 x", x, self.dtype, 2, rows=True)
+        num_rows, width = x.shape
+        if width != in_features:
             raise ValueError(
-                f"quant_matmul_i8: x [T, {x.shape[1]}] does not fit a weight of "
-                f"{list(weight.shape)}"
+                f"quant_matmul_i8: x [T, {width}] does not fit a weight of {list(weight.shape)}"
             )
-        num_rows = x.shape[0]
-        out = torch.empty(num_rows, weight.out_features, dtype=self.dtype)
+        out = torch.empty(num_rows, out_features, dtype=self.dtype)
         if num_rows == 0:
             return out
         code = self._quant_matmul_i8(
             x.data_ptr(),
             x.stride(0),
             num_rows,
+            data,
+            qtype,
+            out_features,
+            in_features,
+            out.data_ptr(),
+            out_features,  # a fresh out's row stride
+            torch.get_num_threads(),
+        )
+        if code:
+            _done("quant_matmul_i8", code)
+        return out
+
+    def _quant_args(self, name: str, weight: QuantWeight) -> tuple:
+        """(data pointer, type code, out, in, scale pointer) of `weight`, checked on its first
+        call and kept: the model's weights are the same objects step after step, and a
+        QuantWeight is frozen. The entry holds the weight, so its id is not reused while
+        cached; past _MAX_CACHED_WEIGHTS entries (weights made per call) the cache starts over."""
+        entry = self._weights.get(id(weight))
+        if entry is not None and entry[0] is weight:
+            return entry[1]
+        self._check_quant(name, weight)
+        scale = weight.scale
+        args = (
             weight.data.data_ptr(),
             _QUANT_TYPES[weight.qtype],
             weight.out_features,
             weight.in_features,
-            out.data_ptr(),
-            out.stride(0),
-            torch.get_num_threads(),
+            None if scale is None else scale.data_ptr(),
         )
-        _done("quant_matmul_i8", code)
-        return out
+        if len(self._weights) >= _MAX_CACHED_WEIGHTS:
+            self._weights.clear()
+        self._weights[id(weight)] = (weight, args)
+        return args
 
     def quant_dequantize(self, weight: QuantWeight) -> torch.Tensor:
         """W dense [out, in] in this library's dtype."""
@@ -468,8 +502,7 @@ class CpuKernels:
             head_dim,
             rope.data_ptr(),
             slots.data_ptr(),
-            kv_cache[0].data_ptr(),
-            kv_cache[1].data_ptr(),
+            *_halves(kv_cache),
             torch.get_num_threads(),
         )
 
@@ -510,8 +543,7 @@ class CpuKernels:
             num_heads,
             num_kv_heads,
             head_dim,
-            kv_cache[0].data_ptr(),
-            kv_cache[1].data_ptr(),
+            *_halves(kv_cache),
             kv_cache.shape[2],
             tables.data_ptr(),
             tables.shape[1],

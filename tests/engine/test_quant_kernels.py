@@ -145,6 +145,24 @@ def test_quant_wrappers_check_before_calling(build):
     assert kernels[torch.float32].quant_matmul(torch.zeros(0, 64), w).shape == (0, 4)
 
 
+def test_quant_matmul_multiplies_by_the_weight_it_is_given_call_after_call(build):
+    """The wrappers keep each weight's checked pointers: weights used in turn, and fresh
+    weights made per call (whose ids Python may reuse), each still give their own product."""
+    _, kernels = build
+    k = kernels[torch.float32]
+    x = torch.randn(2, 64, generator=torch.Generator().manual_seed(5))
+    kept = [_weight("q4_1", 6, 64, seed) for seed in (1, 2)]
+    for _ in range(2):
+        for w in kept:
+            torch.testing.assert_close(
+                k.quant_matmul(x, w), x @ dequantize(w).T, rtol=1e-5, atol=1e-5
+            )
+    for seed in range(20):  # each made, used and dropped: its id is free for the next
+        w = _weight("q8_0", 5, 64, 10 + seed)
+        torch.testing.assert_close(k.quant_matmul(x, w), x @ dequantize(w).T, rtol=1e-5, atol=1e-5)
+        del w
+
+
 @pytest.mark.parametrize("num_rows", [3, 16, 17, 40])
 def test_ckernel_ops_quant_linear_decode_rows_and_prompt_tiles(build, monkeypatch, num_rows):
     """Up to QUANT_KERNEL_MAX_ROWS rows: the kernel; above: dequantised tiles of weight
