@@ -22,6 +22,8 @@ tries another replica; queueing is the server's job). `health()` asks `/health` 
 `/ready` (ownllm) or `/v1/models` (any other), and `stats()` is the last scrape of the
 server's Prometheus `/metrics` (vLLM's `vllm:*` or ownllm's gauges), taken every
 `SCRAPE_INTERVAL_S` while the backend runs; without metrics it counts what is in flight.
+The streamed calls go through `UpstreamClient` (aiohttp, `backends/upstream.py`); health
+checks, scrapes and discovery through httpx.
 
 Left out: adapters on a plain OpenAI endpoint (a 400; dialect `ownllm` sends registry
 ids to a replica that shares the registry), tool calls, and prefix-cache isolation on a
@@ -48,6 +50,7 @@ from ownllm.backends.base import (
     SamplingParams,
     TokenLogprob,
 )
+from ownllm.backends.upstream import UpstreamClient, UpstreamError, UpstreamResponse
 from ownllm.config import BackendConfig
 from ownllm.errors import (
     BackendError,
@@ -138,10 +141,16 @@ class OpenAIBackend:
         self._tokenizer = tokenizer
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client: httpx.AsyncClient | None = None
+        self.upstream = UpstreamClient(
+            self.url,
+            headers=self._headers,
+            read_timeout_s=cfg.timeout_s,
+            max_connections=cfg.max_concurrency + 4,
+        )
         self._scraper: asyncio.Task | None = None
         self._scraped: EngineStats | None = None
         self.in_flight = 0
-        self._streams: dict[str, httpx.Response] = {}
+        self._streams: dict[str, UpstreamResponse] = {}
         if cfg.dialect == "ownllm":
             self.health_path, self.metric_names = "/ready", OWNLLM_METRICS
 
@@ -168,6 +177,7 @@ class OpenAIBackend:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._scraper
             self._scraper = None
+        await self.upstream.close()
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -324,7 +334,7 @@ class OpenAIBackend:
         """Close the request's connection: the server aborts a request whose client left."""
         response = self._streams.pop(request_id, None)
         if response is not None:
-            await response.aclose()
+            response.close()
 
     async def _stream(
         self, request: GenerateRequest, path: str, body: dict[str, Any]
@@ -332,19 +342,20 @@ class OpenAIBackend:
         is_chat = path.endswith("chat/completions")
         stream = _Stream(request.sampling.n, len(request.prompt_token_ids))
         try:
-            async with self.client.stream("POST", path, json=body) as response:
+            async with self.upstream.stream(path, body) as response:
                 if response.status_code != 200:
                     raise await self.status_error(response, request)
                 self._streams[request.request_id] = response
-                async for line in _lines(response):
+                async for line in response.lines():
                     for delta in self._parse_line(line, stream, is_chat):
                         stream.is_started = True
                         yield delta
                     if stream.is_done:
+                        await response.finish()
                         break
         except OwnLLMError:
             raise
-        except (httpx.HTTPError, httpx.StreamError) as e:  # StreamError: closed by abort()
+        except UpstreamError as e:  # also a connection closed by abort()
             if stream.is_started:
                 raise BackendStreamError(
                     f"backend {self.name} broke off the answer: {_describe(e)}"
@@ -444,14 +455,9 @@ class OpenAIBackend:
             for i in range(stream.n)
         ]
 
-    async def status_error(self, response: httpx.Response, request: GenerateRequest) -> Exception:
+    async def status_error(self, response: UpstreamResponse, request: GenerateRequest) -> Exception:
         """The ownllm error for a non-200 answer to `request`."""
-        raw = b""
-        async for part in response.aiter_bytes():
-            raw += part
-            if len(raw) >= MAX_ERROR_BODY:
-                break
-        message, param, code = error_fields(raw)
+        message, param, code = error_fields(await response.read(MAX_ERROR_BODY))
         return map_status(self.name, response.status_code, message, param, code, response.headers)
 
 
@@ -550,19 +556,6 @@ def _stream_error(name: str, error: Any, is_started: bool) -> OwnLLMError:
     if not is_started and isinstance(error, dict) and isinstance(error.get("code"), int):
         return map_status(name, error["code"], str(message), error.get("param"), None)
     return BackendStreamError(f"backend {name} ended the answer with an error: {message}")
-
-
-async def _lines(response: httpx.Response) -> AsyncIterator[bytes]:
-    """The lines of a server-sent event stream as bytes (json.loads takes them as they are):
-    cheaper per event than httpx's `aiter_lines`, which decodes to text first."""
-    rest = b""
-    async for part in response.aiter_bytes():
-        lines = (rest + part).split(b"\n") if rest else part.split(b"\n")
-        rest = lines.pop()
-        for line in lines:
-            yield line
-    if rest:
-        yield rest
 
 
 def _retry_after(headers: Any) -> float:
