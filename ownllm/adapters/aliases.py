@@ -29,7 +29,15 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import defer
 
-from ownllm.adapters.registry import AdapterRecord, Viewer, get_adapter, own_adapter, validate_name
+from ownllm.adapters.registry import (
+    AdapterRecord,
+    Viewer,
+    find_row,
+    get_adapter,
+    is_adapter_id,
+    own_adapter,
+    validate_name,
+)
 from ownllm.adapters.routing import Router
 from ownllm.errors import (
     ConflictError,
@@ -216,14 +224,32 @@ def _router_of(row: ModelAlias) -> Router | None:
 def find_alias(db: Database, tenant_id: str, name: str) -> AliasRecord | None:
     """The tenant's alias `name`, or None (what model resolution asks, once per request:
     the router's index, which may be large, is not read again)."""
-    query = (
+    with db.session() as s:
+        row = s.scalars(_alias_query(tenant_id, name)).first()
+        return AliasRecord.from_row(row) if row is not None else None
+
+
+def find_model(
+    db: Database, viewer: Viewer, name: str
+) -> tuple[AliasRecord | None, AdapterRecord | None]:
+    """What model `name` means for the viewer, read in one transaction (model resolution,
+    once per request): the tenant's alias `name`, else the adapter it names, else neither.
+    An id is read once: no alias takes the id form of adapters (`validate_name`)."""
+    with db.session() as s:
+        if not is_adapter_id(name):
+            row = s.scalars(_alias_query(viewer.tenant_id, name)).first()
+            if row is not None:
+                return AliasRecord.from_row(row), None
+        adapter = find_row(s, viewer, name)
+        return None, AdapterRecord.from_row(adapter) if adapter is not None else None
+
+
+def _alias_query(tenant_id: str, name: str):
+    return (
         select(ModelAlias)
         .options(defer(ModelAlias.router))
         .where(ModelAlias.tenant_id == tenant_id, ModelAlias.name == name)
     )
-    with db.session() as s:
-        row = s.scalars(query).first()
-        return AliasRecord.from_row(row) if row is not None else None
 
 
 def get_alias(db: Database, viewer: Viewer, name: str) -> AliasRecord:

@@ -293,7 +293,7 @@ def _remove_dir(data_dir: DataDir, directory: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def _find(session: Session, viewer: Viewer, ref: str) -> Adapter | None:
+def find_row(session: Session, viewer: Viewer, ref: str) -> Adapter | None:
     """The adapter `ref` (an id, or a name) means for the viewer, if it may see one."""
     if is_adapter_id(ref):
         row = session.get(Adapter, ref)
@@ -345,7 +345,7 @@ def resolve_model(
     the module docstring); None for unknown names and other tenants' private adapters,
     and, given `base_sha256` (the served base's weights), for adapters of another base."""
     with db.session() as s:
-        row = _find(s, principal, name)
+        row = find_row(s, principal, name)
         record = AdapterRecord.from_row(row) if row is not None else None
     if record is None:
         return None
@@ -383,7 +383,7 @@ def delete_adapter(db: Database, data_dir: DataDir, principal: Viewer, ref: str)
     caller unloads the returned adapter from a running engine.
     """
     with db.session() as s:
-        row = _find(s, principal, ref)
+        row = find_row(s, principal, ref)
         if row is None or not (principal.is_admin or row.tenant_id == principal.tenant_id):
             raise NotFoundError(f"no adapter {ref!r}", param="adapter")
         if db.is_postgres:  # a promotion to it waits for this delete, or this for it

@@ -69,15 +69,18 @@ def _resolve_model(
     once here so the request finishes on it whatever a promotion does meanwhile (none for
     an alias of the base), or for a router alias the version nearest `text`; else the
     adapter `model` names. With the router's pick, when there was one."""
+    alias = adapter = None
     if state.db is not None:
-        from ownllm.adapters.aliases import find_alias
+        from ownllm.adapters.aliases import find_model
 
-        alias = find_alias(state.db, principal.tenant_id, model)
-        if alias is not None and alias.router is not None:
-            return _route(state, alias, text)
-        if alias is not None:
-            return ([AdapterWeight(alias.target)] if alias.target is not None else []), None
-    return [AdapterWeight(_resolve_adapter(state, principal, model, "model"))], None
+        alias, adapter = find_model(state.db, principal, model)  # one transaction
+    if alias is not None and alias.router is not None:
+        return _route(state, alias, text)
+    if alias is not None:
+        return ([AdapterWeight(alias.target)] if alias.target is not None else []), None
+    if adapter is None:
+        raise ModelNotFoundError(f"The model '{model}' does not exist.", param="model")
+    return [AdapterWeight(adapter.id)], None
 
 
 def _route(state: AppState, alias, text: str) -> tuple[list[AdapterWeight], dict[str, Any]]:
