@@ -17,6 +17,10 @@ Kernels (source: `csrc/cpu_kernels.c`; both C files include `csrc/kernels_common
   (AVX-512, AVX2 + FMA or a portable loop; bf16 x times q4 in AVX512-BF16 dot
   products where the CPU has them), and `quant_dequantize`, W's rows in
   float32 or bfloat16 for the GEMM of a prompt chunk.
+- `quant_gemm` (source: `csrc/quant_gemm.c`): the same product for dozens of rows (a
+  decode step of many sequences), a GEMM whose packing of W is its dequantisation: a
+  panel of columns at a time into the microkernel's layout (AVX512-BF16 pairs, or
+  float32 for AVX-512F and AVX2 + FMA; not in the portable build).
 - `quant_matmul_i8` (source: `csrc/quant_i8.c`): the same product with x first rounded
   to int8 blocks of 32 and integer dot products (AVX-512 VNNI, AVX2 or portable),
   llama.cpp's scheme, for `engine.quant_activations = int8`.
@@ -64,7 +68,9 @@ from ownllm.formats.quant import QuantWeight
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.c"
-SOURCES = tuple(SOURCE.with_name(n) for n in ("cpu_kernels.c", "quant_kernels.c", "quant_i8.c"))
+SOURCES = tuple(
+    SOURCE.with_name(n) for n in ("cpu_kernels.c", "quant_kernels.c", "quant_gemm.c", "quant_i8.c")
+)
 HEADERS = tuple(SOURCE.with_name(n) for n in ("kernels_common.h", "quant_common.h"))
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
 COMPILE_TIMEOUT_S = 300.0  # a first build takes seconds; past this the compiler is killed
@@ -72,6 +78,8 @@ _SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}
 _QUANT_TYPES = {"q4_0": 0, "q4_1": 1, "q8_0": 2, "int8": 3}  # csrc/quant_kernels.c's QT_*
 _QUANT_PATHS = {2: "AVX-512", 1: "AVX2", 0: "portable"}
 _I8_PATHS = {2: "AVX-512 VNNI", 1: "AVX2", 0: "portable"}  # csrc/quant_i8.c's I8_PATH
+# csrc/quant_gemm.c's quant_gemm_path (3: bf16 pairs in vdpbf16ps, for bf16 x); 0: not built
+_GEMM_PATHS = {3: "AVX512-BF16", 2: "AVX-512", 1: "AVX2", 0: None}
 I8_TYPES = ("q4_0", "q4_1", "q8_0")  # what quant_matmul_i8 takes
 _I8_CODES = frozenset(_QUANT_TYPES[t] for t in I8_TYPES)
 _MAX_CACHED_WEIGHTS = 4096  # checked weights kept by `CpuKernels._quant_args` (a model: ~7 a layer)
@@ -251,6 +259,13 @@ class CpuKernels:
         self._quant_matmul_i8 = getattr(library, f"quant_matmul_i8_{suffix}")
         self._quant_matmul_i8.argtypes = [_P, _I64, _I64, _P, _I, _I64, _I64, _P, _I64, _I]
         self._quant_matmul_i8.restype = _I
+        self._quant_gemm = getattr(library, f"quant_gemm_{suffix}")
+        self._quant_gemm.argtypes = [_P, _I64, _I64, _P, _I, _I64, _I64, _P, _P, _I64, _I]
+        self._quant_gemm.restype = _I
+        gemm = library.quant_gemm_path()
+        # the batched kernel's loop, None in the portable build (quant_gemm is not there);
+        # float32 x runs AVX-512F where bf16 runs AVX512-BF16
+        self.quant_gemm_path = _GEMM_PATHS[2 if gemm == 3 and dtype == torch.float32 else gemm]
         self.quant_path = _QUANT_PATHS[library.quant_path()]
         self.quant_i8_path = _I8_PATHS[library.quant_i8_path()]
         # bf16 x times q4_0 / q4_1 in AVX512-BF16 dot products (csrc/quant_kernels.c)
@@ -341,6 +356,48 @@ class CpuKernels:
         if code:
             _done("quant_matmul", code)
         return out
+
+    def quant_gemm(self, x: torch.Tensor, weight: QuantWeight) -> torch.Tensor:
+        """x W^T [T, out] for x of many rows (rows contiguous, csrc/quant_gemm.c): W dequantised
+        a panel of columns at a time into the microkernel's layout, in this dtype (what
+        `quant_dequantize` gives), float32 sums. Needs `quant_gemm_path` and in_features a
+        multiple of 32 (`quant_gemm_takes`)."""
+        data, qtype, out_features, in_features, scale = self._quant_args("quant_gemm", weight)
+        _tensor("quant_gemm x", x, self.dtype, 2, rows=True)
+        num_rows, width = x.shape
+        if width != in_features:
+            raise ValueError(
+                f"quant_gemm: x [T, {width}] does not fit a weight of {list(weight.shape)}"
+            )
+        if not self.quant_gemm_takes(weight):
+            raise ValueError(
+                f"quant_gemm: not for a weight of {list(weight.shape)} in this build "
+                f"(path {self.quant_gemm_path}; in_features must be a multiple of 32)"
+            )
+        out = torch.empty(num_rows, out_features, dtype=self.dtype)
+        if num_rows == 0:
+            return out
+        code = self._quant_gemm(
+            x.data_ptr(),
+            x.stride(0),
+            num_rows,
+            data,
+            qtype,
+            out_features,
+            in_features,
+            scale,
+            out.data_ptr(),
+            out_features,  # a fresh out's row stride
+            torch.get_num_threads(),
+        )
+        if code:
+            _done("quant_gemm", code)
+        return out
+
+    def quant_gemm_takes(self, weight: QuantWeight) -> bool:
+        """Whether `quant_gemm` multiplies by `weight`: the kernel is built here and K is whole
+        blocks of 32 (int8 weights may have any width)."""
+        return self.quant_gemm_path is not None and weight.in_features % 32 == 0
 
     def quant_matmul_i8(self, x: torch.Tensor, weight: QuantWeight) -> torch.Tensor:
         """x W^T [T, out] with each row of x rounded to int8 blocks of 32 first

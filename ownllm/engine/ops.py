@@ -10,7 +10,9 @@ The quantised linear layers (`quant_linear`, `dequantize`) take a `QuantWeight`:
 the torch path dequantises it on every call (a reference, and what a GPU would
 run; the engine serves dequantised weights instead, see `llm_engine.py`); the
 C path multiplies decode-sized steps (up to QUANT_KERNEL_MAX_ROWS rows) in
-registers and dequantises prompt chunks tile by tile for the dense GEMM.
+registers, batches of many rows (up to QUANT_GEMM_MAX_ROWS) in its GEMM that
+dequantises W panel by panel (`quant_gemm`), and larger prompt chunks through
+dequantised tiles and the dense GEMM.
 
 With `engine.quant_activations = int8`, both multiply q4_0 / q4_1 / q8_0 weights by x
 rounded to int8 blocks of 32 (llama.cpp's scheme, `round_activations`): the C path in
@@ -37,7 +39,9 @@ from ownllm.formats.quant import QuantWeight, dequantize, round_activations
 
 LORA_KERNEL_MAX_ROWS = 128  # above: the tiled bmm path (the C loop is per row, 2-3x slower
 # than MKL's bmm on a 1024-row prefill step; at 64 decode rows it is 1.15x faster)
-QUANT_KERNEL_MAX_ROWS = 16  # above: dequantised tiles and the dense GEMM
+QUANT_KERNEL_MAX_ROWS = 16  # above: the batched kernel (quant_gemm), or tiles and the GEMM
+QUANT_GEMM_MAX_ROWS = 512  # above: tiles and the GEMM (a bf16 q4_1 layer, 1 thread: the batched
+# kernel 0.94x the tiles at 256 rows, level at 1024)
 QUANT_TILE_ELEMENTS = 1 << 21  # weights dequantised at once for a prompt chunk (4-8 MiB)
 
 
@@ -186,9 +190,13 @@ class CKernelOps:
         if x.stride(-1) != 1:
             x = x.contiguous()
         int8 = self.int8_activations and weight.qtype in I8_TYPES
-        if x.shape[0] <= QUANT_KERNEL_MAX_ROWS:
+        num_rows = x.shape[0]
+        if num_rows <= QUANT_KERNEL_MAX_ROWS:
             kernel = self.kernels.quant_matmul_i8 if int8 else self.kernels.quant_matmul
             out = kernel(x, weight)
+            return out if bias is None else out.add_(bias)
+        if not int8 and num_rows <= QUANT_GEMM_MAX_ROWS and self.kernels.quant_gemm_takes(weight):
+            out = self.kernels.quant_gemm(x, weight)
             return out if bias is None else out.add_(bias)
         if int8:
             x = rounded(x)

@@ -3,8 +3,9 @@ reference: the same model with its weights replaced by their dequantised values.
 
 Greedy outputs must agree token for token (float32: the kernels differ from the
 reference only in summation order). Prompts longer than QUANT_KERNEL_MAX_ROWS run
-the tiled-dequantisation path, decode steps the in-register kernels; a LoRA
-adapter on top and several sequences per step are included.
+the batched kernel (or, past QUANT_GEMM_MAX_ROWS, the tiled-dequantisation path),
+decode steps the in-register kernels; a LoRA adapter on top and several sequences
+per step are included.
 """
 
 from __future__ import annotations
@@ -83,6 +84,17 @@ def test_quantised_greedy_matches_the_dequantised_reference(llama_dir, adapter, 
     assert got == reference
     # the adapter changes the output (so it was applied on top of the quantised base)
     assert any(got[f"a{i}"] != got[f"p{i}"] for i in range(len(PROMPTS)))
+
+
+@needs_compiler
+def test_prompts_through_the_dequantised_tiles_match_the_batched_kernel(llama_dir, monkeypatch):
+    """Past QUANT_GEMM_MAX_ROWS a prompt chunk goes through dequantised tiles and the dense
+    GEMM instead: the same tokens (float32)."""
+    from ownllm.engine import ops
+
+    got = generate(engine(llama_dir, "q4_1"))
+    monkeypatch.setattr(ops, "QUANT_GEMM_MAX_ROWS", ops.QUANT_KERNEL_MAX_ROWS)
+    assert generate(engine(llama_dir, "q4_1")) == got
 
 
 @needs_compiler

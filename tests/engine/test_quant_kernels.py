@@ -4,6 +4,10 @@ Three builds run on any x86 machine: the native one (AVX-512 where the CPU has i
 AVX2 + FMA (-DOWNLLM_NO_AVX512) and the portable loop (-DOWNLLM_NO_AVX2 too); a build
 whose instructions this CPU lacks is skipped. Every type, both dtypes, odd shapes.
 
+The batched kernel (csrc/quant_gemm.c, for many rows) multiplies by the weights as
+quant_dequantize gives them in the dtype (bf16-rounded for bf16), checked the same way
+against those; the portable build has none.
+
 Tolerance: the kernel sums float32 products of the exact dequantised weights, so
 against a float64 reference its error is float32 summation error, bounded here by
 1e-5 * sum |x| |w| per output; bf16 outputs add one bf16 rounding (2^-8 relative).
@@ -75,6 +79,11 @@ def test_each_build_runs_the_loop_it_was_built_for(build):
     vnni = name == "native" and {"avx512f", "avx512vl", "avx512_vnni"} <= flags
     i8 = "AVX-512 VNNI" if vnni else ("portable" if expected == "portable" else "AVX2")
     assert kernels[torch.float32].quant_i8_path == i8
+    # the batched kernel: float32 on the build's vectors, bf16 in vdpbf16ps where the
+    # decode kernel has it, none in the portable build
+    gemm = None if expected == "portable" else expected
+    assert kernels[torch.float32].quant_gemm_path == gemm
+    assert kernels[torch.bfloat16].quant_gemm_path == ("AVX512-BF16" if dot else gemm)
 
 
 def _weight(qtype: str, rows: int, cols: int, seed: int) -> QuantWeight:
@@ -114,6 +123,65 @@ def test_quant_matmul_matches_dequantise_then_matmul(build, qtype, dtype):
             bound += reference.abs() * 2**-8
         err = (got.double() - reference).abs()
         assert (err <= bound).all(), (qtype, num_rows, out_features, in_features, err.max())
+
+
+GEMM_SHAPES = [  # (rows of x, out_features, in_features): whole panels and ragged ones
+    (17, 37, 96),
+    (33, 64, 576),
+    (64, 100, 288),
+    (100, 5, 64),
+    (24, 8, 32),
+    (13, 33, 160),
+]
+
+
+def _bounded(got: torch.Tensor, x: torch.Tensor, dense: torch.Tensor) -> None:
+    """got within float32 summation error of x times `dense` (+ one rounding in bf16)."""
+    reference = x.double() @ dense.double().T
+    bound = 1e-5 * (x.double().abs() @ dense.double().abs().T) + 1e-7
+    if got.dtype == torch.bfloat16:
+        bound += reference.abs() * 2**-8
+    err = (got.double() - reference).abs()
+    assert (err <= bound).all(), (list(x.shape), list(dense.shape), err.max())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("qtype", ["q4_0", "q4_1", "q8_0", "int8"])
+def test_quant_gemm_matches_the_dequantised_weight_in_the_dtype(build, qtype, dtype):
+    """The batched kernel multiplies by what quant_dequantize gives in the model's dtype
+    (bf16-rounded weights for bf16), whatever the rows and columns."""
+    _, kernels = build
+    k = kernels[dtype]
+    for seed, (num_rows, out_features, in_features) in enumerate(GEMM_SHAPES):
+        w = _weight(qtype, out_features, in_features, 40 + seed)
+        x = torch.randn(num_rows, in_features, generator=torch.Generator().manual_seed(seed))
+        x = x.to(dtype)
+        if k.quant_gemm_path is None:  # the portable build: the caller keeps its tiles
+            assert not k.quant_gemm_takes(w)
+            with pytest.raises(ValueError, match="not for a weight"):
+                k.quant_gemm(x, w)
+            continue
+        got = k.quant_gemm(x, w)
+        assert got.dtype == dtype and got.shape == (num_rows, out_features)
+        _bounded(got, x, dequantize(w, dtype))
+
+
+def test_quant_gemm_reads_strided_rows_and_refuses_what_it_cannot_take(build):
+    _, kernels = build
+    k = kernels[torch.bfloat16]
+    if k.quant_gemm_path is None:
+        pytest.skip("no batched kernel in the portable build")
+    w = _weight("q4_1", 20, 64, 8)
+    wide = torch.randn(40, 100, generator=torch.Generator().manual_seed(9)).to(torch.bfloat16)
+    x = wide[:, 10:74]  # rows contiguous, stride 100
+    _bounded(k.quant_gemm(x, w), x, dequantize(w, torch.bfloat16))
+    assert k.quant_gemm(x[:0], w).shape == (0, 20)
+    odd = _weight("int8", 6, 50, 1)  # int8 rows of any width: not whole blocks
+    assert not k.quant_gemm_takes(odd)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        k.quant_gemm(torch.zeros(20, 50, dtype=torch.bfloat16), odd)
+    with pytest.raises(ValueError, match="does not fit"):
+        k.quant_gemm(torch.zeros(20, 32, dtype=torch.bfloat16), w)
 
 
 def test_quant_matmul_reads_strided_rows(build):
@@ -163,21 +231,42 @@ def test_quant_matmul_multiplies_by_the_weight_it_is_given_call_after_call(build
         del w
 
 
-@pytest.mark.parametrize("num_rows", [3, 16, 17, 40])
-def test_ckernel_ops_quant_linear_decode_rows_and_prompt_tiles(build, monkeypatch, num_rows):
-    """Up to QUANT_KERNEL_MAX_ROWS rows: the kernel; above: dequantised tiles of weight
-    rows (here 3 rows a tile, so the last tile is partial) through the GEMM, bias added."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize(
+    ("num_rows", "qtype", "path"),
+    [
+        (3, "q4_1", "kernel"),
+        (16, "q4_1", "kernel"),
+        (17, "q4_1", "gemm"),
+        (40, "q8_0", "gemm"),
+        (40, "q4_0", "tiles"),
+        (40, "int8", "tiles"),  # int8 of width 50: not whole blocks, so tiles on every build
+    ],
+)
+def test_ckernel_ops_quant_linear_each_path(build, monkeypatch, num_rows, qtype, path, dtype):
+    """Up to QUANT_KERNEL_MAX_ROWS rows: the kernel; above, up to QUANT_GEMM_MAX_ROWS, the
+    batched kernel (where the build has it); above that, dequantised tiles of weight rows
+    (here 3 rows a tile, so the last tile is partial) through the GEMM. Bias added."""
     from ownllm.engine import ops
 
     _, kernels = build
     monkeypatch.setattr(ops, "QUANT_TILE_ELEMENTS", 3 * 64)
+    if path == "tiles":
+        monkeypatch.setattr(ops, "QUANT_GEMM_MAX_ROWS", 32)
     c_ops = ops.CKernelOps.__new__(ops.CKernelOps)
-    c_ops.kernels, c_ops.int8_activations = kernels[torch.float32], False
-    w = _weight("q4_1", 10, 64, 11)
-    bias = torch.randn(10)
-    x = torch.randn(num_rows, 64)
-    got = c_ops.quant_linear(x, w, bias)
-    torch.testing.assert_close(got, torch.nn.functional.linear(x, dequantize(w), bias))
+    c_ops.kernels, c_ops.int8_activations = kernels[dtype], False
+    gen = torch.Generator().manual_seed(num_rows)
+    w = _weight(qtype, 10, 50 if qtype == "int8" else 64, 11)
+    x = torch.randn(num_rows, w.in_features, generator=gen).to(dtype)
+    if dtype == torch.float32:
+        bias = torch.randn(10, generator=gen)
+        got = c_ops.quant_linear(x, w, bias)
+        torch.testing.assert_close(got, torch.nn.functional.linear(x, dequantize(w), bias))
+    else:  # the bias is added the same way in both dtypes; here the product alone
+        got = c_ops.quant_linear(x, w, None)
+        assert got.dtype == dtype
+        # the decode kernel multiplies by the exact weights, the others by bf16-rounded ones
+        _bounded(got, x, dequantize(w, torch.float32 if path == "kernel" else dtype))
 
 
 def _rounded_x(x: torch.Tensor) -> torch.Tensor:

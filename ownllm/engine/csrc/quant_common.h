@@ -59,6 +59,75 @@ static inline int q_block_bytes(int type) {
     return type == QT_Q4_0 ? 18 : type == QT_Q4_1 ? 20 : type == QT_Q8_0 ? 34 : 32;
 }
 
+/* One block (32 weights) dequantised into vector registers, exactly (d q + m in one
+ * rounding; int8: q, its scale applied by the caller): w0 elements 0-15, w1 16-31 (AVX-512);
+ * w[0..3] elements 0-7, ..., 24-31 (AVX2). Shared by quant_kernels.c and quant_gemm.c. */
+#if QPATH == 2
+INLINE void q_deq512(const int type, const uint8_t *b, __m512 *w0, __m512 *w1) {
+    if (type == QT_Q8_0 || type == QT_INT8) {
+        const uint8_t *q = type == QT_INT8 ? b : b + 2;
+        const __m256i v = _mm256_loadu_si256((const __m256i *)q);
+        __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(v)));
+        __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(v, 1)));
+        if (type == QT_Q8_0) {
+            const __m512 d = _mm512_set1_ps(q_half(b));
+            lo = _mm512_mul_ps(lo, d);
+            hi = _mm512_mul_ps(hi, d);
+        }
+        *w0 = lo;
+        *w1 = hi;
+        return;
+    }
+    const __m128i mask = _mm_set1_epi8(15);
+    const __m128i v = _mm_loadu_si128((const __m128i *)(b + (type == QT_Q4_1 ? 4 : 2)));
+    const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(v, mask)));
+    const __m512 hi =
+        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(v, 4), mask)));
+    const __m512 d = _mm512_set1_ps(q_half(b));
+    if (type == QT_Q4_1) {
+        const __m512 m = _mm512_set1_ps(q_half(b + 2));
+        *w0 = _mm512_fmadd_ps(lo, d, m);
+        *w1 = _mm512_fmadd_ps(hi, d, m);
+    } else {
+        const __m512 eight = _mm512_set1_ps(8.0f);
+        *w0 = _mm512_mul_ps(_mm512_sub_ps(lo, eight), d);
+        *w1 = _mm512_mul_ps(_mm512_sub_ps(hi, eight), d);
+    }
+}
+#elif QPATH == 1
+INLINE void q_deq256(const int type, const uint8_t *b, __m256 *w) {
+    if (type == QT_Q8_0 || type == QT_INT8) {
+        const uint8_t *q = type == QT_INT8 ? b : b + 2;
+        const __m128i v0 = _mm_loadu_si128((const __m128i *)q);
+        const __m128i v1 = _mm_loadu_si128((const __m128i *)(q + 16));
+        w[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v0));
+        w[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v0, 8)));
+        w[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v1));
+        w[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v1, 8)));
+        if (type == QT_Q8_0) {
+            const __m256 d = _mm256_set1_ps(q_half(b));
+            for (int p = 0; p < 4; p++) w[p] = _mm256_mul_ps(w[p], d);
+        }
+        return;
+    }
+    const __m128i mask = _mm_set1_epi8(15);
+    const __m128i v = _mm_loadu_si128((const __m128i *)(b + (type == QT_Q4_1 ? 4 : 2)));
+    const __m128i lo = _mm_and_si128(v, mask), hi = _mm_and_si128(_mm_srli_epi16(v, 4), mask);
+    w[0] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
+    w[1] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
+    w[2] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
+    w[3] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
+    const __m256 d = _mm256_set1_ps(q_half(b));
+    if (type == QT_Q4_1) {
+        const __m256 m = _mm256_set1_ps(q_half(b + 2));
+        for (int p = 0; p < 4; p++) w[p] = _mm256_fmadd_ps(w[p], d, m);
+    } else {
+        const __m256 eight = _mm256_set1_ps(8.0f);
+        for (int p = 0; p < 4; p++) w[p] = _mm256_mul_ps(_mm256_sub_ps(w[p], eight), d);
+    }
+}
+#endif
+
 /* The weights a few tiles ahead, asked for while this tile computes: a decode step streams
  * ~100 MB of blocks that no cache holds, and with the hardware prefetcher alone one thread
  * read them at about half its copy bandwidth. Q_PREFETCH bytes ahead of each block (4 KiB:
