@@ -16,8 +16,8 @@
  *                shuffles); x broadcast 4 k at a time (vbroadcastf32x4), 12 rows x 2 vectors
  *                of accumulators, each output the sum of its 4 lanes once per tile;
  *   AVX512-BF16: the same with bf16 pairs (4 columns x 4 pairs of k a vector, vdpbf16ps, x's
- *                own pairs broadcast 4 at a time), for bf16 x; q4 blocks through a table of
- *                their 16 values (vpermw);
+ *                own pairs broadcast 4 at a time), for bf16 x; a q4 block of 4 rows becomes
+ *                its 4 vectors by table lookups (vpermt2w), no transposes;
  *   AVX2 + FMA:  float32 [K][16], 6 rows x 2 ymm, rows transposed into columns 8x8;
  * bf16 x without AVX512-BF16 is widened once and runs the float32 loop. The portable build
  * has none (quant_gemm_path() answers 0, and the caller keeps its tiles).
@@ -329,29 +329,10 @@ INLINE void qg_scales(const int type, const uint8_t *row, int64_t blk0, int64_t 
         _mm512_storeu_ps(m, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(g, 16))));
 }
 
-/* One block of a weight row in bf16, elements 0-31 in order, as quant_dequantize_bf16
- * computes them. q4 (d, m from qg_scales): the block's 16 values bf16(d q + m) (q4_0:
- * d (q - 8)), twice in one register, looked up by byte and high nibble (vpermw reads an
- * index's low 5 bits, so a byte's bit 4 picks the same value): the same numbers as
- * converting each weight. */
-INLINE __m512i qg_words(const int type, const uint8_t *b, const float *d, const float *m,
-                        float s) {
+/* One q8_0 or int8 block of a weight row in bf16, elements 0-31 in order, as
+ * quant_dequantize_bf16 computes them (int8: times the row's scale s). */
+INLINE __m512i qg_words(const int type, const uint8_t *b, float s) {
     q_prefetch(b);
-    if (type == QT_Q4_0 || type == QT_Q4_1) {
-        const __m512 q = type == QT_Q4_1 ? _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11,
-                                                          12, 13, 14, 15)
-                                         : _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1,
-                                                          2, 3, 4, 5, 6, 7);
-        const __m512 v = type == QT_Q4_1
-                             ? _mm512_fmadd_ps(q, _mm512_set1_ps(*d), _mm512_set1_ps(*m))
-                             : _mm512_mul_ps(q, _mm512_set1_ps(*d));
-        const __m512i table = (__m512i)_mm512_cvtne2ps_pbh(v, v);
-        const __m128i n = _mm_loadu_si128((const __m128i *)(b + (type == QT_Q4_1 ? 4 : 2)));
-        const __m512i shift = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
-        const __m512i idx =
-            _mm512_srlv_epi16(_mm512_cvtepu8_epi16(_mm256_broadcastsi128_si256(n)), shift);
-        return _mm512_permutexvar_epi16(idx, table);
-    }
     __m512 w0, w1;
     q_deq512(type, b, &w0, &w1);
     if (type == QT_INT8) {
@@ -361,30 +342,77 @@ INLINE __m512i qg_words(const int type, const uint8_t *b, const float *d, const 
     return (__m512i)_mm512_cvtne2ps_pbh(w1, w0);
 }
 
+/* One q4 block of 4 weight rows at once, as the panel's 4 vectors (4 steps of 4 pairs): the
+ * rows' 16-value tables (bf16(d q + m); q4_0: d (q - 8)) two to a register, the 4 rows'
+ * nibble bytes one to a 128-bit lane, and each vector one vpermt2w of the 64 table words
+ * by nibble + 16 x row: no transposes. */
+INLINE void qg_block4_q4(const int type, const uint8_t *const b[4], const float *d,
+                         const float *m, __m512i out[4]) {
+    const __m512 q = type == QT_Q4_1
+                         ? _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+                         : _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
+    __m512 v[4];
+    for (int c = 0; c < 4; c++) {
+        q_prefetch(b[c]);
+        v[c] = type == QT_Q4_1 ? _mm512_fmadd_ps(q, _mm512_set1_ps(d[c]), _mm512_set1_ps(m[c]))
+                               : _mm512_mul_ps(q, _mm512_set1_ps(d[c]));
+    }
+    const __m512i t01 = (__m512i)_mm512_cvtne2ps_pbh(v[1], v[0]); /* [row 0's 16 | row 1's] */
+    const __m512i t23 = (__m512i)_mm512_cvtne2ps_pbh(v[3], v[2]);
+    const int off = type == QT_Q4_1 ? 4 : 2;
+    __m512i nib = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(b[0] + off)));
+    nib = _mm512_inserti32x4(nib, _mm_loadu_si128((const __m128i *)(b[1] + off)), 1);
+    nib = _mm512_inserti32x4(nib, _mm_loadu_si128((const __m128i *)(b[2] + off)), 2);
+    nib = _mm512_inserti32x4(nib, _mm_loadu_si128((const __m128i *)(b[3] + off)), 3);
+    const __m512i lo = _mm512_unpacklo_epi8(nib, _mm512_setzero_si512()); /* bytes 0-7 */
+    const __m512i hi = _mm512_unpackhi_epi8(nib, _mm512_setzero_si512()); /* bytes 8-15 */
+    const __m512i row = _mm512_setr_epi32(0, 0, 0, 0, 0x100010, 0x100010, 0x100010, 0x100010,
+                                          0x200020, 0x200020, 0x200020, 0x200020, 0x300030,
+                                          0x300030, 0x300030, 0x300030); /* 16 x lane, words */
+    const __m512i f = _mm512_set1_epi16(15);
+    /* k 0-7: low nibbles of bytes 0-7; 8-15: of 8-15; 16-23, 24-31: the high nibbles */
+    const __m512i idx[4] = {_mm512_and_si512(lo, f), _mm512_and_si512(hi, f),
+                            _mm512_srli_epi16(lo, 4), _mm512_srli_epi16(hi, 4)};
+    for (int t = 0; t < 4; t++)
+        out[t] = _mm512_permutex2var_epi16(t01, _mm512_or_si512(idx[t], row), t23);
+}
+
 /* Weight rows [n0, n0 + cols) (the rest zero) in the kernel's layout: panel [k/8][QG_NV][16]
  * dwords, vector (t, v) lane 4c + j = the bf16 pair k = 8t + 2j, 2j + 1 of row n0 + 4v + c. */
 INLINE void qg_panel_pairs(const int type, const uint8_t *w, int64_t row_bytes,
                            const float *scale, int64_t n0, int cols, int64_t k,
                            uint32_t *panel) {
+    static const uint8_t zeros[QB + 8]; /* a block of a row past the weight's end */
     const int64_t nb = k / QB;
     const int bb = q_block_bytes(type);
     const int q4 = type == QT_Q4_0 || type == QT_Q4_1;
-    float d[QG_COLS][16], m[QG_COLS][16];
+    float d[QG_COLS][16] = {{0}}, m[QG_COLS][16] = {{0}};
     for (int64_t blk = 0; blk < nb; blk++) {
         if (q4 && blk % 16 == 0)
             for (int col = 0; col < cols; col++)
                 qg_scales(type, w + (n0 + col) * row_bytes, blk, nb, d[col], m[col]);
         for (int v = 0; v < QG_NV; v++) {
-            __m512i r[4];
-            for (int c = 0; c < 4; c++) {
-                const int col = 4 * v + c;
-                r[c] = col < cols ? qg_words(type, w + (n0 + col) * row_bytes + blk * bb,
-                                             &d[col][blk % 16], &m[col][blk % 16],
-                                             scale != NULL ? scale[n0 + col] : 1.0f)
-                                  : _mm512_setzero_si512();
-            }
             __m512i out[4];
-            qg_lanes4(r, out);
+            if (q4) {
+                const uint8_t *b[4];
+                float d4[4], m4[4];
+                for (int c = 0; c < 4; c++) {
+                    const int col = 4 * v + c;
+                    b[c] = col < cols ? w + (n0 + col) * row_bytes + blk * bb : zeros;
+                    d4[c] = d[col][blk % 16];
+                    m4[c] = m[col][blk % 16];
+                }
+                qg_block4_q4(type, b, d4, m4, out);
+            } else {
+                __m512i r[4];
+                for (int c = 0; c < 4; c++) {
+                    const int col = 4 * v + c;
+                    r[c] = col < cols ? qg_words(type, w + (n0 + col) * row_bytes + blk * bb,
+                                                 scale != NULL ? scale[n0 + col] : 1.0f)
+                                      : _mm512_setzero_si512();
+                }
+                qg_lanes4(r, out);
+            }
             uint32_t *dst = panel + (blk * 4 * QG_NV + v) * 16; /* 4 steps of 4 pairs a block */
             for (int t = 0; t < 4; t++) _mm512_storeu_si512((void *)(dst + t * 16 * QG_NV), out[t]);
         }
