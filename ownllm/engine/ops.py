@@ -40,8 +40,9 @@ from ownllm.formats.quant import QuantWeight, dequantize, round_activations
 LORA_KERNEL_MAX_ROWS = 128  # above: the tiled bmm path (the C loop is per row, 2-3x slower
 # than MKL's bmm on a 1024-row prefill step; at 64 decode rows it is 1.15x faster)
 QUANT_KERNEL_MAX_ROWS = 16  # above: the batched kernel (quant_gemm), or tiles and the GEMM
-QUANT_GEMM_MAX_ROWS = 512  # above: tiles and the GEMM (a bf16 q4_1 layer, 1 thread: the batched
-# kernel 0.94x the tiles at 256 rows, level at 1024)
+QUANT_GEMM_MAX_ROWS = 512  # above: tiles and the GEMM. bench/quant_layer.py, bf16, 2 threads: a
+# q4_1 layer 1.04-1.08x dense's time at 32-1024 rows (tiles 1.3-3.4x); the q8_0 head 1.09x at
+# 512 rows (tiles 1.15x) but 1.30x at 1024 (tiles 1.18x), where x no longer stays in cache
 QUANT_TILE_ELEMENTS = 1 << 21  # weights dequantised at once for a prompt chunk (4-8 MiB)
 
 
