@@ -1,15 +1,16 @@
 """The quantised linear layers of one decoder layer at batch sizes: the batched kernel
-(`quant_gemm`), the dequantised tiles through torch's GEMM (the path above 16 rows before
-it), and the dense layer prepacked for oneDNN (`engine.model.Linear`), in one run.
+(`quant_gemm`), the decode kernel (`quant_matmul`, up to 16 rows), the dequantised tiles
+through torch's GEMM (the path above 16 rows before the batched kernel), and the dense
+layer prepacked for oneDNN (`engine.model.Linear`), in one run.
 
-    .venv/bin/python -m bench.quant_layer [--rows 16,17,32,64,128,256,1024] [--dtype bf16]
-        [--qtype q4_1] [--threads 2] [--head]
+    .venv/bin/python -m bench.quant_layer [--rows 2,4,8,16,17,32,64,128,256,1024]
+        [--dtype bf16] [--qtype q4_1] [--threads 2] [--head]
 
 Shapes: the shipped SmolLM2-135M's qkv [960, 576], o [576, 576], gate_up [3072, 576] and
 down [576, 1536]; `--head` adds the tied output head [49152, 576] in q8_0 (the GGUF's own
 type) as its own row. Weights are random, quantised once; x random. Each cell is the sum
-over the shapes of the best of 5 timings of a loop of calls (about 50 ms each), the three
-systems taking turns per shape so the shared box's load hits them alike; the ratio is to
+over the shapes of the best of 5 timings of a loop of calls (about 50 ms each), the
+systems taking turns per shape so the shared box's load hits them alike; the ratios are to
 the dense layer.
 """
 
@@ -59,7 +60,7 @@ def tiles(kernels, x: torch.Tensor, w) -> torch.Tensor:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", default="16,17,32,64,128,256,1024")
+    parser.add_argument("--rows", default="2,4,8,16,17,32,64,128,256,1024")
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
     parser.add_argument("--qtype", default="q4_1")
     parser.add_argument("--threads", type=int, default=2)
@@ -79,8 +80,8 @@ def main() -> None:
     if args.head:
         groups["head q8_0"] = [(HEAD, "q8_0")]
     print(
-        f"{'weights':14} {'rows':>5} {'gemm µs':>9} {'tiles µs':>9} {'dense µs':>9} "
-        f"{'gemm/dense':>10} {'tiles/dense':>11}"
+        f"{'weights':14} {'rows':>5} {'gemm µs':>9} {'kernel µs':>9} {'tiles µs':>9} "
+        f"{'dense µs':>9} {'gemm/dense':>10} {'kernel/dense':>12} {'tiles/dense':>11}"
     )
     for group, shapes in groups.items():
         made = []
@@ -88,15 +89,19 @@ def main() -> None:
             dense = torch.randn(*shape, generator=gen) * 0.02
             made.append((quantize(dense, qtype), Linear(dense.to(dtype))))
         for num_rows in (int(r) for r in args.rows.split(",")):
-            total = {"gemm": 0.0, "tiles": 0.0, "dense": 0.0}
+            total = {"gemm": 0.0, "kernel": 0.0, "tiles": 0.0, "dense": 0.0}
             for w, lin in made:
                 x = torch.randn(num_rows, w.in_features, generator=gen).to(dtype)
                 total["gemm"] += best_us(lambda x=x, w=w: kernels.quant_gemm(x, w))
+                if num_rows <= 16:
+                    total["kernel"] += best_us(lambda x=x, w=w: kernels.quant_matmul(x, w))
                 total["tiles"] += best_us(lambda x=x, w=w: tiles(kernels, x, w))
                 total["dense"] += best_us(lambda x=x, lin=lin: lin(x))
-            g, t, d = total["gemm"], total["tiles"], total["dense"]
+            g, k, t, d = (total[key] for key in ("gemm", "kernel", "tiles", "dense"))
+            kernel = (f"{k:9.0f}", f"{k / d:12.2f}") if k else (f"{'—':>9}", f"{'—':>12}")
             print(
-                f"{group:14} {num_rows:5d} {g:9.0f} {t:9.0f} {d:9.0f} {g / d:10.2f} {t / d:11.2f}",
+                f"{group:14} {num_rows:5d} {g:9.0f} {kernel[0]} {t:9.0f} {d:9.0f} "
+                f"{g / d:10.2f} {kernel[1]} {t / d:11.2f}",
                 flush=True,
             )
     print(f"load average {os.getloadavg()}")

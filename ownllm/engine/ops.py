@@ -9,10 +9,10 @@ same bits run after run.
 The quantised linear layers (`quant_linear`, `dequantize`) take a `QuantWeight`:
 the torch path dequantises it on every call (a reference, and what a GPU would
 run; the engine serves dequantised weights instead, see `llm_engine.py`); the
-C path multiplies decode-sized steps (up to QUANT_KERNEL_MAX_ROWS rows) in
-registers, batches of many rows (up to QUANT_GEMM_MAX_ROWS) in its GEMM that
-dequantises W panel by panel (`quant_gemm`), and larger prompt chunks through
-dequantised tiles and the dense GEMM.
+C path multiplies steps of a few rows (below QUANT_GEMM_MIN_ROWS) in registers,
+batches of more (up to QUANT_GEMM_MAX_ROWS) in its GEMM that dequantises W panel
+by panel (`quant_gemm`), and larger prompt chunks through dequantised tiles and
+the dense GEMM.
 
 With `engine.quant_activations = int8`, both multiply q4_0 / q4_1 / q8_0 weights by x
 rounded to int8 blocks of 32 (llama.cpp's scheme, `round_activations`): the C path in
@@ -39,7 +39,11 @@ from ownllm.formats.quant import QuantWeight, dequantize, round_activations
 
 LORA_KERNEL_MAX_ROWS = 128  # above: the tiled bmm path (the C loop is per row, 2-3x slower
 # than MKL's bmm on a 1024-row prefill step; at 64 decode rows it is 1.15x faster)
-QUANT_KERNEL_MAX_ROWS = 16  # above: the batched kernel (quant_gemm), or tiles and the GEMM
+QUANT_KERNEL_MAX_ROWS = 16  # the decode kernel's rows at most (int8 activations: up to here)
+# From these rows the batched kernel (quant_gemm) instead, which reads each weight once a call
+# (bench/quant_layer.py's shapes, 2 threads, interleaved: bf16 0.82x the decode kernel's time at
+# 4 rows, 0.43x at 16; fp32 1.16x at 4, 0.68x at 8; both lose at 2 rows)
+QUANT_GEMM_MIN_ROWS = {torch.bfloat16: 4, torch.float32: 8}
 QUANT_GEMM_MAX_ROWS = 512  # above: tiles and the GEMM. bench/quant_layer.py, bf16, 2 threads: a
 # q4_1 layer 1.04-1.08x dense's time at 32-1024 rows (tiles 1.3-3.4x); the q8_0 head 1.09x at
 # 512 rows (tiles 1.15x) but 1.30x at 1024 (tiles 1.18x), where x no longer stays in cache
@@ -192,12 +196,16 @@ class CKernelOps:
             x = x.contiguous()
         int8 = self.int8_activations and weight.qtype in I8_TYPES
         num_rows = x.shape[0]
+        if (
+            not int8
+            and QUANT_GEMM_MIN_ROWS[x.dtype] <= num_rows <= QUANT_GEMM_MAX_ROWS
+            and self.kernels.quant_gemm_takes(weight)
+        ):
+            out = self.kernels.quant_gemm(x, weight)
+            return out if bias is None else out.add_(bias)
         if num_rows <= QUANT_KERNEL_MAX_ROWS:
             kernel = self.kernels.quant_matmul_i8 if int8 else self.kernels.quant_matmul
             out = kernel(x, weight)
-            return out if bias is None else out.add_(bias)
-        if not int8 and num_rows <= QUANT_GEMM_MAX_ROWS and self.kernels.quant_gemm_takes(weight):
-            out = self.kernels.quant_gemm(x, weight)
             return out if bias is None else out.add_(bias)
         if int8:
             x = rounded(x)

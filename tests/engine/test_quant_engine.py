@@ -2,10 +2,9 @@
 reference: the same model with its weights replaced by their dequantised values.
 
 Greedy outputs must agree token for token (float32: the kernels differ from the
-reference only in summation order). Prompts longer than QUANT_KERNEL_MAX_ROWS run
-the batched kernel (or, past QUANT_GEMM_MAX_ROWS, the tiled-dequantisation path),
-decode steps the in-register kernels; a LoRA adapter on top and several sequences
-per step are included.
+reference only in summation order). Prompts and decode steps of several sequences
+run the batched kernel (or, past QUANT_GEMM_MAX_ROWS, the tiled-dequantisation path),
+steps of a few rows the in-register kernels; a LoRA adapter on top is included.
 """
 
 from __future__ import annotations
@@ -87,13 +86,17 @@ def test_quantised_greedy_matches_the_dequantised_reference(llama_dir, adapter, 
 
 
 @needs_compiler
-def test_prompts_through_the_dequantised_tiles_match_the_batched_kernel(llama_dir, monkeypatch):
+def test_each_quantised_path_gives_the_same_tokens(llama_dir, monkeypatch):
     """Past QUANT_GEMM_MAX_ROWS a prompt chunk goes through dequantised tiles and the dense
-    GEMM instead: the same tokens (float32)."""
+    GEMM instead, below QUANT_GEMM_MIN_ROWS a step through the decode kernel: the same
+    tokens (float32)."""
     from ownllm.engine import ops
 
     got = generate(engine(llama_dir, "q4_1"))
     monkeypatch.setattr(ops, "QUANT_GEMM_MAX_ROWS", ops.QUANT_KERNEL_MAX_ROWS)
+    assert generate(engine(llama_dir, "q4_1")) == got
+    # and decode steps of several rows through the decode kernel instead: the same again
+    monkeypatch.setattr(ops, "QUANT_GEMM_MIN_ROWS", {torch.float32: ops.QUANT_KERNEL_MAX_ROWS + 1})
     assert generate(engine(llama_dir, "q4_1")) == got
 
 

@@ -235,18 +235,21 @@ def test_quant_matmul_multiplies_by_the_weight_it_is_given_call_after_call(build
 @pytest.mark.parametrize(
     ("num_rows", "qtype", "path"),
     [
-        (3, "q4_1", "kernel"),
-        (16, "q4_1", "kernel"),
+        (2, "q4_1", "kernel"),
+        (8, "q4_1", "gemm"),
+        (16, "q4_1", "gemm"),
         (17, "q4_1", "gemm"),
         (40, "q8_0", "gemm"),
         (40, "q4_0", "tiles"),
-        (40, "int8", "tiles"),  # int8 of width 50: not whole blocks, so tiles on every build
+        (8, "int8", "kernel"),  # int8 of width 50: not whole blocks, so never the batched one
+        (40, "int8", "tiles"),
     ],
 )
 def test_ckernel_ops_quant_linear_each_path(build, monkeypatch, num_rows, qtype, path, dtype):
-    """Up to QUANT_KERNEL_MAX_ROWS rows: the kernel; above, up to QUANT_GEMM_MAX_ROWS, the
-    batched kernel (where the build has it); above that, dequantised tiles of weight rows
-    (here 3 rows a tile, so the last tile is partial) through the GEMM. Bias added."""
+    """A few rows: the decode kernel; from QUANT_GEMM_MIN_ROWS to QUANT_GEMM_MAX_ROWS the
+    batched kernel (where the build has it, else the decode kernel up to
+    QUANT_KERNEL_MAX_ROWS); above, dequantised tiles of weight rows (here 3 rows a tile, so
+    the last tile is partial) through the GEMM. Bias added."""
     from ownllm.engine import ops
 
     _, kernels = build
@@ -257,6 +260,8 @@ def test_ckernel_ops_quant_linear_each_path(build, monkeypatch, num_rows, qtype,
     c_ops.kernels, c_ops.int8_activations = kernels[dtype], False
     gen = torch.Generator().manual_seed(num_rows)
     w = _weight(qtype, 10, 50 if qtype == "int8" else 64, 11)
+    if path == "gemm" and not kernels[dtype].quant_gemm_takes(w):  # the portable build
+        path = "kernel" if num_rows <= ops.QUANT_KERNEL_MAX_ROWS else "tiles"
     x = torch.randn(num_rows, w.in_features, generator=gen).to(dtype)
     if dtype == torch.float32:
         bias = torch.randn(10, generator=gen)
