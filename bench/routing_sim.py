@@ -27,8 +27,8 @@ The router is the real one: a `Router` (ownllm.gateway.routing) over stand-in re
 whose `route()` picks — the same scoring, prefix and adapter indexes and bookkeeping as
 in `ownllm serve`. Its load view is what a gateway has: the requests it has in flight on
 each replica at once, which of them have no first token yet (`Router.started` at the end
-of the step that produced it), the replica's queue and KV use as of the last scrape
-(`--scrape-s`).
+of the step that produced it), which answers ended when (`Router.finished`), the replica's
+queue and KV use as of the last scrape (`--scrape-s`); its clock is the simulated time.
 
 Reported per strategy: prefix-cache hit rate (prompt tokens served from cache / all prompt
 tokens), adapter loads per 1,000 requests, queueing p50/p99 (arrival to admission in a
@@ -240,10 +240,12 @@ def simulate(strategy: str, args: argparse.Namespace, num_replicas: int) -> dict
     replicas = [
         SimReplica(i, args.lora_slots, args.adapter_load_ms / 1000) for i in range(num_replicas)
     ]
+    clock = [0.0]  # the simulated time, the router's clock
     router = Router(
         [Replica(f"r{i}", Stub()) for i in range(num_replicas)],
         RoutingConfig(strategy=strategy, adapter_slots=args.lora_slots, **dict(args.weight or [])),
         model_info=Stub.model_info,
+        clock=lambda: clock[0],
     )
     views = [r.view for r in router.replicas]
     num_requests = args.requests_per_replica * num_replicas
@@ -269,6 +271,7 @@ def simulate(strategy: str, args: argparse.Namespace, num_replicas: int) -> dict
     num_sent = 0
     while len(finished) < num_requests:
         now, _, kind, data = heapq.heappop(events)
+        clock[0] = now
         if kind == "scrape":
             for view, rep in zip(views, replicas):
                 view.num_waiting, view.num_running = len(rep.waiting), len(rep.running)
@@ -299,6 +302,8 @@ def simulate(strategy: str, args: argparse.Namespace, num_replicas: int) -> dict
                 push(now, "step", rep)
         elif kind == "first":  # the gateway sees the first token when its step ends
             router.started(f"r{data.id}")
+        elif kind == "done":  # and the answer's end
+            router.finished(f"r{data.id}")
         elif kind == "step":
             rep: SimReplica = data
             if not rep.running and not rep.waiting:
@@ -311,6 +316,7 @@ def simulate(strategy: str, args: argparse.Namespace, num_replicas: int) -> dict
                 push(end, "first", req)
             for req in done:
                 views[rep.index].num_in_flight -= 1
+                push(end, "done", req)
                 finished.append(req)
                 session = req.session
                 session.history += [rng.randrange(1, 49152) for _ in range(req.num_output)]

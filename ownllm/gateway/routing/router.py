@@ -8,7 +8,10 @@
 2. pick one by the configured strategy (`ownllm.gateway.routing.scoring`); remember the
    prompt's prefix blocks (chained from the tenant and the adapter set, which key a
    replica's KV cache) and the adapter set on it, and count the prompt tokens it was not
-   thought to hold in its prefill backlog until the first token (`started`).
+   thought to hold in its prefill backlog until the first token (`started`). With
+   `conversation_think_s` > 0, an answered request (`finished`) counts as an open
+   conversation on its replica until its next turn arrives
+   (`ownllm.gateway.routing.conversations`).
 3. stream its deltas. A failure before the first delta (connection refused, 5xx, queue
    full) is retried on another replica, up to `max_attempts` replicas in all; an error
    that is the request's own (400, 404) is raised as it is. A failure after the first delta
@@ -43,6 +46,7 @@ from ownllm.errors import (
     PermissionDeniedError,
     ReplicaFailedError,
 )
+from ownllm.gateway.routing.conversations import OpenConversations
 from ownllm.gateway.routing.health import CLOSED, OPEN, CircuitBreaker
 from ownllm.gateway.routing.policy import PolicyTable
 from ownllm.gateway.routing.prefix import AdapterIndex, PrefixIndex, prefix_hashes
@@ -133,6 +137,11 @@ class Router:
         self._prefilling: dict[str, tuple[Replica, int]] = {}
         # request id -> the replica that answered it, until the ledger asks (`served_by`)
         self._served: OrderedDict[str, Replica] = OrderedDict()
+        think_s = config.conversation_think_s
+        views = [r.view for r in self.replicas]
+        self._conversations = OpenConversations(views, think_s) if think_s > 0 else None
+        # request id -> (its prompt's last block, its replica), until it is answered
+        self._answering: dict[str, tuple[int, Replica]] = {}
         self._health_task: asyncio.Task | None = None
 
     # -- the Backend protocol ------------------------------------------------------------------
@@ -168,6 +177,7 @@ class Router:
                         replica.breaker.record_success()
                         self._remember(request.request_id, replica)
                     yield delta
+                self.finished(request.request_id)
                 return
             except REQUEST_ERRORS:
                 if not is_started:
@@ -189,6 +199,7 @@ class Router:
                 last_error = e
             finally:
                 self.started(request.request_id)  # (failed or cancelled before it began)
+                self._answering.pop(request.request_id, None)
                 replica.view.num_in_flight -= 1
                 if self._where.get(request.request_id) is replica:
                     del self._where[request.request_id]
@@ -311,6 +322,8 @@ class Router:
                 request.prompt_token_ids,
                 self.config.prefix_block_tokens,
             )
+            if self._conversations is not None:
+                self._conversations.continued(hashes, self._clock())
             views = [r.view for r in options]
             choice = choose(
                 views, adapter_key, hashes, strategy=self.config.strategy,
@@ -333,6 +346,8 @@ class Router:
             self.started(request.request_id)  # (a stale entry: request ids are unique)
             replica.view.num_prefill_tokens += uncached
             self._prefilling[request.request_id] = (replica, uncached)
+            if self._conversations is not None and hashes:
+                self._answering[request.request_id] = (hashes[-1], replica)
             return replica
 
     def started(self, request_id: str) -> None:
@@ -341,6 +356,13 @@ class Router:
         replica, uncached = self._prefilling.pop(request_id, (None, 0))
         if replica is not None:
             replica.view.num_prefill_tokens -= uncached
+
+    def finished(self, request_id: str) -> None:
+        """`request_id` was answered: its conversation is open on its replica until its next
+        turn arrives (with `conversation_think_s` > 0; else nothing is kept)."""
+        block, replica = self._answering.pop(request_id, (0, None))
+        if replica is not None and self._conversations is not None:
+            self._conversations.answered(replica.view, block, self._clock())
 
     # -- health --------------------------------------------------------------------------------
 

@@ -34,10 +34,20 @@ adapter elsewhere). The least prefilling replica passes the first bound and the 
 loaded of those the second, so the set is never empty. load_factor = 1 with load_slack = 0
 is least-loaded with affinity breaking the ties; large slacks give the unbounded score.
 
+When even that exception finds no replica holding the request's adapter, it is loaded, and
+the request's whole prompt prefilled, wherever the request goes; a conversation answered on
+that replica whose next turn arrives meanwhile finds it prefilling, and is moved too
+(another load) or waits. With `conversation_think_s` > 0 the router counts each replica's
+open conversations c(r) (`ownllm.gateway.routing.conversations`: answers whose next turn
+has not come, each decaying as exp(-age / conversation_think_s)); such a request then goes,
+within both bounds, to the least c, then by score, and the adapter's replica is still taken
+within adapter_wait_tokens × (1 + c) of the least p, c the open conversations where it
+would go: each conversation a move puts at risk is worth another adapter_wait_tokens of wait.
+
 Defaults: w_adapter = 1, w_prefix = 2, w_queue = 3, w_kv = 1, queue_scale = 8,
-load_factor = 1.25, load_slack = 2, prefill_slack = 50, adapter_wait_tokens = 200
-(`[routing]`; bench/RESULTS.md has the simulation they were picked on). The highest score
-wins; ties go to the lower q, then round robin.
+load_factor = 1.25, load_slack = 2, prefill_slack = 50, adapter_wait_tokens = 200,
+conversation_think_s = 0, off (`[routing]`; bench/RESULTS.md has the simulation they were
+picked on). The highest score wins; ties go to the lower q, then round robin.
 
 `round_robin` takes the candidates in turn; `least_loaded` takes the lowest q (then the
 lowest K). Pure functions over `ReplicaView`s, no I/O: the router and the routing
@@ -77,6 +87,7 @@ class ReplicaView:
     kv_usage: float = 0.0  # scraped: 0..1
     num_in_flight: int = 0  # this gateway's requests on it now
     num_prefill_tokens: int = 0  # uncached prompt tokens of those without a first token yet
+    open_conversations: float = 0.0  # answered here, next turn not seen yet (decaying)
 
     @property
     def load(self) -> int:
@@ -126,17 +137,34 @@ def choose(
         i = min(range(n), key=lambda j: (views[j].load, views[j].kv_usage, (j - turn) % n))
         return _choice(views, i, adapter_key, hashes)
     least_prefill = min(v.num_prefill_tokens for v in views)
-    choice = _best(views, adapter_key, hashes, weights, turn, least_prefill + weights.prefill_slack)
-    if adapter_key and not choice.is_adapter_hit:
-        limit = least_prefill + weights.adapter_wait_tokens
+    max_prefill = least_prefill + weights.prefill_slack
+    choice = _best(views, adapter_key, hashes, weights, turn, max_prefill)
+    if not adapter_key or choice.is_adapter_hit:
+        return choice
+    waited = _best(
+        views, adapter_key, hashes, weights, turn, least_prefill + weights.adapter_wait_tokens
+    )
+    if waited.is_adapter_hit:
+        return waited
+    if not any(v.open_conversations for v in views):
+        return choice
+    # The adapter is loaded wherever the request goes: where it puts the fewest conversations
+    # at risk, unless each of those is worth more wait on the adapter's replica.
+    choice = _best(views, adapter_key, hashes, weights, turn, max_prefill, by_quiet=True)
+    at_risk = views[choice.index].open_conversations
+    if at_risk > 0:
+        limit = least_prefill + weights.adapter_wait_tokens * (1 + at_risk)
         waited = _best(views, adapter_key, hashes, weights, turn, limit)
         if waited.is_adapter_hit:
             return waited
     return choice
 
 
-def _best(views, adapter_key, hashes, w: Weights, turn: int, max_prefill: float) -> Choice:
-    """The highest score among the views within both bounds (see the module docstring)."""
+def _best(
+    views, adapter_key, hashes, w: Weights, turn: int, max_prefill: float, by_quiet: bool = False
+) -> Choice:
+    """The highest score among the views within both bounds (see the module docstring);
+    `by_quiet`: the fewest open conversations first."""
     n = len(views)
     within = [j for j in range(n) if views[j].num_prefill_tokens <= max_prefill]
     bound = w.load_factor * sum(views[j].load for j in within) / len(within) + w.load_slack
@@ -146,7 +174,8 @@ def _best(views, adapter_key, hashes, w: Weights, turn: int, max_prefill: float)
         if view.load > bound:
             continue
         value, matched, is_hit = score(view, adapter_key, hashes, w)
-        key = (-value, view.load, (j - turn) % n)
+        quiet = view.open_conversations if by_quiet else 0.0
+        key = (quiet, -value, view.load, (j - turn) % n)
         if best is None or key < best[0]:
             best = (key, Choice(j, is_hit, matched))
     return best[1]

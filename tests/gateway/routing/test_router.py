@@ -5,6 +5,7 @@ scripted cues, `check_now()`, a fake clock), never by timing."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 
@@ -286,3 +287,24 @@ async def test_the_prefill_backlog_empties_after_answers_and_failures():
         assert await run(router, request(i)) == "ok"
     assert replicas["local-0"].num_retried >= 1
     assert [r.view.num_prefill_tokens for r in replicas.values()] == [0, 0]
+
+
+async def test_an_answer_is_an_open_conversation_until_its_next_turn_arrives():
+    router, replicas, clock = make_router(n_local=2, conversation_think_s=3.0)
+    prompt = list(range(64))
+    assert await run(router, request(0, prompt=prompt)) == "ok"
+    (home,) = [r for r in replicas.values() if r.backend.requests]
+    assert home.view.open_conversations == 1.0
+    clock.now += 3.0  # one think time later, not back yet: it weighs e^-1
+    router.route(request(9, prompt=list(range(900, 964))))  # another conversation's turn
+    router.started("req-9")
+    assert home.view.open_conversations == pytest.approx(math.exp(-1))
+    # the next turn: the whole conversation so far and a new message; its answer opens it again
+    assert await run(router, request(1, prompt=prompt + list(range(500, 532)))) == "ok"
+    assert home.view.open_conversations == pytest.approx(1.0)
+
+
+async def test_no_open_conversations_are_counted_with_the_think_time_off():
+    router, replicas, _ = make_router(n_local=2)
+    assert await run(router, request(0)) == "ok"
+    assert [r.view.open_conversations for r in replicas.values()] == [0, 0]

@@ -137,3 +137,27 @@ def test_a_short_wait_on_the_adapters_replica_beats_loading_it_elsewhere():
     vs[1].num_prefill_tokens = 201  # past both: the adapter is loaded on an idle replica
     choice = choose(vs, ("ad-1",), [], strategy="affinity", weights=W, turn=0)
     assert choice.index != 1 and not choice.is_adapter_hit
+
+
+def test_a_request_that_must_load_its_adapter_goes_where_fewest_conversations_are_open():
+    vs = views(3)
+    vs[0].adapters.add(("ad-1",))
+    vs[0].num_prefill_tokens = 300  # past adapter_wait_tokens (200): the adapter moves
+    vs[1].open_conversations = 3  # their next turns would find its prefill in the way
+    choice = choose(vs, ("ad-1",), [], strategy="affinity", weights=W, turn=1)
+    assert choice.index == 2 and not choice.is_adapter_hit
+    vs[1].open_conversations = 0  # none open anywhere: the score and rotation decide
+    assert choose(vs, ("ad-1",), [], strategy="affinity", weights=W, turn=1).index == 1
+
+
+def test_each_conversation_a_move_puts_at_risk_buys_more_wait_on_the_adapters_replica():
+    vs = views(3)
+    vs[0].adapters.add(("ad-1",))
+    vs[0].num_prefill_tokens = 300
+    vs[1].open_conversations = vs[2].open_conversations = 1  # 200 x (1 + 1) = 400
+    choice = choose(vs, ("ad-1",), [], strategy="affinity", weights=W, turn=0)
+    assert choice.index == 0 and choice.is_adapter_hit
+    vs[0].num_prefill_tokens = 401  # past even that: loaded on the quieter of the others
+    vs[2].open_conversations = 2
+    choice = choose(vs, ("ad-1",), [], strategy="affinity", weights=W, turn=0)
+    assert choice.index == 1 and not choice.is_adapter_hit
