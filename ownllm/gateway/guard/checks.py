@@ -18,6 +18,7 @@ from typing import Any
 
 from ownllm.errors import ContentPolicyError
 from ownllm.gateway.guard.classifier import Classifier, classifier_hits
+from ownllm.gateway.guard.heuristics import text_views
 from ownllm.gateway.guard.policy import Policy, PolicyError, RuleSet
 from ownllm.gateway.guard.rules import Rule
 from ownllm.gateway.guard.stream import SpanChecker, check_spans
@@ -142,9 +143,11 @@ class Guard:
 
     def flag_text(self, rules: tuple[Rule, ...], text: str, decision: Decision) -> None:
         """Run the non-span rules (heuristics, classifier, size) of a stage on `text`."""
+        views = None  # made once, read by every heuristic rule
         for rule in rules:
             if rule.heuristic is not None:
-                decision.add(rule, rule.heuristic.count(text))
+                views = views or text_views(text)
+                decision.add(rule, rule.heuristic.count(views))
             elif rule.detector == "classifier" and self.classifier is not None and text:
                 decision.add(
                     rule, classifier_hits(self.classifier, text, rule.labels, rule.threshold)

@@ -181,6 +181,24 @@ RAW_FAMILIES: dict[str, list[re.Pattern]] = {
 
 
 @dataclass(frozen=True)
+class TextViews:
+    """The copies of one text the detectors search, made once for all of them: normalised
+    (as written, leetspeak mapped, each base64 payload decoded, ROT13), and raw (invisible
+    characters removed, NFKC, lower-cased)."""
+
+    normalised: tuple[str, ...]
+    raw: str
+
+
+def text_views(text: str) -> TextViews:
+    views = [normalise(text), normalise(text, leet=True)]
+    views.extend(normalise(hidden) for hidden in _decoded_payloads(text))
+    views.append(normalise(codecs.decode(text, "rot13")))
+    raw = _INVISIBLE.sub("", unicodedata.normalize("NFKC", text)).lower()
+    return TextViews(tuple(dict.fromkeys(views)), raw)
+
+
+@dataclass(frozen=True)
 class HeuristicDetector:
     """Counts phrase-family hits in normalised (and decoded) views of the text."""
 
@@ -188,18 +206,14 @@ class HeuristicDetector:
     patterns: tuple[re.Pattern, ...]
     raw_patterns: tuple[re.Pattern, ...] = ()
 
-    def count(self, text: str) -> int:
-        views = {normalise(text), normalise(text, leet=True)}
-        for hidden in _decoded_payloads(text):
-            views.add(normalise(hidden))
-        rot13 = codecs.decode(text, "rot13")
-        views.add(normalise(rot13))
+    def count(self, text: str | TextViews) -> int:
+        """The patterns that hit `text` (or its views, when several detectors read it)."""
+        views = text if isinstance(text, TextViews) else text_views(text)
         hits = 0
         for pattern in self.patterns:
-            if any(pattern.search(view) for view in views):
+            if any(pattern.search(view) for view in views.normalised):
                 hits += 1
-        raw = _INVISIBLE.sub("", unicodedata.normalize("NFKC", text)).lower()
-        hits += sum(1 for pattern in self.raw_patterns if pattern.search(raw))
+        hits += sum(1 for pattern in self.raw_patterns if pattern.search(views.raw))
         return hits
 
 
