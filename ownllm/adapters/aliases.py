@@ -27,12 +27,12 @@ from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import defer
+from sqlalchemy.orm import Session, defer
 
 from ownllm.adapters.registry import (
     AdapterRecord,
     Viewer,
-    find_row,
+    find_adapter_id,
     get_adapter,
     is_adapter_id,
     own_adapter,
@@ -229,19 +229,18 @@ def find_alias(db: Database, tenant_id: str, name: str) -> AliasRecord | None:
         return AliasRecord.from_row(row) if row is not None else None
 
 
-def find_model(
-    db: Database, viewer: Viewer, name: str
-) -> tuple[AliasRecord | None, AdapterRecord | None]:
-    """What model `name` means for the viewer, read in one transaction (model resolution,
-    once per request): the tenant's alias `name`, else the adapter it names, else neither.
-    An id is read once: no alias takes the id form of adapters (`validate_name`)."""
-    with db.session() as s:
+def find_model(db: Database, viewer: Viewer, name: str) -> tuple[AliasRecord | None, str | None]:
+    """What model `name` means for the viewer (model resolution, once a request): the
+    tenant's alias `name`, else the id of the adapter it names, else neither; read on one
+    connection, the adapter in plain SQL. An id is one read: no alias takes the id form of
+    adapters (`validate_name`)."""
+    with db.read() as connection:
         if not is_adapter_id(name):
-            row = s.scalars(_alias_query(viewer.tenant_id, name)).first()
-            if row is not None:
-                return AliasRecord.from_row(row), None
-        adapter = find_row(s, viewer, name)
-        return None, AdapterRecord.from_row(adapter) if adapter is not None else None
+            with Session(connection) as s:
+                row = s.scalars(_alias_query(viewer.tenant_id, name)).first()
+                if row is not None:
+                    return AliasRecord.from_row(row), None
+        return None, find_adapter_id(connection, viewer, name)
 
 
 def _alias_query(tenant_id: str, name: str):

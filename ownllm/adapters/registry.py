@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sqlalchemy import or_, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -295,13 +296,26 @@ def _remove_dir(data_dir: DataDir, directory: Path) -> None:
 
 def find_row(session: Session, viewer: Viewer, ref: str) -> Adapter | None:
     """The adapter `ref` (an id, or a name) means for the viewer, if it may see one."""
+    adapter_id = find_adapter_id(session.connection(), viewer, ref)
+    return session.get(Adapter, adapter_id) if adapter_id is not None else None
+
+
+# what decides which adapter a reference means, and whether the viewer may see it
+_WHO_SEES = (Adapter.id, Adapter.tenant_id, Adapter.is_public, Adapter.created_at)
+
+
+def find_adapter_id(connection: Connection, viewer: Viewer, ref: str) -> str | None:
+    """The id of the adapter `ref` (an id, or a name) means for the viewer, if it may see
+    one, read in plain SQL (model resolution reads it once a request)."""
     if is_adapter_id(ref):
-        row = session.get(Adapter, ref)
-        return row if row is not None and viewer.can_see(row.tenant_id, row.is_public) else None
-    query = select(Adapter).where(Adapter.name == ref)
+        found = connection.execute(select(*_WHO_SEES).where(Adapter.id == ref)).first()
+        is_visible = found is not None and viewer.can_see(found.tenant_id, found.is_public)
+        return found.id if is_visible else None
+    query = select(*_WHO_SEES).where(Adapter.name == ref)
     if not viewer.is_admin:
         query = query.where(or_(Adapter.tenant_id == viewer.tenant_id, Adapter.is_public))
-    return pick_named(list(session.scalars(query)), viewer, ref)
+    picked = pick_named(list(connection.execute(query)), viewer, ref)
+    return picked.id if picked is not None else None
 
 
 def pick_named(candidates: list, viewer: Viewer, name: str):

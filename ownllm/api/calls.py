@@ -69,18 +69,18 @@ def _resolve_model(
     once here so the request finishes on it whatever a promotion does meanwhile (none for
     an alias of the base), or for a router alias the version nearest `text`; else the
     adapter `model` names. With the router's pick, when there was one."""
-    alias = adapter = None
+    alias = adapter_id = None
     if state.db is not None:
         from ownllm.adapters.aliases import find_model
 
-        alias, adapter = find_model(state.db, principal, model)  # one transaction
+        alias, adapter_id = find_model(state.db, principal, model)
     if alias is not None and alias.router is not None:
         return _route(state, alias, text)
     if alias is not None:
         return ([AdapterWeight(alias.target)] if alias.target is not None else []), None
-    if adapter is None:
+    if adapter_id is None:
         raise ModelNotFoundError(f"The model '{model}' does not exist.", param="model")
-    return [AdapterWeight(adapter.id)], None
+    return [AdapterWeight(adapter_id)], None
 
 
 def _route(state: AppState, alias, text: str) -> tuple[list[AdapterWeight], dict[str, Any]]:

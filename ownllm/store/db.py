@@ -130,6 +130,13 @@ class Database:
             yield session
 
     @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A bare connection for a short read in plain SQL (no ORM session to build and
+        commit: the request path's lookups); rolled back when it closes."""
+        with self.engine.connect() as connection:
+            yield connection
+
+    @contextmanager
     def write(self) -> Iterator[Connection]:
         """A short write transaction on a bare connection (committed on success).
 
