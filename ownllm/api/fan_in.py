@@ -37,14 +37,19 @@ class Generation:
         self._num_streaming = len(requests)  # not finished in the queue
         self._first: Any = None
 
+    def submit(self) -> None:
+        """Hand every request to the backend (each is pumped by a task of its own)."""
+        if not self._tasks:
+            for k, request in enumerate(self.requests):
+                self._tasks.append(asyncio.create_task(self._pump(k, request)))
+
     async def start(self) -> None:
-        """Submit every request and wait for the first delta.
+        """Submit every request (unless `submit` did) and wait for the first delta.
 
         Errors the backend raises before any work (context too long, queue full, unknown
         adapter) are raised here, before the HTTP response has started.
         """
-        for k, request in enumerate(self.requests):
-            self._tasks.append(asyncio.create_task(self._pump(k, request)))
+        self.submit()
         self._first = await self._next()
 
     def stop(self, error: BaseException) -> None:

@@ -56,11 +56,25 @@ class GenerationRun(Run):
     async def prepare(self) -> None:
         await tokenise(self.call, self.state.tokenizer, max_model_len(self.state.backend))
 
-    async def start(self) -> None:
+    def is_on_premises(self) -> bool:
+        return not self.state.backend.may_leave_premises(
+            self.call.principal.tenant_id, self.call.model
+        )
+
+    async def submit(self) -> None:
         requests = await generate_requests(self.call, self.state.tokenizer, self.state.backend)
-        num_choices = sum(r.sampling.n for r in requests)
-        self.choices = [ChoiceText(i) for i in range(num_choices)]
         self.generation = Generation(self.state.backend, requests)
+        self.generation.submit()
+
+    async def withdraw(self) -> None:
+        await self.release()
+        self.generation = None
+
+    async def start(self) -> None:
+        if self.generation is None:
+            await self.submit()
+        num_choices = sum(r.sampling.n for r in self.generation.requests)
+        self.choices = [ChoiceText(i) for i in range(num_choices)]
         await self.generation.start()
 
     async def respond(self, request: Request) -> Response:

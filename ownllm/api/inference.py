@@ -9,6 +9,12 @@
     → backend (`Run.start`) → respond (JSON or SSE; output guard per delta)
     → finish (usage ledger, guard events, capture, metrics: exactly once, whatever happened)
 
+A call that cannot leave the premises (`Run.is_on_premises`: no `remote = true` backend
+may take it) is submitted to the backend before the input guard runs, so the guard's time
+overlaps the backend's (LiteLLM's "during_call" guardrail): a block aborts the backend's
+request before anything of it reached the client, and a redaction aborts it and submits
+the changed text. A call that may leave waits for the guard before anything is sent.
+
 `serve(run, request)` runs it. A `Run` subclass says what one endpoint does at `prepare`,
 `start` and `respond` and what its outcome counted: `GenerationRun`
 (`ownllm.api.generation`) for chat and completions, `EmbeddingRun` in the embeddings
@@ -27,6 +33,7 @@ capture plug in without touching the routes. The request metrics are the api's o
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -81,6 +88,18 @@ class Run:
 
     async def prepare(self) -> None:
         raise NotImplementedError
+
+    def is_on_premises(self) -> bool:
+        """Whether no backend off the premises may take the call (then it is submitted
+        before the input guard runs); by default the guard comes first."""
+        return False
+
+    async def submit(self) -> None:
+        """Hand the prepared call to the backend without waiting for it (`start` waits)."""
+
+    async def withdraw(self) -> None:
+        """Abort what `submit` handed to the backend, to submit the call again."""
+        await self.release()
 
     async def start(self) -> None:
         raise NotImplementedError
@@ -146,7 +165,11 @@ async def serve(run: Run, request: Request) -> Response:
         check_text_size(call)
         await run.prepare()
         await gateway.admit_tokens(call)
+        if run.is_on_premises():
+            await run.submit()
+            await asyncio.sleep(0)  # the backend sends the request before the guard runs
         if await gateway.check_input(call):
+            await run.withdraw()  # what was sent before a redaction
             await run.prepare()
         await run.start()
         return await run.respond(request)

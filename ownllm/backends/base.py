@@ -57,6 +57,12 @@ class Backend(Protocol):
     # local tokenizer); False: it passes `response_format` on to the server it calls.
     uses_token_constraints: bool
 
+    def may_leave_premises(self, tenant_id: str, model: str) -> bool:
+        """Whether a request of `tenant_id` for `model` may be sent to a `remote = true`
+        backend. If not, the input guard runs while the request starts (a block aborts it
+        before anything reaches the client); if so, the guard finishes before it is sent."""
+        ...
+
     def generate(self, request: GenerateRequest) -> AsyncIterator[Delta]:
         """Yield deltas until every choice of the request has finished.
 

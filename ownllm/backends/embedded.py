@@ -24,6 +24,9 @@ class EmbeddedBackend:
 
     uses_token_constraints = True
 
+    def may_leave_premises(self, tenant_id: str, model: str) -> bool:
+        return False  # the engine runs in this process
+
     def __init__(
         self,
         model_dir: Path,

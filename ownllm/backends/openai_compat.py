@@ -254,6 +254,9 @@ class OpenAIBackend:
 
     # -- generation --------------------------------------------------------------------------
 
+    def may_leave_premises(self, tenant_id: str, model: str) -> bool:
+        return self.cfg.remote
+
     def upstream_base_model(self) -> str:
         return self.cfg.upstream_model or self._model_info.id
 

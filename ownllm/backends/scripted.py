@@ -14,6 +14,7 @@ Cues a caller sets, on construction or between requests:
 - `fail_after`: raise ConnectionError after that many tokens of each request, as a remote
   replica whose connection breaks mid-stream (0: before the first token);
 - `is_healthy`: what `health()` answers (a replica a test takes down);
+- `is_remote`: whether it stands for a `remote = true` backend (`may_leave_premises`);
 - `respond`: a function of the request that picks its script (a model that answers what
   the prompt asks: a grader, an adapter that behaves unlike the base, a model that leaks);
 - `gate`: a semaphore that holds every token after a request's first until one
@@ -97,12 +98,16 @@ class ScriptedBackend:
         self.error: Exception | None = None
         self.fail_after: int | None = None
         self.is_healthy = True
+        self.is_remote = False
         self.respond: Callable[[GenerateRequest], Script] | None = None
         self.gate: threading.Semaphore | None = None
         self.requests: list[GenerateRequest] = []
         self.aborted: list[str] = []
         self.running: set[str] = set()
         self.num_generated = 0
+
+    def may_leave_premises(self, tenant_id: str, model: str) -> bool:
+        return self.is_remote
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Delta]:
         if self.error is not None:

@@ -15,7 +15,8 @@ hooks, in order:
                                InsufficientQuotaError
       → check_input(call)      input guard: raise ContentPolicyError, or replace
                                call.messages / call.prompts / call.inputs (redaction;
-                               re-tokenised)
+                               re-tokenised). A call no remote backend may take is
+                               already starting on its backend (aborted on either)
       → the backend; for generation, per delta:
         check_output(call, index, text)   output guard on each new piece of text of
                                choice `index`: return the text to send (maybe

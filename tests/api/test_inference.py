@@ -72,24 +72,51 @@ async def test_a_refused_admission_is_429_and_still_finishes(fake_state):
     assert fake_state.backend.requests == []
 
 
-async def test_input_guard_can_block_or_redact(fake_state):
-    class Guard(InferenceHook):
-        async def check_input(self, call) -> None:
-            if "bomb" in call.messages[-1]["content"]:
-                raise ContentPolicyError("blocked by policy", param="messages")
-            call.messages = [
-                {**m, "content": m["content"].replace("4111", "[CARD]")} for m in call.messages
-            ]
+class BombAndCardGuard(InferenceHook):
+    """Blocks a prompt with "bomb" in it; redacts card number 4111."""
 
-    async with client_with(fake_state, Guard()) as client:
+    async def check_input(self, call) -> None:
+        if "bomb" in call.messages[-1]["content"]:
+            raise ContentPolicyError("blocked by policy", param="messages")
+        call.messages = [
+            {**m, "content": m["content"].replace("4111", "[CARD]")} for m in call.messages
+        ]
+
+
+async def test_input_guard_can_block_or_redact(fake_state):
+    """A local backend (not `remote`): the guard runs while the request starts there, so a
+    blocked or redacted prompt's request is aborted and nothing of it reaches the client."""
+    backend = fake_state.backend
+    async with client_with(fake_state, BombAndCardGuard()) as client:
         bomb = [{"role": "user", "content": "bomb"}]
         r = await client.post("/v1/chat/completions", json={**CHAT, "messages": bomb})
         assert r.status_code == 400 and r.json()["error"]["code"] == "content_policy_violation"
+        assert [q.request_id for q in backend.requests] == backend.aborted  # it ran no further
         messages = [{"role": "user", "content": "card 4111"}]
         r = await client.post("/v1/chat/completions", json={**CHAT, "messages": messages})
     assert r.status_code == 200
+    assert r.json()["choices"][0]["message"]["content"] == "Hello there, friend!"
     redacted = fake_state.tokenizer.encode_chat([{"role": "user", "content": "card [CARD]"}])
-    assert fake_state.backend.requests[-1].prompt_token_ids == redacted
+    plain = fake_state.tokenizer.encode_chat(messages)
+    before, after = backend.requests[-2:]  # the text as sent, then as the guard left it
+    assert (before.prompt_token_ids, after.prompt_token_ids) == (plain, redacted)
+    assert before.request_id in backend.aborted and not backend.running
+
+
+async def test_a_prompt_for_a_remote_backend_is_guarded_before_it_is_sent(fake_state):
+    backend = fake_state.backend
+    backend.is_remote = True  # the requests leave the premises
+    async with client_with(fake_state, BombAndCardGuard()) as client:
+        bomb = [{"role": "user", "content": "bomb"}]
+        r = await client.post("/v1/chat/completions", json={**CHAT, "messages": bomb})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "content_policy_violation"
+        assert backend.requests == []  # it never left
+        messages = [{"role": "user", "content": "card 4111"}]
+        r = await client.post("/v1/chat/completions", json={**CHAT, "messages": messages})
+    assert r.status_code == 200
+    (sent,) = backend.requests  # only the redacted text
+    redacted = fake_state.tokenizer.encode_chat([{"role": "user", "content": "card [CARD]"}])
+    assert sent.prompt_token_ids == redacted
 
 
 async def test_output_guard_cuts_a_choice_with_content_filter(fake_state):

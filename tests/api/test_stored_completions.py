@@ -148,17 +148,22 @@ async def test_openai_client_lists_and_pages_stored_completions(client, two_tena
     assert deleted.deleted
 
 
+@pytest.mark.parametrize("is_remote", [False, True])
 async def test_input_block_is_400_content_policy_and_recorded(
-    tmp_path, two_tenants, tiny_model_dir
+    tmp_path, two_tenants, tiny_model_dir, is_remote
 ):
     c, state = make_client(tmp_path, two_tenants, tiny_model_dir, OUTPUT_POLICY)
+    state.backend.is_remote = is_remote
     async with c:
         r = await c.post("/v1/chat/completions", headers=two_tenants.a.headers,
                          json=chat("Status of PROJECT FALCON?"))  # fmt: skip
     assert r.status_code == 400
     error = r.json()["error"]
     assert (error["code"], error["param"]) == ("content_policy_violation", "messages[0].content")
-    assert state.backend.requests == []  # the model never saw it
+    if is_remote:
+        assert state.backend.requests == []  # it never left the premises
+    else:  # the guard ran while a local backend started it; none of it reached the client
+        assert_stopped(state.backend)
     with state.db.engine.connect() as conn:
         rows = conn.execute(text("SELECT stage, action, rule_ids FROM guard_events")).all()
     assert [(s, a, json.loads(ids) if isinstance(ids, str) else ids) for s, a, ids in rows] == [
@@ -226,4 +231,10 @@ async def test_completions_endpoint_prompts_pass_the_input_guard(
     assert (r.json()["error"]["code"], r.json()["error"]["param"]) == (
         "content_policy_violation", "prompt[1]",
     )  # fmt: skip
-    assert state.backend.requests == []
+    assert_stopped(state.backend)
+
+
+def assert_stopped(backend) -> None:
+    """The (local) backend was handed the blocked call while the guard read it, and runs
+    none of it any more (aborted, or finished unseen: the client got only the 400)."""
+    assert backend.requests and not backend.running

@@ -292,6 +292,11 @@ class Router:
         while len(self._served) > MAX_REMEMBERED:  # nobody asked (no ledger): bounded
             self._served.popitem(last=False)
 
+    def may_leave_premises(self, tenant_id: str, model: str) -> bool:
+        """Whether the tenant's policy for `model` lets a request go to a remote replica
+        (any mode but local_only: `candidates` never offers one to local_only)."""
+        return self.policies.lookup(tenant_id, model).mode != "local_only"
+
     def routes_remotely(self, tenant: str, model: str) -> bool:
         """Whether `model` is one this tenant's policy serves only on a remote (`route`)."""
         return model in self._routed and self.policies.lookup(tenant, model).mode == "route"

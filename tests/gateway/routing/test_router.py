@@ -244,6 +244,20 @@ async def test_a_retry_never_falls_through_to_a_remote_the_policy_does_not_allow
     assert replicas["paid"].backend.requests == []
 
 
+def test_only_a_policy_that_may_send_a_request_off_the_premises_says_so():
+    """What the input guard waits for: a tenant's request that may go to a remote replica
+    is guarded before it is sent; one that stays local is guarded while it starts."""
+    policies = [
+        HybridPolicy(tenant="acme", mode="overflow", remote="paid"),
+        HybridPolicy(tenant="initech", model="gpt-4o-mini", mode="route", remote="paid"),
+    ]
+    router, _, _ = make_router(n_local=1, remotes=["paid"], policies=policies)
+    assert router.may_leave_premises("acme", "tiny")
+    assert router.may_leave_premises("initech", "gpt-4o-mini")
+    assert not router.may_leave_premises("initech", "tiny")  # local_only, the default
+    assert not router.may_leave_premises("globex", "gpt-4o-mini")
+
+
 def test_a_policy_naming_no_remote_backend_is_a_config_error():
     from ownllm.config import ConfigError
 
