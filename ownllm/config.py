@@ -436,6 +436,13 @@ class GuardConfig:
         "(none ships; empty: rule-based detection only).",
         env="OWNLLM_GUARD_CLASSIFIER_PATH",
     )
+    during_call: bool = setting(
+        True,
+        "Send a call that no `remote = true` backend may take to its backend while the input "
+        "guard runs (a block or redaction aborts it before anything reaches the client); "
+        "false: the guard finishes before any backend sees the prompt.",
+        env="OWNLLM_GUARD_DURING_CALL",
+    )
 
 
 @dataclass(frozen=True)

@@ -56,8 +56,8 @@ class GenerationRun(Run):
     async def prepare(self) -> None:
         await tokenise(self.call, self.state.tokenizer, max_model_len(self.state.backend))
 
-    def is_on_premises(self) -> bool:
-        return not self.state.backend.may_leave_premises(
+    def submits_during_guard(self) -> bool:
+        return self.state.config.guard.during_call and not self.state.backend.may_leave_premises(
             self.call.principal.tenant_id, self.call.model
         )
 

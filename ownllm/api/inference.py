@@ -9,11 +9,13 @@
     → backend (`Run.start`) → respond (JSON or SSE; output guard per delta)
     → finish (usage ledger, guard events, capture, metrics: exactly once, whatever happened)
 
-A call that cannot leave the premises (`Run.is_on_premises`: no `remote = true` backend
-may take it) is submitted to the backend before the input guard runs, so the guard's time
-overlaps the backend's (LiteLLM's "during_call" guardrail): a block aborts the backend's
-request before anything of it reached the client, and a redaction aborts it and submits
-the changed text. A call that may leave waits for the guard before anything is sent.
+A call that cannot leave the premises (`Run.submits_during_guard`: no `remote = true`
+backend may take it, and `guard.during_call` is on, the default) is submitted to the
+backend before the input guard runs, so the guard's time overlaps the backend's
+(LiteLLM's "during_call" guardrail): a block aborts the backend's request before anything
+of it reached the client, and a redaction aborts it and submits the changed text. A call
+that may leave, or any call with `guard.during_call = false`, waits for the guard before
+anything is sent.
 
 `serve(run, request)` runs it. A `Run` subclass says what one endpoint does at `prepare`,
 `start` and `respond` and what its outcome counted: `GenerationRun`
@@ -89,9 +91,9 @@ class Run:
     async def prepare(self) -> None:
         raise NotImplementedError
 
-    def is_on_premises(self) -> bool:
-        """Whether no backend off the premises may take the call (then it is submitted
-        before the input guard runs); by default the guard comes first."""
+    def submits_during_guard(self) -> bool:
+        """Whether the call is submitted before the input guard runs (no backend off the
+        premises may take it, and `guard.during_call`); by default the guard comes first."""
         return False
 
     async def submit(self) -> None:
@@ -165,7 +167,7 @@ async def serve(run: Run, request: Request) -> Response:
         check_text_size(call)
         await run.prepare()
         await gateway.admit_tokens(call)
-        if run.is_on_premises():
+        if run.submits_during_guard():
             await run.submit()
             await _let_backend_send()
         if await gateway.check_input(call):

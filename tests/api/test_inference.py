@@ -103,6 +103,24 @@ async def test_input_guard_can_block_or_redact(fake_state):
     assert before.request_id in backend.aborted and not backend.running
 
 
+async def test_guard_during_call_off_guards_a_local_call_before_it_is_sent(fake_state):
+    """`guard.during_call = false`: even a local backend sees only what the guard let pass."""
+    config = fake_state.config
+    fake_state.config = replace(config, guard=replace(config.guard, during_call=False))
+    backend = fake_state.backend
+    async with client_with(fake_state, BombAndCardGuard()) as client:
+        bomb = [{"role": "user", "content": "bomb"}]
+        r = await client.post("/v1/chat/completions", json={**CHAT, "messages": bomb})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "content_policy_violation"
+        assert backend.requests == []  # the backend never saw it
+        messages = [{"role": "user", "content": "card 4111"}]
+        r = await client.post("/v1/chat/completions", json={**CHAT, "messages": messages})
+    assert r.status_code == 200
+    (sent,) = backend.requests
+    redacted = fake_state.tokenizer.encode_chat([{"role": "user", "content": "card [CARD]"}])
+    assert sent.prompt_token_ids == redacted
+
+
 async def test_a_prompt_for_a_remote_backend_is_guarded_before_it_is_sent(fake_state):
     backend = fake_state.backend
     backend.is_remote = True  # the requests leave the premises
