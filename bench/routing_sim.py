@@ -45,7 +45,6 @@ import bisect
 import heapq
 import os
 import random
-import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -368,6 +367,8 @@ def cpu_flags() -> str:
 
 
 def _weight(text: str):
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
     try:
         return float(text)
     except ValueError:
@@ -386,7 +387,10 @@ def main() -> None:
     p.add_argument("--load", type=float, default=0.7, help="offered load / capacity")
     p.add_argument("--scrape-s", type=float, default=1.0)
     p.add_argument("--slo-s", type=float, default=2.0, help="TTFT goodput threshold")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed", "--seeds", type=int, nargs="+", default=[0],
+        help="workload seeds; with several, a summary of the targets met per fleet size",
+    )  # fmt: skip
     p.add_argument(
         "--weight", nargs=2, action="append", metavar=("NAME", "VALUE"), type=_weight,
         help="a [routing] score setting, e.g. --weight queue_weight 4 (default: the shipped)",
@@ -400,32 +404,48 @@ def main() -> None:
     print(
         f"{args.adapters} adapters (zipf {args.zipf}), {args.tenants} tenants, {args.lora_slots} "
         f"LoRA slots, {args.adapter_load_ms:g} ms a load, load {args.load:g}, scrape "
-        f"{args.scrape_s:g} s, seed {args.seed}; service rates from bench/RESULTS.md W1/W2"
+        f"{args.scrape_s:g} s, seeds {' '.join(map(str, args.seed))}; service rates from bench/RESULTS.md W1/W2"
     )
     header = (
-        f"{'replicas':>8} {'strategy':<13} {'requests':>8} {'prefix hit':>10} {'loads/1k':>9} "
-        f"{'queue p50':>10} {'queue p99':>10} {'TTFT p99':>9} {'goodput':>8} {'busiest':>8} "
-        f"{'x RR hits':>9} {'x RR loads':>10}"
+        f"{'replicas':>8} {'seed':>4} {'strategy':<13} {'requests':>8} {'prefix hit':>10} "
+        f"{'loads/1k':>9} {'queue p50':>10} {'queue p99':>10} {'TTFT p99':>9} {'goodput':>8} "
+        f"{'busiest':>8} {'x RR hits':>9} {'x RR loads':>10}"
     )
     print(header)
+    verdicts: dict[int, list[tuple[float, float, bool]]] = {}
+    seeds = args.seed
     for n in args.replicas:
-        rows = {}
-        for strategy in args.strategies:
-            started = time.monotonic()
-            rows[strategy] = simulate(strategy, args, n)
-            rows[strategy]["wall"] = time.monotonic() - started
-        rr = rows.get("round_robin")
-        for strategy, row in rows.items():
-            hits = f"{row['prefix_hit'] / rr['prefix_hit']:.2f}" if rr else ""
-            loads = f"{row['loads_per_1k'] / rr['loads_per_1k']:.3f}" if rr else ""
-            print(
-                f"{n:>8} {strategy:<13} {row['requests']:>8} {row['prefix_hit']:>10.1%} "
-                f"{row['loads_per_1k']:>9.1f} {row['queue_p50']:>9.3f}s {row['queue_p99']:>9.3f}s "
-                f"{row['ttft_p99']:>8.2f}s {row['goodput']:>7.2f}/s {row['busiest']:>7.2f}x "
-                f"{hits:>9} {loads:>10}",
-                flush=True,
-            )
+        for seed in seeds:
+            args.seed = seed
+            rows = {strategy: simulate(strategy, args, n) for strategy in args.strategies}
+            rr = rows.get("round_robin")
+            for strategy, row in rows.items():
+                hits = f"{row['prefix_hit'] / rr['prefix_hit']:.2f}" if rr else ""
+                loads = f"{row['loads_per_1k'] / rr['loads_per_1k']:.3f}" if rr else ""
+                print(
+                    f"{n:>8} {seed:>4} {strategy:<13} {row['requests']:>8} "
+                    f"{row['prefix_hit']:>10.1%} {row['loads_per_1k']:>9.1f} "
+                    f"{row['queue_p50']:>9.3f}s {row['queue_p99']:>9.3f}s "
+                    f"{row['ttft_p99']:>8.2f}s {row['goodput']:>7.2f}/s {row['busiest']:>7.2f}x "
+                    f"{hits:>9} {loads:>10}",
+                    flush=True,
+                )
+            if rr and "affinity" in rows:
+                a = rows["affinity"]
+                h, ld = a["prefix_hit"] / rr["prefix_hit"], a["loads_per_1k"] / rr["loads_per_1k"]
+                met = h >= 2 and ld <= 0.25 and a["queue_p99"] <= rr["queue_p99"]
+                verdicts.setdefault(n, []).append((h, ld, met))
     print("(busiest: the most requests one replica served over the mean; x RR: over round robin)")
+    if verdicts:
+        print("affinity against the targets (>= 2x RR's prefix hits, <= 0.25x its adapter loads, ")
+        print("queueing p99 <= RR's), over the seeds:")
+        for n, rows in verdicts.items():
+            hits, loads = [h for h, _, _ in rows], [ld for _, ld, _ in rows]
+            print(
+                f"{n:>8} replicas: all three met on {sum(m for *_, m in rows)} of {len(rows)}; "
+                f"x RR hits {min(hits):.2f}-{max(hits):.2f}, x RR loads {min(loads):.3f}-"
+                f"{max(loads):.3f} (mean {sum(loads) / len(loads):.3f})"
+            )
 
 
 if __name__ == "__main__":

@@ -631,12 +631,15 @@ class RoutingConfig:
         "is still taken if its prefill backlog is within this many tokens of the least "
         "(a short wait instead of loading the adapter elsewhere).", min=0, max=1 << 30,
     )  # fmt: skip
+    conversations: bool = setting(
+        True, "Count each replica's open conversations (answers whose next turn has not come, "
+        "weighted by the share of conversations that continue and decaying with the think "
+        "time): a request that must load its adapter goes where the fewest are open, and "
+        "waits longer for its adapter's replica the more its prefill would put at risk.",
+    )  # fmt: skip
     conversation_think_s: float = setting(
-        0.0, "Expected seconds from an answer to its conversation's next turn. With > 0 an "
-        "answer counts as an open conversation on its replica, decaying as exp(-age / this), "
-        "until its next turn arrives; a request that must load its adapter goes where the "
-        "fewest are open and waits longer for its adapter's replica the more its prefill "
-        "would put at risk. 0: off.", min=0, max=3600,
+        0.0, "Seconds from an answer to its conversation's next turn, for `conversations`. "
+        "0: learned, the mean of the last 256 gaps the router saw.", min=0, max=3600,
     )  # fmt: skip
     prefix_block_tokens: int = setting(
         16, "Prompt tokens per hashed prefix block (vLLM's block size).", min=1, max=4096

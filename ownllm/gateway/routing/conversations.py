@@ -4,12 +4,23 @@ A chat's next turn is the whole conversation so far and a new message, so its pr
 every full block of the one before. When an answer ends, its prompt's last block hash is
 remembered with the replica and the time; the request whose prompt holds that block
 continues the conversation, wherever it is routed, and closes it. Until then it counts on
-its replica, decaying as exp(-age / think_s), think_s the expected time from an answer to
-the next turn: the last turn of a conversation never comes back, and the longer one stays
-open the likelier it was the last. The router reads the count (`ReplicaView.
-open_conversations`) when a request must load its adapter: that request's whole prompt is
-prefilled where it goes, and a conversation whose next turn arrives meanwhile waits or is
-moved too (`ownllm.gateway.routing.scoring`).
+its replica with weight
+
+    share × exp(-age / think_s)
+
+share the part of recent conversations that did continue, think_s the expected time from
+an answer to the next turn: the last turn of a conversation never comes back, the longer
+one stays open the likelier it was the last, and traffic of single requests (share 0)
+counts nothing. The router reads the count (`ReplicaView.open_conversations`) when a
+request must load its adapter: that request's whole prompt is prefilled where it goes, and
+a conversation whose next turn arrives meanwhile waits or is moved too
+(`ownllm.gateway.routing.scoring`).
+
+Both are learned from what the router sees, over the last WINDOW conversations:
+- think_s: the mean time from an answer to the prompt that continued it (fixed instead by
+  `[routing] conversation_think_s` > 0); INITIAL_THINK_S until one is seen;
+- share: continued / (continued + forgotten + 1), an answer forgotten once FORGET_AFTER
+  think times old without a next turn (so 0 until a conversation is seen to continue).
 
 Approximate like the prefix index: what is counted is this gateway's answers only.
 """
@@ -17,64 +28,91 @@ Approximate like the prefix index: what is counted is this gateway's answers onl
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 
 from ownllm.gateway.routing.scoring import ReplicaView
 
 FORGET_AFTER = 10  # think times: an older answer weighs e^-10, and is forgotten
+INITIAL_THINK_S = 10.0  # the think time assumed until a next turn is seen
+MIN_THINK_S = 0.1
+WINDOW = 256  # conversations the think time and the share are learned over
 
 
 class OpenConversations:
     """The open conversations of a set of replicas (their `ReplicaView`s)."""
 
-    def __init__(self, views: Sequence[ReplicaView], think_s: float) -> None:
-        self.think_s = think_s
+    def __init__(self, views: Sequence[ReplicaView], think_s: float = 0.0) -> None:
+        self.fixed_think_s = think_s  # 0: learned
         self._views = list(views)
         self._at = 0.0  # when the views' counts were last decayed
-        # a prompt's last block -> (its replica's view, when it was answered), oldest first
-        self._open: OrderedDict[int, tuple[ReplicaView, float]] = OrderedDict()
+        self._clock = 0.0  # decay so far: the sum of (elapsed / think_s) over time
+        # a prompt's last block -> (its replica's view, when it was answered, the decay
+        # clock then, its weight then), oldest first
+        self._open: OrderedDict[int, tuple[ReplicaView, float, float, float]] = OrderedDict()
         self._num_open: dict[str, int] = {}  # per replica: a count that reaches 0 exactly
+        self._gaps: deque[float] = deque(maxlen=WINDOW)  # answer -> next turn, seconds
+        self._outcomes: deque[bool] = deque(maxlen=WINDOW)  # continued, or forgotten
 
     def __len__(self) -> int:
         return len(self._open)
 
+    @property
+    def think_s(self) -> float:
+        """The think time in use: the fixed one, else the mean of the gaps seen."""
+        if self.fixed_think_s > 0:
+            return self.fixed_think_s
+        if not self._gaps:
+            return INITIAL_THINK_S
+        return max(MIN_THINK_S, sum(self._gaps) / len(self._gaps))
+
+    @property
+    def share(self) -> float:
+        """The part of recent answers that a next turn followed."""
+        return sum(self._outcomes) / (len(self._outcomes) + 1)
+
     def answered(self, view: ReplicaView, last_block: int, now: float) -> None:
         """A prompt ending in `last_block` was answered on `view`'s replica at `now`."""
         self.age(now)
-        self._close(last_block, now)
-        self._open[last_block] = (view, now)
+        self._close(last_block)
+        weight = self.share
+        self._open[last_block] = (view, now, self._clock, weight)
         self._num_open[view.name] = self._num_open.get(view.name, 0) + 1
-        view.open_conversations += 1.0
+        view.open_conversations += weight
 
     def continued(self, hashes: Sequence[int], now: float) -> None:
         """A prompt of these block hashes arrived: close every conversation it continues."""
         self.age(now)
         for h in hashes:
             if h in self._open:
-                self._close(h, now)
+                answered_at = self._open[h][1]
+                self._close(h)
+                self._gaps.append(now - answered_at)
+                self._outcomes.append(True)
 
     def age(self, now: float) -> None:
         """Decay every count to `now`; forget answers FORGET_AFTER think times old."""
         if now > self._at:
-            factor = math.exp(-(now - self._at) / self.think_s)
+            step = (now - self._at) / self.think_s
+            self._clock += step
+            factor = math.exp(-step)
             for view in self._views:
                 view.open_conversations *= factor
             self._at = now
-        oldest = now - FORGET_AFTER * self.think_s
         while self._open:
-            block, (_, answered_at) = next(iter(self._open.items()))
-            if answered_at >= oldest:
+            block, (_, _, clock_then, _) = next(iter(self._open.items()))
+            if self._clock - clock_then <= FORGET_AFTER:
                 break
-            self._close(block, now)
+            self._close(block)
+            self._outcomes.append(False)
 
-    def _close(self, block: int, now: float) -> None:
-        view, answered_at = self._open.pop(block, (None, now))
+    def _close(self, block: int) -> None:
+        view, _, clock_then, weight = self._open.pop(block, (None, 0.0, 0.0, 0.0))
         if view is None:
             return
         self._num_open[view.name] -= 1
         if self._num_open[view.name]:
-            weight = math.exp(-(now - answered_at) / self.think_s)
-            view.open_conversations = max(0.0, view.open_conversations - weight)
+            left = weight * math.exp(clock_then - self._clock)
+            view.open_conversations = max(0.0, view.open_conversations - left)
         else:
             view.open_conversations = 0.0  # no rounding left over

@@ -8,10 +8,9 @@
 2. pick one by the configured strategy (`ownllm.gateway.routing.scoring`); remember the
    prompt's prefix blocks (chained from the tenant and the adapter set, which key a
    replica's KV cache) and the adapter set on it, and count the prompt tokens it was not
-   thought to hold in its prefill backlog until the first token (`started`). With
-   `conversation_think_s` > 0, an answered request (`finished`) counts as an open
-   conversation on its replica until its next turn arrives
-   (`ownllm.gateway.routing.conversations`).
+   thought to hold in its prefill backlog until the first token (`started`). An answered
+   request (`finished`) counts as an open conversation on its replica until its next turn
+   arrives (`ownllm.gateway.routing.conversations`; `conversations = false`: not kept).
 3. stream its deltas. A failure before the first delta (connection refused, 5xx, queue
    full) is retried on another replica, up to `max_attempts` replicas in all; an error
    that is the request's own (400, 404) is raised as it is. A failure after the first delta
@@ -137,9 +136,10 @@ class Router:
         self._prefilling: dict[str, tuple[Replica, int]] = {}
         # request id -> the replica that answered it, until the ledger asks (`served_by`)
         self._served: OrderedDict[str, Replica] = OrderedDict()
-        think_s = config.conversation_think_s
         views = [r.view for r in self.replicas]
-        self._conversations = OpenConversations(views, think_s) if think_s > 0 else None
+        self._conversations = (
+            OpenConversations(views, config.conversation_think_s) if config.conversations else None
+        )
         # request id -> (its prompt's last block, its replica), until it is answered
         self._answering: dict[str, tuple[int, Replica]] = {}
         self._health_task: asyncio.Task | None = None
@@ -364,7 +364,7 @@ class Router:
 
     def finished(self, request_id: str) -> None:
         """`request_id` was answered: its conversation is open on its replica until its next
-        turn arrives (with `conversation_think_s` > 0; else nothing is kept)."""
+        turn arrives (unless `conversations = false`)."""
         block, replica = self._answering.pop(request_id, (0, None))
         if replica is not None and self._conversations is not None:
             self._conversations.answered(replica.view, block, self._clock())

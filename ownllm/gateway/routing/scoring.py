@@ -37,17 +37,18 @@ is least-loaded with affinity breaking the ties; large slacks give the unbounded
 When even that exception finds no replica holding the request's adapter, it is loaded, and
 the request's whole prompt prefilled, wherever the request goes; a conversation answered on
 that replica whose next turn arrives meanwhile finds it prefilling, and is moved too
-(another load) or waits. With `conversation_think_s` > 0 the router counts each replica's
-open conversations c(r) (`ownllm.gateway.routing.conversations`: answers whose next turn
-has not come, each decaying as exp(-age / conversation_think_s)); such a request then goes,
-within both bounds, to the least c, then by score, and the adapter's replica is still taken
-within adapter_wait_tokens × (1 + c) of the least p, c the open conversations where it
-would go: each conversation a move puts at risk is worth another adapter_wait_tokens of wait.
+(another load) or waits. So the router counts each replica's open conversations c(r)
+(`ownllm.gateway.routing.conversations`: answers whose next turn has not come, weighted by
+the share that continue and decaying with the learned think time; `conversations = false`:
+none are counted); such a request then goes, within both bounds, to the least c, then by
+score, and the adapter's replica is still taken within adapter_wait_tokens × (1 + c) of
+the least p, c the open conversations where it would go: each conversation a move puts at
+risk is worth another adapter_wait_tokens of wait.
 
 Defaults: w_adapter = 1, w_prefix = 2, w_queue = 3, w_kv = 1, queue_scale = 8,
 load_factor = 1.25, load_slack = 2, prefill_slack = 50, adapter_wait_tokens = 200,
-conversation_think_s = 0, off (`[routing]`; bench/RESULTS.md has the simulation they were
-picked on). The highest score wins; ties go to the lower q, then round robin.
+conversations counted with a learned think time (`[routing]`; bench/RESULTS.md has the
+simulation they were picked on). The highest score wins; ties go to the lower q, then round robin.
 
 `round_robin` takes the candidates in turn; `least_loaded` takes the lowest q (then the
 lowest K). Pure functions over `ReplicaView`s, no I/O: the router and the routing

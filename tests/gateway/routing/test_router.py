@@ -308,17 +308,25 @@ async def test_an_answer_is_an_open_conversation_until_its_next_turn_arrives():
     prompt = list(range(64))
     assert await run(router, request(0, prompt=prompt)) == "ok"
     (home,) = [r for r in replicas.values() if r.backend.requests]
-    assert home.view.open_conversations == 1.0
-    clock.now += 3.0  # one think time later, not back yet: it weighs e^-1
+    assert home.view.open_conversations == 0.0  # no conversation seen to continue yet
+    clock.now += 3.0
+    # the next turn: the whole conversation so far and a new message; it is answered, and
+    # the conversation now counts by the share seen to continue (1 of 1, smoothed: 1/2)
+    turn_2 = prompt + list(range(500, 532))
+    assert await run(router, request(1, prompt=turn_2)) == "ok"
+    assert home.view.open_conversations == pytest.approx(1 / 2)
+    clock.now += 3.0  # one think time later, not back yet: it weighs e^-1 as much
     router.route(request(9, prompt=list(range(900, 964))))  # another conversation's turn
     router.started("req-9")
-    assert home.view.open_conversations == pytest.approx(math.exp(-1))
-    # the next turn: the whole conversation so far and a new message; its answer opens it again
+    assert home.view.open_conversations == pytest.approx(math.exp(-1) / 2)
+    assert await run(router, request(2, prompt=turn_2 + list(range(600, 616)))) == "ok"
+    assert home.view.open_conversations == pytest.approx(2 / 3)  # closed; opened again
+
+
+async def test_no_open_conversations_are_counted_with_conversations_off():
+    router, replicas, clock = make_router(n_local=2, conversations=False)
+    prompt = list(range(64))
+    assert await run(router, request(0, prompt=prompt)) == "ok"
+    clock.now += 1.0
     assert await run(router, request(1, prompt=prompt + list(range(500, 532)))) == "ok"
-    assert home.view.open_conversations == pytest.approx(1.0)
-
-
-async def test_no_open_conversations_are_counted_with_the_think_time_off():
-    router, replicas, _ = make_router(n_local=2)
-    assert await run(router, request(0)) == "ok"
     assert [r.view.open_conversations for r in replicas.values()] == [0, 0]
