@@ -99,15 +99,35 @@ class _RoutingCollector(Collector):
             attr: CounterMetricFamily(name, help_, labels=["replica"])
             for attr, (name, help_) in ROUTING_COUNTERS.items()
         }
+        conversations = router.conversations  # (decayed to now, before they are read)
+        open_conversations = GaugeMetricFamily(
+            "ownllm_replica_open_conversations",
+            "Answers on the replica whose next turn has not come, weighted by the share that "
+            "continue and decayed by the think time (what a move would put at risk).",
+            labels=["replica"],
+        )
         for replica in router.replicas:
             for s in REPLICA_STATES:
                 states.add_metric([replica.name, s], float(replica.state == s))
             in_flight.add_metric([replica.name], replica.view.num_in_flight)
+            open_conversations.add_metric([replica.name], replica.view.open_conversations)
             for attr, family in counters.items():
                 family.add_metric([replica.name], getattr(replica, attr))
         yield states
         yield in_flight
         yield from counters.values()
+        if conversations is not None:
+            yield open_conversations
+            yield GaugeMetricFamily(
+                "ownllm_routing_conversation_think_seconds",
+                "The think time in use: answer to next turn, learned or fixed.",
+                value=conversations.think_s,
+            )
+            yield GaugeMetricFamily(
+                "ownllm_routing_conversation_continued_share",
+                "The part of recent answers that a next turn followed.",
+                value=conversations.share,
+            )
 
 
 class Metrics:

@@ -46,8 +46,9 @@ def ledger(app) -> list[UsageRecord]:
 
 def metric(text: str, name: str, **labels: str) -> float:
     want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    key = f"{name}{{{want}}} " if labels else f"{name} "
     for line in text.splitlines():
-        if line.startswith(f"{name}{{{want}}} "):
+        if line.startswith(key):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"{name}{{{want}}} not in /metrics")
 
@@ -202,3 +203,24 @@ async def test_a_routed_remote_model_is_served_there_priced_and_only_for_its_ten
     assert traffic.remote_requests == 1
     assert traffic.remote_cost_usd == pytest.approx(remote.remote_cost_usd)
     assert traffic.local_tokens == served_here.prompt_tokens + served_here.completion_tokens
+
+
+async def test_metrics_show_the_conversations_the_router_saw_continue(routed):
+    client, app, replicas, tenants = routed
+    state = app.state.ownllm
+    first = " ".join(f"word{i}" for i in range(60))
+    ids = state.tokenizer.encode(first)
+    full = len(ids) // 16 * 16
+    second = first + " and one more question"
+    assert state.tokenizer.encode(second)[:full] == ids[:full]  # the same full blocks
+    text = (await client.get("/metrics")).text
+    assert metric(text, "ownllm_routing_conversation_continued_share") == 0
+    for prompt in (first, second):
+        body = {"model": state.model_id, "prompt": prompt, "max_tokens": 2}
+        r = await client.post("/v1/completions", json=body, headers=tenants.a.headers)
+        assert r.status_code == 200, r.text
+    text = (await client.get("/metrics")).text
+    assert metric(text, "ownllm_routing_conversation_continued_share") == 0.5  # 1 of 1, + 1
+    assert metric(text, "ownllm_routing_conversation_think_seconds") > 0
+    counts = [metric(text, "ownllm_replica_open_conversations", replica=n) for n in replicas]
+    assert all(0 <= c <= 0.5 for c in counts)  # at most the one answer open, decaying

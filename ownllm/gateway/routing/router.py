@@ -151,6 +151,13 @@ class Router:
         return self._model_info
 
     @property
+    def conversations(self) -> OpenConversations | None:
+        """The open conversations counted, decayed to now (None: `conversations = false`)."""
+        if self._conversations is not None:
+            self._conversations.age(self._clock())
+        return self._conversations
+
+    @property
     def uses_token_constraints(self) -> bool:
         """Whether the caller should build the local constraint: some replica decodes with
         it (one that forwards response_format to its server ignores it)."""
