@@ -20,7 +20,8 @@ Both are learned from what the router sees, over the last WINDOW conversations:
 - think_s: the mean time from an answer to the prompt that continued it (fixed instead by
   `[routing] conversation_think_s` > 0); INITIAL_THINK_S until one is seen;
 - share: continued / (continued + forgotten + 1), an answer forgotten once FORGET_AFTER
-  think times old without a next turn (so 0 until a conversation is seen to continue).
+  think times old without a next turn, or when MAX_OPEN newer ones are remembered (so 0
+  until a conversation is seen to continue).
 
 Approximate like the prefix index: what is counted is this gateway's answers only.
 """
@@ -35,7 +36,8 @@ from ownllm.gateway.routing.scoring import ReplicaView
 
 FORGET_AFTER = 10  # think times: an older answer weighs e^-10, and is forgotten
 INITIAL_THINK_S = 10.0  # the think time assumed until a next turn is seen
-MIN_THINK_S = 0.1
+MIN_THINK_S, MAX_THINK_S = 0.1, 3600.0  # a learned think time is kept within these
+MAX_OPEN = 100_000  # answers remembered at most (the oldest is forgotten first)
 WINDOW = 256  # conversations the think time and the share are learned over
 
 
@@ -64,7 +66,7 @@ class OpenConversations:
             return self.fixed_think_s
         if not self._gaps:
             return INITIAL_THINK_S
-        return max(MIN_THINK_S, sum(self._gaps) / len(self._gaps))
+        return min(MAX_THINK_S, max(MIN_THINK_S, sum(self._gaps) / len(self._gaps)))
 
     @property
     def share(self) -> float:
@@ -79,6 +81,9 @@ class OpenConversations:
         self._open[last_block] = (view, now, self._clock, weight)
         self._num_open[view.name] = self._num_open.get(view.name, 0) + 1
         view.open_conversations += weight
+        if len(self._open) > MAX_OPEN:
+            self._close(next(iter(self._open)))
+            self._outcomes.append(False)
 
     def continued(self, hashes: Sequence[int], now: float) -> None:
         """A prompt of these block hashes arrived: close every conversation it continues."""

@@ -67,3 +67,16 @@ def test_an_answer_never_continued_is_forgotten_and_lowers_the_share():
     open_.age(1.0 + FORGET_AFTER + 0.1)
     assert len(open_) == 0 and vs[0].open_conversations == 0.0
     assert open_.share == pytest.approx(1 / 3)  # one continued, one forgotten
+
+
+def test_what_is_remembered_is_bounded_however_long_the_think_time(monkeypatch):
+    from ownllm.gateway.routing import conversations
+
+    monkeypatch.setattr(conversations, "MAX_OPEN", 50)
+    vs = views()
+    open_ = OpenConversations(vs, think_s=3600.0)
+    for i in range(200):
+        open_.answered(vs[i % 2], last_block=i, now=float(i))
+    assert len(open_) == 50
+    open_.continued([199], now=300.0)  # the newest is still there to continue
+    assert open_.share == pytest.approx(1 / 152)  # 150 forgotten, 1 continued
