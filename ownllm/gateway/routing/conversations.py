@@ -53,8 +53,10 @@ class OpenConversations:
         # clock then, its weight then), oldest first
         self._open: OrderedDict[int, tuple[ReplicaView, float, float, float]] = OrderedDict()
         self._num_open: dict[str, int] = {}  # per replica: a count that reaches 0 exactly
-        self._gaps: deque[float] = deque(maxlen=WINDOW)  # answer -> next turn, seconds
-        self._outcomes: deque[bool] = deque(maxlen=WINDOW)  # continued, or forgotten
+        self._gaps: deque[float] = deque()  # answer -> next turn, seconds: the last WINDOW
+        self._gap_sum = 0.0
+        self._outcomes: deque[bool] = deque()  # continued, or forgotten: the last WINDOW
+        self._num_continued = 0
 
     def __len__(self) -> int:
         return len(self._open)
@@ -66,12 +68,12 @@ class OpenConversations:
             return self.fixed_think_s
         if not self._gaps:
             return INITIAL_THINK_S
-        return min(MAX_THINK_S, max(MIN_THINK_S, sum(self._gaps) / len(self._gaps)))
+        return min(MAX_THINK_S, max(MIN_THINK_S, self._gap_sum / len(self._gaps)))
 
     @property
     def share(self) -> float:
         """The part of recent answers that a next turn followed."""
-        return sum(self._outcomes) / (len(self._outcomes) + 1)
+        return self._num_continued / (len(self._outcomes) + 1)
 
     def answered(self, view: ReplicaView, last_block: int, now: float) -> None:
         """A prompt ending in `last_block` was answered on `view`'s replica at `now`."""
@@ -83,7 +85,7 @@ class OpenConversations:
         view.open_conversations += weight
         if len(self._open) > MAX_OPEN:
             self._close(next(iter(self._open)))
-            self._outcomes.append(False)
+            self._outcome(False)
 
     def continued(self, hashes: Sequence[int], now: float) -> None:
         """A prompt of these block hashes arrived: close every conversation it continues."""
@@ -93,7 +95,10 @@ class OpenConversations:
                 answered_at = self._open[h][1]
                 self._close(h)
                 self._gaps.append(now - answered_at)
-                self._outcomes.append(True)
+                self._gap_sum += now - answered_at
+                if len(self._gaps) > WINDOW:
+                    self._gap_sum -= self._gaps.popleft()
+                self._outcome(True)
 
     def age(self, now: float) -> None:
         """Decay every count to `now`; forget answers FORGET_AFTER think times old."""
@@ -109,7 +114,13 @@ class OpenConversations:
             if self._clock - clock_then <= FORGET_AFTER:
                 break
             self._close(block)
-            self._outcomes.append(False)
+            self._outcome(False)
+
+    def _outcome(self, is_continued: bool) -> None:
+        self._outcomes.append(is_continued)
+        self._num_continued += is_continued
+        if len(self._outcomes) > WINDOW:
+            self._num_continued -= self._outcomes.popleft()
 
     def _close(self, block: int) -> None:
         view, _, clock_then, weight = self._open.pop(block, (None, 0.0, 0.0, 0.0))

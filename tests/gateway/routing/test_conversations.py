@@ -80,3 +80,17 @@ def test_what_is_remembered_is_bounded_however_long_the_think_time(monkeypatch):
     assert len(open_) == 50
     open_.continued([199], now=300.0)  # the newest is still there to continue
     assert open_.share == pytest.approx(1 / 152)  # 150 forgotten, 1 continued
+
+
+def test_the_think_time_and_share_are_learned_over_the_last_window_only(monkeypatch):
+    from ownllm.gateway.routing import conversations
+
+    monkeypatch.setattr(conversations, "WINDOW", 4)
+    vs = views()
+    open_ = OpenConversations(vs)
+    for i, gap in enumerate([100.0, 100.0, 1.0, 2.0, 3.0, 4.0]):
+        now = 1000.0 * i
+        open_.answered(vs[0], last_block=i, now=now)
+        open_.continued([i], now=now + gap)
+    assert open_.think_s == pytest.approx(2.5)  # the last four gaps; the 100 s ones are gone
+    assert open_.share == pytest.approx(4 / 5)  # four continued of the last four, + 1
