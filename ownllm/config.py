@@ -631,6 +631,13 @@ class RoutingConfig:
         "is still taken if its prefill backlog is within this many tokens of the least "
         "(a short wait instead of loading the adapter elsewhere).", min=0, max=1 << 30,
     )  # fmt: skip
+    own_prefill: float = setting(
+        0.0, "Share of the request's own prompt tokens a replica is not thought to hold that "
+        "counts in its prefill backlog for both bounds (1: the prefill ahead of the first "
+        "token). Above 0, a conversation waits longer for the replica holding its cache and "
+        "adapter: TTFT p99 and adapter loads fall, queueing p99 rises (bench/RESULTS.md).",
+        min=0, max=100,
+    )  # fmt: skip
     conversations: bool = setting(
         True, "Count each replica's open conversations (answers whose next turn has not come, "
         "weighted by the share of conversations that continue and decaying with the think "

@@ -119,6 +119,7 @@ class Router:
             config.load_slack,
             config.prefill_slack,
             config.adapter_wait_tokens,
+            config.own_prefill,
         )
         self.policies = PolicyTable(config.policy, [r.name for r in replicas if r.is_remote])
         self._routed = self.policies.routed_models()
@@ -340,6 +341,7 @@ class Router:
             choice = choose(
                 views, adapter_key, hashes, strategy=self.config.strategy,
                 weights=self.weights, turn=self._turn,
+                block_tokens=self.config.prefix_block_tokens,
             )  # fmt: skip
             self._turn += 1
             replica = options[choice.index]

@@ -23,7 +23,9 @@ piles work onto one replica:
                                                             then over those within the first)
 
     p(r) = the prompt tokens r still has to prefill for this gateway: its requests there
-           that have no first token yet, less the blocks each was thought to have cached
+           that have no first token yet, less the blocks each was thought to have cached;
+           plus own_prefill × the request's own prompt tokens r is not thought to hold
+           (own_prefill = 1: the prefill ahead of its first token, its TTFT estimate)
 
 A request that arrives while its replica prefills another prompt waits the rest of that
 engine step (a 1,024-token chunk is most of a second on CPU), so the prefill bound sends it
@@ -47,6 +49,7 @@ risk is worth another adapter_wait_tokens of wait.
 
 Defaults: w_adapter = 1, w_prefix = 2, w_queue = 3, w_kv = 1, queue_scale = 8,
 load_factor = 1.25, load_slack = 2, prefill_slack = 50, adapter_wait_tokens = 200,
+own_prefill = 0 (> 0 trades queueing p99 for TTFT p99 and fewer adapter loads),
 conversations counted with a learned think time (`[routing]`; bench/RESULTS.md has the
 simulation they were picked on). The highest score wins; ties go to the lower q, then round robin.
 
@@ -74,6 +77,7 @@ class Weights:
     load_slack: float = 2.0
     prefill_slack: float = 50.0  # the prefill bound: p <= min p + prefill_slack
     adapter_wait_tokens: float = 200.0  # ... + adapter_wait_tokens for the adapter's replica
+    own_prefill: float = 0.0  # p counts this share of the request's own uncached prompt
 
 
 @dataclass
@@ -127,9 +131,11 @@ def choose(
     strategy: str,
     weights: Weights,
     turn: int,
+    block_tokens: int = 16,
 ) -> Choice:
     """The replica for one request among `views` (non-empty); `turn` is a counter the caller
-    advances per request (round robin, and the last tie-break)."""
+    advances per request (round robin, and the last tie-break); `block_tokens`: tokens per
+    prefix block, for own_prefill."""
     n = len(views)
     if strategy == "round_robin":
         i = turn % n
@@ -137,37 +143,50 @@ def choose(
     if strategy == "least_loaded":
         i = min(range(n), key=lambda j: (views[j].load, views[j].kv_usage, (j - turn) % n))
         return _choice(views, i, adapter_key, hashes)
-    least_prefill = min(v.num_prefill_tokens for v in views)
+    ahead = [float(v.num_prefill_tokens) for v in views]
+    if weights.own_prefill and hashes:
+        own = weights.own_prefill * block_tokens
+        for j, v in enumerate(views):
+            ahead[j] += own * (len(hashes) - v.prefixes.num_matched(hashes))
+    least_prefill = min(ahead)
     max_prefill = least_prefill + weights.prefill_slack
-    choice = _best(views, adapter_key, hashes, weights, turn, max_prefill)
+    choice = _best(views, ahead, adapter_key, hashes, weights, turn, max_prefill)
     if not adapter_key or choice.is_adapter_hit:
         return choice
     waited = _best(
-        views, adapter_key, hashes, weights, turn, least_prefill + weights.adapter_wait_tokens
-    )
+        views, ahead, adapter_key, hashes, weights, turn,
+        least_prefill + weights.adapter_wait_tokens,
+    )  # fmt: skip
     if waited.is_adapter_hit:
         return waited
     if not any(v.open_conversations for v in views):
         return choice
     # The adapter is loaded wherever the request goes: where it puts the fewest conversations
     # at risk, unless each of those is worth more wait on the adapter's replica.
-    choice = _best(views, adapter_key, hashes, weights, turn, max_prefill, by_quiet=True)
+    choice = _best(views, ahead, adapter_key, hashes, weights, turn, max_prefill, by_quiet=True)
     at_risk = views[choice.index].open_conversations
     if at_risk > 0:
         limit = least_prefill + weights.adapter_wait_tokens * (1 + at_risk)
-        waited = _best(views, adapter_key, hashes, weights, turn, limit)
+        waited = _best(views, ahead, adapter_key, hashes, weights, turn, limit)
         if waited.is_adapter_hit:
             return waited
     return choice
 
 
 def _best(
-    views, adapter_key, hashes, w: Weights, turn: int, max_prefill: float, by_quiet: bool = False
+    views,
+    ahead,
+    adapter_key,
+    hashes,
+    w: Weights,
+    turn: int,
+    max_prefill: float,
+    by_quiet: bool = False,
 ) -> Choice:
-    """The highest score among the views within both bounds (see the module docstring);
-    `by_quiet`: the fewest open conversations first."""
+    """The highest score among the views within both bounds (see the module docstring;
+    `ahead`: each view's p); `by_quiet`: the fewest open conversations first."""
     n = len(views)
-    within = [j for j in range(n) if views[j].num_prefill_tokens <= max_prefill]
+    within = [j for j in range(n) if ahead[j] <= max_prefill]
     bound = w.load_factor * sum(views[j].load for j in within) / len(within) + w.load_slack
     best = None
     for j in within:

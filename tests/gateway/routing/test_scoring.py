@@ -161,3 +161,19 @@ def test_each_conversation_a_move_puts_at_risk_buys_more_wait_on_the_adapters_re
     vs[2].open_conversations = 2
     choice = choose(vs, ("ad-1",), [], strategy="affinity", weights=W, turn=0)
     assert choice.index == 1 and not choice.is_adapter_hit
+
+
+def test_own_prefill_counts_the_prompt_a_replica_lacks_so_a_conversation_stays_with_its_cache():
+    vs = views(2)
+    hashes = prefix_hashes("acme", list(range(640)))  # 40 blocks
+    vs[0].adapters.add(("ad-1",))
+    vs[0].prefixes.add(hashes[:36])  # the conversation so far: 576 of its 640 tokens
+    vs[0].num_prefill_tokens = 300  # another prompt ahead of it, past adapter_wait_tokens
+    choice = choose(vs, ("ad-1",), hashes, strategy="affinity", weights=W, turn=0)
+    assert choice.index == 1 and not choice.is_adapter_hit  # the default compares 300 with 0
+    own = Weights(own_prefill=1.0)  # 300 + 4 x 16 = 364 ahead of its first token there, 640 on r1
+    choice = choose(vs, ("ad-1",), hashes, strategy="affinity", weights=own, turn=0)
+    assert choice.index == 0 and choice.is_adapter_hit and choice.num_prefix_blocks == 36
+    vs[0].num_prefill_tokens = 900  # 964 against 640: beyond even the adapter's wait
+    choice = choose(vs, ("ad-1",), hashes, strategy="affinity", weights=own, turn=0)
+    assert choice.index == 1
