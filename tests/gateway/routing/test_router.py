@@ -330,3 +330,16 @@ async def test_no_open_conversations_are_counted_with_conversations_off():
     clock.now += 1.0
     assert await run(router, request(1, prompt=prompt + list(range(500, 532)))) == "ok"
     assert [r.view.open_conversations for r in replicas.values()] == [0, 0]
+
+
+async def test_own_prefill_keeps_a_conversation_on_the_replica_holding_its_prompt():
+    conversation = list(range(640))  # 20 blocks of 32 tokens
+    for own, stays in ((0.0, False), (1.0, True)):
+        router, replicas, _ = make_router(n_local=2, own_prefill=own, prefix_block_tokens=32)
+        holder = router.route(request(0, prompt=conversation))
+        router.started("req-0")
+        holder.view.num_prefill_tokens = 400  # another prompt is prefilling there
+        # the next turn: 672 tokens to prefill elsewhere, 32 + the 400 ahead on the holder
+        nxt = router.route(request(1, prompt=conversation + list(range(1000, 1032))))
+        assert (nxt is holder) is stays, own
+        assert nxt.num_prefix_hits == (1 if stays else 0)
