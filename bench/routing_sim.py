@@ -412,7 +412,7 @@ def main() -> None:
         f"{'busiest':>8} {'x RR hits':>9} {'x RR loads':>10}"
     )
     print(header)
-    verdicts: dict[int, list[tuple[float, float, bool]]] = {}
+    verdicts: dict[int, list[tuple[float, float, bool, float, float]]] = {}
     seeds = args.seed
     for n in args.replicas:
         for seed in seeds:
@@ -434,17 +434,20 @@ def main() -> None:
                 a = rows["affinity"]
                 h, ld = a["prefix_hit"] / rr["prefix_hit"], a["loads_per_1k"] / rr["loads_per_1k"]
                 met = h >= 2 and ld <= 0.25 and a["queue_p99"] <= rr["queue_p99"]
-                verdicts.setdefault(n, []).append((h, ld, met))
+                q, ttft = a["queue_p99"] / rr["queue_p99"], a["ttft_p99"] / rr["ttft_p99"]
+                verdicts.setdefault(n, []).append((h, ld, met, q, ttft))
     print("(busiest: the most requests one replica served over the mean; x RR: over round robin)")
     if verdicts:
         print("affinity against the targets (>= 2x RR's prefix hits, <= 0.25x its adapter loads, ")
         print("queueing p99 <= RR's), over the seeds:")
         for n, rows in verdicts.items():
-            hits, loads = [h for h, _, _ in rows], [ld for _, ld, _ in rows]
+            hits, loads = [r[0] for r in rows], [r[1] for r in rows]
+            queue, ttft = [r[3] for r in rows], [r[4] for r in rows]
             print(
-                f"{n:>8} replicas: all three met on {sum(m for *_, m in rows)} of {len(rows)}; "
+                f"{n:>8} replicas: all three met on {sum(r[2] for r in rows)} of {len(rows)}; "
                 f"x RR hits {min(hits):.2f}-{max(hits):.2f}, x RR loads {min(loads):.3f}-"
-                f"{max(loads):.3f} (mean {sum(loads) / len(loads):.3f})"
+                f"{max(loads):.3f} (mean {sum(loads) / len(loads):.3f}), x RR queueing p99 "
+                f"{min(queue):.2f}-{max(queue):.2f}, x RR TTFT p99 {min(ttft):.2f}-{max(ttft):.2f}"
             )
 
 
