@@ -120,6 +120,7 @@ class Router:
             config.prefill_slack,
             config.adapter_wait_tokens,
             config.own_prefill,
+            config.adapter_wait_load,
         )
         self.policies = PolicyTable(config.policy, [r.name for r in replicas if r.is_remote])
         self._routed = self.policies.routed_models()

@@ -31,10 +31,12 @@ A request that arrives while its replica prefills another prompt waits the rest 
 engine step (a 1,024-token chunk is most of a second on CPU), so the prefill bound sends it
 to a replica that is only decoding, at the cost of its cache. One exception: when no
 replica within prefill_slack holds the request's adapter, a replica that holds it is still
-taken if p(r) <= min(p) + adapter_wait_tokens (a short wait rather than loading the
-adapter elsewhere). The least prefilling replica passes the first bound and the least
-loaded of those the second, so the set is never empty. load_factor = 1 with load_slack = 0
-is least-loaded with affinity breaking the ties; large slacks give the unbounded score.
+taken if p(r) <= min(p) + adapter_wait_tokens and q(r) <= the load bound + adapter_wait_load
+(a short wait, or a few more sequences in its batch at a few ms a step each, rather than
+loading the adapter and prefilling the whole prompt elsewhere). The least prefilling
+replica passes the first bound and the least loaded of those the second, so the set is
+never empty. load_factor = 1 with load_slack = 0 is least-loaded with affinity breaking
+the ties; large slacks give the unbounded score.
 
 When even that exception finds no replica holding the request's adapter, it is loaded, and
 the request's whole prompt prefilled, wherever the request goes; a conversation answered on
@@ -49,7 +51,7 @@ risk is worth another adapter_wait_tokens of wait.
 
 Defaults: w_adapter = 1, w_prefix = 2, w_queue = 3, w_kv = 1, queue_scale = 8,
 load_factor = 1.25, load_slack = 2, prefill_slack = 50, adapter_wait_tokens = 200,
-own_prefill = 0 (> 0 trades queueing p99 for TTFT p99 and fewer adapter loads),
+adapter_wait_load = 4, own_prefill = 0 (> 0 trades queueing p99 for TTFT p99 and fewer adapter loads),
 conversations counted with a learned think time (`[routing]`; bench/RESULTS.md has the
 simulation they were picked on). The highest score wins; ties go to the lower q, then round robin.
 
@@ -78,6 +80,7 @@ class Weights:
     prefill_slack: float = 50.0  # the prefill bound: p <= min p + prefill_slack
     adapter_wait_tokens: float = 200.0  # ... + adapter_wait_tokens for the adapter's replica
     own_prefill: float = 0.0  # p counts this share of the request's own uncached prompt
+    adapter_wait_load: float = 4.0  # the adapter's replica: load bound + adapter_wait_load
 
 
 @dataclass
@@ -155,7 +158,7 @@ def choose(
         return choice
     waited = _best(
         views, ahead, adapter_key, hashes, weights, turn,
-        least_prefill + weights.adapter_wait_tokens,
+        least_prefill + weights.adapter_wait_tokens, holder_slack=weights.adapter_wait_load,
     )  # fmt: skip
     if waited.is_adapter_hit:
         return waited
@@ -167,7 +170,10 @@ def choose(
     at_risk = views[choice.index].open_conversations
     if at_risk > 0:
         limit = least_prefill + weights.adapter_wait_tokens * (1 + at_risk)
-        waited = _best(views, ahead, adapter_key, hashes, weights, turn, limit)
+        waited = _best(
+            views, ahead, adapter_key, hashes, weights, turn, limit,
+            holder_slack=weights.adapter_wait_load,
+        )  # fmt: skip
         if waited.is_adapter_hit:
             return waited
     return choice
@@ -182,16 +188,18 @@ def _best(
     turn: int,
     max_prefill: float,
     by_quiet: bool = False,
+    holder_slack: float = 0.0,
 ) -> Choice:
     """The highest score among the views within both bounds (see the module docstring;
-    `ahead`: each view's p); `by_quiet`: the fewest open conversations first."""
+    `ahead`: each view's p); `by_quiet`: the fewest open conversations first;
+    `holder_slack`: requests a view holding the adapter may run above the load bound."""
     n = len(views)
     within = [j for j in range(n) if ahead[j] <= max_prefill]
     bound = w.load_factor * sum(views[j].load for j in within) / len(within) + w.load_slack
     best = None
     for j in within:
         view = views[j]
-        if view.load > bound:
+        if view.load > bound + (holder_slack if adapter_key in view.adapters else 0.0):
             continue
         value, matched, is_hit = score(view, adapter_key, hashes, w)
         quiet = view.open_conversations if by_quiet else 0.0

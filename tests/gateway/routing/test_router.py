@@ -343,3 +343,13 @@ async def test_own_prefill_keeps_a_conversation_on_the_replica_holding_its_promp
         nxt = router.route(request(1, prompt=conversation + list(range(1000, 1032))))
         assert (nxt is holder) is stays, own
         assert nxt.num_prefix_hits == (1 if stays else 0)
+
+
+async def test_adapter_wait_load_keeps_an_adapter_on_its_replica_a_little_past_the_load_bound():
+    for slack, stays in ((4.0, True), (0.0, False)):
+        router, replicas, _ = make_router(n_local=3, adapter_wait_load=slack)
+        holder = router.route(request(0, adapters=("ad-1",)))
+        for r in replicas.values():
+            r.view.num_in_flight = 6 if r is holder else 1  # mean 2.67: bound 5.33 < 6
+        nxt = router.route(request(1, adapters=("ad-1",)))
+        assert (nxt is holder) is stays, slack

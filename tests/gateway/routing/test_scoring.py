@@ -102,11 +102,13 @@ def test_a_hot_adapter_is_spread_within_the_bound():
             vs[c.index].prefixes.add(hashes)
             vs[c.index].num_in_flight += 1
             mean = sum(v.load for v in vs) / 4
-            assert max(v.load for v in vs) <= weights.load_factor * mean + weights.load_slack + 1
+            bound = weights.load_factor * mean + weights.load_slack + weights.adapter_wait_load
+            assert max(v.load for v in vs) <= bound + 1
         return max(v.load for v in vs)
 
-    assert busiest(W) <= 14  # 1.25 × 10 + 2 (the mean is 10)
-    assert busiest(Weights(load_slack=1e9)) > 14  # the score alone lets it pile up
+    assert busiest(W) <= 18  # 1.25 × 10 + 2 + adapter_wait_load 4 (the mean is 10)
+    assert busiest(Weights(adapter_wait_load=0)) <= 14  # 1.25 × 10 + 2
+    assert busiest(Weights(load_slack=1e9)) > 18  # the score alone lets it pile up
 
 
 def test_a_replica_prefilling_a_long_prompt_is_passed_over_until_it_starts():
@@ -137,6 +139,29 @@ def test_a_short_wait_on_the_adapters_replica_beats_loading_it_elsewhere():
     vs[1].num_prefill_tokens = 201  # past both: the adapter is loaded on an idle replica
     choice = choose(vs, ("ad-1",), [], strategy="affinity", weights=W, turn=0)
     assert choice.index != 1 and not choice.is_adapter_hit
+
+
+def test_the_adapters_replica_may_run_a_few_more_requests_than_the_load_bound():
+    vs = views(4)
+    vs[0].adapters.add(("ad-1",))
+    for v in vs[1:]:
+        v.num_in_flight = 2
+    vs[0].num_in_flight = 9  # mean 3.75: bound 6.69 < 9 <= 6.69 + adapter_wait_load (4)
+    choice = choose(vs, ("ad-1",), [], strategy="affinity", weights=W, turn=0)
+    assert choice.index == 0 and choice.is_adapter_hit
+    no_slack = Weights(adapter_wait_load=0)  # the plain load bound: loaded elsewhere
+    choice = choose(vs, ("ad-1",), [], strategy="affinity", weights=no_slack, turn=0)
+    assert choice.index != 0 and not choice.is_adapter_hit
+    # Within the bounds the score still weighs the load; without its penalty only they decide:
+    bounds_only = Weights(queue=0)
+    vs[0].num_in_flight = 11  # mean 4.25: bound 7.31 + 4 = 11.31, still within
+    assert choose(vs, ("ad-1",), [], strategy="affinity", weights=bounds_only, turn=0).index == 0
+    vs[0].num_in_flight = 12  # mean 4.5: 7.63 + 4 = 11.63 < 12: past even that
+    choice = choose(vs, ("ad-1",), [], strategy="affinity", weights=bounds_only, turn=0)
+    assert choice.index != 0 and not choice.is_adapter_hit
+    vs[0].num_in_flight, vs[0].num_prefill_tokens = 9, 201  # within the load, past the wait
+    choice = choose(vs, ("ad-1",), [], strategy="affinity", weights=W, turn=0)
+    assert choice.index != 0 and not choice.is_adapter_hit
 
 
 def test_a_request_that_must_load_its_adapter_goes_where_fewest_conversations_are_open():
