@@ -627,10 +627,18 @@ class RoutingConfig:
         "prefill.", min=0, max=1 << 30,
     )  # fmt: skip
     adapter_wait_tokens: int = setting(
-        200, "When no replica within prefill_slack holds the request's adapter, one that does "
+        300, "When no replica within prefill_slack holds the request's adapter, one that does "
         "is still taken if its prefill backlog is within this many tokens of the least "
-        "(a short wait instead of loading the adapter elsewhere). 300 meets the routing "
-        "targets at 8 replicas, where 200 does not (bench/RESULTS.md).", min=0, max=1 << 30,
+        "(a short wait instead of loading the adapter elsewhere); in a fleet of more than "
+        "adapter_wait_replicas candidates the wait shrinks as adapter_wait_replicas / n.",
+        min=0, max=1 << 30,
+    )  # fmt: skip
+    adapter_wait_replicas: int = setting(
+        8, "Candidate replicas up to which adapter_wait_tokens applies in full; among n > this, "
+        "the wait is adapter_wait_tokens x this / n (a large fleet's slots hold the adapters "
+        "in use, so a load evicts little, and round robin's queueing is short). 0: the same "
+        "wait at every size. The defaults meet the routing targets at 8-64 replicas "
+        "(bench/RESULTS.md).", min=0, max=1 << 20,
     )  # fmt: skip
     adapter_wait_load: float = setting(
         4.0, "Requests the replica holding the request's adapter may run above the load bound "

@@ -121,6 +121,7 @@ class Router:
             config.adapter_wait_tokens,
             config.own_prefill,
             config.adapter_wait_load,
+            config.adapter_wait_replicas,
         )
         self.policies = PolicyTable(config.policy, [r.name for r in replicas if r.is_remote])
         self._routed = self.policies.routed_models()

@@ -31,9 +31,15 @@ A request that arrives while its replica prefills another prompt waits the rest 
 engine step (a 1,024-token chunk is most of a second on CPU), so the prefill bound sends it
 to a replica that is only decoding, at the cost of its cache. One exception: when no
 replica within prefill_slack holds the request's adapter, a replica that holds it is still
-taken if p(r) <= min(p) + adapter_wait_tokens and q(r) <= the load bound + adapter_wait_load
-(a short wait, or a few more sequences in its batch at a few ms a step each, rather than
-loading the adapter and prefilling the whole prompt elsewhere). The least prefilling
+taken if p(r) <= min(p) + wait(n) and q(r) <= the load bound + adapter_wait_load (a short
+wait, or a few more sequences in its batch at a few ms a step each, rather than loading the
+adapter and prefilling the whole prompt elsewhere), where among n candidates
+
+    wait(n) = adapter_wait_tokens × min(1, adapter_wait_replicas / n)
+
+A small fleet's LoRA slots hold few of the adapters in use, so a load there evicts one that
+is soon needed again (and round robin's queueing, the target, is long); a large fleet's
+slots hold them, and its queueing is short: the wait shrinks with n. The least prefilling
 replica passes the first bound and the least loaded of those the second, so the set is
 never empty. load_factor = 1 with load_slack = 0 is least-loaded with affinity breaking
 the ties; large slacks give the unbounded score.
@@ -45,13 +51,14 @@ that replica whose next turn arrives meanwhile finds it prefilling, and is moved
 (`ownllm.gateway.routing.conversations`: answers whose next turn has not come, weighted by
 the share that continue and decaying with the learned think time; `conversations = false`:
 none are counted); such a request then goes, within both bounds, to the least c, then by
-score, and the adapter's replica is still taken within adapter_wait_tokens × (1 + c) of
+score, and the adapter's replica is still taken within wait(n) × (1 + c) of
 the least p, c the open conversations where it would go: each conversation a move puts at
-risk is worth another adapter_wait_tokens of wait.
+risk is worth another wait(n).
 
 Defaults: w_adapter = 1, w_prefix = 2, w_queue = 3, w_kv = 1, queue_scale = 8,
-load_factor = 1.25, load_slack = 2, prefill_slack = 50, adapter_wait_tokens = 200,
-adapter_wait_load = 4, own_prefill = 0 (> 0 trades queueing p99 for TTFT p99 and fewer adapter loads),
+load_factor = 1.25, load_slack = 2, prefill_slack = 50, adapter_wait_tokens = 300,
+adapter_wait_replicas = 8 (wait(16) = 150, wait(64) = 37.5), adapter_wait_load = 4,
+own_prefill = 0 (> 0 trades queueing p99 for TTFT p99 and fewer adapter loads),
 conversations counted with a learned think time (`[routing]`; bench/RESULTS.md has the
 simulation they were picked on). The highest score wins; ties go to the lower q, then round robin.
 
@@ -78,9 +85,19 @@ class Weights:
     load_factor: float = 1.25  # the load bound: q <= load_factor × mean q + load_slack
     load_slack: float = 2.0
     prefill_slack: float = 50.0  # the prefill bound: p <= min p + prefill_slack
-    adapter_wait_tokens: float = 200.0  # ... + adapter_wait_tokens for the adapter's replica
+    adapter_wait_tokens: float = 300.0  # ... + adapter_wait_tokens for the adapter's replica
     own_prefill: float = 0.0  # p counts this share of the request's own uncached prompt
     adapter_wait_load: float = 4.0  # the adapter's replica: load bound + adapter_wait_load
+    adapter_wait_replicas: float = 8.0  # more candidates: the wait shrinks as this / n
+
+
+def adapter_wait(w: Weights, n: int) -> float:
+    """The adapter's wait, in prompt tokens, among `n` candidate replicas: adapter_wait_tokens
+    up to adapter_wait_replicas candidates, then shrinking as adapter_wait_replicas / n (0:
+    the same at every size)."""
+    if w.adapter_wait_replicas <= 0 or n <= w.adapter_wait_replicas:
+        return w.adapter_wait_tokens
+    return w.adapter_wait_tokens * w.adapter_wait_replicas / n
 
 
 @dataclass
@@ -156,9 +173,10 @@ def choose(
     choice = _best(views, ahead, adapter_key, hashes, weights, turn, max_prefill)
     if not adapter_key or choice.is_adapter_hit:
         return choice
+    wait = adapter_wait(weights, n)
     waited = _best(
         views, ahead, adapter_key, hashes, weights, turn,
-        least_prefill + weights.adapter_wait_tokens, holder_slack=weights.adapter_wait_load,
+        least_prefill + wait, holder_slack=weights.adapter_wait_load,
     )  # fmt: skip
     if waited.is_adapter_hit:
         return waited
@@ -169,7 +187,7 @@ def choose(
     choice = _best(views, ahead, adapter_key, hashes, weights, turn, max_prefill, by_quiet=True)
     at_risk = views[choice.index].open_conversations
     if at_risk > 0:
-        limit = least_prefill + weights.adapter_wait_tokens * (1 + at_risk)
+        limit = least_prefill + wait * (1 + at_risk)
         waited = _best(
             views, ahead, adapter_key, hashes, weights, turn, limit,
             holder_slack=weights.adapter_wait_load,

@@ -353,3 +353,25 @@ async def test_adapter_wait_load_keeps_an_adapter_on_its_replica_a_little_past_t
             r.view.num_in_flight = 6 if r is holder else 1  # mean 2.67: bound 5.33 < 6
         nxt = router.route(request(1, adapters=("ad-1",)))
         assert (nxt is holder) is stays, slack
+
+
+async def test_the_adapters_wait_shrinks_with_the_healthy_replicas_serving_the_model():
+    # 16 replicas: the wait is 300 x 8 / 16 = 150 tokens; the holder is 200 behind the least.
+    for every_size, stays in ((0, True), (8, False)):
+        router, replicas, _ = make_router(n_local=16, adapter_wait_replicas=every_size)
+        holder = router.route(request(0, adapters=("ad-1",)))
+        router.started("req-0")
+        holder.view.num_prefill_tokens = 200
+        nxt = router.route(request(1, adapters=("ad-1",)))
+        assert (nxt is holder) is stays, every_size
+    # Half of them down: 8 candidates, the full 300, and the adapter stays on its replica.
+    router, replicas, _ = make_router(n_local=16)
+    holder = router.route(request(0, adapters=("ad-1",)))
+    router.started("req-0")
+    holder.view.num_prefill_tokens = 200
+    down = [r for r in replicas.values() if r is not holder][:8]
+    for r in down:
+        r.backend.is_healthy = False
+    await router.check_now()
+    nxt = router.route(request(1, adapters=("ad-1",)))
+    assert nxt is holder and nxt.num_adapter_hits == 1

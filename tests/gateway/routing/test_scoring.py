@@ -1,5 +1,5 @@
 from ownllm.gateway.routing.prefix import AdapterIndex, PrefixIndex, prefix_hashes
-from ownllm.gateway.routing.scoring import ReplicaView, Weights, choose
+from ownllm.gateway.routing.scoring import ReplicaView, Weights, adapter_wait, choose
 
 W = Weights()
 
@@ -133,12 +133,30 @@ def test_the_prefill_bound_is_relative_to_the_least_prefilling_replica():
 def test_a_short_wait_on_the_adapters_replica_beats_loading_it_elsewhere():
     vs = views(3)
     vs[1].adapters.add(("ad-1",))
-    vs[1].num_prefill_tokens = 150  # past prefill_slack (50), within adapter_wait_tokens (200)
+    vs[1].num_prefill_tokens = 300  # past prefill_slack (50), within adapter_wait_tokens (300)
     choice = choose(vs, ("ad-1",), [], strategy="affinity", weights=W, turn=0)
     assert choice.index == 1 and choice.is_adapter_hit
-    vs[1].num_prefill_tokens = 201  # past both: the adapter is loaded on an idle replica
+    vs[1].num_prefill_tokens = 301  # past both: the adapter is loaded on an idle replica
     choice = choose(vs, ("ad-1",), [], strategy="affinity", weights=W, turn=0)
     assert choice.index != 1 and not choice.is_adapter_hit
+
+
+def test_in_a_fleet_past_adapter_wait_replicas_the_adapters_wait_shrinks_as_one_over_n():
+    vs = views(16)  # twice adapter_wait_replicas (8): the wait is 300 x 8 / 16 = 150
+    vs[5].adapters.add(("ad-1",))
+    vs[5].num_prefill_tokens = 150
+    choice = choose(vs, ("ad-1",), [], strategy="affinity", weights=W, turn=0)
+    assert choice.index == 5 and choice.is_adapter_hit
+    vs[5].num_prefill_tokens = 151  # past the shrunk wait: loaded on an idle replica
+    choice = choose(vs, ("ad-1",), [], strategy="affinity", weights=W, turn=0)
+    assert choice.index != 5 and not choice.is_adapter_hit
+    every_size = Weights(adapter_wait_replicas=0)  # the full 300 at any fleet size
+    choice = choose(vs, ("ad-1",), [], strategy="affinity", weights=every_size, turn=0)
+    assert choice.index == 5 and choice.is_adapter_hit
+    # A replica down leaves 15 candidates: 300 x 8 / 15 = 160, and 151 is within it again.
+    choice = choose(vs[:15], ("ad-1",), [], strategy="affinity", weights=W, turn=0)
+    assert choice.index == 5 and choice.is_adapter_hit
+    assert adapter_wait(W, 4) == adapter_wait(W, 8) == 300 and adapter_wait(W, 64) == 37.5
 
 
 def test_the_adapters_replica_may_run_a_few_more_requests_than_the_load_bound():
@@ -159,7 +177,7 @@ def test_the_adapters_replica_may_run_a_few_more_requests_than_the_load_bound():
     vs[0].num_in_flight = 12  # mean 4.5: 7.63 + 4 = 11.63 < 12: past even that
     choice = choose(vs, ("ad-1",), [], strategy="affinity", weights=bounds_only, turn=0)
     assert choice.index != 0 and not choice.is_adapter_hit
-    vs[0].num_in_flight, vs[0].num_prefill_tokens = 9, 201  # within the load, past the wait
+    vs[0].num_in_flight, vs[0].num_prefill_tokens = 9, 301  # within the load, past the wait
     choice = choose(vs, ("ad-1",), [], strategy="affinity", weights=W, turn=0)
     assert choice.index != 0 and not choice.is_adapter_hit
 
@@ -167,7 +185,7 @@ def test_the_adapters_replica_may_run_a_few_more_requests_than_the_load_bound():
 def test_a_request_that_must_load_its_adapter_goes_where_fewest_conversations_are_open():
     vs = views(3)
     vs[0].adapters.add(("ad-1",))
-    vs[0].num_prefill_tokens = 300  # past adapter_wait_tokens (200): the adapter moves
+    vs[0].num_prefill_tokens = 400  # past adapter_wait_tokens (300): the adapter moves
     vs[1].open_conversations = 3  # their next turns would find its prefill in the way
     choice = choose(vs, ("ad-1",), [], strategy="affinity", weights=W, turn=1)
     assert choice.index == 2 and not choice.is_adapter_hit
@@ -178,11 +196,11 @@ def test_a_request_that_must_load_its_adapter_goes_where_fewest_conversations_ar
 def test_each_conversation_a_move_puts_at_risk_buys_more_wait_on_the_adapters_replica():
     vs = views(3)
     vs[0].adapters.add(("ad-1",))
-    vs[0].num_prefill_tokens = 300
-    vs[1].open_conversations = vs[2].open_conversations = 1  # 200 x (1 + 1) = 400
+    vs[0].num_prefill_tokens = 400
+    vs[1].open_conversations = vs[2].open_conversations = 1  # 300 x (1 + 1) = 600
     choice = choose(vs, ("ad-1",), [], strategy="affinity", weights=W, turn=0)
     assert choice.index == 0 and choice.is_adapter_hit
-    vs[0].num_prefill_tokens = 401  # past even that: loaded on the quieter of the others
+    vs[0].num_prefill_tokens = 601  # past even that: loaded on the quieter of the others
     vs[2].open_conversations = 2
     choice = choose(vs, ("ad-1",), [], strategy="affinity", weights=W, turn=0)
     assert choice.index == 1 and not choice.is_adapter_hit
@@ -193,10 +211,10 @@ def test_own_prefill_counts_the_prompt_a_replica_lacks_so_a_conversation_stays_w
     hashes = prefix_hashes("acme", list(range(640)))  # 40 blocks
     vs[0].adapters.add(("ad-1",))
     vs[0].prefixes.add(hashes[:36])  # the conversation so far: 576 of its 640 tokens
-    vs[0].num_prefill_tokens = 300  # another prompt ahead of it, past adapter_wait_tokens
+    vs[0].num_prefill_tokens = 400  # another prompt ahead of it, past adapter_wait_tokens
     choice = choose(vs, ("ad-1",), hashes, strategy="affinity", weights=W, turn=0)
-    assert choice.index == 1 and not choice.is_adapter_hit  # the default compares 300 with 0
-    own = Weights(own_prefill=1.0)  # 300 + 4 x 16 = 364 ahead of its first token there, 640 on r1
+    assert choice.index == 1 and not choice.is_adapter_hit  # the default compares 400 with 0
+    own = Weights(own_prefill=1.0)  # 400 + 4 x 16 = 464 ahead of its first token there, 640 on r1
     choice = choose(vs, ("ad-1",), hashes, strategy="affinity", weights=own, turn=0)
     assert choice.index == 0 and choice.is_adapter_hit and choice.num_prefix_blocks == 36
     vs[0].num_prefill_tokens = 900  # 964 against 640: beyond even the adapter's wait
